@@ -1,0 +1,10 @@
+"""dtree: see and tune block-diffusion draft trees. Start with `./dev app`."""
+
+import streamlit as st
+
+st.set_page_config(page_title="dtree", page_icon="🌳", layout="wide")
+
+pages = [
+    st.Page("pages/1_live_decode.py", title="Live decode", icon="▶️", default=True),
+]
+st.navigation(pages).run()

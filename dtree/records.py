@@ -1,0 +1,108 @@
+"""Typed records shared by the engine, the trace store, replay and the pages.
+
+One record type per concept (DESIGN.md section 2): :class:`RoundRecord` for a decoding round and :class:`RunRecord`
+for a whole run. The tree type is :class:`dtree.trees.DraftTree`.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+
+from .trees import DraftTree
+
+METHODS = ("ar", "chain", "ddtree", "caddtree")
+
+
+@dataclass
+class RoundRecord:
+    """Everything logged for one decoding round.
+
+    Attributes:
+        index: round number within the run, from 0.
+        start: context length L before the round (tokens committed so far, prompt included; the anchor sits at
+            position ``start`` and its KV is not yet in the target cache).
+        anchor: token id of the anchor (the previous round's bonus token; the tree root).
+        marg_tokens: ``[gamma, k]`` int64, the drafter's top-k token ids per depth (depth 1 first), sorted by
+            descending probability. Shape ``[0, 0]`` for AR rounds.
+        marg_logprobs: ``[gamma, k]`` float32 natural-log drafter probabilities matching ``marg_tokens``.
+        tree: the draft tree that was verified (root only for AR).
+        budget: number of non-root nodes verified (``tree.n_nodes``).
+        budget_reason: one line saying why this budget (fixed, chain length, or CaDDTree's greedy stop).
+        accepted: node indices of the accepted path, root (0) first; ``tau == len(accepted)``.
+        bonus: the target's token after the accepted path: the next round's anchor.
+        committed: token ids committed this round (the tokens of the accepted nodes, anchor first).
+        draft_ms, build_ms, verify_ms, commit_ms: wall-clock per phase in milliseconds (CUDA-synchronised).
+    """
+
+    index: int
+    start: int
+    anchor: int
+    marg_tokens: np.ndarray
+    marg_logprobs: np.ndarray
+    tree: DraftTree
+    budget: int
+    budget_reason: str
+    accepted: list[int]
+    bonus: int
+    committed: list[int]
+    draft_ms: float = 0.0
+    build_ms: float = 0.0
+    verify_ms: float = 0.0
+    commit_ms: float = 0.0
+
+    @property
+    def tau(self) -> int:
+        """Acceptance length: tokens committed this round (accepted drafts + 1), in ``[1, gamma + 1]``."""
+        return len(self.accepted)
+
+    @property
+    def round_ms(self) -> float:
+        return self.draft_ms + self.build_ms + self.verify_ms + self.commit_ms
+
+
+@dataclass
+class RunRecord:
+    """One decoding run: its parameters, identity of the models, output and summary timings.
+
+    ``status`` is one of ``running``, ``complete``, ``failed``, ``interrupted``. Times are in seconds unless the name
+    ends in ``_ms``. ``decode_s`` excludes prefill (as the papers' TPOT does, spec 2.9).
+    """
+
+    method: str
+    params: dict[str, Any]
+    target: str
+    drafter: str | None
+    dtype: str
+    device: str
+    prompt: str
+    prompt_ids: list[int]
+    output_ids: list[int] = field(default_factory=list)
+    output_text: str = ""
+    status: str = "running"
+    prefill_ms: float = 0.0
+    decode_s: float = 0.0
+    cost_model: dict[str, Any] | None = None
+    rounds: list[RoundRecord] = field(default_factory=list)
+    run_id: int | None = None
+    created: str | None = None
+    error: str | None = None
+
+    @property
+    def n_new_tokens(self) -> int:
+        return len(self.output_ids)
+
+    @property
+    def tokens_per_s(self) -> float:
+        """Decode throughput in tokens/s (prefill excluded); 0 when nothing was decoded."""
+        return self.n_new_tokens / self.decode_s if self.decode_s > 0 else 0.0
+
+    @property
+    def mean_tau(self) -> float:
+        return float(np.mean([r.tau for r in self.rounds])) if self.rounds else 0.0
+
+    @property
+    def mean_budget(self) -> float:
+        return float(np.mean([r.budget for r in self.rounds])) if self.rounds else 0.0

@@ -1,0 +1,94 @@
+"""Live decode: type a prompt, pick a method and budget, watch real speculative decoding round by round."""
+
+import pandas as pd
+import streamlit as st
+
+from dtree import figures, ui
+from dtree.engine import DEFAULT_BUDGET, MAX_BUDGET, DecodeConfig
+from dtree.records import METHODS
+
+st.title("Live decode")
+st.caption("A real target (SmolLM2-135M-Instruct by default) verifies the drafter's tree in one forward per round. "
+           "Output is identical to plain decoding at temperature 0; each round commits tau tokens.")
+
+with st.sidebar:
+    dtype = st.selectbox("dtype", ["bfloat16", "float32"], help="bfloat16 is faster on CPU; float32 is exact")
+
+with st.form("decode"):
+    prompt = st.text_area("Prompt", "Natalia sold clips to 48 of her friends in April, and then she sold half as many "
+                          "clips in May. How many clips did Natalia sell altogether in April and May?", height=100)
+    c1, c2, c3, c4 = st.columns(4)
+    method = c1.selectbox("Method", METHODS, index=METHODS.index("caddtree"),
+                          help="ar: plain decoding; chain: DFlash block; ddtree: fixed node budget; "
+                               "caddtree: budget chosen per round from the cost model")
+    budget = c2.number_input("Budget B (nodes)", 0, MAX_BUDGET, 16,
+                             help="ddtree: node budget; caddtree: the maximum budget; unused for ar/chain")
+    max_new = c3.number_input("Max new tokens", 1, 1024, 64)
+    temperature = c4.number_input("Temperature", 0.0, 2.0, 0.0, step=0.1, help="0 = greedy")
+    run_clicked = st.form_submit_button("Run", type="primary")
+
+if run_clicked:
+    try:
+        backend = ui.get_backend("embedded", dtype)
+        cfg = DecodeConfig(method=method, budget=int(budget) if method in ("ddtree", "caddtree") else None,
+                           max_new_tokens=int(max_new), temperature=float(temperature))
+        backend.prepare(prompt, cfg)  # bad input: st.error, nothing stored
+        store = ui.get_store()
+        lock = ui.decode_lock()
+        if not lock.acquire(blocking=False):
+            with st.spinner("Another decode is running on this server; queued until it finishes..."):
+                lock.acquire()
+        try:
+            bar = st.progress(0.0, text="decoding...")
+            live = st.empty()
+
+            def on_round(rnd, n_done):
+                bar.progress(min(1.0, n_done / cfg.max_new_tokens), text=f"round {rnd.index}: tau {rnd.tau}, "
+                                                                          f"budget {rnd.budget}")
+
+            def on_profile(done, total):
+                bar.progress(done / total, text=f"profiling this machine's cost model (first caddtree run only): "
+                                                f"{done}/{total}")
+
+            run = backend.decode(prompt, cfg, store=store, on_round=on_round, cost_progress=on_profile)
+            bar.empty()
+            live.empty()
+        finally:
+            lock.release()
+        st.session_state["live_run"] = run
+    except Exception as e:  # shown, app keeps running
+        ui.show_error(e)
+
+run = st.session_state.get("live_run")
+if run is not None:
+    backend = ui.get_backend("embedded", run.dtype)
+    decode = ui.decode_token_fn(backend.target.tokenizer)
+    m = st.columns(5)
+    m[0].metric("tokens/s", f"{run.tokens_per_s:.2f}")
+    m[1].metric("mean tau (tokens/round)", f"{run.mean_tau:.2f}")
+    m[2].metric("mean budget (nodes)", f"{run.mean_budget:.1f}")
+    m[3].metric("rounds", len(run.rounds))
+    m[4].metric("new tokens", run.n_new_tokens)
+    st.subheader("Output (background = round that committed the token)")
+    st.html(figures.output_html(run, decode))
+    st.plotly_chart(figures.rounds_figure(run), width="stretch")
+
+    if run.method != "ar" and run.rounds:
+        st.subheader("Tree of a round")
+        idx = st.slider("Round", 0, len(run.rounds) - 1, 0) if len(run.rounds) > 1 else 0
+        rnd = run.rounds[idx]
+        st.caption(f"Round {rnd.index} at context length L = {rnd.start}: {rnd.budget_reason}. "
+                   f"Timings: draft {rnd.draft_ms:.1f} ms, build {rnd.build_ms:.1f} ms, verify {rnd.verify_ms:.1f} ms, "
+                   f"commit {rnd.commit_ms:.1f} ms.")
+        st.plotly_chart(figures.tree_figure(rnd, decode), width="stretch")
+        if len(rnd.tree.theta_curve):
+            st.plotly_chart(figures.theta_figure(rnd.tree), width="stretch")
+
+    st.subheader("Per-round stats")
+    st.dataframe(pd.DataFrame([{
+        "round": r.index, "L (context)": r.start, "tau": r.tau, "budget": r.budget, "draft ms": round(r.draft_ms, 1),
+        "build ms": round(r.build_ms, 2), "verify ms": round(r.verify_ms, 1), "commit ms": round(r.commit_ms, 1),
+        "committed": "".join(decode(t) for t in r.committed), "bonus": decode(r.bonus), "why this budget": r.budget_reason,
+    } for r in run.rounds]), hide_index=True)
+    if run.run_id is not None:
+        st.caption(f"Logged as run #{run.run_id} in the trace store ({ui.DEFAULT_STORE}).")

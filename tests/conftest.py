@@ -1,0 +1,58 @@
+"""Shared fixtures: the real embedded target (fp32 for exact-equality tests), the shipped drafter, prompt sets."""
+
+from __future__ import annotations
+
+import gzip
+import json
+from pathlib import Path
+
+import pytest
+import torch
+
+ROOT = Path(__file__).resolve().parent.parent
+DATASETS = ROOT.parent / "shared" / "datasets"
+
+torch.set_num_threads(max(1, min(2, torch.get_num_threads())))
+
+
+def dataset_prompts(n_per_set: int = 2) -> list[str]:
+    """Real prompts from ../shared/datasets: GSM8K test, HumanEval, MT-Bench first turns."""
+    out = []
+    with open(DATASETS / "gsm8k" / "test.jsonl") as f:
+        out += [json.loads(line)["question"] for _, line in zip(range(n_per_set), f)]
+    with gzip.open(DATASETS / "humaneval" / "HumanEval.jsonl.gz", "rt") as f:
+        out += [json.loads(line)["prompt"] for _, line in zip(range(n_per_set), f)]
+    with open(DATASETS / "mt_bench" / "question.jsonl") as f:
+        out += [json.loads(line)["turns"][0] for _, line in zip(range(n_per_set), f)]
+    return out
+
+
+@pytest.fixture(scope="session")
+def target32():
+    from dtree.models import load_target
+
+    return load_target("embedded", dtype="float32", device="cpu")
+
+
+@pytest.fixture(scope="session")
+def drafter32(target32):
+    from dtree.drafter import default_drafter_path, load_drafter
+
+    return load_drafter(default_drafter_path(), target32)
+
+
+@pytest.fixture(scope="session")
+def backend32(target32, drafter32):
+    from dtree.backend import Backend
+
+    b = Backend("embedded", "float32", "cpu")
+    return b
+
+
+@pytest.fixture()
+def tmp_store(tmp_path):
+    from dtree.store import TraceStore
+
+    s = TraceStore(tmp_path / "runs.sqlite")
+    yield s
+    s.close()

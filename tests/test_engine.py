@@ -1,0 +1,162 @@
+"""Engine tests on the real embedded model: tree attention, KV compaction, losslessness (greedy and sampled)."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+from scipy import stats
+from transformers import DynamicCache
+
+from dtree import engine, trees
+from dtree.engine import DecodeConfig
+
+from .conftest import dataset_prompts
+
+
+@pytest.fixture(scope="module")
+def small_cost(backend32):
+    """A real (tiny, quick) measured cost model so caddtree runs without the full auto-profile."""
+    from dtree.backend import profile_cost_model
+
+    cm = profile_cost_model(backend32.target, backend32.drafter, contexts=(64, 512), nodes=(0, 1, 2, 4, 8, 16, 32),
+                            repeats=1)
+    backend32._cost_model = cm
+    return cm
+
+
+def _random_tree(seed: int, gamma: int = 5, k: int = 4, budget: int = 24, vocab: int = 49152) -> trees.DraftTree:
+    rng = np.random.default_rng(seed)
+    logits = torch.tensor(rng.normal(size=(gamma, vocab)) * 3, dtype=torch.float32)
+    marg = trees.topk_marginals(logits, k)
+    return trees.build_ddtree(marg, anchor=int(rng.integers(100, 5000)), budget=budget)
+
+
+def _plain_logits(model, ids: list[int]) -> torch.Tensor:
+    with torch.inference_mode():
+        return model(input_ids=torch.tensor([ids])).logits[0, -1]
+
+
+def test_tree_attention_equals_plain_sequences(target32):
+    model = target32.model
+    prompt = target32.encode_prompt("Name three primes.")
+    tree = _random_tree(0)
+    assert tree.n_nodes == 24 and tree.depths.max() >= 3  # a real branching, multi-level tree
+    cache = DynamicCache(config=model.config)
+    engine.prefill(model, prompt, cache, want_hidden=False)
+    logits, _ = engine.verify_tree(model, tree, len(prompt), cache, target32.dtype)
+    for i in range(tree.n_nodes + 1):
+        path, j = [], i
+        while j >= 0:
+            path.append(int(tree.tokens[j]))
+            j = int(tree.parents[j])
+        ref = _plain_logits(model, prompt + path[::-1])
+        assert torch.allclose(logits[i], ref, atol=1e-4, rtol=0), f"node {i}: max diff {(logits[i] - ref).abs().max()}"
+
+
+def test_compaction_then_continue_equals_plain(target32):
+    model = target32.model
+    prompt = target32.encode_prompt("Count to five.")
+    tree = _random_tree(1)
+    # accept a deep path that is not the first nodes in order, so compaction really moves rows
+    leaf = int(np.argmax(tree.depths * 1000 + np.arange(tree.n_nodes + 1)))
+    path = []
+    j = leaf
+    while j >= 0:
+        path.append(j)
+        j = int(tree.parents[j])
+    accepted = path[::-1]
+    assert accepted != list(range(len(accepted)))
+    start = len(prompt)
+    cache = DynamicCache(config=model.config)
+    engine.prefill(model, prompt, cache, want_hidden=False)
+    engine.verify_tree(model, tree, start, cache, target32.dtype)
+    engine.compact_cache(cache, start, tree.n_nodes + 1, accepted)
+    assert cache.get_seq_length() == start + len(accepted)
+    seq = prompt + [int(tree.tokens[i]) for i in accepted]
+    token = 42
+    for step in range(4):
+        logits = engine.decode_one_token(model, token, len(seq), cache)
+        seq.append(token)
+        ref = _plain_logits(model, seq)
+        assert torch.allclose(logits, ref, atol=1e-4, rtol=0), f"step {step}: {(logits - ref).abs().max()}"
+        token = int(ref.argmax())
+
+
+@pytest.mark.parametrize("prompt", dataset_prompts(2)[:5])
+def test_greedy_output_identical_to_ar(backend32, small_cost, prompt):
+    """fp32, 64 new tokens: chain, ddtree B in {1, 4, 32} and caddtree reproduce AR greedy token for token."""
+    ar = backend32.decode(prompt, DecodeConfig("ar", max_new_tokens=64))
+    assert len(ar.output_ids) >= 8
+    for method, budget in [("chain", None), ("ddtree", 1), ("ddtree", 4), ("ddtree", 32), ("caddtree", 64)]:
+        run = backend32.decode(prompt, DecodeConfig(method, budget=budget, max_new_tokens=64))
+        assert run.output_ids == ar.output_ids, f"{method} B={budget} diverged from AR"
+        assert sum(r.tau for r in run.rounds) >= len(run.output_ids) - 1
+        assert all(1 <= r.tau <= r.budget + 1 for r in run.rounds)
+
+
+def test_sampling_first_two_tokens_match_target_distribution(backend32):
+    """T > 0: the joint law of the first two tokens under ddtree equals the target's exact law (chi-square).
+
+    The exact law comes from the target itself: p(t1) from the prompt's logits, p(t2 | t1) from one more forward. A
+    walk that accepted drafter tokens without the target's agreement (or mis-sampled) shifts these frequencies.
+    """
+    target = backend32.target
+    temperature = 1.3
+    prompt = "Pick a random animal and describe it in one word."
+    ids = target.encode_prompt(prompt)
+    with torch.inference_mode():
+        p1 = torch.softmax(target.model(input_ids=torch.tensor([ids])).logits[0, -1] / temperature, -1)
+    top1 = torch.topk(p1, 4).indices.tolist()
+    exact: dict[tuple, float] = {}
+    for t1 in top1:
+        with torch.inference_mode():
+            p2 = torch.softmax(target.model(input_ids=torch.tensor([ids + [t1]])).logits[0, -1] / temperature, -1)
+        for t2 in torch.topk(p2, 3).indices.tolist():
+            exact[(t1, t2)] = float(p1[t1] * p2[t2])
+    n = 240
+    counts = dict.fromkeys(exact, 0)
+    other = 0
+    for seed in range(n):
+        run = backend32.decode(prompt, DecodeConfig("ddtree", budget=8, max_new_tokens=2, temperature=temperature,
+                                                    seed=seed))
+        key = tuple(run.output_ids[:2])
+        if key in counts:
+            counts[key] += 1
+        else:
+            other += 1
+    keys = sorted(exact, key=exact.get, reverse=True)
+    obs, exp = [], []
+    rest_p = 1.0
+    for kk in keys:
+        if exact[kk] * n >= 5:
+            obs.append(counts[kk])
+            exp.append(exact[kk] * n)
+            rest_p -= exact[kk]
+        else:
+            other += counts[kk]
+    obs.append(other)
+    exp.append(rest_p * n)
+    assert len(obs) >= 3, "the test prompt must spread probability over several token pairs"
+    chi2, p = stats.chisquare(obs, exp)
+    assert p > 0.001, f"chi-square p={p:.2g}: observed {obs} vs expected {np.round(exp, 1).tolist()}"
+
+
+def test_sampling_is_reproducible_with_seed(backend32):
+    cfg = DecodeConfig("ddtree", budget=4, max_new_tokens=12, temperature=0.8, seed=7)
+    a = backend32.decode("Tell me a fact.", cfg)
+    b = backend32.decode("Tell me a fact.", cfg)
+    assert a.output_ids == b.output_ids
+
+
+def test_rounds_are_consistent(backend32, small_cost):
+    run = backend32.decode("What is 12 times 7?", DecodeConfig("caddtree", budget=32, max_new_tokens=40))
+    committed = [t for r in run.rounds for t in r.committed]
+    assert run.output_ids == (committed + [run.rounds[-1].bonus])[: len(run.output_ids)]
+    for prev, nxt in zip(run.rounds, run.rounds[1:]):
+        assert nxt.start == prev.start + prev.tau and nxt.anchor == prev.bonus
+    for r in run.rounds:
+        assert r.marg_tokens.shape[0] == backend32.drafter.config.block_size - 1
+        assert r.tree.method == "caddtree" and 0 <= r.budget <= 32
+        assert np.isfinite(r.tree.thetas).all() and len(r.tree.theta_curve) >= r.budget + 1
+        assert r.draft_ms > 0 and r.verify_ms > 0
