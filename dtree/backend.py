@@ -7,28 +7,20 @@ from __future__ import annotations
 
 import hashlib
 import json
-import platform
 import time
-from datetime import datetime, timezone
 from pathlib import Path
 
 import numpy as np
 import torch
 
 from . import engine
+from .cost import hardware_description, profile_quick
 from .errors import InputError
 from .models import Target, cache_dir, dtype_name, load_target
 from .records import RunRecord
 
 QUICK_CONTEXTS = (64, 256, 1024)
 QUICK_NODES = (0, 1, 2, 4, 8, 16, 32, 64, 128)
-
-
-def hardware_string(device: torch.device) -> str:
-    """A short description of the machine a cost model was measured on."""
-    if device.type == "cuda":
-        return torch.cuda.get_device_name(device)
-    return f"{platform.processor() or platform.machine()} x{torch.get_num_threads()} threads"
 
 
 @torch.inference_mode()
@@ -65,24 +57,19 @@ def measure_draft_cost(target: Target, drafter, repeats: int = 7, context: int =
 def default_cost_model_path(target: Target, drafter) -> Path:
     """Where the auto-profiled cost model of this (target, drafter, dtype, device) is cached."""
     key = json.dumps([target.name, getattr(drafter, "name", ""), dtype_name(target.dtype), str(target.device),
-                      hardware_string(target.device)])
+                      hardware_description(target.device)])
     return cache_dir() / "costs" / f"cost-{hashlib.sha1(key.encode()).hexdigest()[:12]}.json"
 
 
 def profile_cost_model(target: Target, drafter, contexts=QUICK_CONTEXTS, nodes=QUICK_NODES, repeats: int = 3,
                        progress=None):
-    """Measure Cd and Cv(n; L) on this machine and fit the cost model (monotone convex in n).
-
-    ``progress`` is an optional callable ``(done, total)``. Returns a :class:`dtree.cost.CostModel`.
+    """Measure Cd (:func:`measure_draft_cost`) and Cv(n; L) (tree-shaped masks) on this machine and fit the cost
+    model (monotone convex in n). ``progress`` is an optional callable ``(done, total)``. Returns a CostModel.
     """
-    from .cost import CostModel, profile_verify
-
     cd = measure_draft_cost(target, drafter)
-    cv = profile_verify(target.model, contexts, nodes, repeats, target.dtype, target.device, progress=progress)
-    meta = {"target": target.name, "drafter": getattr(drafter, "name", None), "dtype": dtype_name(target.dtype),
-            "device": str(target.device), "hardware": hardware_string(target.device),
-            "date": datetime.now(timezone.utc).isoformat(timespec="seconds"), "repeats": repeats}
-    return CostModel.from_measurements(cd, np.array(contexts), np.array(nodes), cv, meta)
+    meta = {"target": target.name, "drafter": getattr(drafter, "name", None), "dtype": dtype_name(target.dtype)}
+    return profile_quick(target.model, cd, target.dtype, target.device, contexts=contexts, nodes=nodes,
+                         repeats=repeats, progress=progress, meta=meta)
 
 
 class Backend:

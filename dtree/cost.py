@@ -340,11 +340,11 @@ class CostModel:
         """
         path = Path(path)
         try:
-            text = path.read_text()
+            data = path.read_bytes()
         except OSError as e:
             raise InputError("path", f"cannot read cost model file {str(path)!r}: {e.strerror or e}") from None
         try:
-            d = json.loads(text)
+            d = json.loads(data.decode("utf-8"))
         except (json.JSONDecodeError, UnicodeDecodeError) as e:
             raise InputError("path", f"{str(path)!r} is not a valid cost model JSON file ({e})") from None
         return cls.from_dict(d)
@@ -391,11 +391,12 @@ def profile_verify(
 ) -> np.ndarray:
     """Measure Cv(n; L): seconds of one target forward verifying a random tree of n nodes over L cached tokens.
 
-    For each L: prefill L random token ids into a ``transformers.DynamicCache`` once (chunks of <= 2048), run one
-    untimed warm-up verify, then for ``repeats`` passes over the node counts in a fresh random order (interleaving, so
-    drifts of a shared machine hit every n alike) run one forward of ``n + 1`` tokens with a random tree-shaped
-    additive mask and depth positions from :func:`dtree.trees.tree_attention_inputs`, timed with ``perf_counter``
-    (``torch.cuda.synchronize`` before and after on CUDA), then ``cache.crop(-(n + 1))`` back to L. Reports the median
+    For each L: prefill L random token ids into a ``transformers.DynamicCache`` once (chunks of <= 2048), run
+    untimed warm-up verifies (every n at the first context, the largest n at the others), then for ``repeats`` passes
+    over the node counts in a fresh random order (interleaving, so drifts of a shared machine hit every n alike) run
+    one forward of ``n + 1`` tokens with a random tree-shaped additive mask and depth positions from
+    :func:`dtree.trees.tree_attention_inputs`, timed with ``perf_counter`` (``torch.cuda.synchronize`` before and
+    after on CUDA), then ``cache.crop(-(n + 1))`` back to L. Reports the median
     over repeats (spec 3.4 step 1, with tree masks instead of chain masks).
 
     Args:
@@ -458,7 +459,10 @@ def profile_verify(
             for s in range(0, L, 2048):
                 chunk = torch.randint(0, vocab, (1, min(2048, L - s)), generator=gen).to(device)
                 model(input_ids=chunk, cache=cache, use_cache=True)
-            verify(cache, L, int(nodes_a[-1]))  # warm-up, untimed
+            # Untimed warm-up: every node count once at the first context (first calls of a shape are slow), the
+            # largest one at later contexts.
+            for n in nodes_a if ci == 0 else nodes_a[-1:]:
+                verify(cache, L, int(n))
             samples = np.zeros((len(nodes_a), repeats))
             for r in range(repeats):
                 for j in rng.permutation(len(nodes_a)):

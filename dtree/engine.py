@@ -142,14 +142,6 @@ def compact_cache(cache: DynamicCache, start: int, n_verified: int, accepted: li
         cache.crop(-drop)
 
 
-def root_only_tree(anchor: int) -> DraftTree:
-    """The tree of an AR step: just the root (anchor)."""
-    nan = np.full(1, np.nan)
-    return DraftTree(tokens=np.array([anchor], dtype=np.int64), parents=np.array([-1], dtype=np.int64),
-                     depths=np.zeros(1, dtype=np.int64), ranks=np.array([-1], dtype=np.int64),
-                     logprobs=np.zeros(1), path_logprobs=np.zeros(1), node_costs=nan, thetas=nan.copy(), method="ar")
-
-
 def build_tree(method: str, marg: trees.Marginals, anchor: int, budget: int | None, cost_model, start: int):
     """Dispatch to the tree builder of ``method``; returns ``(tree, reason)``, the reason a one-line explanation."""
     if method == "chain":
@@ -274,7 +266,7 @@ def _decode(target, prompt_ids, cfg: DecodeConfig, drafter, cost_model, run: Run
             verify_ms = clock.lap()
             rnd = RoundRecord(index=len(run.rounds), start=start, anchor=anchor,
                               marg_tokens=np.zeros((0, 0), np.int64), marg_logprobs=np.zeros((0, 0), np.float32),
-                              tree=root_only_tree(anchor), budget=0, budget_reason="AR: one target token per step",
+                              tree=trees.root_only_tree(anchor), budget=0, budget_reason="AR: one target token per step",
                               accepted=[0], bonus=bonus, committed=[anchor], verify_ms=verify_ms)
         else:
             # draft: one drafter forward gives the per-depth marginals q_1..q_gamma

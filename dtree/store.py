@@ -676,7 +676,7 @@ class TraceStore:
 
     @staticmethod
     def _rounds_from_rows(round_rows: list[tuple], node_rows: list[tuple], where: str) -> list[RoundRecord]:
-        """Rebuild RoundRecords from ``rounds`` rows (``_ROUND_COLS``) and ``nodes`` rows (``_NODE_COLS``), both sorted."""
+        """Rebuild RoundRecords from sorted ``rounds`` rows (``_ROUND_COLS``) and ``nodes`` rows (``_NODE_COLS``)."""
         if node_rows:
             ncols = list(zip(*node_rows))
             ridx = np.asarray(ncols[0], dtype=np.int64)

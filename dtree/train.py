@@ -27,6 +27,7 @@ from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
 
 import torch
+import torch.nn.functional as F
 
 GSM8K_TRAIN = "/work/shared/datasets/gsm8k/train.jsonl"
 
@@ -42,8 +43,8 @@ class TrainConfig:
     n_prompts: int = 3000               # prompts to answer (the first n_heldout of the shuffled order are held out)
     n_heldout: int = 48
     max_new_tokens: int = 192
-    gen_batch: int = 48
-    gen_dtype: str = "bfloat16"
+    gen_batch: int = 192
+    gen_dtype: str = "float32"
     num_target_feats: int = 5           # k target layers (spec 1.2 formula) when target_layer_ids is not given
     target_layer_ids: str = ""          # comma list overriding the formula
     # model
@@ -117,63 +118,95 @@ def read_responses(data_dir: str | Path) -> dict[int, dict]:
 
 
 @torch.no_grad()
+def greedy_batch(model, prompts: list[list[int]], max_new: int, eos: set[int], pad: int, layer_ids: list[int]):
+    """Greedy answers to a batch of prompts, with the target features of every token fed to the model.
+
+    Left-padded prefill, then one decoding step per token; finished rows (EOS or ``max_new``) leave the batch (their
+    cache rows are dropped), so stragglers do not cost the whole batch. Only the last position goes through
+    ``lm_head``. Returns per prompt ``(response_ids, feats)`` with ``feats`` bf16 ``[len(prompt)+len(response)-1,
+    k*H]`` (layer id j = output of decoder layer j = ``hidden_states[j+1]``, spec 1.2).
+    """
+    from transformers import DynamicCache
+
+    B, P = len(prompts), max(map(len, prompts))
+    ids = torch.full((B, P), pad, dtype=torch.long)
+    mask = torch.zeros((B, P), dtype=torch.long)
+    for r, e in enumerate(prompts):
+        ids[r, P - len(e):] = torch.tensor(e)
+        mask[r, P - len(e):] = 1
+    pos = (mask.cumsum(-1) - 1).clamp(min=0)
+    cache = DynamicCache()
+    base, head = model.model, model.get_output_embeddings()
+
+    def step(x, m, p):
+        o = base(input_ids=x, attention_mask=m, position_ids=p, cache=cache, use_cache=True, output_hidden_states=True)
+        f = torch.cat([o.hidden_states[j + 1] for j in layer_ids], dim=-1).to(torch.bfloat16)
+        return head(o.last_hidden_state[:, -1]).argmax(-1), f
+
+    nxt, f = step(ids, mask, pos)
+    feats = [[f[r, P - len(e):]] for r, e in enumerate(prompts)]
+    resp = [[] for _ in range(B)]
+    alive = list(range(B))  # original row of each batch row
+    last_pos = pos[:, -1]
+    while True:
+        keep = []
+        for br, r in enumerate(alive):
+            t = int(nxt[br])
+            resp[r].append(t)
+            if t not in eos and len(resp[r]) < max_new:
+                keep.append(br)
+        if not keep:
+            break
+        if len(keep) < len(alive):
+            kt = torch.tensor(keep)
+            cache.batch_select_indices(kt)
+            mask, last_pos, nxt = mask[kt], last_pos[kt], nxt[kt]
+            alive = [alive[i] for i in keep]
+        mask = torch.cat([mask, torch.ones(len(alive), 1, dtype=torch.long)], dim=1)
+        last_pos = last_pos + 1
+        nxt, f = step(nxt[:, None], mask, last_pos[:, None])
+        for br, r in enumerate(alive):
+            feats[r].append(f[br])
+    return [(resp[r], torch.cat(feats[r], dim=0).contiguous()) for r in range(B)]
+
+
+@torch.no_grad()
 def generate(cfg: TrainConfig) -> None:
     """Answer prompts greedily with the target and store responses + features (resumable; skips done prompts).
 
     Features of a sequence ``prompt + response`` cover every token that was fed to the target, i.e. all but the last
-    response token: shape ``[len(prompt) + len(response) - 1, k*H]``, bf16. They come from the same forward passes
-    that generate the answer (prefill hidden states, then one row per decoding step).
+    response token: shape ``[len(prompt) + len(response) - 1, k*H]``, bf16, from the same forward passes that
+    generate the answer (no second pass). Batches are big (default 192): on 2 CPU cores a decoding step over 48 rows
+    costs about as much as over 128 (matmuls are memory-bound at small batch).
     """
+    from tqdm import tqdm
+
     from .models import load_target
 
     torch.set_num_threads(cfg.threads)
     target = load_target(cfg.target, dtype=cfg.gen_dtype, device="cpu")
-    model, tok = target.model, target.tokenizer
+    tok = target.tokenizer
     layer_ids = layer_ids_for(cfg, target.n_layers)
     fdir = features_dir(cfg, layer_ids)
     fdir.mkdir(parents=True, exist_ok=True)
     done = {i for i, d in read_responses(cfg.data_dir).items() if (fdir / d["shard"]).exists()}
     todo = [(i, q) for i, q in load_prompts(cfg.prompts, cfg.n_prompts, cfg.seed) if i not in done]
-    eos = sorted(target.eos_ids)
-    pad = tok.pad_token_id if tok.pad_token_id is not None else eos[0]
+    eos = set(target.eos_ids)
+    pad = tok.pad_token_id if tok.pad_token_id is not None else min(eos)
     print(f"[gen] {len(done)} done, {len(todo)} to go; layers {layer_ids}; batch {cfg.gen_batch}", flush=True)
-    from tqdm import tqdm
-
     bar = tqdm(total=len(todo), desc="generate", unit="prompt", mininterval=10)
     t0, n_tok = time.perf_counter(), 0
     for b0 in range(0, len(todo), cfg.gen_batch):
         batch = todo[b0:b0 + cfg.gen_batch]
         enc = [target.encode_prompt(q) for _, q in batch]
-        P = max(map(len, enc))
-        ids = torch.full((len(enc), P), pad, dtype=torch.long)
-        mask = torch.zeros((len(enc), P), dtype=torch.long)
-        for r, e in enumerate(enc):
-            ids[r, P - len(e):] = torch.tensor(e)
-            mask[r, P - len(e):] = 1
-        out = model.generate(input_ids=ids, attention_mask=mask, max_new_tokens=cfg.max_new_tokens, do_sample=False,
-                             eos_token_id=eos, pad_token_id=pad, output_hidden_states=True,
-                             return_dict_in_generate=True, top_p=None, top_k=None, temperature=None)
-        hs = out.hidden_states  # tuple over steps of tuple over layers: step 0 [B, P, H], step t [B, 1, H]
-        feats_steps = [torch.cat([h[j + 1] for j in layer_ids], dim=-1).to(torch.bfloat16) for h in hs]
-        prompt_f = feats_steps[0]  # [B, P, kH]
-        gen_f = torch.cat(feats_steps[1:], dim=1) if len(feats_steps) > 1 else prompt_f[:, :0]  # [B, T-1, kH]
-        seqs = out.sequences[:, P:]
+        res = greedy_batch(target.model, enc, cfg.max_new_tokens, eos, pad, layer_ids)
         shard = f"shard_{batch[0][0]:05d}_{int(time.time())}.pt"
-        rows, feats = [], []
-        for r, ((idx, _), e) in enumerate(zip(batch, enc)):
-            resp = seqs[r].tolist()
-            n = len(resp)
-            for k, t in enumerate(resp):  # cut at the first EOS (kept); the rest is padding
-                if t in eos:
-                    n = k + 1
-                    break
-            resp = resp[:n]
-            f = torch.cat([prompt_f[r, P - len(e):], gen_f[r, :n - 1]], dim=0).contiguous()
-            assert f.shape[0] == len(e) + n - 1
-            feats.append(f)
-            rows.append({"idx": idx, "prompt_ids": e, "response_ids": resp, "shard": shard})
-            n_tok += n
-        torch.save({"idx": [r["idx"] for r in rows], "feats": feats}, fdir / (shard + ".tmp"))
+        rows = []
+        for (idx, _), e, (r, f) in zip(batch, enc, res):
+            assert f.shape[0] == len(e) + len(r) - 1
+            rows.append({"idx": idx, "prompt_ids": e, "response_ids": r, "shard": shard})
+            n_tok += len(r)
+        torch.save({"idx": [r["idx"] for r in rows], "feats": [f for _, f in res]}, fdir / (shard + ".tmp"))
         os.replace(fdir / (shard + ".tmp"), fdir / shard)
         with open(Path(cfg.data_dir) / "responses.jsonl", "a") as fo:
             for r in rows:
@@ -182,6 +215,317 @@ def generate(cfg: TrainConfig) -> None:
         dt = time.perf_counter() - t0
         print(f"[gen] {b0 + len(batch)}/{len(todo)} prompts, {n_tok} tokens, {n_tok / dt:.0f} tok/s", flush=True)
     bar.close()
+
+# ----------------------------------------------------------------------------------------------------------------
+# 2. dataset in RAM
+
+
+@dataclass
+class Sample:
+    """One sequence: ``tokens`` int64 [L] (prompt + response), ``feats`` bf16 [L-1, k*H] (features of tokens[:-1]),
+    ``prompt_len`` P (the first response token sits at position P)."""
+
+    idx: int
+    tokens: torch.Tensor
+    feats: torch.Tensor
+    prompt_len: int
+
+
+def load_samples(cfg: TrainConfig, layer_ids: list[int]) -> list[Sample]:
+    """All generated sequences with features on disk (order of ``responses.jsonl``)."""
+    rows = read_responses(cfg.data_dir)
+    fdir = features_dir(cfg, layer_ids)
+    by_shard: dict[str, list[dict]] = {}
+    for d in rows.values():
+        by_shard.setdefault(d["shard"], []).append(d)
+    out = []
+    for shard, ds in by_shard.items():
+        if not (fdir / shard).exists():
+            continue
+        blob = torch.load(fdir / shard)
+        pos = {i: r for r, i in enumerate(blob["idx"])}
+        for d in ds:
+            if d["idx"] not in pos or len(d["response_ids"]) < 2:
+                continue
+            toks = torch.tensor(d["prompt_ids"] + d["response_ids"], dtype=torch.long)
+            out.append(Sample(d["idx"], toks, blob["feats"][pos[d["idx"]]], len(d["prompt_ids"])))
+    return out
+
+
+def build_draft_vocab(samples: list[Sample], extra: set[int]) -> torch.Tensor:
+    """Sorted int64 ids of every token in the responses (plus ``extra``, e.g. EOS ids): the draft vocabulary."""
+    ids = set(extra)
+    for s in samples:
+        ids.update(s.tokens[s.prompt_len:].tolist())
+    return torch.tensor(sorted(ids), dtype=torch.long)
+
+
+def make_batch(samples: list[Sample], n_anchors: int, bs: int, gen: torch.Generator):
+    """Random anchors (spec 1.8) for a list of sequences.
+
+    Returns ``feats [B, S, k*H]`` (float32, zero padded), ``tokens [B, S+1]``, ``anchors [B, N]`` (positions inside
+    the response, ``P <= a <= L-2``), ``anchor_ok [B, N]`` bool, ``labels [B, N, bs-1]`` (token at ``a+k``, -1 past the
+    end). Context visible to anchor ``a``: rows ``j < a`` (strictly before: the anchor's own feature does not exist yet
+    at inference).
+    """
+    B = len(samples)
+    S = max(s.feats.shape[0] for s in samples)
+    feats = torch.zeros(B, S, samples[0].feats.shape[1])
+    tokens = torch.zeros(B, S + 1, dtype=torch.long)
+    anchors = torch.zeros(B, n_anchors, dtype=torch.long)
+    ok = torch.zeros(B, n_anchors, dtype=torch.bool)
+    for b, s in enumerate(samples):
+        L = s.tokens.shape[0]
+        feats[b, :L - 1] = s.feats.float()
+        tokens[b, :L] = s.tokens
+        cand = torch.arange(s.prompt_len, L - 1)
+        pick = cand[torch.randperm(len(cand), generator=gen)[:n_anchors]]
+        anchors[b, :len(pick)] = pick
+        ok[b, :len(pick)] = True
+    lengths = torch.tensor([s.tokens.shape[0] for s in samples])
+    k = torch.arange(1, bs)
+    lab_pos = anchors[:, :, None] + k  # [B, N, bs-1]
+    labels = torch.gather(tokens, 1, lab_pos.clamp(max=S).view(B, -1)).view(B, n_anchors, bs - 1)
+    valid = (lab_pos < lengths[:, None, None]) & ok[:, :, None]
+    labels = torch.where(valid, labels, torch.full_like(labels, -1))
+    return feats, tokens, anchors, ok, labels
+
+
+def drafter_hidden(drafter, target_model, feats, tokens, anchors):
+    """Parallel training forward over many blocks: ``[B, N, bs, H]`` final-normed block states (spec 1.8 mask)."""
+    B, S, _ = feats.shape
+    bs = drafter.block_size
+    ctx = drafter.fuse(feats)
+    a_tok = torch.gather(tokens, 1, anchors)
+    x = drafter.block_embeddings(target_model, a_tok)
+    ctx_pos = torch.arange(S)[None].expand(B, S)
+    block_pos = anchors[:, :, None] + torch.arange(bs)
+    visible = torch.arange(S)[None, None, :] < anchors[:, :, None]  # [B, N, S]
+    return drafter.run_layers(x, ctx, ctx_pos, block_pos, visible)
+
+
+def to_draft_ids(labels: torch.Tensor, lookup: torch.Tensor) -> torch.Tensor:
+    """Map target ids to draft-vocab indices (-1 for padding or tokens outside the draft vocabulary)."""
+    out = lookup[labels.clamp(min=0)]
+    return torch.where(labels < 0, torch.full_like(out, -1), out)
+
+
+def decayed_ce(drafter, target_model, h, labels_d, gamma_w: float):
+    """Position-decayed cross-entropy (DFlash Eq. 4): weighted mean of CE at depths k=1..bs-1 with
+    ``w_k = exp(-(k-1)/gamma_w)`` over valid labels. ``h [B, N, bs, H]``, ``labels_d [B, N, bs-1]`` draft ids."""
+    bs = h.shape[2]
+    w = torch.exp(-torch.arange(bs - 1, dtype=torch.float32) / gamma_w)
+    hh = h[:, :, 1:].reshape(-1, h.shape[-1])
+    y = labels_d.reshape(-1)
+    keep = y >= 0
+    logits = F.linear(hh[keep], drafter.head_weight(target_model))
+    ce = F.cross_entropy(logits.float(), y[keep], reduction="none")
+    wk = w.expand_as(labels_d).reshape(-1)[keep]
+    return (ce * wk).sum() / wk.sum()
+
+
+# ----------------------------------------------------------------------------------------------------------------
+# 3. held-out acceptance: teacher-forced chain decoding (spec 1.7)
+
+
+@torch.no_grad()
+def heldout_tau(drafter, target_model, samples: list[Sample], max_new: int = 128, chunk: int = 4) -> dict:
+    """Mean acceptance length of chain decoding, simulated on the target's greedy continuations.
+
+    For every response position ``s`` the drafter drafts from context ``< s`` and anchor ``tokens[s]``; ``a(s)`` =
+    number of leading depths whose argmax equals ``tokens[s+1..]``. Chain decoding starts at ``s = P`` and moves by
+    ``tau = a(s) + 1`` until ``max_new`` response tokens are covered; under greedy decoding this is the real chain
+    tau (up to the numerics of batched features). Returns ``{"tau": tokens/rounds over all prompts, "acc": per-depth
+    top-1 match rate over all positions}``.
+    """
+    bs = drafter.block_size
+    rounds = toks = 0
+    hits = torch.zeros(bs - 1)
+    cnt = torch.zeros(bs - 1)
+    lookup = drafter_lookup(drafter, target_model)
+    for c0 in range(0, len(samples), chunk):
+        ss = []
+        for s in samples[c0:c0 + chunk]:
+            L = min(s.tokens.shape[0], s.prompt_len + max_new)
+            ss.append(Sample(s.idx, s.tokens[:L], s.feats[:L - 1], s.prompt_len))
+        n_max = max(s.tokens.shape[0] - 1 - s.prompt_len for s in ss)
+        B = len(ss)
+        S = max(s.feats.shape[0] for s in ss)
+        feats = torch.zeros(B, S, ss[0].feats.shape[1])
+        tokens = torch.zeros(B, S + 1, dtype=torch.long)
+        anchors = torch.zeros(B, n_max, dtype=torch.long)
+        for b, s in enumerate(ss):
+            L = s.tokens.shape[0]
+            feats[b, :L - 1] = s.feats.float()
+            tokens[b, :L] = s.tokens
+            n = L - 1 - s.prompt_len
+            anchors[b, :n] = torch.arange(s.prompt_len, L - 1)
+            anchors[b, n:] = s.prompt_len
+        h = drafter_hidden(drafter, target_model, feats, tokens, anchors)[:, :, 1:]
+        pred_d = F.linear(h, drafter.head_weight(target_model)).argmax(-1)  # [B, N, bs-1]
+        pred = pred_d if drafter.draft_vocab is None else drafter.draft_vocab[pred_d]
+        for b, s in enumerate(ss):
+            L = s.tokens.shape[0]
+            n = L - 1 - s.prompt_len
+            lab_pos = anchors[b, :n, None] + torch.arange(1, bs)
+            valid = lab_pos < L
+            match = (pred[b, :n] == tokens[b][lab_pos.clamp(max=L - 1)]) & valid
+            hits += match.sum(0)
+            cnt += valid.sum(0)
+            lead = torch.cumprod(match.int(), dim=1).sum(1)  # accepted drafts at each anchor
+            pos = s.prompt_len
+            end = L  # positions P..L-1 are the response tokens to produce
+            while pos < end:
+                t = int(lead[pos - s.prompt_len]) + 1 if pos - s.prompt_len < n else 1
+                t = min(t, end - pos)
+                rounds += 1
+                toks += t
+                pos += t
+    return {"tau": toks / max(rounds, 1), "acc": (hits / cnt.clamp(min=1)).tolist(), "rounds": rounds}
+
+
+def drafter_lookup(drafter, target_model) -> torch.Tensor:
+    """Target id -> draft-vocab index (-1 when outside) as an int64 table of size V_target."""
+    V = target_model.get_output_embeddings().weight.shape[0]
+    if drafter.draft_vocab is None:
+        return torch.arange(V)
+    lk = torch.full((V,), -1, dtype=torch.long)
+    lk[drafter.draft_vocab] = torch.arange(len(drafter.draft_vocab))
+    return lk
+
+
+# ----------------------------------------------------------------------------------------------------------------
+# 4. the training loop
+
+
+def build_drafter(cfg: TrainConfig, target, draft_vocab):
+    from .drafter import DFlashDrafter, DrafterConfig, init_from_target
+
+    tc = target.model.config
+    dcfg = DrafterConfig(
+        hidden_size=target.hidden_size, intermediate_size=cfg.intermediate_size or int(tc.intermediate_size),
+        num_attention_heads=int(tc.num_attention_heads), num_key_value_heads=int(tc.num_key_value_heads),
+        head_dim=int(getattr(tc, "head_dim", None) or target.hidden_size // tc.num_attention_heads),
+        rms_norm_eps=float(tc.rms_norm_eps),
+        rope_theta=float(getattr(tc, "rope_theta", None) or (getattr(tc, "rope_parameters", None) or {}).get("rope_theta", 10000.0)),
+        attention_bias=False, num_hidden_layers=cfg.num_layers, block_size=cfg.block_size,
+        num_target_layers=target.n_layers, vocab_size=target.vocab_size, qk_norm=cfg.qk_norm,
+        dflash_config={"mask_token_id": None, "target_layer_ids": layer_ids_for(cfg, target.n_layers)})
+    drafter = DFlashDrafter(dcfg, draft_vocab=draft_vocab)
+    if cfg.init_from_target:
+        init_from_target(drafter, target.model)
+    return drafter
+
+
+def lr_at(cfg: TrainConfig, step: int, progress: float) -> float:
+    """Linear warmup for ``warmup`` steps, then cosine from ``lr`` to ``min_lr`` over ``progress`` in [0, 1]."""
+    if step < cfg.warmup:
+        return cfg.lr * (step + 1) / cfg.warmup
+    p = min(max(progress, 0.0), 1.0)
+    return cfg.min_lr + 0.5 * (cfg.lr - cfg.min_lr) * (1 + math.cos(math.pi * p))
+
+
+def train(cfg: TrainConfig) -> dict:
+    """Train (or resume) the drafter on the generated data; returns the final log dict."""
+    from tqdm import tqdm
+
+    from .drafter import save_drafter
+    from .models import load_target
+
+    torch.set_num_threads(cfg.threads)
+    torch.manual_seed(cfg.seed)
+    target = load_target(cfg.target, dtype="float32", device="cpu")
+    layer_ids = layer_ids_for(cfg, target.n_layers)
+    samples = load_samples(cfg, layer_ids)
+    held_idx = {i for i, _ in load_prompts(cfg.prompts, cfg.n_heldout, cfg.seed)}
+    held = [s for s in samples if s.idx in held_idx]
+    trn = [s for s in samples if s.idx not in held_idx]
+    if not trn:
+        from .errors import InputError
+        raise InputError("data_dir", f"no generated training data in {cfg.data_dir}: run --phase gen first")
+    n_tok = sum(s.tokens.shape[0] - s.prompt_len for s in trn)
+    state_path = Path(cfg.data_dir) / "state.pt"
+    state = torch.load(state_path, weights_only=False) if state_path.exists() else None
+    if state is not None and state["cfg"]["num_layers"] == cfg.num_layers and state["cfg"]["qk_norm"] == cfg.qk_norm:
+        draft_vocab = state["draft_vocab"]
+    else:
+        state = None
+        draft_vocab = None if cfg.draft_vocab == "full" else build_draft_vocab(trn, target.eos_ids)
+    drafter = build_drafter(cfg, target, draft_vocab)
+    opt = torch.optim.AdamW([p for p in drafter.parameters() if p.requires_grad], lr=cfg.lr,
+                            weight_decay=cfg.weight_decay, betas=(0.9, 0.95))
+    step, train_s, best = 0, 0.0, -1.0
+    if state is not None:
+        drafter.load_state_dict(state["model"])
+        opt.load_state_dict(state["opt"])
+        step, train_s, best = state["step"], state["train_s"], state["best_tau"]
+        print(f"[train] resumed at step {step} ({train_s / 60:.1f} min trained, best held-out tau {best:.3f})")
+    lookup = drafter_lookup(drafter, target.model)
+    print(f"[train] {len(trn)} train sequences ({n_tok} response tokens), {len(held)} held out; draft vocab "
+          f"{'full' if draft_vocab is None else len(draft_vocab)}; {sum(p.numel() for p in drafter.parameters())/1e6:.2f}M params",
+          flush=True)
+    gen = torch.Generator().manual_seed(cfg.seed + step)
+    out_dir = Path(cfg.out) if cfg.out else None
+    limit_s = cfg.time_limit_min * 60
+
+    def save_state():
+        tmp = state_path.with_suffix(".tmp")
+        torch.save({"model": drafter.state_dict(), "opt": opt.state_dict(), "step": step, "train_s": train_s,
+                    "best_tau": best, "cfg": asdict(cfg), "draft_vocab": draft_vocab}, tmp)
+        os.replace(tmp, state_path)
+
+    def evaluate():
+        nonlocal best
+        drafter.eval()
+        r = heldout_tau(drafter, target.model, held) if held else {"tau": float("nan"), "acc": []}
+        drafter.train()
+        improved = held and r["tau"] > best
+        if improved:
+            best = r["tau"]
+            if out_dir is not None:
+                drafter.config.vocab_size = target.vocab_size
+                save_drafter(drafter, out_dir)
+                meta = {"heldout_tau": best, "step": step, "train_minutes": train_s / 60, "train_sequences": len(trn),
+                        "train_response_tokens": n_tok, "heldout_prompts": len(held), "acc_per_depth": r["acc"],
+                        "config": asdict(cfg)}
+                (out_dir / "training_log.json").write_text(json.dumps(meta, indent=1))
+        print(f"[eval] step {step} held-out tau {r['tau']:.3f} (best {best:.3f}{', saved' if improved and out_dir else ''})"
+              f" acc@1..4 {' '.join(f'{a:.2f}' for a in r['acc'][:4])}", flush=True)
+        return r
+
+    drafter.train()
+    bar = tqdm(total=cfg.steps, initial=step, desc="train", unit="step", mininterval=30)
+    last_state, ema = time.perf_counter(), None
+    while step < cfg.steps and not (limit_s and train_s >= limit_s):
+        t0 = time.perf_counter()
+        progress = train_s / limit_s if limit_s else step / cfg.steps
+        lr = lr_at(cfg, step, progress)
+        for g in opt.param_groups:
+            g["lr"] = lr
+        batch = [trn[i] for i in torch.randint(len(trn), (cfg.batch_seqs,), generator=gen).tolist()]
+        feats, tokens, anchors, ok, labels = make_batch(batch, cfg.anchors_per_seq, cfg.block_size, gen)
+        h = drafter_hidden(drafter, target.model, feats, tokens, anchors)
+        loss = decayed_ce(drafter, target.model, h, to_draft_ids(labels, lookup), cfg.gamma_w)
+        opt.zero_grad(set_to_none=True)
+        loss.backward()
+        torch.nn.utils.clip_grad_norm_(drafter.parameters(), cfg.grad_clip)
+        opt.step()
+        step += 1
+        train_s += time.perf_counter() - t0
+        ema = loss.item() if ema is None else 0.95 * ema + 0.05 * loss.item()
+        bar.update(1)
+        if step % 10 == 0:
+            print(f"[train] step {step} loss {loss.item():.3f} (ema {ema:.3f}) lr {lr:.2e} "
+                  f"{train_s / step:.2f} s/step {train_s / 60:.1f} min", flush=True)
+        if step % cfg.eval_every == 0:
+            evaluate()
+        if time.perf_counter() - last_state > cfg.state_every_s:
+            save_state()
+            last_state = time.perf_counter()
+    bar.close()
+    r = evaluate()
+    save_state()
+    return {"step": step, "loss": ema, "train_s": train_s, **r}
 
 
 # ----------------------------------------------------------------------------------------------------------------

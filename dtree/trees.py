@@ -462,15 +462,14 @@ def tree_attention_inputs(
     start = check_int("start", start, lo=0)
     if not dtype.is_floating_point:
         raise ValueError(f"dtype must be a floating dtype, got {dtype}")
-    vis = torch.from_numpy(visibility(tree))
+    vis = torch.from_numpy(visibility(tree)).to(device)
     n1 = vis.shape[0]
-    ids = torch.as_tensor(tree.tokens, dtype=torch.long).view(1, n1)
-    pos = (torch.as_tensor(tree.depths, dtype=torch.long) + start).view(1, n1)
-    mask = torch.zeros((1, 1, n1, start + n1), dtype=dtype)
-    block = torch.zeros((n1, n1), dtype=dtype)
-    block.masked_fill_(~vis, torch.finfo(dtype).min)
-    mask[0, 0, :, start:] = block
-    return ids.to(device), pos.to(device), mask.to(device)
+    ids = torch.as_tensor(tree.tokens, dtype=torch.long).view(1, n1).to(device)
+    pos = (torch.as_tensor(tree.depths, dtype=torch.long) + start).view(1, n1).to(device)
+    # Built on the target device: only the [n+1, n+1] visibility bits cross from the host.
+    mask = torch.zeros((1, 1, n1, start + n1), dtype=dtype, device=vis.device)
+    mask[0, 0, :, start:].masked_fill_(~vis, torch.finfo(dtype).min)
+    return ids, pos, mask
 
 
 def child_maps(tree: DraftTree) -> list[dict[int, int]]:

@@ -4,7 +4,7 @@ import pandas as pd
 import streamlit as st
 
 from dtree import figures, ui
-from dtree.engine import DEFAULT_BUDGET, MAX_BUDGET, DecodeConfig
+from dtree.engine import MAX_BUDGET, DecodeConfig
 from dtree.records import METHODS
 
 st.title("Live decode")

@@ -2,6 +2,12 @@
 
 from __future__ import annotations
 
+import os
+
+# torch threads busy-wait for each other by default; on a shared 2-core machine that makes them ~30x slower when
+# anything else runs. Must be set before torch is imported.
+os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
+
 import gzip
 import json
 from pathlib import Path
@@ -11,6 +17,7 @@ import torch
 
 ROOT = Path(__file__).resolve().parent.parent
 DATASETS = ROOT.parent / "shared" / "datasets"
+DEVICE = os.environ.get("DTREE_TEST_DEVICE", "cpu")  # scripts/gpu_check.sh sets cuda
 
 torch.set_num_threads(max(1, min(2, torch.get_num_threads())))
 
@@ -31,7 +38,7 @@ def dataset_prompts(n_per_set: int = 2) -> list[str]:
 def target32():
     from dtree.models import load_target
 
-    return load_target("embedded", dtype="float32", device="cpu")
+    return load_target("embedded", dtype="float32", device=DEVICE)
 
 
 @pytest.fixture(scope="session")
@@ -45,7 +52,7 @@ def drafter32(target32):
 def backend32(target32, drafter32):
     from dtree.backend import Backend
 
-    b = Backend("embedded", "float32", "cpu")
+    b = Backend("embedded", "float32", DEVICE)
     return b
 
 

@@ -34,7 +34,7 @@ def _random_tree(seed: int, gamma: int = 5, k: int = 4, budget: int = 24, vocab:
 
 def _plain_logits(model, ids: list[int]) -> torch.Tensor:
     with torch.inference_mode():
-        return model(input_ids=torch.tensor([ids])).logits[0, -1]
+        return model(input_ids=torch.tensor([ids], device=model.device)).logits[0, -1]
 
 
 def test_tree_attention_equals_plain_sequences(target32):
@@ -106,12 +106,12 @@ def test_sampling_first_two_tokens_match_target_distribution(backend32):
     prompt = "Pick a random animal and describe it in one word."
     ids = target.encode_prompt(prompt)
     with torch.inference_mode():
-        p1 = torch.softmax(target.model(input_ids=torch.tensor([ids])).logits[0, -1] / temperature, -1)
+        p1 = torch.softmax(target.model(input_ids=torch.tensor([ids], device=target.device)).logits[0, -1] / temperature, -1)
     top1 = torch.topk(p1, 4).indices.tolist()
     exact: dict[tuple, float] = {}
     for t1 in top1:
         with torch.inference_mode():
-            p2 = torch.softmax(target.model(input_ids=torch.tensor([ids + [t1]])).logits[0, -1] / temperature, -1)
+            p2 = torch.softmax(target.model(input_ids=torch.tensor([ids + [t1]], device=target.device)).logits[0, -1] / temperature, -1)
         for t2 in torch.topk(p2, 3).indices.tolist():
             exact[(t1, t2)] = float(p1[t1] * p2[t2])
     n = 240

@@ -1,0 +1,57 @@
+"""Streamlit AppTest of the pages on the real embedded model (tiny settings)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+from streamlit.testing.v1 import AppTest
+
+ROOT = Path(__file__).resolve().parent.parent
+
+
+@pytest.fixture()
+def store_env(tmp_path, monkeypatch):
+    path = tmp_path / "app.sqlite"
+    monkeypatch.setenv("DTREE_STORE", str(path))
+    import dtree.ui
+
+    monkeypatch.setattr(dtree.ui, "DEFAULT_STORE", str(path))
+    return path
+
+
+def _live(at_timeout: int = 240) -> AppTest:
+    at = AppTest.from_file(str(ROOT / "pages" / "1_live_decode.py"), default_timeout=at_timeout)
+    return at.run()
+
+
+def test_app_navigation_loads():
+    at = AppTest.from_file(str(ROOT / "app.py"), default_timeout=120).run()
+    assert not at.exception
+    assert any("Live decode" in t.value for t in at.title)
+
+
+def test_live_decode_runs_and_draws_tree(store_env):
+    at = _live()
+    assert not at.exception
+    at.text_area[0].input("What is 6 times 7?")
+    at.selectbox[1].select("ddtree")  # [0] is the sidebar dtype
+    at.number_input[0].set_value(4)
+    at.number_input[1].set_value(12)
+    at.button[0].click().run()
+    assert not at.exception, at.exception
+    assert not at.error, [e.value for e in at.error]
+    charts = at.get("plotly_chart")
+    assert len(charts) >= 2  # rounds strip + tree
+    df = at.dataframe[0].value
+    assert len(df) >= 1 and (df["tau"] >= 1).all() and (df["budget"] <= 4).all()
+    assert store_env.exists()
+
+
+def test_live_decode_bad_input_shows_error_and_stores_nothing(store_env):
+    at = _live()
+    at.text_area[0].input("   ")
+    at.button[0].click().run()
+    assert not at.exception
+    assert at.error and "prompt" in at.error[0].value
+    assert not at.get("plotly_chart")

@@ -1,0 +1,284 @@
+"""Tests of the cost model (dtree/cost.py): monotone-convex fit, lookup rules, JSON persistence, real profiling."""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pytest
+import torch
+from scipy.optimize import minimize
+
+from dtree.cost import FORMAT, VERSION, CostModel, fit_monotone_convex, is_monotone_convex, profile_verify
+from dtree.errors import InputError
+
+NODES = np.array([0, 1, 2, 4, 8, 16, 32, 64])
+
+
+def slopes(y, x):
+    return np.diff(y) / np.diff(x)
+
+
+def assert_monotone_convex(y, x, tol=1e-12):
+    s = slopes(np.asarray(y, float), np.asarray(x, float))
+    scale = max(np.max(np.abs(y)), 1e-12)
+    assert (s >= -tol * scale).all(), s
+    assert (np.diff(s) >= -tol * scale).all(), np.diff(s)
+
+
+def random_convex(rng, x):
+    """Non-decreasing convex function sampled on x: a + b x + c max(0, x - knot)^2 style mixture."""
+    knot = rng.uniform(0, x[-1])
+    return rng.uniform(0.02, 0.1) + rng.uniform(0, 1e-3) * x + rng.uniform(0, 1e-5) * np.maximum(0, x - knot) ** 2
+
+
+def model_from_rows(rows, contexts, nodes=NODES, cd=0.01):
+    rows = np.asarray(rows, float)
+    return CostModel(cd, contexts, nodes, rows, rows, {"source": "test"})
+
+
+# ----------------------------------------------------------------------------------------------------------------------
+# fit
+# ----------------------------------------------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("seed", range(15))
+def test_fit_is_monotone_convex_and_optimal(seed):
+    rng = np.random.default_rng(seed)
+    x = NODES.astype(float) if seed % 2 else np.arange(12.0)
+    truth = random_convex(rng, x)
+    y = truth * np.exp(rng.normal(0, 0.15, size=len(x)))  # 15% multiplicative noise, like a shared machine
+    fit = fit_monotone_convex(y, x)
+    assert fit.shape == y.shape and fit.dtype == np.float64
+    assert_monotone_convex(fit, x, tol=1e-9)
+    assert is_monotone_convex(fit, x)
+    # Projection onto a convex set that contains the truth is non-expansive: the fit is no farther from the truth
+    # than the raw data (the unconstrained least-squares fit, which is the data itself).
+    assert np.linalg.norm(fit - truth) <= np.linalg.norm(y - truth) + 1e-12
+    # Optimality against an independent solver (SLSQP on the difference constraints).
+    dx = np.diff(x)
+    cons = [
+        {"type": "ineq", "fun": lambda b: np.diff(b) / dx},
+        {"type": "ineq", "fun": lambda b: np.diff(np.diff(b) / dx)},
+    ]
+    sc = y.max()
+    ref = minimize(lambda b: 0.5 * np.sum((y / sc - b) ** 2), x0=np.full(len(y), y.mean() / sc),
+                   jac=lambda b: b - y / sc, constraints=cons, method="SLSQP", options={"ftol": 1e-14, "maxiter": 500})
+    assert np.sum((y - fit) ** 2) <= np.sum((y - ref.x * sc) ** 2) * (1 + 1e-6) + 1e-18
+
+
+def test_fit_keeps_convex_data_and_flattens_decreasing_data():
+    x = NODES.astype(float)
+    y = 0.05 + 1e-4 * x + 1e-6 * x**2
+    np.testing.assert_allclose(fit_monotone_convex(y, x), y, rtol=1e-9)
+    dec = np.linspace(1.0, 0.5, 6)
+    np.testing.assert_allclose(fit_monotone_convex(dec), np.full(6, dec.mean()), rtol=1e-9)
+    np.testing.assert_array_equal(fit_monotone_convex(np.array([0.3])), [0.3])
+    # the fp32 anomaly of cpu-feasibility.md: n = 2-3 slower than n = 4-8
+    bumpy = np.array([61, 106, 84, 92, 109, 147, 216, 340.0]) / 1e3
+    fit = fit_monotone_convex(bumpy, np.array([0, 1, 2, 4, 8, 16, 32, 64.0]))
+    assert_monotone_convex(fit, np.array([0, 1, 2, 4, 8, 16, 32, 64.0]), tol=1e-9)
+
+
+def test_fit_rejects_bad_input():
+    with pytest.raises(ValueError):
+        fit_monotone_convex(np.array([1.0, np.nan]))
+    with pytest.raises(ValueError):
+        fit_monotone_convex(np.array([]))
+    with pytest.raises(ValueError):
+        fit_monotone_convex(np.array([1.0, 2.0]), np.array([1.0, 1.0]))
+
+
+def test_from_measurements_fits_every_context():
+    rng = np.random.default_rng(1)
+    raw = np.stack([random_convex(rng, NODES.astype(float)) * np.exp(rng.normal(0, 0.2, len(NODES))) for _ in range(3)])
+    cm = CostModel.from_measurements(0.02, [64, 256, 1024], NODES, raw, {"model": "x"})
+    np.testing.assert_array_equal(cm.cv_raw_s, raw)
+    for row_raw, row_fit in zip(raw, cm.cv_fit_s):
+        np.testing.assert_allclose(row_fit, fit_monotone_convex(row_raw, NODES))
+        assert_monotone_convex(row_fit, NODES, tol=1e-9)
+    assert cm.meta["model"] == "x" and "date" in cm.meta and "version" in cm.meta
+
+
+def test_constructor_validation():
+    row = (0.01 + 1e-4 * NODES)[None, :]
+    with pytest.raises(InputError) as e:
+        CostModel(0.01, [10], NODES + 1, row, row)
+    assert e.value.field == "nodes"
+    with pytest.raises(InputError):
+        CostModel(0.01, [10, 5], NODES, np.vstack([row, row]), np.vstack([row, row]))
+    with pytest.raises(InputError):
+        CostModel(-1.0, [10], NODES, row, row)
+    with pytest.raises(InputError):
+        CostModel(0.01, [10], NODES, row[:, :-1], row)
+    with pytest.raises(InputError):
+        CostModel(0.01, [10], NODES, row, row[:, ::-1])  # fit not monotone
+    with pytest.raises(InputError):
+        CostModel(0.01, [10], NODES, row * np.nan, row)
+
+
+# ----------------------------------------------------------------------------------------------------------------------
+# lookup
+# ----------------------------------------------------------------------------------------------------------------------
+
+
+def test_cv_interpolation_in_n_and_L():
+    rng = np.random.default_rng(2)
+    rows = np.stack([random_convex(rng, NODES.astype(float)) for _ in range(3)])
+    rows = np.maximum.accumulate(rows, axis=0)  # cost grows with L
+    cm = model_from_rows(rows, [64, 256, 1024])
+    for ci, L in enumerate([64, 256, 1024]):
+        np.testing.assert_allclose(cm.cv(NODES, L), rows[ci], rtol=1e-12)
+        # linear between grid points in n
+        assert cm.cv(12, L) == pytest.approx((rows[ci][4] + rows[ci][5]) / 2)
+    # linear in L between contexts
+    assert cm.cv(8, 160) == pytest.approx((rows[0][4] + rows[1][4]) / 2)
+    np.testing.assert_allclose(cm.cv(NODES, 640), (rows[1] + rows[2]) / 2, rtol=1e-12)
+    # below the smallest context: the smallest context's curve
+    np.testing.assert_allclose(cm.cv(NODES, 0), rows[0])
+    # scalar in, float out; array in, array of the same shape out
+    assert isinstance(cm.cv(3, 100), float)
+    assert cm.cv(np.arange(6).reshape(2, 3), 100).shape == (2, 3)
+    assert cm.cv_curve(100, 10).shape == (11,)
+    np.testing.assert_allclose(cm.cv_curve(100, 10), cm.cv(np.arange(11), 100))
+
+
+def test_cv_extrapolation_beyond_largest_n_uses_last_slope():
+    rng = np.random.default_rng(3)
+    rows = np.stack([random_convex(rng, NODES.astype(float)) for _ in range(2)])
+    rows = np.maximum.accumulate(rows, axis=0)
+    cm = model_from_rows(rows, [100, 200])
+    for L in (100, 150, 200):
+        last = cm.cv(64, L)
+        slope = cm.cv(64, L) - cm.cv(63, L)  # last segment 32..64 is linear, so this is its slope
+        for n in (65, 100, 1024):
+            assert cm.cv(n, L) == pytest.approx(last + slope * (n - 64), rel=1e-12)
+        curve = cm.cv_curve(L, 300)
+        assert_monotone_convex(curve, np.arange(301.0), tol=1e-9)
+        assert curve[300] > curve[64]  # no clamp in n
+
+
+def test_cv_extrapolation_beyond_largest_L():
+    n = NODES.astype(float)
+    contexts = np.array([100, 200, 400])
+    # Cost that is exactly linear in L for every n: a + b n + c n L (the shape spec 3.5 reports) + d L
+    exact = lambda L: 0.03 + 2e-4 * n + 1e-7 * n * L + 1e-6 * L  # noqa: E731
+    cm = model_from_rows(np.stack([exact(L) for L in contexts]), contexts)
+    for L in (500, 800, 4000):
+        np.testing.assert_allclose(cm.cv(NODES, L), exact(L), rtol=1e-10)
+    # Rows that do not keep growing with L: never below the last context, and still monotone convex in n.
+    rows = np.stack([exact(400) * 1.2, exact(400)])
+    rows[1, -1] += 0.01  # last slope grows, the others shrink
+    cm2 = model_from_rows(rows, [300, 400])
+    for L in (450, 1000, 10000):
+        curve = cm2.cv(NODES, L)
+        assert (curve >= rows[1] - 1e-15).all()
+        assert_monotone_convex(curve, n, tol=1e-9)
+        assert_monotone_convex(cm2.cv_curve(L, 200), np.arange(201.0), tol=1e-9)
+    # Slopes that grow with L faster at small n than at large n: plain linear extrapolation of the values would bend
+    # the curve concave; the extrapolated curve must stay monotone convex and above the last context.
+    dx = np.diff(n)
+    s_lo = np.array([0.0, 1.0, 2.0, 3.0, 4.0, 5.0, 6.0]) * 1e-4
+    s_hi = np.array([2.0, 2.1, 2.2, 3.3, 4.4, 5.5, 6.6]) * 1e-4
+    rows = np.stack([0.05 + np.r_[0.0, np.cumsum(s * dx)] for s in (s_lo, s_hi)])
+    cm3 = model_from_rows(rows, [100, 200])
+    for L in (300, 500, 5000):
+        curve = cm3.cv(NODES, L)
+        assert (curve >= rows[1] - 1e-15).all()
+        assert_monotone_convex(curve, n, tol=1e-9)
+    # a single-context model uses its only curve for every L
+    one = model_from_rows(exact(100)[None, :], [100])
+    np.testing.assert_allclose(one.cv(NODES, 5000), exact(100))
+
+
+def test_cv_rejects_bad_arguments():
+    cm = model_from_rows((0.01 + 1e-4 * NODES)[None, :], [10])
+    with pytest.raises(ValueError):
+        cm.cv(-1, 10)
+    with pytest.raises(ValueError):
+        cm.cv(np.array([1.0, np.nan]), 10)
+    with pytest.raises(ValueError):
+        cm.cv(1, -5)
+    with pytest.raises(InputError):
+        cm.cv_curve(10, -1)
+
+
+def test_with_weights():
+    cm = model_from_rows((0.01 + 1e-4 * NODES)[None, :], [10], cd=0.004)
+    w = cm.with_weights(cd_scale=2.0, cv_scale=0.5)
+    assert w.cd_s == pytest.approx(0.008)
+    np.testing.assert_allclose(w.cv(NODES, 10), 0.5 * cm.cv(NODES, 10))
+    assert cm.with_weights(cd_s=0.1).cd_s == 0.1
+    with pytest.raises(InputError):
+        cm.with_weights(cv_scale=-1)
+
+
+# ----------------------------------------------------------------------------------------------------------------------
+# persistence
+# ----------------------------------------------------------------------------------------------------------------------
+
+
+def test_json_round_trip(tmp_path):
+    rng = np.random.default_rng(4)
+    raw = np.stack([random_convex(rng, NODES.astype(float)) * np.exp(rng.normal(0, 0.1, len(NODES))) for _ in range(2)])
+    cm = CostModel.from_measurements(0.0123, [64, 512], NODES, raw, {"model": "m", "dtype": "float32"})
+    path = cm.save(tmp_path / "sub" / "cost.json")
+    d = json.loads(path.read_text())
+    assert d["format"] == FORMAT and d["version"] == VERSION
+    back = CostModel.load(path)
+    assert back.cd_s == cm.cd_s and back.meta == cm.meta
+    for name in ("contexts", "nodes", "cv_raw_s", "cv_fit_s"):
+        np.testing.assert_array_equal(getattr(back, name), getattr(cm, name))
+    np.testing.assert_array_equal(back.cv_curve(300, 100), cm.cv_curve(300, 100))
+    assert CostModel.from_dict(cm.to_dict()).to_dict() == cm.to_dict()
+
+
+def test_load_rejects_wrong_or_corrupt_files(tmp_path):
+    cm = model_from_rows((0.01 + 1e-4 * NODES)[None, :], [10])
+    good = cm.to_dict()
+    cases = {
+        "wrong_format": {**good, "format": "something-else"},
+        "wrong_version": {**good, "version": VERSION + 1},
+        "missing_key": {k: v for k, v in good.items() if k != "cv_fit_s"},
+        "bad_shape": {**good, "cv_raw_s": [[0.1, 0.2]]},
+        "not_object": [1, 2, 3],
+    }
+    for name, content in cases.items():
+        p = tmp_path / f"{name}.json"
+        p.write_text(json.dumps(content))
+        with pytest.raises(InputError):
+            CostModel.load(p)
+    truncated = tmp_path / "truncated.json"
+    truncated.write_text(json.dumps(good)[:40])
+    with pytest.raises(InputError) as e:
+        CostModel.load(truncated)
+    assert e.value.field == "path"
+    binary = tmp_path / "binary.json"
+    binary.write_bytes(b"\xff\xfe\x00garbage")
+    with pytest.raises(InputError):
+        CostModel.load(binary)
+    with pytest.raises(InputError):
+        CostModel.load(tmp_path / "missing.json")
+
+
+# ----------------------------------------------------------------------------------------------------------------------
+# profiling on the real embedded model
+# ----------------------------------------------------------------------------------------------------------------------
+
+
+def test_profile_verify_on_embedded_model():
+    from dtree.models import load_target
+
+    target = load_target("embedded", dtype="float32", device="cpu")
+    calls = []
+    out = profile_verify(target.model, (0, 16), (0, 3), 2, torch.float32, "cpu",
+                         progress=lambda done, total: calls.append((done, total)))
+    assert out.shape == (2, 2) and out.dtype == np.float64
+    assert np.isfinite(out).all() and (out > 0).all()
+    assert calls[-1] == (8, 8) and len(calls) == 8
+    cm = CostModel.from_measurements(0.01, (0, 16), (0, 3), out, {"model": "embedded"})
+    assert cm.cv(1, 8) > 0
+    with pytest.raises(InputError):
+        profile_verify(target.model, (16, 0), (0, 3), 1, torch.float32, "cpu")
+    with pytest.raises(InputError):
+        profile_verify(target.model, (16,), (0, 3), 0, torch.float32, "cpu")
