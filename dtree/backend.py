@@ -94,6 +94,7 @@ class Backend:
         else:
             path = Path(drafter) if drafter else default_drafter_path()
             self.drafter = load_drafter(path, self.target)
+            self.drafter.name = path.name if drafter is None else str(path)
         self._cost_model = None
 
     def cost_model(self, progress=None, path: str | Path | None = None):

@@ -124,6 +124,7 @@ def verify_tree(model, tree: DraftTree, start: int, cache: DynamicCache, dtype: 
     return out.logits[0], out.hidden_states
 
 
+@torch.inference_mode()
 def compact_cache(cache: DynamicCache, start: int, n_verified: int, accepted: list[int]) -> None:
     """Keep only the accepted nodes' K/V after a tree verify (spec 2.7).
 

@@ -160,3 +160,29 @@ def test_rounds_are_consistent(backend32, small_cost):
         assert r.tree.method == "caddtree" and 0 <= r.budget <= 32
         assert np.isfinite(r.tree.thetas).all() and len(r.tree.theta_curve) >= r.budget + 1
         assert r.draft_ms > 0 and r.verify_ms > 0
+
+
+def test_run_logged_round_by_round_and_interruption_kept(backend32, tmp_store):
+    """Each round reaches the store as it completes; a run stopped mid-way stays readable, marked interrupted."""
+    cfg = DecodeConfig("ddtree", budget=4, max_new_tokens=48)
+    done = backend32.decode("List the planets.", cfg, store=tmp_store)
+    back = tmp_store.load_run(done.run_id)
+    assert back.status == "complete" and back.output_ids == done.output_ids
+    assert [r.tau for r in back.rounds] == [r.tau for r in done.rounds]
+    np.testing.assert_array_equal(back.rounds[0].tree.tokens, done.rounds[0].tree.tokens)
+
+    seen = []
+
+    def stop_after_two(rnd, n):
+        seen.append(rnd.index)
+        if len(seen) == 2:
+            raise KeyboardInterrupt
+
+    with pytest.raises(KeyboardInterrupt):
+        backend32.decode("List the planets.", cfg, store=tmp_store, on_round=stop_after_two)
+    runs = tmp_store.list_runs()
+    cut = runs[runs["status"] == "interrupted"]
+    assert len(cut) == 1
+    part = tmp_store.load_run(int(cut["id"].iloc[0]))
+    assert len(part.rounds) == 2
+    assert [r.committed for r in part.rounds] == [r.committed for r in done.rounds[:2]]
