@@ -72,6 +72,25 @@ def profile_cost_model(target: Target, drafter, contexts=QUICK_CONTEXTS, nodes=Q
                          repeats=repeats, progress=progress, meta=meta)
 
 
+def cost_model_mismatch(cost, target: Target, drafter=None) -> list[str]:
+    """Reasons why ``cost`` (a CostModel) may not describe this target/drafter/dtype/machine, one line each.
+
+    Compares the model's ``meta`` (``target``, ``drafter``, ``dtype``, ``hardware``, as written by
+    :func:`profile_cost_model`) with the loaded models; keys missing from ``meta`` are not compared. An empty list
+    means nothing looks wrong. The caller warns and lets the user proceed.
+    """
+    meta = getattr(cost, "meta", None) or {}
+    here = {"target": target.name, "dtype": dtype_name(target.dtype), "hardware": hardware_description(target.device)}
+    if drafter is not None and getattr(drafter, "name", None):
+        here["drafter"] = drafter.name
+    out = []
+    for key, mine in here.items():
+        theirs = meta.get(key)
+        if theirs is not None and str(theirs) != str(mine):
+            out.append(f"cost model was measured for {key} {theirs!r}, this run uses {mine!r}")
+    return out
+
+
 class Backend:
     """Target + drafter + cost model, loaded once (per Streamlit server via ``st.cache_resource``, or per CLI run).
 
@@ -96,6 +115,7 @@ class Backend:
             self.drafter = load_drafter(path, self.target)
             self.drafter.name = path.name if drafter is None else str(path)
         self._cost_model = None
+        self.cost_weights = None  # optional dtree.cost.CostWeights applied to every run's cost model
 
     def cost_model(self, progress=None, path: str | Path | None = None):
         """The cost model used by caddtree: ``path`` if given, else the cached auto-profile (profiled on first use)."""
@@ -129,15 +149,20 @@ class Backend:
         return prompt_ids, cfg.validated(self.target.max_context, len(prompt_ids), block)
 
     def decode(self, prompt: str, cfg: engine.DecodeConfig, store=None, on_round=None, chat: bool = True,
-               cost_progress=None) -> RunRecord:
+               cost_progress=None, cost_weights=None) -> RunRecord:
         """Encode, validate and decode ``prompt`` with ``cfg``; see :func:`dtree.engine.generate`.
 
         The cost model is attached for display to every speculative run once one exists, and profiled on first use by
-        caddtree (``cost_progress(done, total)`` reports that).
+        caddtree (``cost_progress(done, total)`` reports that). ``cost_weights`` (a :class:`dtree.cost.CostWeights`,
+        default ``self.cost_weights``) is applied to the profile (:meth:`dtree.cost.CostModel.weighted`); the
+        weighted model is the one the run uses and stores.
         """
         prompt_ids, cfg = self.prepare(prompt, cfg, chat)
+        weights = cost_weights if cost_weights is not None else self.cost_weights
         cost = None
         if cfg.method != "ar" and (cfg.method == "caddtree" or self._cost_model is not None):
             cost = self.cost_model(progress=cost_progress)
+            if weights is not None:
+                cost = cost.weighted(weights)
         return engine.generate(self.target, prompt_ids, cfg, drafter=self.drafter if cfg.method != "ar" else None,
                                cost_model=cost, sink=store, on_round=on_round, prompt_text=prompt)

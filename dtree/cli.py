@@ -1,4 +1,4 @@
-"""Command line: ``python -m dtree {decode,train-drafter} ...``.
+"""Command line: ``python -m dtree {decode,profile,replay,train-drafter} ...``.
 
 Bad input exits with code 2 and a one-line message naming the field; nothing is written to the trace store then.
 """
@@ -8,6 +8,8 @@ from __future__ import annotations
 import argparse
 import json
 import sys
+
+import numpy as np
 
 from .errors import InputError
 
@@ -32,6 +34,9 @@ def _add_decode_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--seed", type=int, default=0, help="sampling seed (temperature > 0)")
     p.add_argument("--topk-log", type=int, default=32, help="drafter top-k marginals logged per depth (default 32)")
     p.add_argument("--cost-model", default=None, help="cost-model JSON file for caddtree (default: auto-profiled)")
+    p.add_argument("--cost-weights", default=None,
+                   help="cost weights on the profile, e.g. 'cd=1.5,cv=0.8' (scales) or 'cv_a=0.05,cv_b=0.002,cv_c=0' "
+                        "(analytic Cv = a + b n + c n^2 seconds) and 'cd_s=0.004' (Cd override, seconds)")
     p.add_argument("--compare-ar", action="store_true", help="also run AR on the same prompt and report the speedup")
     p.add_argument("--json", action="store_true", help="print a JSON summary instead of text")
     p.add_argument("--store", default="runs/dtree.sqlite", help="trace store file (default runs/dtree.sqlite)")
@@ -50,15 +55,20 @@ def _summary(run) -> dict:
 def cmd_decode(args) -> int:
     from tqdm import tqdm
 
-    from .backend import Backend
+    from .backend import Backend, cost_model_mismatch
+    from .cost import CostWeights
     from .engine import DecodeConfig
 
+    weights = CostWeights.parse(args.cost_weights)  # bad weights exit 2 before any model is loaded
     cfg = DecodeConfig(method=args.method, budget=args.budget, max_new_tokens=args.max_new_tokens,
                        temperature=args.temperature, seed=args.seed, topk_log=args.topk_log)
     backend = Backend(args.target, args.dtype, args.device, args.drafter)
     backend.prepare(args.prompt, cfg)  # reject bad input before anything is profiled or stored
+    backend.cost_weights = None if weights.is_identity else weights
     if args.cost_model:
-        backend.cost_model(path=args.cost_model)
+        cm = backend.cost_model(path=args.cost_model)
+        for why in cost_model_mismatch(cm, backend.target, backend.drafter):
+            print(f"warning: {why}; its predictions may be wrong for this run (proceeding)", file=sys.stderr)
     store = None
     if not args.no_store:
         from .store import TraceStore
@@ -98,12 +108,142 @@ def cmd_decode(args) -> int:
     return 0
 
 
+def _int_list(field: str, text: str) -> list[int]:
+    try:
+        return [int(v) for v in text.split(",") if v.strip()]
+    except ValueError:
+        raise InputError(field, f"must be a comma-separated list of integers, got {text!r}") from None
+
+
+def profile_nodes(max_nodes: int) -> list[int]:
+    """Node counts profiled up to ``max_nodes``: 0, the powers of two and the points 3 * 2^k half-way between them,
+    and ``max_nodes`` itself (e.g. 256 -> 0 1 2 3 4 6 8 12 16 24 32 48 64 96 128 192 256)."""
+    pts = {0, max_nodes}
+    v = 1
+    while v <= max_nodes:
+        pts.add(v)
+        if 3 * v // 2 <= max_nodes and v >= 2:
+            pts.add(3 * v // 2)
+        v *= 2
+    return sorted(pts)
+
+
+def cmd_profile(args) -> int:
+    """Measure Cd and Cv(n; L) on this machine, fit, save the versioned JSON and print raw vs fitted ms."""
+    from tqdm import tqdm
+
+    from .backend import Backend, default_cost_model_path, profile_cost_model
+    from .errors import check_int
+
+    max_nodes = check_int("max_nodes", args.max_nodes, 1, 1024)
+    repeats = check_int("repeats", args.repeats, 1, 1000)
+    contexts = sorted(set(_int_list("contexts", args.contexts)))
+    if not contexts:
+        raise InputError("contexts", "must list at least one context length")
+    for c in contexts:
+        check_int("contexts", c, lo=1)
+    backend = Backend(args.target, args.dtype, args.device, args.drafter)
+    hi = backend.target.max_context - max_nodes - 1
+    for c in contexts:
+        check_int("contexts", c, 1, hi)
+    if backend.drafter is None:
+        raise InputError("drafter", "profiling Cd needs a drafter: pass --drafter PATH")
+    nodes = profile_nodes(max_nodes)
+    out = args.out or default_cost_model_path(backend.target, backend.drafter)
+    bar = tqdm(total=len(contexts) * len(nodes) * repeats, desc="profile Cv", unit="fwd", file=sys.stderr)
+
+    def progress(done, total):
+        bar.update(done - bar.n)
+
+    try:
+        cm = profile_cost_model(backend.target, backend.drafter, contexts=contexts, nodes=nodes, repeats=repeats,
+                                progress=progress)
+    finally:
+        bar.close()
+    path = cm.save(out)
+    print(f"Cd = {cm.cd_s * 1e3:.3f} ms per round (drafter)")
+    head = "    n | " + " | ".join(f"L={c:>6} raw/fit ms" for c in cm.contexts)
+    print(head)
+    print("-" * len(head))
+    for j, n in enumerate(cm.nodes):
+        cells = " | ".join(f"{cm.cv_raw_s[i, j] * 1e3:8.2f} /{cm.cv_fit_s[i, j] * 1e3:8.2f}" for i in range(len(cm.contexts)))
+        print(f"{int(n):5d} | {cells}")
+    print(f"saved cost model to {path}")
+    return 0
+
+
+def cmd_replay(args) -> int:
+    """Replay logged runs under every DDTree budget, the chain and CaDDTree; print the sweep table."""
+    from pathlib import Path
+
+    from .cost import CostModel, CostWeights
+    from .replay import oracle_budget, sweep_budgets
+    from .store import TraceStore
+
+    ids = _int_list("run", args.run)
+    if not ids:
+        raise InputError("run", "give at least one run id")
+    budgets = _int_list("budgets", args.budgets) if args.budgets else list(range(1, 257))
+    weights = CostWeights.parse(args.cost_weights)
+    cost = CostModel.load(args.cost_model) if args.cost_model else None
+    if not Path(args.store).exists():
+        raise InputError("store", f"no trace store at {args.store!r}")
+    with TraceStore(args.store) as store:
+        runs = [store.load_run(i) for i in ids]
+    if not weights.is_identity:
+        from .replay import run_cost_model
+
+        cost = (cost or run_cost_model(runs[0], None)).weighted(weights)
+    df = sweep_budgets(runs, budgets, cost=cost, caddtree_max_budget=args.max_budget)
+    try:
+        best = oracle_budget(df)
+        oracle = {"budget": int(best["budget"]), "pred_tok_s": float(best["pred_tok_s"])}
+    except InputError:
+        oracle = None
+    recorded = {"mean_tau": float(np.mean([r.tau for run in runs for r in run.rounds])),
+                "tokens_per_s": float(sum(run.n_new_tokens for run in runs) / max(1e-12, sum(run.decode_s for run in runs)))}
+    if args.json:
+        print(json.dumps({"runs": ids, "recorded": recorded, "oracle": oracle, "budget_cap": df.attrs["budget_cap"],
+                          "dropped_budgets": df.attrs["dropped_budgets"], "notes": df.attrs["notes"],
+                          "rows": json.loads(df.to_json(orient="records"))}, indent=2))
+        return 0
+    import pandas as pd
+
+    with pd.option_context("display.max_rows", 1000, "display.width", 160):
+        print(df.to_string(index=False, float_format=lambda v: f"{v:.4g}"))
+    print(f"recorded: mean tau {recorded['mean_tau']:.3f}, {recorded['tokens_per_s']:.2f} tok/s (live)")
+    if oracle:
+        print(f"oracle ddtree budget: {oracle['budget']} ({oracle['pred_tok_s']:.2f} tok/s predicted)")
+    for note in df.attrs["notes"]:
+        print(f"note: {note}", file=sys.stderr)
+    print("note: replay is exact per round at temperature 0, but rounds after a different acceptance would start "
+          "elsewhere (position bias, spec 5 item 2)", file=sys.stderr)
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="python -m dtree", description="dtree: block-diffusion draft trees")
     sub = parser.add_subparsers(dest="command", required=True)
     p = sub.add_parser("decode", help="decode one prompt with ar / chain / ddtree / caddtree and log it")
     _add_decode_args(p)
     p.set_defaults(func=cmd_decode)
+    pr = sub.add_parser("profile", help="measure Cd and Cv(n; L) with tree masks on this machine, fit and save")
+    _add_model_args(pr)
+    pr.add_argument("--contexts", default="64,512,1024,2048", help="context lengths L (default 64,512,1024,2048)")
+    pr.add_argument("--max-nodes", type=int, default=256, help="largest node count n, 1..1024 (default 256)")
+    pr.add_argument("--repeats", type=int, default=5, help="timed forwards per (L, n); the median is kept (default 5)")
+    pr.add_argument("--out", default=None, help="output JSON (default: the auto cost-model cache used by caddtree)")
+    pr.set_defaults(func=cmd_profile)
+    rp = sub.add_parser("replay", help="replay logged runs under every budget / cost model (no model needed)")
+    rp.add_argument("--run", required=True, help="run id(s), comma-separated")
+    rp.add_argument("--store", default="runs/dtree.sqlite", help="trace store file (default runs/dtree.sqlite)")
+    rp.add_argument("--budgets", default=None, help="DDTree budgets, e.g. 1,2,4,8,16 (default 1..256, capped at the "
+                                                     "logged top-k)")
+    rp.add_argument("--max-budget", type=int, default=None, help="caddtree maximum budget (default 256)")
+    rp.add_argument("--cost-model", default=None, help="cost-model JSON (default: the one stored with the run)")
+    rp.add_argument("--cost-weights", default=None, help="weights on the cost model, as for decode")
+    rp.add_argument("--json", action="store_true", help="print JSON instead of a table")
+    rp.set_defaults(func=cmd_replay)
     try:
         from . import train
     except ImportError:  # pragma: no cover - train.py is part of the package

@@ -122,6 +122,110 @@ def _as_table(name: str, values, shape: tuple[int, int]) -> np.ndarray:
     return arr
 
 
+_WEIGHT_KEYS = {"cd": "cd_scale", "cv": "cv_scale", "cd_scale": "cd_scale", "cv_scale": "cv_scale", "cv_a": "cv_a",
+                "cv_b": "cv_b", "cv_c": "cv_c", "cd_s": "cd_s"}
+
+
+@dataclass(frozen=True)
+class CostWeights:
+    """User cost weights (DESIGN "cost weights"): model other hardware or serving pressure on top of a profile.
+
+    The weighted costs are (see :meth:`CostModel.weighted`):
+
+    - ``Cd' = cd_s`` when the override is given, else ``cd_scale * Cd`` (seconds);
+    - ``Cv'(n; L) = cv_scale * (cv_a + cv_b * n + cv_c * n**2)`` when any of ``cv_a, cv_b, cv_c`` is given (the
+      analytic override replaces the profiled curve and ignores L; missing coefficients are 0), else
+      ``cv_scale * Cv(n; L)`` (seconds).
+
+    All values must be finite and >= 0; with a, b, c >= 0 the analytic Cv is non-decreasing and convex in n >= 0, the
+    condition under which CaDDTree's greedy stop is optimal (spec 3.3).
+
+    Attributes:
+        cd_scale: multiplier on the profiled drafter cost Cd (default 1).
+        cv_scale: multiplier on the verify cost Cv (default 1).
+        cv_a, cv_b, cv_c: analytic Cv coefficients in s, s/node, s/node^2; None = use the profile.
+        cd_s: Cd override in seconds; None = ``cd_scale`` times the profile.
+
+    Raises (on construction):
+        InputError: a value that is negative, NaN or infinite, naming the field.
+    """
+
+    cd_scale: float = 1.0
+    cv_scale: float = 1.0
+    cv_a: float | None = None
+    cv_b: float | None = None
+    cv_c: float | None = None
+    cd_s: float | None = None
+
+    def __post_init__(self) -> None:
+        for name in ("cd_scale", "cv_scale"):
+            object.__setattr__(self, name, check_float(name, getattr(self, name), lo=0.0))
+        for name in ("cv_a", "cv_b", "cv_c", "cd_s"):
+            v = getattr(self, name)
+            if v is not None:
+                object.__setattr__(self, name, check_float(name, v, lo=0.0))
+        if self.analytic:
+            for name in ("cv_a", "cv_b", "cv_c"):
+                if getattr(self, name) is None:
+                    object.__setattr__(self, name, 0.0)
+
+    @property
+    def analytic(self) -> bool:
+        """True when Cv is the analytic ``cv_a + cv_b n + cv_c n^2`` instead of the profile."""
+        return any(getattr(self, k) is not None for k in ("cv_a", "cv_b", "cv_c"))
+
+    @property
+    def is_identity(self) -> bool:
+        """True when the weights change nothing."""
+        return self.cd_scale == 1.0 and self.cv_scale == 1.0 and not self.analytic and self.cd_s is None
+
+    def to_dict(self) -> dict[str, Any]:
+        """JSON-ready dict of the six fields (None for unset overrides)."""
+        return {"cd_scale": self.cd_scale, "cv_scale": self.cv_scale, "cv_a": self.cv_a, "cv_b": self.cv_b,
+                "cv_c": self.cv_c, "cd_s": self.cd_s}
+
+    @classmethod
+    def from_dict(cls, d: Any) -> "CostWeights":
+        """Inverse of :meth:`to_dict` (unknown keys rejected). Raises InputError."""
+        if not isinstance(d, dict):
+            raise InputError("cost_weights", "must be a JSON object")
+        bad = sorted(set(d) - set(cls.__dataclass_fields__))
+        if bad:
+            raise InputError("cost_weights", f"unknown keys {bad}")
+        return cls(**d)
+
+    @classmethod
+    def parse(cls, text: str | None) -> "CostWeights":
+        """Parse the CLI form ``"cd=1.5,cv=0.8"`` or ``"cv_a=0.05,cv_b=0.002,cv_c=0,cd_s=0.004"``.
+
+        Keys: ``cd`` (= cd_scale), ``cv`` (= cv_scale), ``cd_scale``, ``cv_scale``, ``cv_a``, ``cv_b``, ``cv_c``
+        (seconds), ``cd_s`` (seconds). Empty or None -> identity weights.
+
+        Raises:
+            InputError: field ``cost_weights`` for syntax errors or unknown keys; the weight's own field for a
+                negative, NaN or infinite value.
+        """
+        if text is None or not str(text).strip():
+            return cls()
+        kw: dict[str, float] = {}
+        for part in str(text).split(","):
+            if not part.strip():
+                continue
+            key, sep, val = part.partition("=")
+            key = key.strip()
+            if not sep or key not in _WEIGHT_KEYS:
+                raise InputError("cost_weights", f"expected KEY=VALUE pairs with KEY in {sorted(_WEIGHT_KEYS)}, "
+                                                 f"got {part.strip()!r}")
+            name = _WEIGHT_KEYS[key]
+            if name in kw:
+                raise InputError("cost_weights", f"{name} given twice")
+            try:
+                kw[name] = float(val)
+            except ValueError:
+                raise InputError(name, f"must be a number, got {val.strip()!r}") from None
+        return cls(**kw)
+
+
 @dataclass
 class CostModel:
     """Fitted per-round costs of one target (+ drafter) on one machine (CaDDTree spec 3.4).
@@ -134,6 +238,9 @@ class CostModel:
         cv_raw_s: float64 ``[C, N]`` measured medians of Cv(n; L) in seconds.
         cv_fit_s: float64 ``[C, N]`` the fit: per context, non-decreasing and convex in n (:func:`fit_monotone_convex`).
         meta: free-form provenance (model, dtype, device, hardware, date, version, ...); JSON-serialisable.
+        weights: optional :class:`CostWeights`. The constructor's ``cd_s`` and tables are the PROFILED values; with
+            weights, the attribute ``cd_s`` becomes the weighted Cd (``profiled_cd_s`` keeps the profile) and
+            :meth:`cv` returns the weighted Cv. ``cv_raw_s``/``cv_fit_s`` always stay the profile.
 
     Raises (on construction):
         InputError: grids not increasing / not starting at n = 0, tables of the wrong shape, NaN or negative costs.
@@ -145,9 +252,18 @@ class CostModel:
     cv_raw_s: np.ndarray
     cv_fit_s: np.ndarray
     meta: dict[str, Any] = field(default_factory=dict)
+    weights: CostWeights | None = None
 
     def __post_init__(self) -> None:
         self.cd_s = check_float("cd_s", self.cd_s, lo=0.0)
+        if self.weights is not None and not isinstance(self.weights, CostWeights):
+            raise InputError("weights", "must be a CostWeights")
+        if self.weights is not None and self.weights.is_identity:
+            self.weights = None
+        self.profiled_cd_s = self.cd_s
+        if self.weights is not None:
+            w = self.weights
+            self.cd_s = w.cd_s if w.cd_s is not None else self.cd_s * w.cd_scale
         self.contexts = _as_grid("contexts", self.contexts, integer=True)
         self.nodes = _as_grid("nodes", self.nodes, integer=True)
         if self.nodes[0] != 0:
@@ -192,21 +308,23 @@ class CostModel:
         meta.setdefault("version", _package_version())
         return cls(cd_s=cd_s, contexts=contexts_a, nodes=nodes_a, cv_raw_s=raw, cv_fit_s=fit, meta=meta)
 
-    def with_weights(self, cd_scale: float = 1.0, cv_scale: float = 1.0, cd_s: float | None = None) -> "CostModel":
-        """A copy with user cost weights: Cd -> ``cd_s`` (if given) else ``cd_scale * Cd``; Cv -> ``cv_scale * Cv``.
+    def weighted(self, weights: CostWeights | None) -> "CostModel":
+        """A copy of this profile with ``weights`` applied (see :class:`CostWeights` for the formulas).
 
-        Models other hardware or serving pressure (DESIGN "cost weights"). Scaling keeps the fit monotone and convex.
+        Weights always apply to the PROFILE, never on top of earlier weights: ``m.weighted(a).weighted(b)`` equals
+        ``m.weighted(b)``; ``weighted(None)`` gives the unweighted profile. The weights travel with the model
+        (``to_dict()["weights"]``), so every run stores the cost model it actually used.
+        """
+        return CostModel(self.profiled_cd_s, self.contexts.copy(), self.nodes.copy(), self.cv_raw_s.copy(),
+                         self.cv_fit_s.copy(), dict(self.meta), weights)
+
+    def with_weights(self, cd_scale: float = 1.0, cv_scale: float = 1.0, cd_s: float | None = None) -> "CostModel":
+        """Shorthand for ``weighted(CostWeights(cd_scale=..., cv_scale=..., cd_s=...))``.
 
         Raises:
             InputError: a scale or ``cd_s`` that is negative, NaN or infinite.
         """
-        cd_scale = check_float("cd_scale", cd_scale, lo=0.0)
-        cv_scale = check_float("cv_scale", cv_scale, lo=0.0)
-        new_cd = check_float("cd_s", cd_s, lo=0.0) if cd_s is not None else self.cd_s * cd_scale
-        meta = dict(self.meta)
-        meta["weights"] = {"cd_scale": cd_scale, "cv_scale": cv_scale, "cd_s_override": cd_s}
-        return CostModel(new_cd, self.contexts.copy(), self.nodes.copy(), self.cv_raw_s * cv_scale,
-                         self.cv_fit_s * cv_scale, meta)
+        return self.weighted(CostWeights(cd_scale=cd_scale, cv_scale=cv_scale, cd_s=cd_s))
 
     # -- lookup ------------------------------------------------------------------------------------------------------
 
@@ -259,11 +377,17 @@ class CostModel:
         n_arr = np.asarray(n, dtype=np.float64)
         if np.isnan(n_arr).any() or (n_arr < 0).any():
             raise ValueError("node count n must be >= 0 (no NaN)")
-        curve, slope = self._curve_at(L)
-        grid = self.nodes.astype(np.float64)
-        out = np.interp(n_arr, grid, curve)
-        beyond = n_arr > grid[-1]
-        out = np.where(beyond, curve[-1] + slope * (n_arr - grid[-1]), out)
+        w = self.weights
+        if w is not None and w.analytic:
+            out = w.cv_a + w.cv_b * n_arr + w.cv_c * n_arr * n_arr
+        else:
+            curve, slope = self._curve_at(L)
+            grid = self.nodes.astype(np.float64)
+            out = np.interp(n_arr, grid, curve)
+            beyond = n_arr > grid[-1]
+            out = np.where(beyond, curve[-1] + slope * (n_arr - grid[-1]), out)
+        if w is not None and w.cv_scale != 1.0:
+            out = out * w.cv_scale
         return float(out) if np.ndim(n) == 0 else out
 
     def cv_curve(self, L, n_max: int) -> np.ndarray:
@@ -283,17 +407,23 @@ class CostModel:
 
     def to_dict(self) -> dict[str, Any]:
         """JSON-ready dict: ``{"format": "dtree-cost-model", "version": 1, "cd_s", "contexts", "nodes", "cv_raw_s",
-        "cv_fit_s", "meta"}`` (seconds, tokens, nodes; tables as nested lists ``[C][N]``)."""
-        return {
+        "cv_fit_s", "meta", "weights"}`` (seconds, tokens, nodes; tables as nested lists ``[C][N]``). ``cd_s`` and the
+        tables are the profile; ``weights`` is None or :meth:`CostWeights.to_dict`, and ``cd_s_weighted`` is the
+        weighted Cd when weights are set."""
+        d = {
             "format": FORMAT,
             "version": VERSION,
-            "cd_s": float(self.cd_s),
+            "cd_s": float(self.profiled_cd_s),
             "contexts": [int(v) for v in self.contexts],
             "nodes": [int(v) for v in self.nodes],
             "cv_raw_s": self.cv_raw_s.tolist(),
             "cv_fit_s": self.cv_fit_s.tolist(),
             "meta": self.meta,
+            "weights": None if self.weights is None else self.weights.to_dict(),
         }
+        if self.weights is not None:
+            d["cd_s_weighted"] = float(self.cd_s)
+        return d
 
     @classmethod
     def from_dict(cls, d: Any) -> "CostModel":
@@ -312,7 +442,9 @@ class CostModel:
         missing = [k for k in ("cd_s", "contexts", "nodes", "cv_raw_s", "cv_fit_s") if k not in d]
         if missing:
             raise InputError("cost_model", f"missing keys {missing}")
-        return cls(d["cd_s"], d["contexts"], d["nodes"], d["cv_raw_s"], d["cv_fit_s"], dict(d.get("meta") or {}))
+        weights = CostWeights.from_dict(d["weights"]) if d.get("weights") is not None else None
+        return cls(d["cd_s"], d["contexts"], d["nodes"], d["cv_raw_s"], d["cv_fit_s"], dict(d.get("meta") or {}),
+                   weights)
 
     def save(self, path: str | os.PathLike) -> Path:
         """Write the model as versioned JSON to ``path`` (atomically: temp file then rename). Returns the path."""

@@ -645,8 +645,10 @@ class TraceStore:
         if len(df):
             df["status"] = [self._effective_status(s, p, ps, h)
                             for s, p, ps, h in zip(df["status"], df["pid"], df["pid_start"], df["host"])]
-            df["params"] = [json.loads(p) for p in df["params"]]
-            df["cost_model"] = [None if c is None else json.loads(c) for c in df["cost_model"]]
+            # From the raw rows: pandas 3 turns None into NaN in a column of strings.
+            df["params"] = pd.Series([json.loads(r[cols.index("params")]) for r in rows], dtype=object)
+            df["cost_model"] = pd.Series([None if r[cols.index("cost_model")] is None
+                                          else json.loads(r[cols.index("cost_model")]) for r in rows], dtype=object)
             if status is not None:
                 df = df[df["status"] == status].reset_index(drop=True)
         df["created"] = pd.to_datetime(df["created"], utc=True, format="ISO8601")

@@ -66,6 +66,7 @@ class TrainConfig:
     gamma_w: float = 7.0                # loss decay (Eq. 4): 7 for bs=16, 5 for bs=10, 4 for bs=8
     # bookkeeping
     out: str = ""                       # shipped checkpoint folder (written when held-out tau improves)
+    state: str = ""                     # resumable training state (default <data_dir>/state.pt)
     eval_every: int = 100
     state_every_s: float = 180.0
     time_limit_min: float = 0.0         # stop training after this many minutes (0 = no limit)
@@ -444,7 +445,7 @@ def train(cfg: TrainConfig) -> dict:
         from .errors import InputError
         raise InputError("data_dir", f"no generated training data in {cfg.data_dir}: run --phase gen first")
     n_tok = sum(s.tokens.shape[0] - s.prompt_len for s in trn)
-    state_path = Path(cfg.data_dir) / "state.pt"
+    state_path = Path(cfg.state or Path(cfg.data_dir) / "state.pt")
     state = torch.load(state_path, weights_only=False) if state_path.exists() else None
     if state is not None and state["cfg"]["num_layers"] == cfg.num_layers and state["cfg"]["qk_norm"] == cfg.qk_norm:
         draft_vocab = state["draft_vocab"]

@@ -12,19 +12,20 @@ st.caption("A real target (SmolLM2-135M-Instruct by default) verifies the drafte
            "Output is identical to plain decoding at temperature 0; each round commits tau tokens.")
 
 with st.sidebar:
-    dtype = st.selectbox("dtype", ["bfloat16", "float32"], help="bfloat16 is faster on CPU; float32 is exact")
+    dtype = st.selectbox("dtype", ["bfloat16", "float32"], key="dtype",
+                         help="bfloat16 is faster on CPU; float32 is exact (bf16 may break near-ties differently)")
 
 with st.form("decode"):
-    prompt = st.text_area("Prompt", "Natalia sold clips to 48 of her friends in April, and then she sold half as many "
+    prompt = st.text_area("Prompt", key="prompt", value="Natalia sold clips to 48 of her friends in April, and then she sold half as many "
                           "clips in May. How many clips did Natalia sell altogether in April and May?", height=100)
     c1, c2, c3, c4 = st.columns(4)
-    method = c1.selectbox("Method", METHODS, index=METHODS.index("caddtree"),
+    method = c1.selectbox("Method", METHODS, index=METHODS.index("caddtree"), key="method",
                           help="ar: plain decoding; chain: DFlash block; ddtree: fixed node budget; "
                                "caddtree: budget chosen per round from the cost model")
-    budget = c2.number_input("Budget B (nodes)", 0, MAX_BUDGET, 16,
+    budget = c2.number_input("Budget B (nodes)", 0, MAX_BUDGET, 16, key="budget",
                              help="ddtree: node budget; caddtree: the maximum budget; unused for ar/chain")
-    max_new = c3.number_input("Max new tokens", 1, 1024, 64)
-    temperature = c4.number_input("Temperature", 0.0, 2.0, 0.0, step=0.1, help="0 = greedy")
+    max_new = c3.number_input("Max new tokens", 1, 1024, 64, key="max_new")
+    temperature = c4.number_input("Temperature", 0.0, 2.0, 0.0, step=0.1, help="0 = greedy", key="temperature")
     run_clicked = st.form_submit_button("Run", type="primary")
 
 if run_clicked:
@@ -81,6 +82,9 @@ if run is not None:
                    f"Timings: draft {rnd.draft_ms:.1f} ms, build {rnd.build_ms:.1f} ms, verify {rnd.verify_ms:.1f} ms, "
                    f"commit {rnd.commit_ms:.1f} ms.")
         st.plotly_chart(figures.tree_figure(rnd, decode), width="stretch")
+        if run.run_id is not None:
+            st.page_link("pages/2_tree_explorer.py", label=f"Open round {rnd.index} in the Tree explorer",
+                         query_params={"run": run.run_id, "round": rnd.index}, icon="🔎")
         if len(rnd.tree.theta_curve):
             st.plotly_chart(figures.theta_figure(rnd.tree), width="stretch")
 

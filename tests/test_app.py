@@ -34,10 +34,10 @@ def test_app_navigation_loads():
 def test_live_decode_runs_and_draws_tree(store_env):
     at = _live()
     assert not at.exception
-    at.text_area[0].input("What is 6 times 7?")
-    at.selectbox[1].select("ddtree")  # [0] is the sidebar dtype
-    at.number_input[0].set_value(4)
-    at.number_input[1].set_value(12)
+    at.text_area(key="prompt").input("What is 6 times 7?")
+    at.selectbox(key="method").select("ddtree")
+    at.number_input(key="budget").set_value(4)
+    at.number_input(key="max_new").set_value(12)
     at.button[0].click().run()
     assert not at.exception, at.exception
     assert not at.error, [e.value for e in at.error]
@@ -50,7 +50,7 @@ def test_live_decode_runs_and_draws_tree(store_env):
 
 def test_live_decode_bad_input_shows_error_and_stores_nothing(store_env):
     at = _live()
-    at.text_area[0].input("   ")
+    at.text_area(key="prompt").input("   ")
     at.button[0].click().run()
     assert not at.exception
     assert at.error and "prompt" in at.error[0].value

@@ -1,0 +1,666 @@
+"""Replay / what-if: rebuild logged rounds under another method, budget or cost model (pure numpy, no model).
+
+Every speculative round logs the drafter's top-k marginals (``RoundRecord.marg_tokens`` / ``marg_logprobs``,
+``[gamma, k]``), its context length ``start`` and anchor, and what it committed. From that, this module rebuilds the
+round's tree with the builders of :mod:`dtree.trees` (on ``Marginals(tokens, logprobs)``) and computes:
+
+(a) the acceptance length tau of the rebuilt tree at that round. At temperature 0 the target's choice at every depth
+    along the committed output is known: it is the committed token sequence from ``start`` onward (the anchor, then
+    the run's following tokens), so tau = 1 + the depth of the deepest tree node whose root-to-node path spells that
+    sequence (the walk of spec 2.6). This is exact, not a surrogate;
+(b) the predicted round time Cd + Cv(n; L) in seconds from a cost model (CaDDTree spec 3.1), optionally plus the
+    round's logged build and commit time;
+(c) the predicted tokens/s = sum of tau / sum of predicted round times.
+
+Speed: a round's DDTree order is computed once (the best-first heap, spec 2.2, up to the largest budget asked for).
+The DDTree top-B set is the first B nodes of that order (for B <= k), so tau(B) = 1 + the running maximum of the
+matched depth over the first B nodes, and every budget of a sweep is one numpy gather. CaDDTree's greedy stop (spec
+3.2) is the first n where theta(n + 1) <= theta(n) on the same order, computed with the builder's exact arithmetic.
+
+Limits (say so wherever replay numbers are shown):
+
+- Position bias (spec section 5, item 2): a replayed round with a different acceptance would have been followed by a
+  round that starts elsewhere, with other marginals. Replay keeps the logged rounds' start positions, so it is exact
+  per round but only approximates a whole counterfactual run: the trace says where continuation was hard under the
+  logged method. Use it for per-round rates and for ranking budgets, and confirm with a live run.
+- Ranks beyond the logged top-k are unknown. The top-B DDTree tree only uses ranks < B, so budgets B <= k are exact;
+  larger budgets are dropped from sweeps (``attrs["dropped_budgets"]``) and CaDDTree's search is capped at k
+  (``ReplaySummary.capped_rounds`` counts rounds whose choice hit the cap). Log with ``--topk-log`` >= the largest
+  budget you want to study.
+- The committed output ends: at the last rounds the target's choice past the known tokens is unknown, so a replayed
+  path that reaches the end of the known tokens is counted as ending there (``truncated_rounds``).
+- At temperature > 0 the committed tokens are one sample; replayed acceptance is then an approximation
+  (``exact`` is False).
+- Tree-build time is not in Cd + Cv (as in the paper); ``overhead=True`` adds each round's logged build + commit time.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass, field
+
+import numpy as np
+import pandas as pd
+
+from .cost import CostModel, CostWeights
+from .errors import InputError, check_int
+from .records import RoundRecord, RunRecord
+from .trees import DraftTree, Marginals, build_caddtree, build_chain, build_ddtree, walk
+
+REPLAY_METHODS = ("ar", "chain", "ddtree", "caddtree")
+MAX_REPLAY_BUDGET = 1024
+DEFAULT_CADDTREE_MAX = 256
+
+
+# ----------------------------------------------------------------------------------------------------------------------
+# Records
+# ----------------------------------------------------------------------------------------------------------------------
+
+
+@dataclass
+class ReplayRound:
+    """One replayed round.
+
+    Attributes:
+        tau: acceptance length (tokens committed: accepted drafts + 1), exact at temperature 0.
+        n_nodes: non-root nodes of the rebuilt tree (the budget used).
+        pred_s: predicted round time Cd + Cv(n_nodes; start) in seconds (AR: Cv(0; start)); NaN without a cost model.
+        tree: the rebuilt tree.
+    """
+
+    tau: int
+    n_nodes: int
+    pred_s: float
+    tree: DraftTree | None = None
+
+
+@dataclass
+class ReplaySummary:
+    """A run (or several) replayed under one method, budget and cost model.
+
+    Attributes:
+        method, budget: what was replayed (for caddtree, ``budget`` is the maximum budget after the top-k cap).
+        n_rounds: rounds replayed.
+        mean_tau: mean acceptance length (tokens/round).
+        mean_budget: mean number of non-root nodes per round.
+        pred_tok_s: predicted tokens/s = sum(taus) / sum(round_s).
+        pred_s: sum of predicted round times, seconds.
+        taus: int64 ``[R]``; n_nodes: int64 ``[R]``; round_s: float64 ``[R]`` seconds.
+        recorded_taus: int64 ``[R]``, the logged acceptance lengths.
+        exact: True when every replayed tau is exact (temperature 0, budgets within the logged top-k).
+        capped_rounds: caddtree rounds whose greedy choice reached the top-k cap (the true choice may be larger).
+        truncated_rounds: rounds whose replayed path reached the end of the known output.
+        notes: human-readable caveats.
+    """
+
+    method: str
+    budget: int | None
+    n_rounds: int
+    mean_tau: float
+    mean_budget: float
+    pred_tok_s: float
+    pred_s: float
+    taus: np.ndarray
+    n_nodes: np.ndarray
+    round_s: np.ndarray
+    recorded_taus: np.ndarray
+    exact: bool = True
+    capped_rounds: int = 0
+    truncated_rounds: int = 0
+    notes: list[str] = field(default_factory=list)
+
+
+# ----------------------------------------------------------------------------------------------------------------------
+# Per-round helpers
+# ----------------------------------------------------------------------------------------------------------------------
+
+
+def round_marginals(rnd: RoundRecord) -> Marginals:
+    """The logged top-k drafter marginals of a round as :class:`~dtree.trees.Marginals` (float64 log-probs).
+
+    Raises:
+        InputError: the round has no marginals (an AR round).
+    """
+    if rnd.marg_tokens is None or np.size(rnd.marg_tokens) == 0:
+        raise InputError("run", f"round {rnd.index} has no drafter marginals (AR rounds cannot be replayed as trees)")
+    return Marginals(np.asarray(rnd.marg_tokens), np.asarray(rnd.marg_logprobs, dtype=np.float64))
+
+
+def matched_depths(tree: DraftTree, target_path: Sequence[int]) -> np.ndarray:
+    """int64 ``[n + 1]``: each node's depth if its root-to-node path equals ``target_path[1:depth + 1]``, else 0.
+
+    ``target_path`` is the target's choices from the anchor: ``[anchor, t_1, t_2, ...]`` (at temperature 0, the
+    committed output from ``start``). Nodes deeper than the known path count as unmatched. Level by level, so the
+    cost is O(gamma) numpy operations.
+    """
+    g = np.asarray(target_path, dtype=np.int64)
+    depths, parents, tokens = tree.depths, tree.parents, tree.tokens
+    matched = np.zeros(len(tokens), dtype=bool)
+    matched[0] = True
+    if len(tokens) > 1:
+        d_max = int(depths.max())
+        for d in range(1, min(d_max, len(g) - 1) + 1):
+            at = np.nonzero(depths == d)[0]
+            matched[at] = (tokens[at] == g[d]) & matched[parents[at]]
+    return np.where(matched, depths, 0)
+
+
+def _known_path(run: RunRecord) -> tuple[np.ndarray, np.ndarray]:
+    """The committed stream of a run (all rounds' committed tokens + the final bonus) and each round's offset in it.
+
+    Raises:
+        InputError: no rounds, or rounds that are not contiguous (a round's start is not the previous start + tau).
+    """
+    if not run.rounds:
+        raise InputError("run", f"run {run.run_id} has no rounds to replay (empty trace)")
+    stream: list[int] = []
+    offsets = np.zeros(len(run.rounds), dtype=np.int64)
+    first = run.rounds[0].start
+    for i, r in enumerate(run.rounds):
+        offsets[i] = len(stream)
+        if r.start != first + len(stream) or not r.committed or int(r.committed[0]) != int(r.anchor):
+            raise InputError("run", f"round {r.index} does not continue the previous rounds (start {r.start}); "
+                                    "the trace is incomplete")
+        stream.extend(int(t) for t in r.committed)
+    stream.append(int(run.rounds[-1].bonus))
+    return np.asarray(stream, dtype=np.int64), offsets
+
+
+def run_cost_model(run: RunRecord, cost: CostModel | None = None) -> CostModel:
+    """``cost`` if given, else the cost model stored with ``run`` (weights included). Raises InputError if none."""
+    if cost is not None:
+        return cost
+    if run.cost_model:
+        return CostModel.from_dict(run.cost_model)
+    raise InputError("cost_model", f"run {run.run_id} stored no cost model; pass one (e.g. --cost-model FILE)")
+
+
+def _pred_s(cost: CostModel | None, method: str, n: int, start: int) -> float:
+    if cost is None:
+        return float("nan")
+    cv = float(cost.cv(n, start))
+    return cv if method == "ar" else float(cost.cd_s) + cv
+
+
+def replay_round(rnd: RoundRecord, output_tokens_from_start: Sequence[int], method: str, budget: int | None,
+                 cost: CostModel | None = None) -> ReplayRound:
+    """Rebuild one round's tree under ``method``/``budget``/``cost`` and measure it against the target's choices.
+
+    Args:
+        rnd: the logged round (its marginals, ``start`` and ``anchor`` are used).
+        output_tokens_from_start: the target's choices from the anchor on: ``[anchor, t_1, t_2, ...]`` (at
+            temperature 0 the committed output from position ``start``; at least the anchor).
+        method: ``ar``, ``chain``, ``ddtree`` or ``caddtree``.
+        budget: ddtree: B (0..1024); caddtree: the maximum budget (default 256); ignored for ar and chain. Ranks beyond
+            the logged top-k are unavailable, so budgets above k are only a lower bound of the real tree.
+        cost: cost model (required for caddtree; optional otherwise, then ``pred_s`` is NaN).
+
+    Returns:
+        :class:`ReplayRound` with the exact tau at temperature 0 and the predicted time in seconds.
+
+    Raises:
+        InputError: unknown method, bad budget, caddtree without cost model, an AR round, or a target path that does
+            not start with the round's anchor.
+    """
+    method = _check_method(method)
+    g = np.asarray(output_tokens_from_start, dtype=np.int64)
+    if g.ndim != 1 or len(g) < 1 or int(g[0]) != int(rnd.anchor):
+        raise InputError("output_tokens_from_start", "must start with the round's anchor token")
+    if method == "ar":
+        return ReplayRound(1, 0, _pred_s(cost, "ar", 0, rnd.start), None)
+    marg = round_marginals(rnd)
+    if method == "chain":
+        tree = build_chain(marg, rnd.anchor)
+    elif method == "ddtree":
+        tree = build_ddtree(marg, rnd.anchor, check_int("budget", 16 if budget is None else budget, 0, MAX_REPLAY_BUDGET))
+    else:
+        if cost is None:
+            raise InputError("cost_model", "caddtree replay needs a cost model")
+        mb = check_int("budget", DEFAULT_CADDTREE_MAX if budget is None else budget, 0, MAX_REPLAY_BUDGET)
+        tree = build_caddtree(marg, rnd.anchor, cost, rnd.start, mb)
+    tau = 1 + int(matched_depths(tree, g).max())
+    return ReplayRound(tau, tree.n_nodes, _pred_s(cost, method, tree.n_nodes, rnd.start), tree)
+
+
+def _check_method(method: str) -> str:
+    if method not in REPLAY_METHODS:
+        raise InputError("method", f"must be one of {', '.join(REPLAY_METHODS)}, got {method!r}")
+    return method
+
+
+# ----------------------------------------------------------------------------------------------------------------------
+# Prepared traces: one best-first order per round, reused by every budget and cost model
+# ----------------------------------------------------------------------------------------------------------------------
+
+
+@dataclass
+class _Prepared:
+    """Rounds of one or more runs, flattened; ``M`` = nodes of the stored best-first order per round."""
+
+    M: int
+    starts: np.ndarray        # int64 [R]
+    k: np.ndarray             # int64 [R] logged top-k width
+    n_avail: np.ndarray       # int64 [R] nodes in the stored order (<= min(M, k, lattice))
+    path_lp: np.ndarray       # float64 [R, M] path log-probs in popping order, -inf padded
+    tau_at: np.ndarray        # int64 [R, M + 1] tau with the first n nodes
+    trunc_at: np.ndarray      # bool [R, M + 1] the matched path reached the end of the known output
+    chain_tau: np.ndarray     # int64 [R]
+    chain_n: np.ndarray       # int64 [R]
+    chain_trunc: np.ndarray   # bool [R]
+    recorded_tau: np.ndarray  # int64 [R]
+    recorded_budget: np.ndarray  # int64 [R]
+    overhead_s: np.ndarray    # float64 [R] logged build + commit seconds
+    run_of: np.ndarray        # int64 [R] index into runs
+    costs: list               # per run: CostModel or None
+    temperature_positive: bool
+
+
+def _as_runs(runs) -> list[RunRecord]:
+    if isinstance(runs, RunRecord):
+        runs = [runs]
+    runs = list(runs)
+    if not runs:
+        raise InputError("runs", "no runs to replay (empty trace)")
+    for run in runs:
+        if run.method == "ar":
+            raise InputError("run", f"run {run.run_id} is an AR run: it logged no drafter marginals to replay")
+    return runs
+
+
+def prepare(runs: RunRecord | Iterable[RunRecord], max_nodes: int, cost: CostModel | None = None,
+            need_cost: bool = True) -> _Prepared:
+    """Build the per-round best-first orders (up to ``max_nodes`` nodes, capped at each round's logged k) once.
+
+    Raises:
+        InputError: empty trace, an AR run, a run without rounds or with non-contiguous rounds, a bad ``max_nodes``,
+            or no cost model when ``need_cost``.
+    """
+    runs = _as_runs(runs)
+    M = check_int("max_nodes", max_nodes, 0, MAX_REPLAY_BUDGET)
+    costs = [(run_cost_model(run, cost) if need_cost else (cost if cost is not None else None)) for run in runs]
+    rows: list[tuple] = []
+    temp_pos = False
+    for ri, run in enumerate(runs):
+        temp_pos |= float(run.params.get("temperature", 0.0) or 0.0) > 0.0
+        stream, offsets = _known_path(run)
+        for rnd, off in zip(run.rounds, offsets):
+            marg = round_marginals(rnd)
+            g = stream[off: off + marg.gamma + 1]
+            m = min(M, marg.width)
+            tree = build_ddtree(marg, rnd.anchor, m)
+            md = matched_depths(tree, g)
+            n = tree.n_nodes
+            best = np.maximum.accumulate(md)  # [n + 1]
+            tau_at = np.empty(M + 1, dtype=np.int64)
+            tau_at[: n + 1] = 1 + best
+            tau_at[n + 1:] = 1 + best[-1]
+            trunc = (tau_at == len(g)) & (len(g) < marg.gamma + 1)
+            lp = np.full(M, -np.inf)
+            lp[:n] = tree.path_logprobs[1:]
+            chain = build_chain(marg, rnd.anchor)
+            cmd = int(matched_depths(chain, g).max())
+            rows.append((rnd.start, marg.width, n, lp, tau_at, trunc, 1 + cmd, chain.n_nodes,
+                         (1 + cmd == len(g)) and len(g) < marg.gamma + 1, rnd.tau, rnd.budget,
+                         (rnd.build_ms + rnd.commit_ms) / 1e3, ri))
+    if not rows:
+        raise InputError("runs", "no rounds to replay (empty trace)")
+    col = list(zip(*rows))
+    return _Prepared(
+        M=M, starts=np.asarray(col[0], np.int64), k=np.asarray(col[1], np.int64), n_avail=np.asarray(col[2], np.int64),
+        path_lp=np.stack(col[3]) if M else np.zeros((len(rows), 0)), tau_at=np.stack(col[4]), trunc_at=np.stack(col[5]),
+        chain_tau=np.asarray(col[6], np.int64), chain_n=np.asarray(col[7], np.int64),
+        chain_trunc=np.asarray(col[8], bool), recorded_tau=np.asarray(col[9], np.int64),
+        recorded_budget=np.asarray(col[10], np.int64), overhead_s=np.asarray(col[11], np.float64),
+        run_of=np.asarray(col[12], np.int64), costs=costs, temperature_positive=temp_pos)
+
+
+def _cost_tables(p: _Prepared, costs: list | None = None, n_max: int | None = None) -> tuple[np.ndarray, np.ndarray]:
+    """``cd [R]`` and ``cv [R, n_max + 1]`` (seconds) for every round under each run's cost model."""
+    costs = p.costs if costs is None else costs
+    n_max = p.M if n_max is None else n_max
+    R = len(p.starts)
+    cd = np.empty(R)
+    cv = np.empty((R, n_max + 1))
+    grid = np.arange(n_max + 1)
+    cache: dict[tuple[int, int], np.ndarray] = {}
+    for r in range(R):
+        ri = int(p.run_of[r])
+        c = costs[ri]
+        cd[r] = float(c.cd_s)
+        key = (id(c), int(p.starts[r]))
+        if key not in cache:
+            cache[key] = np.asarray(c.cv(grid, int(p.starts[r])), dtype=np.float64)
+        cv[r] = cache[key]
+    return cd, cv
+
+
+def _caddtree_choice(p: _Prepared, cd: np.ndarray, cv: np.ndarray, max_budget: int) -> np.ndarray:
+    """CaDDTree's greedy budget per round (spec 3.2), int64 ``[R]``, with :func:`dtree.trees.build_caddtree`'s
+    arithmetic (theta(n+1) = ((1 + Phi(n)) + delta) / (Cd + Cv(n+1; L)); stop at the first non-improvement)."""
+    R = len(p.starts)
+    cap = np.minimum(np.minimum(p.n_avail, max_budget), p.M)
+    if max_budget == 0 or p.M == 0:
+        return np.zeros(R, dtype=np.int64)
+    m = min(max_budget, p.M)
+    lp = p.path_lp[:, :m]
+    delta = np.where(np.isfinite(lp), np.exp(lp), 0.0)
+    # np.exp may differ from math.exp in the last bit; recompute the finite entries with math.exp for exactness.
+    fin = np.isfinite(lp)
+    delta[fin] = [math.exp(v) for v in lp[fin].tolist()]
+    phi_prev = np.zeros((R, m))
+    if m > 1:
+        phi_prev[:, 1:] = np.cumsum(delta[:, :-1], axis=1)
+    den = cd[:, None] + cv[:, : m + 1]
+    theta0 = 1.0 / den[:, 0]
+    theta = ((1.0 + phi_prev) + delta) / den[:, 1:]
+    prev = np.concatenate([theta0[:, None], theta[:, :-1]], axis=1)
+    ok = (theta > prev) & (np.arange(1, m + 1)[None, :] <= cap[:, None])
+    # first n where ok[n] is False = number of inserted nodes
+    first_bad = np.where(ok.all(axis=1), m, np.argmin(ok, axis=1))
+    return np.minimum(first_bad, cap).astype(np.int64)
+
+
+def _summary(p: _Prepared, method: str, budget: int | None, n: np.ndarray, taus: np.ndarray, round_s: np.ndarray,
+             exact: bool, capped: int, truncated: int, notes: list[str]) -> ReplaySummary:
+    total = float(round_s.sum())
+    if p.temperature_positive:
+        exact = False
+        notes = notes + ["temperature > 0: the committed tokens are one sample; replayed tau is approximate"]
+    return ReplaySummary(method=method, budget=budget, n_rounds=len(taus), mean_tau=float(taus.mean()),
+                         mean_budget=float(n.mean()), pred_tok_s=float(taus.sum() / total) if total > 0 else float("nan"),
+                         pred_s=total, taus=taus, n_nodes=n, round_s=round_s, recorded_taus=p.recorded_tau.copy(),
+                         exact=exact, capped_rounds=int(capped), truncated_rounds=int(truncated), notes=notes)
+
+
+def _replay_prepared(p: _Prepared, method: str, budget: int | None, cd: np.ndarray | None, cv: np.ndarray | None,
+                     overhead: bool = False) -> ReplaySummary:
+    R = len(p.starts)
+    rows = np.arange(R)
+    notes: list[str] = []
+    exact, capped = True, 0
+    if method == "ar":
+        n = np.zeros(R, np.int64)
+        taus = np.ones(R, np.int64)
+        trunc = np.zeros(R, bool)
+        round_s = cv[:, 0].copy() if cv is not None else np.full(R, np.nan)
+        notes.append("ar: one token per logged round position; compare tokens/s, not tau")
+    elif method == "chain":
+        n, taus, trunc = p.chain_n.copy(), p.chain_tau.copy(), p.chain_trunc.copy()
+        round_s = cd + _cv_at(p, cv, n) if cv is not None else np.full(R, np.nan)
+    elif method == "ddtree":
+        b = check_int("budget", 16 if budget is None else budget, 0, MAX_REPLAY_BUDGET)
+        if b > p.M:
+            raise InputError("budget", f"must be <= {p.M} (the replay was prepared up to {p.M} nodes)")
+        n = np.minimum(b, p.n_avail)
+        if (b > p.k).any():
+            exact = False
+            notes.append(f"budget {b} exceeds the logged top-k ({int(p.k.min())}); ranks beyond k are unknown")
+        taus = p.tau_at[rows, n]
+        trunc = p.trunc_at[rows, n]
+        round_s = cd + cv[rows, n] if cv is not None else np.full(R, np.nan)
+    else:
+        if cv is None:
+            raise InputError("cost_model", "caddtree replay needs a cost model")
+        b = check_int("budget", DEFAULT_CADDTREE_MAX if budget is None else budget, 0, MAX_REPLAY_BUDGET)
+        n = _caddtree_choice(p, cd, cv, b)
+        cap = np.minimum(np.minimum(b, p.k), p.M)
+        hit = (n >= cap) & (cap < b)
+        capped = int(hit.sum())
+        if capped:
+            exact = False
+            notes.append(f"{capped} rounds chose the top-k cap ({int(cap.min())} nodes): their true caddtree budget "
+                         "may be larger (log a larger --topk-log)")
+        taus = p.tau_at[rows, n]
+        trunc = p.trunc_at[rows, n]
+        round_s = cd + cv[rows, n]
+        budget = b
+    if overhead:
+        round_s = round_s + p.overhead_s
+    truncated = int(trunc.sum())
+    if truncated:
+        notes.append(f"{truncated} rounds reached the end of the known output (tau there is a lower bound)")
+    return _summary(p, method, budget if method in ("ddtree", "caddtree") else None, n.astype(np.int64),
+                    taus.astype(np.int64), np.asarray(round_s, np.float64), exact, capped, truncated, notes)
+
+
+def _cv_at(p: _Prepared, cv: np.ndarray, n: np.ndarray) -> np.ndarray:
+    """Cv at per-round node counts that may exceed the prepared table (the chain has gamma nodes)."""
+    out = np.empty(len(n))
+    for r in range(len(n)):
+        if n[r] < cv.shape[1]:
+            out[r] = cv[r, n[r]]
+        else:
+            out[r] = float(p.costs[int(p.run_of[r])].cv(int(n[r]), int(p.starts[r])))
+    return out
+
+
+# ----------------------------------------------------------------------------------------------------------------------
+# Public API
+# ----------------------------------------------------------------------------------------------------------------------
+
+
+def replay_run(run: RunRecord | Iterable[RunRecord], method: str, budget: int | None = None,
+               cost: CostModel | None = None, overhead: bool = False) -> ReplaySummary:
+    """Replay every round of a run (or several runs) under ``method``/``budget``/``cost``.
+
+    Args:
+        run: a :class:`RunRecord` with its rounds (or a list of them), from a speculative method.
+        method: ``ar``, ``chain``, ``ddtree`` or ``caddtree``.
+        budget: ddtree: B (default 16); caddtree: the maximum budget (default 256, capped at the logged top-k).
+        cost: cost model for predicted times (default: each run's stored model; required for caddtree and for
+            ``pred_tok_s``; without any, times are NaN for ar/chain/ddtree).
+        overhead: add each round's logged build + commit time to the predicted round time.
+
+    Returns:
+        :class:`ReplaySummary`. Replaying at the method and budget the run used reproduces ``recorded_taus``
+        exactly at temperature 0 (within the logged top-k).
+
+    Raises:
+        InputError: empty trace, an AR run, bad method/budget, or caddtree without any cost model.
+    """
+    method = _check_method(method)
+    runs = _as_runs(run)
+    need_cost = method == "caddtree"
+    if method == "ddtree":
+        m = check_int("budget", 16 if budget is None else budget, 0, MAX_REPLAY_BUDGET)
+    elif method == "caddtree":
+        m = check_int("budget", DEFAULT_CADDTREE_MAX if budget is None else budget, 0, MAX_REPLAY_BUDGET)
+    else:
+        m = 0
+    have_cost = cost is not None or all(r.cost_model for r in runs)
+    p = prepare(runs, m, cost, need_cost=need_cost or have_cost)
+    if have_cost or need_cost:
+        cd, cv = _cost_tables(p)
+    else:
+        cd = cv = None
+    return _replay_prepared(p, method, budget, cd, cv, overhead)
+
+
+def _parse_budgets(budgets) -> list[int]:
+    out = sorted({check_int("budgets", b, 1, MAX_REPLAY_BUDGET) for b in budgets})
+    if not out:
+        raise InputError("budgets", "must list at least one budget in 1..1024")
+    return out
+
+
+def sweep_budgets(runs: RunRecord | Iterable[RunRecord], budgets: Iterable[int] = range(1, 257),
+                  cost: CostModel | None = None, caddtree: bool = True, caddtree_max_budget: int | None = None,
+                  chain: bool = True, overhead: bool = False) -> pd.DataFrame:
+    """Tau and predicted tokens/s of DDTree at every budget (plus chain and CaDDTree) over logged rounds.
+
+    Args:
+        runs: speculative runs with rounds.
+        budgets: DDTree budgets B in 1..1024; those above the smallest logged top-k are dropped (ranks beyond k are
+            unknown) and listed in ``df.attrs["dropped_budgets"]``.
+        cost: cost model (default: each run's stored one).
+        caddtree: add a CaDDTree row (greedy budgets under ``cost``, max budget ``caddtree_max_budget`` default 256,
+            capped at the logged k).
+        chain: add a DFlash chain row.
+        overhead: add each round's logged build + commit time.
+
+    Returns:
+        DataFrame, one row per configuration: ``method``, ``budget`` (B; caddtree: its maximum), ``mean_budget``
+        (nodes/round), ``mean_tau`` (tokens/round), ``pred_s`` (s), ``pred_tok_s``, ``n_rounds``, ``exact``,
+        ``capped_rounds``. ``attrs``: ``budget_cap``, ``dropped_budgets``, ``notes``, ``caddtree_budgets`` (int64
+        ``[R]``, the per-round caddtree choices).
+
+    Raises:
+        InputError: empty trace, AR runs, bad budgets, no cost model.
+    """
+    runs = _as_runs(runs)
+    asked = _parse_budgets(budgets)
+    kmin = min(int(np.size(r.marg_tokens, 1)) if np.ndim(r.marg_tokens) == 2 else 0 for run in runs for r in run.rounds) \
+        if any(run.rounds for run in runs) else 0
+    keep = [b for b in asked if b <= kmin]
+    dropped = [b for b in asked if b > kmin]
+    cmax = check_int("caddtree_max_budget", DEFAULT_CADDTREE_MAX if caddtree_max_budget is None else caddtree_max_budget,
+                     0, MAX_REPLAY_BUDGET)
+    M = max(keep + ([min(cmax, kmin)] if caddtree else []) + [0])
+    p = prepare(runs, M, cost)
+    cd, cv = _cost_tables(p)
+    out: list[dict] = []
+    notes: list[str] = []
+    if dropped:
+        notes.append(f"budgets {dropped[0]}..{dropped[-1]} dropped: above the logged top-k ({kmin}); ranks beyond k "
+                     "are unknown")
+    for b in keep:
+        out.append(_row(_replay_prepared(p, "ddtree", b, cd, cv, overhead)))
+    if chain:
+        out.append(_row(_replay_prepared(p, "chain", None, cd, cv, overhead)))
+    cad_budgets = np.zeros(0, np.int64)
+    if caddtree:
+        s = _replay_prepared(p, "caddtree", cmax, cd, cv, overhead)
+        out.append(_row(s))
+        cad_budgets = s.n_nodes
+        notes += s.notes
+    df = pd.DataFrame(out, columns=_COLUMNS)
+    df["budget"] = df["budget"].astype("Int64")
+    df.attrs.update(budget_cap=kmin, dropped_budgets=dropped, notes=notes, caddtree_budgets=cad_budgets,
+                    recorded_mean_tau=float(p.recorded_tau.mean()), n_rounds=len(p.starts))
+    return df
+
+
+_COLUMNS = ["method", "budget", "mean_budget", "mean_tau", "pred_s", "pred_tok_s", "n_rounds", "exact",
+            "capped_rounds"]
+
+
+def _row(s: ReplaySummary) -> dict:
+    return {"method": s.method, "budget": s.budget, "mean_budget": s.mean_budget, "mean_tau": s.mean_tau,
+            "pred_s": s.pred_s, "pred_tok_s": s.pred_tok_s, "n_rounds": s.n_rounds, "exact": s.exact,
+            "capped_rounds": s.capped_rounds}
+
+
+def sweep_weights(runs: RunRecord | Iterable[RunRecord], cd_scales: Iterable[float], cv_scales: Iterable[float],
+                  cost: CostModel | None = None, max_budget: int | None = None, overhead: bool = False) -> pd.DataFrame:
+    """CaDDTree replayed over a grid of cost weights (:class:`~dtree.cost.CostWeights` ``cd_scale`` x ``cv_scale``).
+
+    The weights apply to the profile of ``cost`` (default: each run's stored model), as
+    :meth:`~dtree.cost.CostModel.weighted` does. Two readings of each grid point:
+
+    - ``pred_tok_s``: budgets chosen AND timed with the weighted model (other hardware or serving pressure);
+    - ``pred_tok_s_base``: budgets chosen with the weighted model, timed with the unweighted profile (weights used
+      as a tuning knob on this machine).
+
+    Returns:
+        DataFrame with ``cd_scale``, ``cv_scale``, ``mean_budget``, ``mean_tau``, ``pred_tok_s``, ``pred_tok_s_base``,
+        ``capped_rounds``.
+
+    Raises:
+        InputError: empty trace, negative/NaN scales (field ``cd_scale``/``cv_scale``), no cost model.
+    """
+    runs = _as_runs(runs)
+    grid = [(CostWeights(cd_scale=a, cv_scale=b)) for a in cd_scales for b in cv_scales]
+    if not grid:
+        raise InputError("cd_scales", "the weight grid is empty")
+    cmax = check_int("max_budget", DEFAULT_CADDTREE_MAX if max_budget is None else max_budget, 0, MAX_REPLAY_BUDGET)
+    kmin = min(int(np.size(r.marg_tokens, 1)) for run in runs for r in run.rounds) if any(run.rounds for run in runs) else 0
+    p = prepare(runs, min(cmax, kmin), cost)
+    base = [c.weighted(None) for c in p.costs]
+    cd0, cv0 = _cost_tables(p, base)
+    rows_i = np.arange(len(p.starts))
+    out = []
+    for w in grid:
+        # Same arithmetic as CostModel.weighted: Cd * cd_scale, Cv * cv_scale.
+        cd = cd0 * w.cd_scale
+        cv = cv0 * w.cv_scale if w.cv_scale != 1.0 else cv0
+        s = _replay_prepared(p, "caddtree", cmax, cd, cv, overhead)
+        base_s = cd0 + cv0[rows_i, s.n_nodes] + (p.overhead_s if overhead else 0.0)
+        out.append({"cd_scale": w.cd_scale, "cv_scale": w.cv_scale, "mean_budget": s.mean_budget,
+                    "mean_tau": s.mean_tau, "pred_tok_s": s.pred_tok_s,
+                    "pred_tok_s_base": float(s.taus.sum() / base_s.sum()), "capped_rounds": s.capped_rounds})
+    return pd.DataFrame(out)
+
+
+def oracle_budget(df: pd.DataFrame, budgets: Iterable[int] | None = None) -> pd.Series:
+    """The DDTree row of a :func:`sweep_budgets` table with the highest predicted tokens/s (the after-the-fact
+    "oracle" budget of spec 2.9 / 3.6), optionally restricted to ``budgets`` (e.g. {4, 8, 16, 32, 64, 128}).
+
+    Raises:
+        InputError: no DDTree row (or none among ``budgets``).
+    """
+    dd = df[df["method"] == "ddtree"]
+    if budgets is not None:
+        dd = dd[dd["budget"].isin(list(budgets))]
+    if dd.empty or dd["pred_tok_s"].isna().all():
+        raise InputError("budgets", "no DDTree budget with a predicted tokens/s to choose from")
+    return dd.loc[dd["pred_tok_s"].idxmax()]
+
+
+# ----------------------------------------------------------------------------------------------------------------------
+# Synthetic traces (benchmarks and tests)
+# ----------------------------------------------------------------------------------------------------------------------
+
+
+def synthetic_run(n_rounds: int, rng: np.random.Generator, gamma: int = 15, k: int = 64, vocab: int = 1000,
+                  method: str = "ddtree", budget: int = 16, cost: CostModel | None = None,
+                  p_top1: float = 0.7) -> RunRecord:
+    """A self-consistent fake greedy run (no model) for benchmarks and tests.
+
+    A random target stream is drawn first; at each round the drafter's top-k list at depth d puts the target's token
+    at rank 0 with probability ``p_top1`` (else at a random rank or outside the top-k), the tree of ``method`` /
+    ``budget`` is built, and the round commits the matched path, exactly as a temperature-0 engine round would.
+    """
+    n_rounds = check_int("n_rounds", n_rounds, 1)
+    length = n_rounds * (gamma + 1) + gamma + 2
+    stream = rng.integers(0, vocab, size=length)
+    rounds: list[RoundRecord] = []
+    off, start = 0, 100
+    for i in range(n_rounds):
+        g = stream[off: off + gamma + 1]
+        logits = rng.normal(0.0, 2.0, size=(gamma, k))
+        lp = np.sort(logits - np.log(np.exp(logits).sum(axis=1, keepdims=True) * 1.05), axis=1)[:, ::-1]
+        toks = np.empty((gamma, k), np.int64)
+        for d in range(gamma):
+            others = rng.choice(vocab, size=k + 1, replace=False)
+            others = others[others != g[d + 1]][:k]
+            toks[d] = others
+            u = rng.random()
+            if u < p_top1:
+                toks[d, 0] = g[d + 1]
+            elif u < p_top1 + (1 - p_top1) / 2:
+                toks[d, int(rng.integers(1, k))] = g[d + 1]
+        marg = Marginals(toks, lp.astype(np.float32).astype(np.float64))
+        anchor = int(g[0])
+        if method == "chain":
+            tree = build_chain(marg, anchor, cost, start)
+        elif method == "caddtree":
+            tree = build_caddtree(marg, anchor, cost, start, budget)
+        else:
+            tree = build_ddtree(marg, anchor, budget, cost, start)
+        # The target's choice at a node depends only on its depth here (off-path nodes are never reached by the walk).
+        post = g[np.minimum(tree.depths + 1, gamma)]
+        accepted, _ = walk(tree, post)
+        tau = len(accepted)
+        rounds.append(RoundRecord(index=i, start=start, anchor=anchor, marg_tokens=toks.copy(),
+                                  marg_logprobs=lp.astype(np.float32), tree=tree, budget=tree.n_nodes,
+                                  budget_reason="synthetic", accepted=accepted, bonus=int(stream[off + tau]),
+                                  committed=[int(t) for t in g[:tau]], draft_ms=5.0, build_ms=0.5, verify_ms=20.0,
+                                  commit_ms=0.2))
+        off += tau
+        start += tau
+    out = [t for r in rounds for t in r.committed] + [rounds[-1].bonus]
+    return RunRecord(method=method, params={"method": method, "budget": budget, "temperature": 0.0, "topk_log": k},
+                     target="synthetic", drafter="synthetic", dtype="float32", device="cpu", prompt="",
+                     prompt_ids=list(range(100)), output_ids=out, status="complete",
+                     cost_model=cost.to_dict() if cost is not None else None, rounds=rounds)

@@ -1,0 +1,88 @@
+"""Runs: the trace store as a table; filter, compare two runs, export one as JSON/CSV, delete one."""
+
+import json
+
+import streamlit as st
+
+from dtree import figures, ui
+from dtree.store import STATUSES
+
+st.title("Runs")
+st.caption("Every decode logged in the trace store (Live decode page, `dtree run`, the bench). Times: tokens/s over "
+           "the decode (prefill excluded); tau = tokens committed per round.")
+
+if msg := st.session_state.pop("runs_flash", None):
+    st.success(msg)
+store = ui.store_picker()
+if store is None:
+    st.stop()
+try:
+    everything = store.list_runs()
+except Exception as e:  # corrupted store: message, app keeps running
+    ui.show_error(e)
+    st.stop()
+if everything.empty:
+    st.info("This trace store is empty: run a decode first (Live decode page, or `./dev run`).")
+    st.stop()
+
+ALL = "(all)"
+f = st.columns(4)
+method = f[0].selectbox("Method", [ALL] + sorted(everything["method"].unique()))
+target = f[1].selectbox("Target model", [ALL] + sorted(everything["target"].unique()))
+status = f[2].selectbox("Status", [ALL, *STATUSES])
+since = f[3].date_input("Created since (UTC)", value=None, help="Empty = any date")
+try:
+    runs = store.list_runs(method=None if method == ALL else method, target=None if target == ALL else target,
+                           status=None if status == ALL else status, since=None if since is None else since.isoformat())
+except Exception as e:
+    ui.show_error(e)
+    st.stop()
+st.dataframe(runs[["id", "created", "status", "method", "target", "drafter", "dtype", "device", "n_rounds",
+                   "n_new_tokens", "tokens_per_s", "mean_tau", "mean_budget", "prompt"]], hide_index=True,
+             column_config={"created": st.column_config.DatetimeColumn("created (UTC)", format="YYYY-MM-DD HH:mm:ss"),
+                            "n_new_tokens": "new tokens", "tokens_per_s": st.column_config.NumberColumn(
+                                "tokens/s", format="%.2f"),
+                            "mean_tau": st.column_config.NumberColumn("mean tau (tokens/round)", format="%.2f"),
+                            "mean_budget": st.column_config.NumberColumn("mean budget (nodes)", format="%.1f")})
+st.caption(f"{len(runs)} of {len(everything)} runs shown.")
+if runs.empty:
+    st.stop()
+labels = {int(r["id"]): ui.run_label(r) for _, r in runs.iterrows()}
+ids = list(labels)
+
+st.subheader("Compare two runs")
+c = st.columns(2)
+a_id = c[0].selectbox("Run A", ids, index=0, format_func=labels.get)
+b_id = c[1].selectbox("Run B", ids, index=min(1, len(ids) - 1), format_func=labels.get)
+try:
+    a, b = store.load_run(a_id), store.load_run(b_id)
+except Exception as e:  # e.g. deleted in another tab
+    ui.show_error(e)
+    st.stop()
+if a_id == b_id:
+    st.caption("Pick two different runs to compare.")
+st.dataframe(figures.compare_table(a, b), hide_index=True)
+diff = figures.first_difference(a.output_ids, b.output_ids)
+if diff is None:
+    st.success(f"Outputs identical ({len(a.output_ids)} tokens).")
+else:
+    st.warning(f"Outputs differ from new token {diff} on (lengths {len(a.output_ids)} and {len(b.output_ids)}); "
+               "at temperature 0 with the same target, prompt and dtype they should be equal.")
+st.plotly_chart(figures.phase_shares_figure([a, b]), width="stretch")
+
+st.subheader("Export or delete a run")
+c = st.columns(2)
+ex_id = c[0].selectbox("Run to export", ids, format_func=labels.get)
+c[0].download_button("Download run as JSON", lambda: json.dumps(store.export_run(ex_id), indent=1),
+                     file_name=f"dtree-run-{ex_id}.json", mime="application/json", on_click="ignore")
+c[0].download_button("Download its rounds as CSV", lambda: figures.rounds_table(store.load_run(ex_id)).to_csv(
+    index=False), file_name=f"dtree-run-{ex_id}-rounds.csv", mime="text/csv", on_click="ignore")
+del_id = c[1].selectbox("Run to delete", ids, format_func=labels.get)
+sure = c[1].checkbox(f"Yes, delete run #{del_id} and its rounds (nothing else is touched)", key=f"sure_{del_id}")
+if c[1].button("Delete run", type="primary", disabled=not sure):
+    try:
+        store.delete_run(del_id)
+        st.session_state["runs_flash"] = f"Deleted run #{del_id}."
+        st.rerun()
+    except Exception as e:
+        ui.show_error(e)

@@ -1,0 +1,263 @@
+"""AppTest of the Tree explorer and Runs pages on trace stores written by the real engine (embedded target, fp32).
+
+The drafter is a 1-layer DFlash drafter initialised from the target (untrained): its acceptances are short but real,
+which is all these pages need. The cost model is a hand-written convex Cv(n; L) so CaDDTree's greedy rule stops early.
+"""
+
+from __future__ import annotations
+
+import json
+import shutil
+import sqlite3
+from datetime import UTC, datetime, timedelta
+from pathlib import Path
+
+import numpy as np
+import pytest
+from streamlit.testing.v1 import AppTest
+
+ROOT = Path(__file__).resolve().parent.parent
+EXPLORER = str(ROOT / "pages" / "2_tree_explorer.py")
+RUNS = str(ROOT / "pages" / "6_runs.py")
+TIMEOUT = 180
+
+
+@pytest.fixture(scope="module")
+def logged_store(tmp_path_factory, target32):
+    """A store with one run of each method: ddtree (256 nodes), caddtree, chain, ar. Returns (path, {method: id})."""
+    import torch
+
+    from dtree import engine
+    from dtree.cost import CostModel
+    from dtree.drafter import DFlashDrafter, DrafterConfig, init_from_target
+    from dtree.engine import DecodeConfig
+    from dtree.store import TraceStore
+
+    torch.manual_seed(0)
+    d = DFlashDrafter(DrafterConfig(num_hidden_layers=1, qk_norm=False))
+    init_from_target(d, target32.model)
+    d.eval()
+    d.name = "random"
+    nodes = np.array([0, 8, 32, 128, 256])
+    cv = np.array([[0.02 + 2e-4 * n + 2e-6 * n * n for n in nodes]] * 2)
+    cost = CostModel.from_measurements(0.01, [0, 1024], nodes, cv)
+    path = tmp_path_factory.mktemp("pages") / "runs.sqlite"
+    store = TraceStore(path)
+    ids = {}
+    prompt = "What is 2+2?"
+    for method, budget, n_new in [("ddtree", 256, 4), ("caddtree", 64, 6), ("chain", None, 4), ("ar", None, 3)]:
+        run = engine.generate(target32, target32.encode_prompt(prompt), DecodeConfig(method, budget=budget,
+                              max_new_tokens=n_new), drafter=d, cost_model=cost if method != "ar" else None,
+                              sink=store, prompt_text=prompt)
+        ids[method] = run.run_id
+    store.close()
+    return path, ids
+
+
+@pytest.fixture()
+def store_copy(logged_store, tmp_path, monkeypatch):
+    """A private copy of the logged store, set as the app's default store."""
+    src, ids = logged_store
+    path = tmp_path / "runs.sqlite"
+    shutil.copy(src, path)
+    import dtree.ui
+
+    monkeypatch.setattr(dtree.ui, "DEFAULT_STORE", str(path))
+    return path, ids
+
+
+def _charts(at: AppTest) -> list[dict]:
+    return [json.loads(c.proto.spec) for c in at.get("plotly_chart")]
+
+
+def _title(fig: dict) -> str:
+    return fig["layout"]["title"]["text"]
+
+
+def _n_tree_markers(fig: dict) -> int:
+    return sum(len(t["x"]) for t in fig["data"] if t.get("mode", "").startswith("markers") and t.get("name") in
+               ("root (anchor)", "accepted", "rejected"))
+
+
+def _sel(at: AppTest, label: str):
+    return next(s for s in at.selectbox if s.label == label)
+
+
+def _ok(at: AppTest) -> None:
+    assert not at.exception, at.exception
+    assert not at.error, [e.value for e in at.error]
+
+
+def test_explorer_tree_heatmap_theta_and_heap_replay(store_copy):
+    _, ids = store_copy
+    at = AppTest.from_file(EXPLORER, default_timeout=TIMEOUT)
+    at.query_params["run"] = str(ids["caddtree"])
+    at.query_params["round"] = "0"
+    at.run()
+    _ok(at)
+    figs = _charts(at)
+    titles = [_title(f) for f in figs]
+    assert any(t.startswith("Round 0:") and "nodes" in t for t in titles), titles
+    assert any("theta" in t for t in titles), titles
+    assert any("drafter marginals" in t for t in titles), titles
+    assert any(f["data"][0]["type"] == "heatmap" for f in figs)
+    full = _n_tree_markers(figs[0])
+    step = next(s for s in at.slider if s.label.startswith("Heap step"))
+    assert full == step.value + 1  # every node and the root
+    step.set_value(1).run()
+    _ok(at)
+    figs = _charts(at)
+    assert _n_tree_markers(figs[0]) == 2  # root + first popped node
+    theta = next(f for f in figs if "theta" in _title(f))
+    assert any(t.get("name", "").startswith("heap step n = 1") for t in theta["data"])
+
+
+def test_explorer_256_node_tree_collapses_and_switches_round(store_copy):
+    _, ids = store_copy
+    at = AppTest.from_file(EXPLORER, default_timeout=TIMEOUT)
+    at.query_params["run"] = str(ids["ddtree"])
+    at.run()
+    _ok(at)
+    collapse = at.checkbox[0]
+    assert collapse.value  # on by default above 120 nodes
+    fig = _charts(at)[0]
+    assert "256 nodes" in _title(fig) and "hidden" in _title(fig)
+    collapse.uncheck().run()
+    _ok(at)
+    assert _n_tree_markers(_charts(at)[0]) == 257
+    rounds = next(s for s in at.slider if s.label == "Round")
+    rounds.set_value(1).run()
+    _ok(at)
+    assert _title(_charts(at)[0]).startswith("Round 1:")
+    assert at.query_params["round"] in ("1", ["1"])  # the URL names the round shown
+
+
+def test_explorer_other_runs_and_bad_links(store_copy):
+    _, ids = store_copy
+    for method in ("chain", "ar"):
+        at = AppTest.from_file(EXPLORER, default_timeout=TIMEOUT)
+        at.query_params["run"] = str(ids[method])
+        at.run()
+        _ok(at)
+        assert at.get("plotly_chart")
+    at = AppTest.from_file(EXPLORER, default_timeout=TIMEOUT)
+    at.query_params["run"] = "999"
+    at.query_params["round"] = "zz"
+    at.run()
+    assert not at.exception
+    assert at.error and "999" in at.error[0].value  # the missing run is named, another run is shown
+    assert at.get("plotly_chart")
+
+
+def test_explorer_round_deleted_in_another_tab(store_copy):
+    from dtree.store import TraceStore
+
+    path, ids = store_copy
+    at = AppTest.from_file(EXPLORER, default_timeout=TIMEOUT)
+    at.query_params["run"] = str(ids["chain"])
+    at.run()
+    _ok(at)
+    with TraceStore(path) as s:
+        s.delete_run(ids["chain"])
+    at.run()
+    assert not at.exception
+    assert at.error and f"#{ids['chain']}" in at.error[0].value
+
+
+def test_runs_filters_compare_export_delete(store_copy):
+    from dtree.store import TraceStore
+
+    path, ids = store_copy
+    at = AppTest.from_file(RUNS, default_timeout=TIMEOUT).run()
+    _ok(at)
+    assert len(at.dataframe[0].value) == 4
+    _sel(at, "Method").select("ddtree").run()
+    _ok(at)
+    assert at.dataframe[0].value["method"].tolist() == ["ddtree"]
+    _sel(at, "Method").select("(all)").run()
+    _sel(at, "Status").select("failed").run()
+    _ok(at)
+    assert len(at.dataframe[0].value) == 0
+    _sel(at, "Status").select("(all)").run()
+    tomorrow = datetime.now(UTC).date() + timedelta(days=1)
+    at.date_input[0].set_value(tomorrow).run()
+    _ok(at)
+    assert len(at.dataframe[0].value) == 0
+    at.date_input[0].set_value(None).run()
+
+    # compare: the chain and ddtree runs decode the same prompt greedily in fp32, so outputs agree on their prefix
+    _sel(at, "Run A").select(ids["ddtree"]).run()
+    _sel(at, "Run B").select(ids["chain"]).run()
+    _ok(at)
+    table = at.dataframe[1].value
+    assert list(table.columns) == ["quantity", f"run #{ids['ddtree']}", f"run #{ids['chain']}"]
+    assert "tokens/s (decode)" in table["quantity"].tolist()
+    assert at.success and "identical" in at.success[0].value  # same prompt, 4 new tokens, greedy fp32
+    shares = next(f for f in _charts(at) if "phase" in _title(f))
+    assert {t["name"] for t in shares["data"]} == {"prefill", "draft", "build", "verify", "commit"}
+    assert len(at.get("download_button")) == 2
+
+    # delete: needs the confirmation; only that run goes
+    with TraceStore(path) as s:
+        before = {i: s.export_run(i) for i in ids.values() if i != ids["caddtree"]}
+    _sel(at, "Run to delete").select(ids["caddtree"]).run()
+    delete = next(b for b in at.button if b.label == "Delete run")
+    assert delete.disabled
+    at.checkbox[0].check().run()
+    next(b for b in at.button if b.label == "Delete run").click().run()
+    _ok(at)
+    assert at.success and f"Deleted run #{ids['caddtree']}" in at.success[0].value
+    assert sorted(at.dataframe[0].value["id"]) == sorted(before)
+    with TraceStore(path) as s:
+        assert sorted(s.list_runs()["id"]) == sorted(before)
+        assert {i: s.export_run(i) for i in before} == before  # everything else untouched
+
+
+def test_runs_export_contents(store_copy):
+    """The page's export buttons serve store.export_run (JSON) and figures.rounds_table (CSV); check both."""
+    import io
+
+    import pandas as pd
+
+    from dtree import figures
+    from dtree.store import TraceStore
+
+    path, ids = store_copy
+    with TraceStore(path) as s:
+        blob = json.dumps(s.export_run(ids["caddtree"]))
+        run = s.load_run(ids["caddtree"])
+    back = json.loads(blob)
+    assert back["run"]["id"] == ids["caddtree"] and len(back["rounds"]) == len(run.rounds)
+    csv = pd.read_csv(io.StringIO(figures.rounds_table(run).to_csv(index=False)))
+    assert csv["tau (tokens)"].tolist() == [r.tau for r in run.rounds]
+
+
+@pytest.mark.parametrize("page", [EXPLORER, RUNS])
+def test_bad_and_empty_stores(page, tmp_path, monkeypatch):
+    import dtree.ui
+
+    junk = tmp_path / "junk.sqlite"
+    junk.write_bytes(b"this is not a database" * 100)
+    foreign = tmp_path / "foreign.sqlite"
+    with sqlite3.connect(foreign) as c:
+        c.execute("CREATE TABLE people (name TEXT)")
+    c.close()
+    empty = tmp_path / "empty.sqlite"
+    from dtree.store import TraceStore
+
+    TraceStore(empty).close()
+    for path, kind in [(junk, "error"), (foreign, "error"), (empty, "info"), (tmp_path / "missing.sqlite", "info")]:
+        monkeypatch.setattr(dtree.ui, "DEFAULT_STORE", str(path))
+        at = AppTest.from_file(page, default_timeout=TIMEOUT).run()
+        assert not at.exception, (path, at.exception)
+        assert getattr(at, kind), (path, kind)
+        assert not at.get("plotly_chart")
+    assert not (tmp_path / "missing.sqlite").exists()  # looking does not create a store
+
+
+def test_app_navigation_lists_the_pages():
+    at = AppTest.from_file(str(ROOT / "app.py"), default_timeout=TIMEOUT).run()
+    assert not at.exception
+    at.switch_page("pages/6_runs.py").run()
+    assert not at.exception
+    assert any("Runs" in t.value for t in at.title)

@@ -1,0 +1,120 @@
+"""CLI: ``profile`` writes a loadable cost model; ``decode --cost-weights`` stores the weighted model with the run and
+warns about a cost model measured for another dtype; ``replay`` prints the sweep; bad input exits 2, writing nothing."""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pytest
+
+from dtree.cli import main, profile_nodes
+from dtree.cost import CostModel
+
+
+@pytest.fixture(scope="module")
+def drafter_dir(target32, tmp_path_factory):
+    from dtree.drafter import (
+        DFlashDrafter,
+        DrafterConfig,
+        init_from_target,
+        save_drafter,
+    )
+
+    d = DFlashDrafter(DrafterConfig(num_hidden_layers=1, qk_norm=False))
+    init_from_target(d, target32.model)
+    return str(save_drafter(d, tmp_path_factory.mktemp("drafter") / "rand", dtype=None))
+
+
+BASE = ["--dtype", "float32", "--device", "cpu"]
+
+
+def test_profile_nodes_grid():
+    assert profile_nodes(4) == [0, 1, 2, 3, 4]
+    g = profile_nodes(256)
+    assert g[0] == 0 and g[-1] == 256 and {1, 2, 4, 8, 16, 32, 64, 128, 256} <= set(g) and 96 in g
+    assert profile_nodes(100)[-1] == 100
+
+
+def test_profile_writes_a_loadable_cost_model(tmp_path, capsys, drafter_dir):
+    out = tmp_path / "cm.json"
+    rc = main(["profile", *BASE, "--drafter", drafter_dir, "--contexts", "32,64", "--max-nodes", "4", "--repeats", "1",
+               "--out", str(out)])
+    cap = capsys.readouterr()
+    assert rc == 0, cap.err
+    cm = CostModel.load(out)
+    assert list(cm.contexts) == [32, 64] and list(cm.nodes) == [0, 1, 2, 3, 4]
+    assert cm.cd_s > 0 and (cm.cv_raw_s > 0).all()
+    assert cm.meta["dtype"] == "float32" and cm.meta["target"] == "embedded"
+    assert str(out) in cap.out and "raw/fit" in cap.out
+    # the table prints the stored values in ms
+    assert f"{cm.cv_fit_s[0, 4] * 1e3:8.2f}" in cap.out
+
+
+@pytest.mark.parametrize("args, field", [
+    (["--max-nodes", "0"], "max_nodes"),
+    (["--max-nodes", "2000"], "max_nodes"),
+    (["--contexts", "0,64"], "contexts"),
+    (["--contexts", "64,x"], "contexts"),
+    (["--contexts", "100000"], "contexts"),
+    (["--repeats", "0"], "repeats"),
+])
+def test_profile_bad_input_exits_2_and_writes_nothing(tmp_path, capsys, drafter_dir, args, field):
+    out = tmp_path / "cm.json"
+    rc = main(["profile", *BASE, "--drafter", drafter_dir, "--contexts", "32", "--max-nodes", "4", "--repeats", "1",
+               "--out", str(out), *args])
+    assert rc == 2
+    assert f"{field}:" in capsys.readouterr().err
+    assert not out.exists()
+
+
+@pytest.mark.parametrize("weights, field", [("cd=-1", "cd_scale"), ("cv=nan", "cv_scale"), ("cv_c=-0.1", "cv_c"),
+                                            ("speed=2", "cost_weights")])
+def test_decode_bad_cost_weights_exit_2(tmp_path, capsys, weights, field):
+    store = tmp_path / "s.sqlite"
+    rc = main(["decode", *BASE, "--prompt", "hi", "--cost-weights", weights, "--store", str(store)])
+    assert rc == 2 and f"{field}:" in capsys.readouterr().err
+    assert not store.exists()
+
+
+def test_decode_with_weights_warns_on_foreign_cost_model_then_replay(tmp_path, capsys, drafter_dir, target32):
+    nodes = np.array([0, 1, 2, 4, 8, 16])
+    cm = CostModel.from_measurements(0.01, [32, 512], nodes, np.stack([0.02 + 1e-3 * nodes, 0.03 + 2e-3 * nodes]),
+                                     {"target": "embedded", "dtype": "bfloat16"})
+    path = cm.save(tmp_path / "bf16.json")
+    store = tmp_path / "s.sqlite"
+    rc = main(["decode", *BASE, "--drafter", drafter_dir, "--prompt", "Count to ten.", "--method", "caddtree",
+               "--budget", "8", "--max-new-tokens", "6", "--topk-log", "8", "--cost-model", str(path),
+               "--cost-weights", "cd=2,cv=0.5", "--store", str(store), "--json"])
+    cap = capsys.readouterr()
+    assert rc == 0, cap.err
+    assert "warning" in cap.err and "dtype 'bfloat16'" in cap.err
+    run_id = json.loads(cap.out)["run_id"]
+
+    from dtree.store import TraceStore
+
+    with TraceStore(store) as s:
+        run = s.load_run(run_id)
+    stored = CostModel.from_dict(run.cost_model)
+    assert stored.weights.cd_scale == 2.0 and stored.weights.cv_scale == 0.5
+    assert stored.cd_s == pytest.approx(0.02)
+    np.testing.assert_allclose(stored.cv(nodes, 100), 0.5 * cm.cv(nodes, 100))
+
+    rc = main(["replay", "--run", str(run_id), "--store", str(store), "--budgets", "1,2,4,8", "--json"])
+    cap = capsys.readouterr()
+    assert rc == 0, cap.err
+    out = json.loads(cap.out)
+    rows = out["rows"]
+    assert [r["budget"] for r in rows if r["method"] == "ddtree"] == [1, 2, 4, 8]
+    cad = next(r for r in rows if r["method"] == "caddtree")
+    assert cad["mean_tau"] == pytest.approx(run.mean_tau) and cad["mean_budget"] == pytest.approx(run.mean_budget)
+
+    rc = main(["replay", "--run", str(run_id), "--store", str(store), "--budgets", "1,4"])
+    cap = capsys.readouterr()
+    assert rc == 0 and "ddtree" in cap.out and "oracle" in cap.out and "position bias" in cap.err
+
+    for bad, field in ((["--run", "999"], "run_id"), (["--run", "x"], "run"), (["--budgets", "0"], "budgets"),
+                       (["--cost-weights", "cv=-1"], "cv_scale"), (["--store", str(tmp_path / "none.sqlite")], "store")):
+        argv = ["replay", "--run", str(run_id), "--store", str(store), *bad]
+        assert main(argv) == 2
+        assert f"{field}:" in capsys.readouterr().err

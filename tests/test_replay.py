@@ -1,0 +1,256 @@
+"""Replay / what-if (dtree.replay) and cost weights (dtree.cost.CostWeights).
+
+Exactness is checked on real logged runs of the embedded target (fp32) with a randomly initialised 1-layer drafter,
+and on self-consistent synthetic traces whose acceptance comes from dtree.trees.walk (not from replay's matching).
+"""
+
+from __future__ import annotations
+
+import json
+import math
+
+import numpy as np
+import pytest
+
+from dtree.cost import CostModel, CostWeights
+from dtree.errors import InputError
+from dtree.records import RunRecord
+from dtree.replay import (
+    matched_depths,
+    oracle_budget,
+    replay_round,
+    replay_run,
+    round_marginals,
+    sweep_budgets,
+    sweep_weights,
+    synthetic_run,
+)
+from dtree.trees import build_caddtree, build_ddtree, walk
+
+NODES = np.array([0, 1, 2, 4, 8, 16, 32, 64, 128, 256])
+
+
+def cost_model(cd=0.005, a=0.02, b=1e-4, c=0.0, contexts=(64, 1024)) -> CostModel:
+    rows = np.stack([(a + b * NODES + c * NODES**2) * (1 + i) for i in range(len(contexts))])
+    return CostModel.from_measurements(cd, list(contexts), NODES, rows, {"target": "t", "dtype": "float32"})
+
+
+# ----------------------------------------------------------------------------------------------------------------------
+# cost weights
+# ----------------------------------------------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("kw, field", [({"cd_scale": -1}, "cd_scale"), ({"cv_scale": float("nan")}, "cv_scale"),
+                                       ({"cv_a": -0.1}, "cv_a"), ({"cv_b": float("inf")}, "cv_b"),
+                                       ({"cv_c": -1e-9}, "cv_c"), ({"cd_s": float("nan")}, "cd_s")])
+def test_weights_reject_negative_and_nan(kw, field):
+    with pytest.raises(InputError) as e:
+        CostWeights(**kw)
+    assert e.value.field == field
+
+
+@pytest.mark.parametrize("text, field", [("cd=-1", "cd_scale"), ("cv=nan", "cv_scale"), ("cv_b=-2", "cv_b"),
+                                         ("cd=x", "cd_scale"), ("foo=1", "cost_weights"), ("cd", "cost_weights"),
+                                         ("cd=1,cd_scale=2", "cost_weights")])
+def test_weights_parse_errors_name_the_field(text, field):
+    with pytest.raises(InputError) as e:
+        CostWeights.parse(text)
+    assert e.value.field == field
+
+
+def test_weighted_cost_model_scales_overrides_and_round_trips(tmp_path):
+    cm = cost_model()
+    w = cm.weighted(CostWeights.parse("cd=1.5,cv=0.8"))
+    assert w.cd_s == pytest.approx(1.5 * cm.cd_s)
+    n = np.arange(0, 300, 7)
+    np.testing.assert_allclose(w.cv(n, 500), 0.8 * cm.cv(n, 500))
+    # weights apply to the profile, not on top of earlier weights
+    again = w.weighted(CostWeights(cd_scale=2.0))
+    assert again.cd_s == pytest.approx(2.0 * cm.cd_s)
+    np.testing.assert_allclose(again.cv(n, 500), cm.cv(n, 500))
+    # analytic override: a + b n + c n^2, independent of L, times cv_scale
+    an = cm.weighted(CostWeights.parse("cv_a=0.05,cv_b=0.002,cv_c=1e-5,cv=2,cd_s=0.004"))
+    assert an.cd_s == 0.004
+    np.testing.assert_allclose(an.cv(n, 10), 2 * (0.05 + 0.002 * n + 1e-5 * n**2))
+    np.testing.assert_allclose(an.cv(n, 5000), an.cv(n, 10))
+    # stored with the model: to_dict / save / load keep the weights and the profile
+    d = an.to_dict()
+    assert d["weights"]["cv_b"] == 0.002 and d["cd_s"] == cm.cd_s
+    back = CostModel.load(an.save(tmp_path / "w.json"))
+    assert back.cd_s == an.cd_s and back.weights == an.weights
+    np.testing.assert_allclose(back.cv(n, 700), an.cv(n, 700))
+    np.testing.assert_allclose(back.cv_fit_s, cm.cv_fit_s)
+    assert json.loads((tmp_path / "w.json").read_text())["weights"]["cd_s"] == 0.004
+    # identity weights leave no trace
+    assert cm.weighted(CostWeights()).weights is None and cm.to_dict()["weights"] is None
+
+
+# ----------------------------------------------------------------------------------------------------------------------
+# synthetic traces (fast)
+# ----------------------------------------------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("method, budget", [("ddtree", 1), ("ddtree", 16), ("ddtree", 64), ("chain", None),
+                                            ("caddtree", 48)])
+def test_replay_at_logged_budget_reproduces_synthetic_taus(method, budget):
+    cm = cost_model(b=3e-4)
+    run = synthetic_run(60, np.random.default_rng(7), k=64, method=method, budget=budget or 0, cost=cm)
+    s = replay_run(run, method, budget, cm)
+    np.testing.assert_array_equal(s.taus, [r.tau for r in run.rounds])
+    np.testing.assert_array_equal(s.n_nodes, [r.budget for r in run.rounds])
+    assert s.exact and s.mean_tau == pytest.approx(run.mean_tau)
+    assert len(set(s.taus.tolist())) > 1  # the trace is not trivial
+
+
+def test_budget_prefix_property_and_sweep_monotone():
+    cm = cost_model()
+    run = synthetic_run(40, np.random.default_rng(3), k=64, budget=64, cost=cm)
+    for rnd in run.rounds[:10]:
+        marg = round_marginals(rnd)
+        big = build_ddtree(marg, rnd.anchor, 64)
+        for b in (1, 5, 17, 40):
+            small = build_ddtree(marg, rnd.anchor, b)
+            np.testing.assert_array_equal(small.tokens, big.tokens[: b + 1])
+            np.testing.assert_array_equal(small.parents, big.parents[: b + 1])
+    df = sweep_budgets(run, range(1, 65), cm)
+    dd = df[df.method == "ddtree"]
+    assert list(dd.budget) == list(range(1, 65))
+    assert (np.diff(dd.mean_tau.to_numpy()) >= 0).all()
+    assert dd.mean_tau.iloc[-1] > dd.mean_tau.iloc[0]
+    # every sweep entry equals a direct per-round replay with the builders
+    g_stream = [t for r in run.rounds for t in r.committed] + [run.rounds[-1].bonus]
+    for b in (1, 7, 33):
+        taus, off = [], 0
+        for rnd in run.rounds:
+            rr = replay_round(rnd, g_stream[off: off + 16], "ddtree", b, cm)
+            taus.append(rr.tau)
+            off += rnd.tau
+        assert dd[dd.budget == b].mean_tau.item() == pytest.approx(np.mean(taus))
+    best = oracle_budget(df)
+    assert best.pred_tok_s == dd.pred_tok_s.max()
+    assert oracle_budget(df, budgets=[4, 8]).budget in (4, 8)
+
+
+def test_caddtree_vectorised_choice_matches_builder_and_cost_extremes():
+    run = synthetic_run(30, np.random.default_rng(11), k=64, budget=64)
+    for cm in (cost_model(b=2e-4), cost_model(b=0, c=3e-6), cost_model(cd=0.001, b=5e-3)):
+        s = replay_run(run, "caddtree", 64, cm)
+        direct = [build_caddtree(round_marginals(r), r.anchor, cm, r.start, 64).n_nodes for r in run.rounds]
+        np.testing.assert_array_equal(s.n_nodes, direct)
+    flat = cost_model(b=0.0)
+    s = replay_run(run, "caddtree", 64, flat)
+    assert (s.n_nodes == 64).all()
+    steep = cost_model(cd=0.0, a=0.001, b=0.5)
+    s = replay_run(run, "caddtree", 64, steep)
+    assert (s.n_nodes <= 1).all()
+
+
+def test_predicted_time_and_tokens_per_second():
+    cm = cost_model()
+    run = synthetic_run(20, np.random.default_rng(5), k=32, budget=8, cost=cm)
+    s = replay_run(run, "ddtree", 8, cm)
+    expect = np.array([cm.cd_s + cm.cv(8, r.start) for r in run.rounds])
+    np.testing.assert_allclose(s.round_s, expect)
+    assert s.pred_tok_s == pytest.approx(s.taus.sum() / expect.sum())
+    with_overhead = replay_run(run, "ddtree", 8, cm, overhead=True)
+    np.testing.assert_allclose(with_overhead.round_s, expect + 0.7e-3)
+
+
+def test_budgets_above_logged_topk_are_dropped():
+    cm = cost_model()
+    run = synthetic_run(10, np.random.default_rng(2), k=8, budget=8, cost=cm)
+    df = sweep_budgets(run, [1, 4, 8, 9, 64], cm)
+    assert list(df[df.method == "ddtree"].budget) == [1, 4, 8]
+    assert df.attrs["dropped_budgets"] == [9, 64] and df.attrs["budget_cap"] == 8
+    cad = df[df.method == "caddtree"].iloc[0]
+    assert cad.mean_budget <= 8
+
+
+def test_sweep_weights_grid():
+    cm = cost_model(b=3e-4)
+    run = synthetic_run(30, np.random.default_rng(9), k=64, budget=16, cost=cm)
+    df = sweep_weights(run, [0.5, 1.0, 4.0], [0.25, 1.0, 4.0], cm, max_budget=64)
+    assert len(df) == 9
+    # more expensive verification -> fewer nodes; more expensive drafting -> more nodes
+    for cd in (0.5, 1.0, 4.0):
+        mb = df[df.cd_scale == cd].sort_values("cv_scale").mean_budget.to_numpy()
+        assert (np.diff(mb) <= 0).all()
+    one = df[(df.cd_scale == 1.0) & (df.cv_scale == 1.0)].iloc[0]
+    s = replay_run(run, "caddtree", 64, cm)
+    assert one.pred_tok_s == pytest.approx(s.pred_tok_s) and one.pred_tok_s_base == pytest.approx(s.pred_tok_s)
+    with pytest.raises(InputError):
+        sweep_weights(run, [-1.0], [1.0], cm)
+
+
+def test_empty_and_bad_traces_raise():
+    cm = cost_model()
+    with pytest.raises(InputError):
+        replay_run([], "ddtree", 4, cm)
+    empty = RunRecord("ddtree", {}, "t", "d", "float32", "cpu", "", [1, 2])
+    with pytest.raises(InputError):
+        replay_run(empty, "ddtree", 4, cm)
+    with pytest.raises(InputError):
+        sweep_budgets([empty], [1, 2], cm)
+    run = synthetic_run(5, np.random.default_rng(0), k=16, budget=4)
+    with pytest.raises(InputError):
+        replay_run(run, "beam", 4, cm)
+    with pytest.raises(InputError):
+        replay_run(run, "caddtree", 4)  # no cost model anywhere
+    with pytest.raises(InputError):
+        sweep_budgets(run, [0], cm)
+
+
+def test_matched_depths_against_walk():
+    run = synthetic_run(15, np.random.default_rng(4), k=16, budget=16)
+    for rnd in run.rounds:
+        g = np.array(rnd.committed + [rnd.bonus] + [-1] * 16)
+        md = matched_depths(rnd.tree, g)
+        post = g[np.minimum(rnd.tree.depths + 1, len(g) - 1)]
+        acc, _ = walk(rnd.tree, post)
+        assert 1 + md.max() == len(acc) == rnd.tau
+
+
+# ----------------------------------------------------------------------------------------------------------------------
+# real logged runs (embedded target, fp32, random 1-layer drafter)
+# ----------------------------------------------------------------------------------------------------------------------
+
+
+@pytest.fixture(scope="module")
+def rand_drafter(target32, tmp_path_factory):
+    from dtree.drafter import (
+        DFlashDrafter,
+        DrafterConfig,
+        init_from_target,
+        load_drafter,
+        save_drafter,
+    )
+
+    d = DFlashDrafter(DrafterConfig(num_hidden_layers=1, qk_norm=False))
+    init_from_target(d, target32.model)
+    path = save_drafter(d, tmp_path_factory.mktemp("drafter") / "rand", dtype=None)
+    d = load_drafter(path, target32)
+    d.name = "rand"
+    return d
+
+
+def test_replay_of_real_logged_runs_reproduces_recorded_taus(target32, rand_drafter, tmp_store):
+    from dtree.engine import DecodeConfig, generate
+
+    cm = cost_model(cd=0.01, b=1e-3)
+    ids = target32.encode_prompt("List the numbers from 1 to 20, separated by commas.")
+    for method, budget in (("chain", None), ("ddtree", 8), ("caddtree", 16)):
+        live = generate(target32, ids, DecodeConfig(method, budget=budget, max_new_tokens=12, topk_log=16),
+                        drafter=rand_drafter, cost_model=cm, sink=tmp_store)
+        run = tmp_store.load_run(live.run_id)
+        s = replay_run(run, method, budget)  # the cost model stored with the run
+        np.testing.assert_array_equal(s.taus, [r.tau for r in live.rounds])
+        np.testing.assert_array_equal(s.n_nodes, [r.budget for r in live.rounds])
+        assert s.exact
+        # the replayed stream is the run's output
+        stream = [t for r in run.rounds for t in r.committed] + [run.rounds[-1].bonus]
+        assert stream[: len(run.output_ids)] == run.output_ids
+        if method == "ddtree":
+            df = sweep_budgets(run, [1, 2, 4, 8, 16])
+            assert df[(df.method == "ddtree") & (df.budget == 8)].mean_tau.item() == pytest.approx(live.mean_tau)
+            assert (np.diff(df[df.method == "ddtree"].mean_tau.to_numpy()) >= 0).all()
+            assert math.isfinite(df.pred_tok_s.iloc[0])
