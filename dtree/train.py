@@ -232,8 +232,9 @@ class Sample:
     prompt_len: int
 
 
-def load_samples(cfg: TrainConfig, layer_ids: list[int]) -> list[Sample]:
-    """All generated sequences with features on disk (order of ``responses.jsonl``)."""
+def load_samples(cfg: TrainConfig, layer_ids: list[int], skip_shards: set[str] | None = None) -> list[Sample]:
+    """Generated sequences with features on disk, except those in ``skip_shards`` (shard file names; the names of
+    the shards read are added to it, so a later call only picks up new data)."""
     rows = read_responses(cfg.data_dir)
     fdir = features_dir(cfg, layer_ids)
     by_shard: dict[str, list[dict]] = {}
@@ -241,8 +242,10 @@ def load_samples(cfg: TrainConfig, layer_ids: list[int]) -> list[Sample]:
         by_shard.setdefault(d["shard"], []).append(d)
     out = []
     for shard, ds in by_shard.items():
-        if not (fdir / shard).exists():
+        if not (fdir / shard).exists() or (skip_shards is not None and shard in skip_shards):
             continue
+        if skip_shards is not None:
+            skip_shards.add(shard)
         blob = torch.load(fdir / shard)
         pos = {i: r for r, i in enumerate(blob["idx"])}
         for d in ds:
@@ -437,7 +440,8 @@ def train(cfg: TrainConfig) -> dict:
     torch.manual_seed(cfg.seed)
     target = load_target(cfg.target, dtype="float32", device="cpu")
     layer_ids = layer_ids_for(cfg, target.n_layers)
-    samples = load_samples(cfg, layer_ids)
+    shards: set[str] = set()
+    samples = load_samples(cfg, layer_ids, shards)
     held_idx = {i for i, _ in load_prompts(cfg.prompts, cfg.n_heldout, cfg.seed)}
     held = [s for s in samples if s.idx in held_idx]
     trn = [s for s in samples if s.idx not in held_idx]
@@ -475,8 +479,17 @@ def train(cfg: TrainConfig) -> dict:
                     "best_tau": best, "cfg": asdict(cfg), "draft_vocab": draft_vocab}, tmp)
         os.replace(tmp, state_path)
 
+    def refresh():  # pick up shards written by a generator running alongside (draft vocab stays fixed)
+        nonlocal n_tok
+        new = [s for s in load_samples(cfg, layer_ids, shards) if s.idx not in held_idx]
+        if new:
+            trn.extend(new)
+            n_tok += sum(s.tokens.shape[0] - s.prompt_len for s in new)
+            print(f"[train] +{len(new)} new sequences: {len(trn)} ({n_tok} response tokens)", flush=True)
+
     def evaluate():
         nonlocal best
+        refresh()
         drafter.eval()
         r = heldout_tau(drafter, target.model, held) if held else {"tau": float("nan"), "acc": []}
         drafter.train()
@@ -494,10 +507,15 @@ def train(cfg: TrainConfig) -> dict:
               f" acc@1..4 {' '.join(f'{a:.2f}' for a in r['acc'][:4])}", flush=True)
         return r
 
+    stop = []  # SIGTERM/SIGINT: finish the step, save the state, exit cleanly (resume later)
+    import signal
+
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        signal.signal(sig, lambda *_: stop.append(1))
     drafter.train()
     bar = tqdm(total=cfg.steps, initial=step, desc="train", unit="step", mininterval=30)
     last_state, ema = time.perf_counter(), None
-    while step < cfg.steps and not (limit_s and train_s >= limit_s):
+    while step < cfg.steps and not (limit_s and train_s >= limit_s) and not stop:
         t0 = time.perf_counter()
         progress = train_s / limit_s if limit_s else step / cfg.steps
         lr = lr_at(cfg, step, progress)
@@ -524,6 +542,10 @@ def train(cfg: TrainConfig) -> dict:
             save_state()
             last_state = time.perf_counter()
     bar.close()
+    if stop:
+        save_state()
+        print(f"[train] stopped at step {step}; state saved to {state_path}", flush=True)
+        return {"step": step, "loss": ema, "train_s": train_s}
     r = evaluate()
     save_state()
     return {"step": step, "loss": ema, "train_s": train_s, **r}

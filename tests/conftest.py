@@ -45,14 +45,18 @@ def target32():
 def drafter32(target32):
     from dtree.drafter import default_drafter_path, load_drafter
 
-    return load_drafter(default_drafter_path(), target32)
+    # DTREE_TEST_DRAFTER points the suite at another checkpoint (e.g. one being trained); default: the shipped one
+    d = load_drafter(os.environ.get("DTREE_TEST_DRAFTER") or default_drafter_path(), target32)
+    d.name = "test-drafter"
+    return d
 
 
 @pytest.fixture(scope="session")
 def backend32(target32, drafter32):
     from dtree.backend import Backend
 
-    b = Backend("embedded", "float32", DEVICE)
+    b = Backend("embedded", "float32", DEVICE, drafter=os.environ.get("DTREE_TEST_DRAFTER"))
+    assert b.drafter is not None
     return b
 
 

@@ -102,8 +102,8 @@ def test_sampling_first_two_tokens_match_target_distribution(backend32):
     walk that accepted drafter tokens without the target's agreement (or mis-sampled) shifts these frequencies.
     """
     target = backend32.target
-    temperature = 1.3
-    prompt = "Pick a random animal and describe it in one word."
+    temperature = 0.7
+    prompt = "Name a color."  # first two tokens spread over ~5 likely pairs (0.16, 0.14, 0.12, 0.04, ...)
     ids = target.encode_prompt(prompt)
     with torch.inference_mode():
         p1 = torch.softmax(target.model(input_ids=torch.tensor([ids], device=target.device)).logits[0, -1] / temperature, -1)
@@ -114,7 +114,7 @@ def test_sampling_first_two_tokens_match_target_distribution(backend32):
             p2 = torch.softmax(target.model(input_ids=torch.tensor([ids + [t1]], device=target.device)).logits[0, -1] / temperature, -1)
         for t2 in torch.topk(p2, 3).indices.tolist():
             exact[(t1, t2)] = float(p1[t1] * p2[t2])
-    n = 240
+    n = 150
     counts = dict.fromkeys(exact, 0)
     other = 0
     for seed in range(n):
