@@ -21,7 +21,8 @@ def store_env(tmp_path, monkeypatch):
 
 
 def _live(at_timeout: int = 240) -> AppTest:
-    at = AppTest.from_file(str(ROOT / "pages" / "1_live_decode.py"), default_timeout=at_timeout)
+    # through app.py (its default page is Live decode), so the navigation and page links resolve
+    at = AppTest.from_file(str(ROOT / "app.py"), default_timeout=at_timeout)
     return at.run()
 
 
