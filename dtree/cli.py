@@ -1,4 +1,4 @@
-"""Command line: ``python -m dtree {decode,profile,replay,train-drafter} ...``.
+"""Command line: ``python -m dtree {decode,bench,profile,replay,train-drafter} ...``.
 
 Bad input exits with code 2 and a one-line message naming the field; nothing is written to the trace store then.
 """
@@ -7,11 +7,14 @@ from __future__ import annotations
 
 import argparse
 import json
+import statistics
 import sys
+from pathlib import Path
 
 import numpy as np
 
-from .errors import InputError
+from .engine import DecodeConfig
+from .errors import InputError, check_float, check_int
 
 
 def _add_model_args(p: argparse.ArgumentParser) -> None:
@@ -221,6 +224,61 @@ def cmd_replay(args) -> int:
     return 0
 
 
+def cmd_bench(args) -> int:
+    import csv
+
+    import pandas as pd
+    from tqdm import tqdm
+
+    from . import bench
+    from .backend import Backend
+
+    methods = bench.parse_methods(args.methods)  # bad input fails before any model loads or anything is stored
+    prompts = bench.load_prompts(args.dataset, args.limit)
+    check_int("max_new_tokens", args.max_new_tokens, 1, 100_000)
+    check_float("temperature", args.temperature, 0.0, 100.0)
+    backend = Backend(args.target, args.dtype, args.device, args.drafter)
+    for p in prompts:
+        backend.prepare(p, DecodeConfig("ar", max_new_tokens=args.max_new_tokens, temperature=args.temperature))
+    if any(m == "caddtree" for m, _ in methods):
+        backend.cost_model(progress=lambda d, t: print(f"\rprofiling cost model {d}/{t}", end="", file=sys.stderr))
+    store = None
+    if not args.no_store:
+        from .store import TraceStore
+
+        store = TraceStore(args.store)
+    bar = tqdm(total=len(prompts) * len(methods), desc="bench", unit="run", file=sys.stderr)
+    stats = bench.run_bench(backend, prompts, methods, args.max_new_tokens, args.temperature, store=store,
+                            progress=lambda d, t: bar.update(d - bar.n))
+    bar.close()
+    rows = bench.summary_rows(stats)
+    df = pd.DataFrame(rows)
+    print(df.to_string(index=False))
+    if "ar" in stats:
+        gbps = backend.target.weight_bytes * statistics.median(stats["ar"].tok_s) / 1e9
+        print(f"AR reads the {backend.target.weight_bytes / 1e6:.0f} MB of weights once per token: "
+              f"{gbps:.2f} GB/s of weight traffic (compare with this machine's memory bandwidth)")
+    if args.out:
+        out = Path(args.out)
+        out.parent.mkdir(parents=True, exist_ok=True)
+        if out.suffix == ".csv":
+            with open(out, "w", newline="") as f:
+                w = csv.DictWriter(f, fieldnames=list(rows[0]))
+                w.writeheader()
+                w.writerows(rows)
+        else:
+            out.write_text(json.dumps({"dataset": args.dataset, "limit": args.limit, "methods": args.methods,
+                                       "max_new_tokens": args.max_new_tokens, "temperature": args.temperature,
+                                       "dtype": args.dtype or "bfloat16", "summary": rows,
+                                       "per_prompt": {k: vars(v) for k, v in stats.items()}}, indent=2))
+        print(f"summary written to {out}", file=sys.stderr)
+    bad = [r for r in rows if r["mismatches_vs_ar"]]
+    if bad and args.temperature == 0.0:
+        print("LOSSLESSNESS MISMATCH vs AR: " + ", ".join(f"{r['method']} ({r['mismatches_vs_ar']} prompts)"
+                                                            for r in bad), file=sys.stderr)
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="python -m dtree", description="dtree: block-diffusion draft trees")
     sub = parser.add_subparsers(dest="command", required=True)
@@ -234,6 +292,18 @@ def build_parser() -> argparse.ArgumentParser:
     pr.add_argument("--repeats", type=int, default=5, help="timed forwards per (L, n); the median is kept (default 5)")
     pr.add_argument("--out", default=None, help="output JSON (default: the auto cost-model cache used by caddtree)")
     pr.set_defaults(func=cmd_profile)
+    b = sub.add_parser("bench", help="AR / chain / ddtree:B / caddtree side by side on a prompt set")
+    _add_model_args(b)
+    b.add_argument("--dataset", default="gsm8k", help="gsm8k, math500, humaneval, mt-bench (when ../shared/datasets "
+                                                      "is present) or a JSONL(.gz) file with a prompt field")
+    b.add_argument("--limit", type=int, default=5, help="first N prompts (default 5)")
+    b.add_argument("--methods", default="ar,chain,ddtree:16,caddtree", help="comma list: ar, chain, ddtree:B, caddtree[:B]")
+    b.add_argument("--max-new-tokens", type=int, default=128)
+    b.add_argument("--temperature", type=float, default=0.0)
+    b.add_argument("--out", default=None, help="write the summary as .csv or .json")
+    b.add_argument("--store", default="runs/dtree.sqlite")
+    b.add_argument("--no-store", action="store_true")
+    b.set_defaults(func=cmd_bench)
     rp = sub.add_parser("replay", help="replay logged runs under every budget / cost model (no model needed)")
     rp.add_argument("--run", required=True, help="run id(s), comma-separated")
     rp.add_argument("--store", default="runs/dtree.sqlite", help="trace store file (default runs/dtree.sqlite)")

@@ -1,0 +1,75 @@
+"""Bench: end to end on real prompts, its speedup column, losslessness check, and bad input."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+
+from dtree import bench, trees
+from dtree.cli import main
+from dtree.errors import InputError
+
+
+@pytest.fixture()
+def two_prompts(tmp_path):
+    path = tmp_path / "p.jsonl"
+    path.write_text("\n".join(json.dumps({"question": q}) for q in ["What is 5 + 7?", "Name two oceans."]) + "\n")
+    return path
+
+
+def test_bench_end_to_end_speedup_is_ratio_of_timings(backend32, two_prompts, tmp_store):
+    methods = bench.parse_methods("ar,chain,ddtree:4")
+    prompts = bench.load_prompts(str(two_prompts), 2)
+    stats = bench.run_bench(backend32, prompts, methods, max_new_tokens=16, store=tmp_store)
+    rows = {r["method"]: r for r in bench.summary_rows(stats)}
+    assert set(rows) == {"ar", "chain", "ddtree:4"}
+    for key, r in rows.items():
+        assert r["speedup_vs_ar"] == pytest.approx(r["tok_s"] / rows["ar"]["tok_s"], rel=2e-3)
+        assert r["mismatches_vs_ar"] == 0
+        assert len(stats[key].run_ids) == 2
+    assert len(tmp_store.list_runs()) == 6
+
+
+def test_bench_flags_a_corrupted_walk(backend32, two_prompts, monkeypatch):
+    real_walk = trees.walk
+
+    def greedy_walk_one_too_far(tree, target_tokens):
+        accepted, bonus = real_walk(tree, target_tokens)
+        kids = [i for i in range(1, tree.n_nodes + 1) if tree.parents[i] == accepted[-1]]
+        if kids:  # accept the first child although the target chose otherwise
+            accepted = accepted + [kids[0]]
+            bonus = int(target_tokens[kids[0]])
+        return accepted, bonus
+
+    monkeypatch.setattr(trees, "walk", greedy_walk_one_too_far)
+    stats = bench.run_bench(backend32, bench.load_prompts(str(two_prompts), 2),
+                            bench.parse_methods("ar,ddtree:4"), max_new_tokens=16)
+    rows = {r["method"]: r for r in bench.summary_rows(stats)}
+    assert rows["ar"]["mismatches_vs_ar"] == 0
+    assert rows["ddtree:4"]["mismatches_vs_ar"] >= 1
+
+
+@pytest.mark.parametrize("spec", ["beam", "ddtree", "ddtree:x", "chain:4", "ddtree:-1", "ddtree:5000", ""])
+def test_bad_methods(spec):
+    with pytest.raises(InputError):
+        bench.parse_methods(spec)
+
+
+def test_bad_datasets(tmp_path):
+    with pytest.raises(InputError, match="unknown dataset"):
+        bench.load_prompts("no-such-set", 5)
+    with pytest.raises(InputError, match="limit"):
+        bench.load_prompts("gsm8k", 0)
+    bad = tmp_path / "bad.jsonl"
+    bad.write_text(json.dumps({"answer": "42"}) + "\n")
+    with pytest.raises(InputError, match="no prompt field"):
+        bench.load_prompts(str(bad), 3)
+
+
+def test_bench_cli_bad_input_exits_2_and_stores_nothing(tmp_path, capsys):
+    store = tmp_path / "b.sqlite"
+    for args in (["--methods", "ddtree:abc"], ["--dataset", "nope"], ["--limit", "0"]):
+        assert main(["bench", "--store", str(store), *args]) == 2
+        assert "error:" in capsys.readouterr().err
+    assert not store.exists()
