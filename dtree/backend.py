@@ -166,3 +166,34 @@ class Backend:
                 cost = cost.weighted(weights)
         return engine.generate(self.target, prompt_ids, cfg, drafter=self.drafter if cfg.method != "ar" else None,
                                cost_model=cost, sink=store, on_round=on_round, prompt_text=prompt)
+
+    def current_cost_model(self):
+        """The cost model caddtree would use now, WITHOUT profiling: the one loaded or profiled in this process, else
+        this machine's cached auto-profile (:func:`default_cost_model_path`) when it exists; None when there is none.
+        """
+        from .cost import CostModel
+
+        if self._cost_model is None:
+            auto = default_cost_model_path(self.target, self.drafter)
+            if auto.exists():
+                try:
+                    self._cost_model = CostModel.load(auto)
+                except InputError:
+                    return None
+        return self._cost_model
+
+    def decode_ids(self, prompt_ids: list[int], cfg: engine.DecodeConfig, store=None, on_round=None, cost=None,
+                   prompt_text: str = "") -> RunRecord:
+        """Decode already-encoded ``prompt_ids`` (e.g. a logged run's, to re-run exactly the same prompt).
+
+        ``cost`` (a :class:`dtree.cost.CostModel`, used as given, weights included) replaces the backend's cost model
+        for this run; without it, caddtree uses :meth:`cost_model` and the other methods the current one if any (for
+        display). See :func:`dtree.engine.generate`; raises InputError on bad input (nothing is stored then).
+        """
+        if cfg.method != "ar" and self.drafter is None:
+            raise InputError("drafter", "this target has no drafter: use method ar")
+        if cost is None and cfg.method != "ar":
+            cost = self.cost_model() if cfg.method == "caddtree" else self.current_cost_model()
+        return engine.generate(self.target, list(prompt_ids), cfg, drafter=self.drafter if cfg.method != "ar" else None,
+                               cost_model=cost if cfg.method != "ar" else None, sink=store, on_round=on_round,
+                               prompt_text=prompt_text)

@@ -163,3 +163,150 @@ def summary_rows(stats: dict[str, MethodStats]) -> list[dict]:
             "mismatches_vs_ar": len(s.mismatches),
         })
     return rows
+
+
+# ------------------------------------------------------------------------------------------------- app helpers
+
+DEMO_SET = "demo"
+
+
+def available_sets() -> list[str]:
+    """Prompt-set names usable here: ``demo`` (built in, :mod:`dtree.prompts`) and the named sets whose files exist."""
+    return [DEMO_SET] + [name for name, path in NAMED.items() if path.exists()]
+
+
+def load_prompt_set(name: str, limit: int) -> list[str]:
+    """The first ``limit`` prompts of ``demo`` (the built-in list) or of anything :func:`load_prompts` accepts.
+
+    Raises InputError for ``limit`` outside 1..100000 and as :func:`load_prompts`.
+    """
+    if name == DEMO_SET:
+        from .prompts import DEMO_PROMPTS
+
+        limit = check_int("limit", limit, 1, 100_000)
+        return list(DEMO_PROMPTS[:limit])
+    return load_prompts(name, limit)
+
+
+def prompts_from_lines(text: str, limit: int) -> list[str]:
+    """Prompts typed one per line (blank lines skipped), the first ``limit`` of them.
+
+    Raises InputError when there is no prompt or ``limit`` is outside 1..100000.
+    """
+    limit = check_int("limit", limit, 1, 100_000)
+    prompts = [line.strip() for line in str(text).splitlines() if line.strip()]
+    if not prompts:
+        raise InputError("prompts", "the prompt list is empty: type at least one prompt (one per line)")
+    return prompts[:limit]
+
+
+def load_prompts_bytes(data: bytes, filename: str, limit: int) -> list[str]:
+    """Prompts from the bytes of an uploaded JSONL (``.gz`` if ``filename`` ends so); rules as :func:`load_prompts`."""
+    import tempfile
+
+    suffix = ".jsonl.gz" if str(filename).endswith(".gz") else ".jsonl"
+    with tempfile.TemporaryDirectory() as d:
+        path = Path(d) / f"upload{suffix}"
+        path.write_bytes(data)
+        try:
+            return load_prompts(str(path), limit)
+        except InputError as e:
+            raise InputError(e.field, str(e).replace(str(path), filename).split(": ", 1)[-1]) from None
+
+
+BENCH_TAG_PREFIX = "bench:"
+
+
+def new_bench_tag(prompt_set: str) -> str:
+    """A fresh label for one bench, ``bench:<UTC time>:<prompt set>``, stored as every run's ``tag``."""
+    from datetime import datetime, timezone
+
+    now = datetime.now(timezone.utc).strftime("%Y%m%dT%H%M%S.%fZ")
+    return f"{BENCH_TAG_PREFIX}{now}:{Path(str(prompt_set)).name}"
+
+
+class TaggedStore:
+    """A trace store whose :meth:`begin_run` labels every run with ``tag`` (the engine calls ``begin_run(run)``).
+
+    Everything else is passed through to the wrapped :class:`dtree.store.TraceStore`.
+    """
+
+    def __init__(self, store, tag: str):
+        self.store, self.tag = store, tag
+
+    def begin_run(self, run) -> int:
+        return self.store.begin_run(run, tag=self.tag)
+
+    def __getattr__(self, name):
+        return getattr(self.store, name)
+
+
+def stored_method_key(method: str, params: dict) -> str:
+    """The bench's method key of a stored run: ``ddtree:B``; ``caddtree`` at the default maximum budget, else
+    ``caddtree:B``; ``ar`` and ``chain`` as is."""
+    from .engine import DEFAULT_BUDGET
+
+    budget = params.get("budget") if isinstance(params, dict) else None
+    if method == "ddtree" or (method == "caddtree" and budget is not None and budget != DEFAULT_BUDGET["caddtree"]):
+        return method_key(method, budget)
+    return method
+
+
+def list_benches(store) -> "pandas.DataFrame":  # noqa: F821
+    """Past benches in ``store`` (runs tagged by :class:`TaggedStore`), newest first, one row per bench.
+
+    Columns: tag, started (UTC), prompt_set, n_prompts, methods (comma-separated keys), max_new_tokens, dtype, device,
+    n_runs, n_complete. Untagged runs (e.g. ``dtree bench`` from the CLI, single decodes) are not listed.
+    """
+    import pandas as pd
+
+    runs = store.list_runs()
+    cols = ["tag", "started", "prompt_set", "n_prompts", "methods", "max_new_tokens", "dtype", "device", "n_runs",
+            "n_complete"]
+    if runs.empty:
+        return pd.DataFrame(columns=cols)
+    runs = runs[[isinstance(t, str) and t.startswith(BENCH_TAG_PREFIX) for t in runs["tag"]]]
+    rows = []
+    for tag, g in runs.groupby("tag", sort=False):
+        keys = list(dict.fromkeys(stored_method_key(m, p) for m, p in zip(g["method"][::-1], g["params"][::-1])))
+        rows.append({"tag": tag, "started": g["created"].min(), "prompt_set": tag.split(":", 2)[-1],
+                     "n_prompts": g["prompt"].nunique(), "methods": ", ".join(keys),
+                     "max_new_tokens": int(g["params"].iloc[0].get("max_new_tokens", 0)),
+                     "dtype": g["dtype"].iloc[0], "device": g["device"].iloc[0], "n_runs": len(g),
+                     "n_complete": int((g["status"] == "complete").sum())})
+    return pd.DataFrame(rows, columns=cols).sort_values("started", ascending=False, ignore_index=True)
+
+
+def stats_from_store(store, tag: str) -> dict[str, MethodStats]:
+    """Rebuild :func:`run_bench`'s per-method stats from the complete runs of one bench (``tag``) in ``store``.
+
+    Prompt index = the run's seed (``run_bench`` seeds prompt i with i). Mismatches vs AR are recomputed at
+    temperature 0 from the stored outputs. Raises InputError when the bench has no complete run.
+    """
+    runs = store.list_runs(status="complete")
+    runs = runs[runs["tag"] == tag].sort_values("id")
+    if runs.empty:
+        raise InputError("bench", f"no complete run tagged {tag!r} in this store (deleted?)")
+    stats: dict[str, MethodStats] = {}
+    outputs: dict[int, dict[str, list[int]]] = {}
+    temperature = {}
+    for run_id in runs["id"]:
+        run = store.load_run(int(run_id))
+        key = stored_method_key(run.method, run.params)
+        s = stats.setdefault(key, MethodStats())
+        s.tok_s.append(run.tokens_per_s)
+        s.tpot_ms.append(1e3 * run.decode_s / max(1, run.n_new_tokens))
+        s.tau.append(run.mean_tau)
+        s.budget.append(run.mean_budget)
+        for ph in s.phase_ms:
+            s.phase_ms[ph] += sum(getattr(r, f"{ph}_ms") for r in run.rounds)
+        s.run_ids.append(int(run_id))
+        i = int(run.params.get("seed", 0))
+        outputs.setdefault(i, {})[key] = run.output_ids
+        temperature[i] = float(run.params.get("temperature", 0.0))
+    for i, outs in outputs.items():
+        if "ar" in outs and temperature[i] == 0.0:
+            for key, out in outs.items():
+                if out != outs["ar"]:
+                    stats[key].mismatches.append(i)
+    return stats

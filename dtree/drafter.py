@@ -504,10 +504,12 @@ def save_drafter(drafter: DFlashDrafter, path: str | Path, dtype: torch.dtype | 
     fd, tmp = tempfile.mkstemp(dir=path, suffix=".tmp")
     os.close(fd)
     save_file(sd, tmp, metadata={"format": "pt"})
+    os.chmod(tmp, 0o644)
     os.replace(tmp, path / "model.safetensors")
     fd, tmp = tempfile.mkstemp(dir=path, suffix=".tmp")
     os.close(fd)
     drafter.config.to_json(tmp)
+    os.chmod(tmp, 0o644)
     os.replace(tmp, path / "config.json")
     return path
 

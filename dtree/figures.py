@@ -281,6 +281,206 @@ def marginals_heatmap(rnd: RoundRecord, decode: Callable[[int], str]) -> go.Figu
     return fig
 
 
+# ----------------------------------------------------------------------------------------------------------------------
+# Cost model and budget lab
+# ----------------------------------------------------------------------------------------------------------------------
+
+OKABE_ITO = ["#E69F00", "#56B4E9", "#009E73", "#0072B2", "#D55E00", "#CC79A7", "#000000", "#F0E442"]
+GREEN = "#009E73"
+SKY = "#56B4E9"
+
+
+def cost_curves_figure(cost: "CostModel", weighted: "CostModel | None" = None) -> go.Figure:  # noqa: F821
+    """Verify cost Cv(n; L) in ms against the node count n, one Okabe-Ito colour per profiled context L.
+
+    Measured medians are markers, the monotone-convex fit (CaDDTree spec 3.4) solid lines. With ``weighted`` (the same
+    profile with :class:`dtree.cost.CostWeights`, see ``CostModel.weighted``) the weighted Cv that the tree builders
+    would use is drawn dotted (a single black line when the analytic override ignores L). The drafter cost Cd is a
+    dashed horizontal line (the weighted Cd when ``weighted`` is given).
+    """
+    fig = go.Figure()
+    nodes = np.asarray(cost.nodes)
+    fine = np.arange(int(nodes[-1]) + 1)
+    w = weighted.weights if weighted is not None else None
+    for i, L in enumerate(int(v) for v in cost.contexts):
+        colour = OKABE_ITO[i % len(OKABE_ITO)]
+        fig.add_trace(go.Scatter(x=nodes, y=cost.cv_raw_s[i] * 1e3, mode="markers", name=f"L = {L}: measured median",
+                                 legendgroup=f"L{L}", marker=dict(color=colour, size=8, symbol="circle-open",
+                                                                  line=dict(width=2))))
+        fig.add_trace(go.Scatter(x=nodes, y=cost.cv_fit_s[i] * 1e3, mode="lines", name=f"L = {L}: fit",
+                                 legendgroup=f"L{L}", line=dict(color=colour, width=2)))
+        if w is not None and not w.analytic:
+            fig.add_trace(go.Scatter(x=fine, y=np.asarray(weighted.cv(fine, L)) * 1e3, mode="lines",
+                                     name=f"L = {L}: weighted (used)", legendgroup=f"L{L}",
+                                     line=dict(color=colour, width=2, dash="dot")))
+    if w is not None and w.analytic:
+        fig.add_trace(go.Scatter(x=fine, y=np.asarray(weighted.cv(fine, 0)) * 1e3, mode="lines",
+                                 name="analytic Cv (used, any L)", line=dict(color="#000000", width=2, dash="dot")))
+    cd = (weighted if weighted is not None else cost).cd_s * 1e3
+    fig.add_hline(y=cd, line=dict(color=VERMILION, dash="dash", width=1.5))
+    fig.add_trace(go.Scatter(x=[nodes[0], nodes[-1]], y=[cd, cd], mode="lines", hoverinfo="skip",
+                             name=f"Cd (drafter, per round) = {cd:.1f} ms", line=dict(color=VERMILION, dash="dash")))
+    fig.update_layout(title="Verify cost Cv(n; L) per context length L, and the draft cost Cd",
+                      xaxis_title="nodes n verified (non-root)",
+                      yaxis=dict(title="time per round (ms)", rangemode="tozero"),
+                      height=420, legend=dict(orientation="v", x=1.02, y=1), margin=dict(l=40, r=20, t=50, b=40))
+    return fig
+
+
+def cost_table(cost: "CostModel", weighted: "CostModel | None" = None) -> "pandas.DataFrame":  # noqa: F821
+    """One row per profiled (L, n): measured median, fit and (with ``weighted``) weighted Cv, all in ms."""
+    import pandas as pd
+
+    rows = []
+    for i, L in enumerate(int(v) for v in cost.contexts):
+        for j, n in enumerate(int(v) for v in cost.nodes):
+            row = {"L (context, tokens)": L, "n (nodes)": n, "measured median Cv (ms)": cost.cv_raw_s[i, j] * 1e3,
+                   "fitted Cv (ms)": cost.cv_fit_s[i, j] * 1e3}
+            if weighted is not None:
+                row["weighted Cv (ms)"] = float(weighted.cv(n, L)) * 1e3
+            rows.append(row)
+    return pd.DataFrame(rows)
+
+
+def theta_choices(curve: np.ndarray) -> tuple[int, int]:
+    """``(argmax, greedy_stop)`` of a theta(n) curve (n = 0..m): the best budget for this round, and CaDDTree's greedy
+    stop, the first n where adding node n + 1 does not raise theta (spec 3.2; equal when theta is unimodal)."""
+    curve = np.asarray(curve, dtype=np.float64)
+    if len(curve) == 0:
+        return 0, 0
+    worse = np.flatnonzero(curve[1:] <= curve[:-1])
+    return int(np.argmax(curve)), int(worse[0]) if len(worse) else len(curve) - 1
+
+
+def theta_weights_figure(curve: np.ndarray, logged_budget: int | None = None, title: str | None = None) -> go.Figure:
+    """A round's theta(n) = (1 + Phi(n)) / (Cd + Cv(n; L)) in tokens/s under a (weighted) cost model, with its
+    argmax and the greedy stop marked (see :func:`theta_choices`) and, if given, the budget the logged run used."""
+    curve = np.asarray(curve, dtype=np.float64)
+    best, stop = theta_choices(curve)
+    fig = go.Figure()
+    fig.add_trace(go.Scatter(x=np.arange(len(curve)), y=curve, mode="lines+markers", name="theta(n)",
+                             line=dict(color=ACCEPTED), marker=dict(size=4)))
+    if len(curve):
+        fig.add_trace(go.Scatter(x=[best], y=[curve[best]], mode="markers", name=f"argmax n = {best}",
+                                 marker=dict(color=VERMILION, size=16, symbol="diamond-open", line=dict(width=2.5))))
+        fig.add_trace(go.Scatter(x=[stop], y=[curve[stop]], mode="markers", name=f"greedy stop n = {stop} (CaDDTree)",
+                                 marker=dict(color=BONUS, size=14, symbol="star")))
+    if logged_budget is not None and 0 <= logged_budget < len(curve):
+        fig.add_trace(go.Scatter(x=[logged_budget], y=[curve[logged_budget]], mode="markers",
+                                 name=f"logged budget n = {logged_budget}",
+                                 marker=dict(color="#000000", size=10, symbol="x")))
+    fig.update_layout(title=title or f"Predicted throughput theta(n): greedy stop at n = {stop}, argmax n = {best}",
+                      xaxis_title="nodes n (budget)", yaxis_title="theta (tokens/s)", height=360,
+                      legend=dict(orientation="h", y=-0.25), margin=dict(l=40, r=20, t=50, b=40))
+    return fig
+
+
+def _sweep_parts(df: "pandas.DataFrame"):  # noqa: F821
+    dd = df[df["method"] == "ddtree"]
+    return dd, df[df["method"] == "chain"], df[df["method"] == "caddtree"]
+
+
+def sweep_figure(df: "pandas.DataFrame", metric: str, oracle_b: int | None = None) -> go.Figure:  # noqa: F821
+    """DDTree replayed at every budget (a :func:`dtree.replay.sweep_budgets` table), ``metric`` ``"mean_tau"``
+    (tokens/round) or ``"pred_tok_s"`` (predicted tokens/s) against the budget B; chain and CaDDTree as single
+    points at their mean budget; the oracle fixed budget ``oracle_b`` marked (a star and a dashed line)."""
+    names = {"mean_tau": ("acceptance length tau", "mean tau (tokens/round)"),
+             "pred_tok_s": ("predicted throughput", "predicted tokens/s")}
+    what, ylab = names[metric]
+    dd, chain, cad = _sweep_parts(df)
+    fig = go.Figure()
+    fig.add_trace(go.Scatter(x=dd["budget"].astype(float), y=dd[metric], mode="lines+markers", name="ddtree, budget B",
+                             line=dict(color=ACCEPTED), marker=dict(size=4)))
+    for part, name, colour, symbol in ((chain, "chain (DFlash)", GREEN, "square"),
+                                       (cad, "caddtree (at its mean budget)", BONUS, "triangle-up")):
+        if len(part):
+            fig.add_trace(go.Scatter(x=part["mean_budget"], y=part[metric], mode="markers", name=name,
+                                     marker=dict(color=colour, size=13, symbol=symbol,
+                                                 line=dict(color="#333", width=1))))
+    if metric == "mean_tau" and "recorded_mean_tau" in df.attrs:
+        fig.add_hline(y=df.attrs["recorded_mean_tau"], line=dict(color="#666666", dash="dot", width=1),
+                      annotation_text="logged mean tau", annotation_position="bottom right")
+    if oracle_b is not None:
+        row = dd[dd["budget"] == oracle_b]
+        if len(row):
+            fig.add_vline(x=oracle_b, line=dict(color=VERMILION, dash="dash", width=1))
+            fig.add_trace(go.Scatter(x=[oracle_b], y=[float(row[metric].iloc[0])], mode="markers",
+                                     name=f"oracle fixed budget B* = {oracle_b}",
+                                     marker=dict(color=VERMILION, size=16, symbol="star")))
+    fig.update_layout(title=f"Replay: {what} vs budget", xaxis_title="budget B (nodes per round)", yaxis_title=ylab,
+                      height=360, legend=dict(orientation="h", y=-0.25), margin=dict(l=40, r=20, t=50, b=40))
+    return fig
+
+
+def budget_histogram_figure(budgets: np.ndarray, oracle_b: int | None = None) -> go.Figure:
+    """Histogram of CaDDTree's replayed per-round budgets (nodes), the oracle fixed budget marked."""
+    budgets = np.asarray(budgets)
+    fig = go.Figure()
+    fig.add_trace(go.Histogram(x=budgets, xbins=dict(size=1), name="caddtree budget per round",
+                               marker=dict(color=BONUS, line=dict(color="#333", width=0.5))))
+    if oracle_b is not None:
+        fig.add_vline(x=oracle_b, line=dict(color=VERMILION, dash="dash", width=2))
+        fig.add_trace(go.Scatter(x=[oracle_b, oracle_b], y=[0, 0], mode="lines", name=f"oracle fixed budget B* = "
+                                 f"{oracle_b}", line=dict(color=VERMILION, dash="dash", width=2), hoverinfo="skip"))
+    mean = f", mean {budgets.mean():.1f}" if len(budgets) else ""
+    fig.update_layout(title=f"CaDDTree's chosen budgets over {len(budgets)} replayed rounds{mean}",
+                      xaxis_title="budget n (nodes in the round)", yaxis_title="rounds", bargap=0.05, height=360,
+                      legend=dict(orientation="h", y=-0.25), margin=dict(l=40, r=20, t=50, b=40))
+    return fig
+
+
+def sweep_table(df: "pandas.DataFrame") -> "pandas.DataFrame":  # noqa: F821
+    """A :func:`dtree.replay.sweep_budgets` table with unit-bearing column names, for display."""
+    out = df.rename(columns={"budget": "budget B (nodes; caddtree: max)", "mean_budget": "mean budget (nodes/round)",
+                             "mean_tau": "mean tau (tokens/round)", "pred_s": "predicted time (s)",
+                             "pred_tok_s": "predicted tokens/s", "n_rounds": "rounds",
+                             "exact": "exact (within top-k)", "capped_rounds": "rounds at the top-k cap"})
+    out.attrs = {}  # the sweep's arrays are not for display
+    return out
+
+
+def prediction_check_table(checks: list[tuple[str, Any, list[RunRecord]]]) -> "pandas.DataFrame":  # noqa: F821
+    """Predicted (replay) vs measured (live) throughput, one row per configuration.
+
+    Args:
+        checks: ``(label, summary, live_runs)``: a :class:`dtree.replay.ReplaySummary` of the logged rounds and the
+            live runs of the same configuration on the same prompts. Measured tokens/s = sum of new tokens / sum of
+            decode seconds (prefill excluded); difference = (measured - predicted) / predicted in %.
+    """
+    import pandas as pd
+
+    rows = []
+    for label, s, live in checks:
+        n_tok = sum(r.n_new_tokens for r in live)
+        secs = sum(r.decode_s for r in live)
+        measured = n_tok / secs if secs > 0 else float("nan")
+        rounds = [x for r in live for x in r.rounds]
+        rows.append({"configuration": label, "predicted tokens/s": s.pred_tok_s, "measured tokens/s": measured,
+                     "difference (%)": 100.0 * (measured - s.pred_tok_s) / s.pred_tok_s if s.pred_tok_s > 0
+                     else float("nan"),
+                     "predicted mean tau": s.mean_tau,
+                     "measured mean tau": float(np.mean([x.tau for x in rounds])) if rounds else float("nan"),
+                     "predicted mean budget (nodes)": s.mean_budget,
+                     "measured mean budget (nodes)": float(np.mean([x.budget for x in rounds])) if rounds
+                     else float("nan"),
+                     "live runs": " ".join(f"#{r.run_id}" for r in live)})
+    return pd.DataFrame(rows)
+
+
+def prediction_check_figure(table: "pandas.DataFrame") -> go.Figure:  # noqa: F821
+    """Grouped bars of :func:`prediction_check_table`: predicted (hatched sky blue) vs measured (vermilion) tokens/s."""
+    fig = go.Figure()
+    fig.add_trace(go.Bar(x=table["configuration"], y=table["predicted tokens/s"], name="predicted (replay)",
+                         marker=dict(color=SKY, pattern=dict(shape="/"))))
+    fig.add_trace(go.Bar(x=table["configuration"], y=table["measured tokens/s"], name="measured (live)",
+                         marker=dict(color=VERMILION), text=[f"{d:+.0f}%" for d in table["difference (%)"]],
+                         textposition="outside"))
+    fig.update_layout(barmode="group", title="Predicted vs measured throughput on the same prompts",
+                      xaxis_title="configuration", yaxis_title="tokens/s (decode, prefill excluded)", height=380,
+                      legend=dict(orientation="h", y=-0.25), margin=dict(l=40, r=20, t=50, b=40))
+    return fig
+
+
 PHASES = ("prefill", "draft", "build", "verify", "commit")
 PHASE_COLOURS = {"prefill": "#CC79A7", "draft": "#56B4E9", "build": "#009E73", "verify": "#0072B2",
                  "commit": "#E69F00"}
@@ -374,3 +574,224 @@ def output_html(run: RunRecord, decode: Callable[[int], str]) -> str:
         spans.append(f'<span title="final bonus token" style="border-bottom:2px solid {BONUS}">'
                      f'{html.escape(decode(tok))}</span>')
     return '<div style="white-space:pre-wrap;line-height:1.7;font-family:monospace">' + "".join(spans) + "</div>"
+
+
+# ------------------------------------------------------------------------------------------ Speedup arena and Learn
+
+OKABE_ITO = ["#000000", "#E69F00", "#56B4E9", "#009E73", "#0072B2", "#D55E00", "#CC79A7", "#F0E442"]
+BENCH_PHASES = ("draft", "build", "verify", "commit")
+
+
+def _method_colours(methods: list[str]) -> dict[str, str]:
+    """One Okabe-Ito colour per method key; AR is always black."""
+    others = [c for c in OKABE_ITO if c != "#000000"]
+    out, i = {}, 0
+    for m in methods:
+        if m == "ar":
+            out[m] = "#000000"
+        else:
+            out[m] = others[i % len(others)]
+            i += 1
+    return out
+
+
+def speedup_figure(rows: list[dict], title: str | None = None) -> go.Figure:
+    """Three bar panels per method from :func:`dtree.bench.summary_rows`: speedup vs AR (ratio of median tokens/s,
+    dashed line at 1), mean tau (tokens/round) and mean budget (nodes/round). One colour per method (Okabe-Ito)."""
+    from plotly.subplots import make_subplots
+
+    methods = [r["method"] for r in rows]
+    colours = _method_colours(methods)
+    fig = make_subplots(rows=1, cols=3, horizontal_spacing=0.09, subplot_titles=(
+        "speedup vs AR (x)", "mean tau (tokens/round)", "mean budget (nodes/round)"))
+    for col, key, fmt in ((1, "speedup_vs_ar", "x{:.2f}"), (2, "mean_tau", "{:.2f}"), (3, "mean_budget", "{:.1f}")):
+        for r in rows:
+            v = r.get(key)
+            fig.add_trace(go.Bar(
+                x=[r["method"]], y=[v if v is not None else 0.0], name=r["method"], legendgroup=r["method"],
+                showlegend=col == 1, marker_color=colours[r["method"]],
+                text=[fmt.format(v) if v is not None else "n/a"], textposition="outside",
+                hovertemplate=(f"<b>{html.escape(r['method'])}</b><br>{key}: %{{y:.3f}}<br>median tokens/s: "
+                               f"{r.get('tok_s', float('nan')):.2f}<extra></extra>")), row=1, col=col)
+    fig.add_hline(y=1.0, line=dict(color=VERMILION, dash="dash", width=1), row=1, col=1)
+    fig.update_yaxes(title_text="speedup (x, AR = 1)", row=1, col=1, rangemode="tozero")
+    fig.update_yaxes(title_text="tokens per round", row=1, col=2, rangemode="tozero")
+    fig.update_yaxes(title_text="nodes per round", row=1, col=3, rangemode="tozero")
+    fig.update_xaxes(title_text="method")
+    fig.update_layout(title=title or "Speedup vs AR (ratio of median tokens/s), acceptance length and budget",
+                      height=380, legend=dict(orientation="h", y=-0.3, title="method"),
+                      margin=dict(l=50, r=20, t=80, b=40), bargap=0.3)
+    return fig
+
+
+def bench_phase_figure(rows: list[dict]) -> go.Figure:
+    """Stacked horizontal bars: each method's round time split into draft / build / verify / commit (% of the round
+    time summed over all its prompts; prefill excluded), from :func:`dtree.bench.summary_rows`."""
+    fig = go.Figure()
+    labels = [r["method"] for r in rows]
+    for ph in BENCH_PHASES:
+        fig.add_trace(go.Bar(y=labels, x=[r.get(f"{ph}_share_%", 0.0) for r in rows], name=ph, orientation="h",
+                             marker_color=PHASE_COLOURS[ph], hovertemplate=f"{ph}: %{{x:.1f}}%<extra></extra>"))
+    fig.update_layout(barmode="stack", title="Where the round time goes, per method (prefill excluded)",
+                      xaxis=dict(title="share of round time (%)", range=[0, 100]),
+                      yaxis=dict(title="method", autorange="reversed"), height=170 + 45 * len(rows),
+                      legend=dict(orientation="h", y=-0.3, traceorder="normal", title="phase"),
+                      margin=dict(l=40, r=20, t=50, b=40))
+    return fig
+
+
+def bench_compare_figure(benches: dict[str, list[dict]]) -> go.Figure:
+    """Grouped bars: speedup vs AR per method, one bar colour per bench (``{bench label: summary rows}``)."""
+    fig = go.Figure()
+    methods = list(dict.fromkeys(r["method"] for rows in benches.values() for r in rows))
+    for i, (label, rows) in enumerate(benches.items()):
+        by = {r["method"]: r for r in rows}
+        ys = [by[m]["speedup_vs_ar"] if m in by and by[m]["speedup_vs_ar"] is not None else None for m in methods]
+        fig.add_trace(go.Bar(x=methods, y=ys, name=label, marker_color=OKABE_ITO[(i + 1) % len(OKABE_ITO)],
+                             text=[f"x{y:.2f}" if y is not None else "" for y in ys], textposition="outside",
+                             hovertemplate=f"{html.escape(label)}<br>%{{x}}: x%{{y:.3f}}<extra></extra>"))
+    fig.add_hline(y=1.0, line=dict(color=VERMILION, dash="dash", width=1))
+    fig.update_layout(barmode="group", title="Past benches: speedup vs AR per method",
+                      xaxis_title="method", yaxis=dict(title="speedup (x, AR = 1)", rangemode="tozero"),
+                      height=380, legend=dict(orientation="h", y=-0.3, title="bench"),
+                      margin=dict(l=50, r=20, t=50, b=40))
+    return fig
+
+
+def top_marginals_table(rnd: RoundRecord, decode: Callable[[int], str], k: int = 5) -> "pandas.DataFrame":  # noqa: F821
+    """The drafter's top-``k`` tokens per depth as text with probabilities: one row per depth d (position L + d)."""
+    import pandas as pd
+
+    toks = np.asarray(rnd.marg_tokens)
+    probs = np.exp(np.asarray(rnd.marg_logprobs, dtype=np.float64))
+    rows = []
+    for d in range(toks.shape[0]):
+        row = {"depth d": d + 1, "position": rnd.start + d + 1}
+        for r in range(min(k, toks.shape[1])):
+            row[f"rank {r}"] = f"{_token_label(decode, int(toks[d, r]))!s} ({probs[d, r]:.3f})"
+        rows.append(row)
+    return pd.DataFrame(rows)
+
+
+def latex_text(text: str) -> str:
+    """``\\text{...}`` for st.latex with LaTeX's special characters escaped (token text is arbitrary)."""
+    s = str(text)
+    for a, b in (("\\", "\x00"), ("{", r"\{"), ("}", r"\}"), ("_", r"\_"), ("^", r"\textasciicircum{}"),
+                 ("$", r"\$"), ("&", r"\&"), ("#", r"\#"), ("%", r"\%"), ("~", r"\textasciitilde{}"),
+                 ("\x00", r"\textbackslash{}")):
+        s = s.replace(a, b)
+    return r"\text{" + s + "}"
+
+
+def path_product_latex(tree: DraftTree, node: int, decode: Callable[[int], str]) -> str:
+    """LaTeX of node ``node``'s path probability as the product of its drafter marginals (DDTree Eq. 7), with the
+    live numbers: ``q(u) = q_1(a) q_2(b) ... = 0.81 x 0.42 = 0.340``."""
+    path = []
+    i = int(node)
+    while i > 0:
+        path.append(i)
+        i = int(tree.parents[i])
+    path.reverse()
+    if not path:
+        return r"q(\text{root}) = 1"
+
+    def tex_tok(t: int) -> str:
+        return latex_text(_token_label(decode, t)[:12])
+
+    symbols = r"\,".join(f"q_{{{int(tree.depths[j])}}}({tex_tok(int(tree.tokens[j]))})" for j in path)
+    values = r" \times ".join(f"{np.exp(tree.logprobs[j]):.4f}" for j in path)
+    total = f"{np.exp(tree.path_logprobs[node]):.4f}"
+    return f"q(u_{{{node}}}) = {symbols} = {values}" + (f" = {total}" if len(path) > 1 else "")
+
+
+def greedy_stop_numbers(tree: DraftTree, cost, context_len: int) -> dict[str, Any] | None:
+    """The numbers of CaDDTree's greedy stop for a logged tree (CaDDTree spec 3.1-3.2), in seconds and tokens/s.
+
+    For a ``caddtree`` tree: n = its node count; the first rejected candidate's probability delta_{n+1} is recovered
+    from ``theta_curve[n+1]`` = (1 + Phi(n) + delta_{n+1}) / (Cd + Cv(n+1; L)). For a ``ddtree`` or ``chain`` tree
+    (nodes in best-first order) n = the first node count whose next node would not raise theta, i.e. where CaDDTree
+    would have stopped inside this tree. Returns None without a cost model.
+
+    Keys: method, n, stopped (False when the build hit its budget while theta still rose), cd_s, cv_n_s, phi_n,
+    theta_n, and when stopped: delta_next, cv_next_s, c_next_s (marginal verify cost of node n+1), theta_next,
+    threshold (= theta(n) * c_{n+1}, the probability node n+1 needed).
+    """
+    if cost is None or not len(tree.theta_curve):
+        return None
+    L = int(context_len)
+    cd = float(cost.cd_s)
+    phi = np.concatenate([[0.0], np.cumsum(np.exp(tree.path_logprobs[1:]))])
+    if tree.method == "caddtree":
+        n = tree.n_nodes
+        stopped = len(tree.theta_curve) > n + 1
+        theta_next = float(tree.theta_curve[n + 1]) if stopped else None
+        cv_next = float(cost.cv(n + 1, L)) if stopped else None
+        delta_next = theta_next * (cd + cv_next) - 1.0 - float(phi[n]) if stopped else None
+    else:
+        th = np.asarray(tree.thetas, dtype=np.float64)
+        drops = np.nonzero(th[1:] <= th[:-1])[0]
+        stopped = len(drops) > 0
+        n = int(drops[0]) if stopped else tree.n_nodes
+        theta_next = float(th[n + 1]) if stopped else None
+        cv_next = float(cost.cv(n + 1, L)) if stopped else None
+        delta_next = float(np.exp(tree.path_logprobs[n + 1])) if stopped else None
+    cv_n = float(cost.cv(n, L))
+    theta_n = (1.0 + float(phi[n])) / (cd + cv_n)
+    out = {"method": tree.method, "n": n, "stopped": stopped, "cd_s": cd, "cv_n_s": cv_n, "phi_n": float(phi[n]),
+           "theta_n": theta_n}
+    if stopped:
+        c_next = cv_next - cv_n
+        out.update(delta_next=max(0.0, delta_next), cv_next_s=cv_next, c_next_s=c_next, theta_next=theta_next,
+                   threshold=theta_n * c_next)
+    return out
+
+
+def walk_table(rnd: RoundRecord, decode: Callable[[int], str]) -> "pandas.DataFrame":  # noqa: F821
+    """The walk down the verified tree (DDTree spec 2.6), one row per accepted node: its token and position, the
+    target's own choice there (the next accepted token, or the bonus at the end) and whether a child matched it."""
+    import pandas as pd
+
+    tree = rnd.tree
+    rows = []
+    for s, i in enumerate(rnd.accepted):
+        last = s == len(rnd.accepted) - 1
+        choice = rnd.bonus if last else int(tree.tokens[rnd.accepted[s + 1]])
+        n_kids = int((tree.parents == i).sum())
+        rows.append({"step": s, "node": i, "token": _token_label(decode, int(tree.tokens[i])),
+                     "position (L + depth)": rnd.start + int(tree.depths[i]),
+                     "target's choice after it": _token_label(decode, choice),
+                     "children drafted": n_kids,
+                     "result": ("no child matches: bonus token, round ends" if last
+                                else f"matches child node {rnd.accepted[s + 1]}: accepted")})
+    return pd.DataFrame(rows)
+
+
+def visibility_figure(rnd: RoundRecord, decode: Callable[[int], str], max_nodes: int = 40) -> go.Figure:
+    """Ancestor-only attention mask of the verify forward (DDTree spec 2.3) as a heatmap, query node (row) x key node
+    (column), for the first ``max_nodes`` nodes in insertion order (a prefix of a tree is a tree: parents come first).
+
+    Visible cells are blue (the target may attend: the node itself and its ancestors), hidden cells white; the
+    accepted path's rows are labelled with a check mark. Every node also sees all L committed context tokens (not
+    drawn). Axis labels: ``index:token``.
+    """
+    from .trees import visibility
+
+    tree = rnd.tree
+    m = min(tree.n_nodes + 1, max(1, int(max_nodes)))
+    vis = visibility(tree)[:m, :m]
+    accepted = set(rnd.accepted)
+    labels = [f"{i}:{_token_label(decode, int(tree.tokens[i]))[:8]}" for i in range(m)]
+    row_labels = [("✓ " if i in accepted else "") + lab for i, lab in enumerate(labels)]
+    pos = [rnd.start + int(tree.depths[i]) for i in range(m)]
+    hover = [[f"query node {i} (position {pos[i]}) {'sees' if vis[i, j] else 'does not see'} key node {j}"
+              for j in range(m)] for i in range(m)]
+    fig = go.Figure(go.Heatmap(
+        z=vis.astype(int).tolist(), x=labels, y=row_labels, zmin=0, zmax=1, xgap=1, ygap=1,
+        colorscale=[[0.0, "#FFFFFF"], [0.5, "#FFFFFF"], [0.5, ACCEPTED], [1.0, ACCEPTED]],
+        colorbar=dict(title="mask", tickvals=[0.25, 0.75], ticktext=["hidden (-inf)", "visible (0)"], len=0.5),
+        hovertext=hover, hoverinfo="text", name="visibility"))
+    title = f"Round {rnd.index}: tree attention mask (ancestor-only), {m} of {tree.n_nodes + 1} tree tokens"
+    fig.update_layout(title=title, xaxis=dict(title="key node j (index:token)", side="bottom", tickangle=-60),
+                      yaxis=dict(title="query node i (index:token; ✓ = accepted)", autorange="reversed"),
+                      height=max(360, 16 * m + 200), margin=dict(l=60, r=20, t=50, b=60))
+    return fig

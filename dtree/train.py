@@ -502,7 +502,7 @@ def train(cfg: TrainConfig) -> dict:
                 meta = {"heldout_tau": best, "step": step, "train_minutes": train_s / 60, "train_sequences": len(trn),
                         "train_response_tokens": n_tok, "heldout_prompts": len(held), "acc_per_depth": r["acc"],
                         "config": asdict(cfg)}
-                (out_dir / "training_log.json").write_text(json.dumps(meta, indent=1))
+                (Path(cfg.data_dir) / "best_checkpoint.json").write_text(json.dumps(meta, indent=1))
         print(f"[eval] step {step} held-out tau {r['tau']:.3f} (best {best:.3f}{', saved' if improved and out_dir else ''})"
               f" acc@1..4 {' '.join(f'{a:.2f}' for a in r['acc'][:4])}", flush=True)
         return r

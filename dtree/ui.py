@@ -116,3 +116,83 @@ def int_query_param(name: str) -> int | None:
         return int(value) if value is not None else None
     except ValueError:
         return None
+
+
+# ------------------------------------------------------------------------------------------- cost model and budget lab
+
+SPECULATIVE = ("chain", "ddtree", "caddtree")
+
+
+def speculative_runs(store):
+    """Runs of ``store`` that carry drafter marginals (chain / ddtree / caddtree with rounds), newest first; None
+    with an st.error when the store cannot be read."""
+    try:
+        runs = store.list_runs()
+    except Exception as e:  # corrupted store: message, app keeps running
+        show_error(e)
+        return None
+    if runs.empty:
+        return runs
+    return runs[runs["method"].isin(SPECULATIVE) & (runs["n_rounds"] > 0)].reset_index(drop=True)
+
+
+def cost_model_from_bytes(data: bytes, name: str = "uploaded file"):
+    """A :class:`dtree.cost.CostModel` from the bytes of a cost-model JSON file (as written by ``CostModel.save``).
+
+    Raises:
+        InputError: not JSON, wrong format or version, invalid contents (the message names the file).
+    """
+    import json
+
+    from .cost import CostModel
+
+    try:
+        d = json.loads(data.decode("utf-8"))
+    except (UnicodeDecodeError, json.JSONDecodeError) as e:
+        raise InputError("cost_model", f"{name} is not a cost-model JSON file ({e})") from None
+    return CostModel.from_dict(d)
+
+
+def stored_cost_model(cost_dict):
+    """The PROFILE of a run's stored cost model (``RunRecord.cost_model``, weights dropped); None if absent or
+    unreadable."""
+    from .cost import CostModel
+
+    if not cost_dict:
+        return None
+    try:
+        return CostModel.from_dict(cost_dict).weighted(None)
+    except (InputError, TypeError, ValueError):
+        return None
+
+
+def cost_weight_widgets(cost, key: str):
+    """Bounded widgets for :class:`dtree.cost.CostWeights` (Cd and Cv scales, the optional analytic Cv override
+    a + b n + c n^2 in ms); returns the weights. ``key`` prefixes the widget keys (one set per page).
+
+    The analytic override's defaults approximate ``cost``'s fitted curve at its smallest context (a = Cv(0), b = mean
+    slope up to the largest profiled n, c = 0).
+    """
+    from .cost import CostWeights
+
+    c = st.columns(2)
+    cd_scale = c[0].slider("Cd scale (drafter cost multiplier)", 0.1, 5.0, 1.0, 0.05, key=f"{key}_cd_scale",
+                           help="Cd' = scale x the profiled drafter cost per round")
+    cv_scale = c[1].slider("Cv scale (verify cost multiplier)", 0.1, 5.0, 1.0, 0.05, key=f"{key}_cv_scale",
+                           help="Cv'(n; L) = scale x the verify cost (profiled or analytic)")
+    analytic = st.checkbox("Analytic verify cost instead of the profile: Cv(n) = a + b n + c n² (ignores L)",
+                           key=f"{key}_analytic")
+    if not analytic:
+        return CostWeights(cd_scale=cd_scale, cv_scale=cv_scale)
+    L0 = int(cost.contexts[0])
+    n_hi = max(1, int(cost.nodes[-1]))
+    a0 = float(cost.cv(0, L0)) * 1e3
+    b0 = max(0.0, (float(cost.cv(n_hi, L0)) * 1e3 - a0) / n_hi)
+    c = st.columns(3)
+    a = c[0].number_input("a (ms)", 0.0, 10_000.0, round(a0, 3), 0.1, format="%.3f", key=f"{key}_cv_a",
+                          help="Fixed verify cost per round (one target forward with only the root)")
+    b = c[1].number_input("b (ms/node)", 0.0, 1_000.0, round(b0, 4), 0.01, format="%.4f", key=f"{key}_cv_b",
+                          help="Marginal verify cost of each node")
+    cc = c[2].number_input("c (ms/node²)", 0.0, 100.0, 0.0, 0.0001, format="%.5f", key=f"{key}_cv_c",
+                           help="Curvature: attention over the tree grows with n²")
+    return CostWeights(cd_scale=cd_scale, cv_scale=cv_scale, cv_a=a / 1e3, cv_b=b / 1e3, cv_c=cc / 1e3)

@@ -1,0 +1,162 @@
+"""Cost model: profile the verify cost of this machine (or load a file), see Cv(n; L) and Cd, move the cost weights and
+watch a logged round's theta(n) curve and chosen budget follow."""
+
+import streamlit as st
+
+from dtree import figures, ui
+from dtree.backend import cost_model_mismatch, profile_cost_model
+from dtree.replay import round_marginals
+from dtree.trees import best_path_logprobs, theta_curve_for
+
+st.title("Cost model")
+st.caption("CaDDTree predicts a round's throughput theta(n) = (1 + Phi(n)) / (Cd + Cv(n; L)) tokens/s and keeps adding "
+           "nodes while theta rises. Cd = drafter time per round, Cv(n; L) = one target forward verifying n nodes over "
+           "L cached tokens. Profile them here, then tune the cost weights to model other hardware or load.")
+
+with st.sidebar:
+    dtype = st.selectbox("dtype", ["bfloat16", "float32"], key="dtype",
+                         help="The target's dtype: a cost model is only valid for the dtype it was measured with")
+
+CONTEXTS = [32, 64, 128, 256, 512, 1024, 2048]
+NODE_CAPS = [8, 16, 32, 64, 128, 256]
+sources = ["This server's current model", "Profile now", "Load a file"]
+source = st.radio("Cost model to use", sources, horizontal=True, key="cm_source")
+try:
+    backend = ui.get_backend("embedded", dtype)
+except Exception as e:  # models unavailable: the page still shows files and stored models
+    ui.show_error(e)
+    backend = None
+
+cost, label = None, ""
+if source == sources[0] and backend is not None:
+    cost = backend.current_cost_model()
+    label = "this server's current model"
+    if cost is None:
+        st.info("No cost model has been profiled on this machine for this target and dtype yet: choose "
+                "**Profile now** (or run caddtree on the Live decode page, which profiles on first use).")
+elif source == sources[1] and backend is not None:
+    with st.form("profile"):
+        c = st.columns(3)
+        contexts = c[0].multiselect("Context lengths L (tokens)", CONTEXTS, default=[64, 256], max_selections=5,
+                                    key="cm_contexts", help="One curve per L; longer contexts take longer to profile")
+        max_nodes = c[1].select_slider("Max nodes n", NODE_CAPS, value=64, key="cm_max_nodes",
+                                       help="Node counts 0, 1, 2, 4, ... up to this")
+        repeats = c[2].number_input("Repeats per point", 1, 9, 3, key="cm_repeats", help="Median over repeats")
+        clicked = st.form_submit_button("Profile", type="primary")
+    if clicked:
+        if not contexts:
+            st.error("Context lengths: pick at least one.")
+        else:
+            nodes = [0] + [2 ** i for i in range(max_nodes.bit_length()) if 2 ** i <= max_nodes]
+            lock = ui.decode_lock()
+            if not lock.acquire(blocking=False):
+                with st.spinner("A decode is running on this server; queued until it finishes..."):
+                    lock.acquire()
+            try:
+                bar = st.progress(0.0, text="measuring Cd and Cv(n; L)...")
+                st.session_state["cm_profiled"] = profile_cost_model(
+                    backend.target, backend.drafter, contexts=sorted(contexts), nodes=nodes, repeats=int(repeats),
+                    progress=lambda done, total: bar.progress(done / total, text=f"verify forwards: {done}/{total}"))
+                bar.empty()
+            except Exception as e:
+                ui.show_error(e)
+            finally:
+                lock.release()
+    cost, label = st.session_state.get("cm_profiled"), "profiled on this page"
+    if cost is None:
+        st.info("Set the grid and press **Profile** (about a second per context on the embedded model).")
+elif source == sources[2]:
+    c = st.columns(2)
+    upload = c[0].file_uploader("Cost-model file (JSON)", type=["json"], key="cm_upload")
+    path = c[1].text_input("...or its path on the server", key="cm_path", max_chars=500).strip()
+    try:
+        if upload is not None:
+            cost, label = ui.cost_model_from_bytes(upload.getvalue(), upload.name), upload.name
+        elif path:
+            from dtree.cost import CostModel
+
+            cost, label = CostModel.load(path), path
+    except Exception as e:  # corrupted, wrong format or version
+        st.error(f"Cannot use this cost-model file — {e}")
+        cost = None
+
+if cost is not None:
+    if cost.weights is not None:
+        st.caption(f"The file carried cost weights {cost.weights.to_dict()}; the sliders below apply to its profile.")
+        cost = cost.weighted(None)
+    if backend is not None and (why := cost_model_mismatch(cost, backend.target, backend.drafter)):
+        st.warning("This cost model may not describe the loaded models: " + "; ".join(why) + ". Proceeding anyway: "
+                   "predictions will be off by that difference.")
+    st.session_state["cost_model_page"] = (cost, label)  # the Budget lab offers it too
+
+    st.subheader("Cost weights")
+    weights = ui.cost_weight_widgets(cost, "cm")
+    weighted = cost.weighted(weights)
+    m = st.columns(4)
+    m[0].metric("Cd profiled (ms/round)", f"{cost.cd_s * 1e3:.2f}")
+    m[1].metric("Cd used (ms/round)", f"{weighted.cd_s * 1e3:.2f}")
+    m[2].metric("Cv(0; smallest L) used (ms)", f"{float(weighted.cv(0, int(cost.contexts[0]))) * 1e3:.2f}")
+    m[3].metric("contexts x node counts", f"{len(cost.contexts)} x {len(cost.nodes)}")
+    meta = cost.meta
+    st.caption(f"Source: {label}. Measured for target {meta.get('target', '?')!r}, "
+               f"drafter {meta.get('drafter', '?')!r}, dtype {meta.get('dtype', '?')}, on {meta.get('hardware', '?')}, "
+               f"{meta.get('date', '?')}, {meta.get('repeats', '?')} repeats.")
+    st.plotly_chart(figures.cost_curves_figure(cost, weighted), width="stretch")
+    with st.expander("Table of measured and fitted costs"):
+        st.dataframe(figures.cost_table(cost, weighted), hide_index=True)
+
+    c = st.columns([3, 1])
+    save_path = c[0].text_input("Save the weighted model as (path on the server)", "runs/cost-model.json",
+                                key="cm_save_path", max_chars=500).strip()
+    use = c[1].checkbox("and use it for caddtree on this server", key="cm_use",
+                        help="Live decode and the Budget lab's live check then use this model")
+    if st.button("Save as", key="cm_save"):
+        try:
+            saved = weighted.save(save_path)
+            if use and backend is not None:
+                backend.cost_model(path=saved)
+            st.success(f"Saved to {saved}" + (" and set as this server's cost model." if use else "."))
+        except Exception as e:
+            ui.show_error(e)
+else:
+    weighted = None
+
+st.subheader("A logged round under these weights")
+store = ui.store_picker()
+if store is None:
+    st.stop()
+runs = ui.speculative_runs(store)
+if runs is None:
+    st.stop()
+if runs.empty:
+    st.info("The trace store has no chain, ddtree or caddtree run yet: run one on the Live decode page.")
+    st.stop()
+labels = {int(r["id"]): ui.run_label(r) for _, r in runs.iterrows()}
+run_id = st.selectbox("Run", list(labels), format_func=labels.get, key="cm_run")
+row = runs[runs["id"] == run_id].iloc[0]
+n_rounds = int(row["n_rounds"])
+idx = st.slider("Round", 0, n_rounds - 1, 0, key="cm_round") if n_rounds > 1 else 0
+if weighted is None:  # no model chosen above: the run's own
+    base = ui.stored_cost_model(row["cost_model"])
+    if base is None:
+        st.info("Choose a cost model above: this run stored none.")
+        st.stop()
+    weighted = base.weighted(ui.cost_weight_widgets(base, "cm"))
+    st.caption("Using the cost model stored with this run (no model chosen above).")
+try:
+    rnd = store.load_round(run_id, idx)
+    marg = round_marginals(rnd)
+    curve = theta_curve_for(best_path_logprobs(marg, marg.width), weighted, rnd.start)
+except Exception as e:  # deleted in another tab, unreadable
+    ui.show_error(e)
+    st.stop()
+best, stop = figures.theta_choices(curve)
+m = st.columns(4)
+m[0].metric("chosen budget: greedy stop (nodes)", stop)
+m[1].metric("theta at the stop (tokens/s)", f"{curve[stop]:.2f}")
+m[2].metric("argmax of theta (nodes)", best)
+m[3].metric("logged budget (nodes)", rnd.budget)
+st.plotly_chart(figures.theta_weights_figure(curve, rnd.budget), width="stretch")
+st.caption(f"Round {rnd.index} at context L = {rnd.start} tokens. Phi(n) sums the n best path probabilities from the "
+           f"drafter's logged top-{marg.width} marginals, so the curve stops at n = {marg.width} (ranks beyond the "
+           "logged top-k are unknown).")
