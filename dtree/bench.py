@@ -219,9 +219,9 @@ BENCH_TAG_PREFIX = "bench:"
 
 def new_bench_tag(prompt_set: str) -> str:
     """A fresh label for one bench, ``bench:<UTC time>:<prompt set>``, stored as every run's ``tag``."""
-    from datetime import datetime, timezone
+    from datetime import UTC, datetime
 
-    now = datetime.now(timezone.utc).strftime("%Y%m%dT%H%M%S.%fZ")
+    now = datetime.now(UTC).strftime("%Y%m%dT%H%M%S.%fZ")
     return f"{BENCH_TAG_PREFIX}{now}:{Path(str(prompt_set)).name}"
 
 

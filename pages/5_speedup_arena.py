@@ -78,6 +78,8 @@ if go_clicked:
             bar.empty()
         finally:
             lock.release()
+        keep = [t for t in st.session_state.get("arena_past", []) if t != tag]
+        st.session_state["arena_past"] = [tag] + keep[:5]  # the new bench is compared with the ones picked before
         st.session_state["arena_result"] = {"rows": bench.summary_rows(stats), "tag": tag, "n_prompts": len(prompts),
                                             "runs": total, "device": str(backend.target.device), "dtype": dtype,
                                             "max_new": int(max_new), "set": set_name}
@@ -120,8 +122,10 @@ if past.empty:
 labels = {t: f"{s:%Y-%m-%d %H:%M:%S} · {ps} · {n} prompt(s) · {m} · {d}"
           for t, s, ps, n, m, d in zip(past["tag"], past["started"], past["prompt_set"], past["n_prompts"],
                                       past["methods"], past["dtype"])}
-chosen = st.multiselect("Benches to compare (up to 6)", list(labels), default=list(labels)[:min(2, len(labels))],
-                        format_func=labels.get, max_selections=6, key="arena_past")
+if "arena_past" in st.session_state:  # drop benches deleted meanwhile (Runs page, another tab)
+    st.session_state["arena_past"] = [t for t in st.session_state["arena_past"] if t in labels][:6]
+chosen = st.multiselect("Benches to compare (up to 6)", list(labels), format_func=labels.get, max_selections=6,
+                        key="arena_past", default=None if "arena_past" in st.session_state else list(labels)[:2])
 st.dataframe(past.drop(columns=["tag"]), hide_index=True,
              column_config={"started": st.column_config.DatetimeColumn("started (UTC)", format="YYYY-MM-DD HH:mm:ss"),
                             "n_complete": "complete runs", "n_runs": "runs"})

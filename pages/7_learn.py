@@ -50,6 +50,7 @@ if clicked:
         finally:
             lock.release()
         st.session_state["learn_run"] = run
+        st.session_state["learn_nonce"] = st.session_state.get("learn_nonce", 0) + 1  # fresh sliders per decode
     except Exception as e:  # shown, app keeps running
         ui.show_error(e)
 
@@ -63,11 +64,17 @@ if not run.rounds:
 
 decode = ui.decode_token_fn(ui.get_backend("embedded", run.dtype).target.tokenizer)
 idx = st.slider("Round to study", 0, len(run.rounds) - 1, min(1, len(run.rounds) - 1),
-                key="learn_round") if len(run.rounds) > 1 else 0
+                key=f"learn_round_{st.session_state.get('learn_nonce', 0)}") if len(run.rounds) > 1 else 0
 rnd = run.rounds[idx]
 tree = rnd.tree
 L = rnd.start
-tok = lambda t: figures._token_label(decode, int(t))  # noqa: E731
+
+
+def tok(t) -> str:
+    """Token id -> readable text (newlines shown as \\n, blanks quoted)."""
+    return figures._token_label(decode, int(t))
+
+
 m = st.columns(5)
 m[0].metric("context length L (tokens)", L)
 m[1].metric("anchor (root)", tok(rnd.anchor))
@@ -109,7 +116,7 @@ if tree.n_nodes == 0:
     st.info("This round's tree has only the root (budget 0).")
 else:
     step = st.slider("Heap step k (nodes popped so far)", 1, tree.n_nodes, tree.n_nodes,
-                     key=f"learn_step_{idx}_{tree.n_nodes}", help="Replays the best-first pops in insertion order"
+                     key=f"learn_step_{st.session_state.get('learn_nonce', 0)}_{idx}", help="Replays the best-first pops in insertion order"
                      ) if tree.n_nodes > 1 else 1
     left, right = st.columns([3, 2])
     left.plotly_chart(figures.tree_figure(rnd, decode, upto=step, collapse_rejected=tree.n_nodes > 120),
@@ -143,7 +150,7 @@ if run.cost_model:
 g = figures.greedy_stop_numbers(tree, cost, L) if cost is not None else None
 if g is None:
     st.info("This run had no cost model, so there is no θ(n) to show: choose **caddtree** above (it profiles this "
-            "machine's verify cost once, with a progress bar) or load a cost model on the Cost model page.")
+            "machine's verify cost once, with a progress bar); after that, ddtree rounds show it too.")
 else:
     n = g["n"]
     st.latex(rf"\theta({n}) = \frac{{1 + {g['phi_n']:.3f}}}{{{1e3 * g['cd_s']:.2f}\,\text{{ms}} + "
