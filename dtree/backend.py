@@ -124,17 +124,11 @@ class Backend:
         if path is not None:
             self._cost_model = CostModel.load(path)
             return self._cost_model
-        if self._cost_model is None:
+        if self.current_cost_model() is None:  # none loaded, none cached (or the cached file is unusable): profile
+            self._cost_model = profile_cost_model(self.target, self.drafter, progress=progress)
             auto = default_cost_model_path(self.target, self.drafter)
-            if auto.exists():
-                try:
-                    self._cost_model = CostModel.load(auto)
-                except InputError:
-                    auto.unlink()
-            if self._cost_model is None:
-                self._cost_model = profile_cost_model(self.target, self.drafter, progress=progress)
-                auto.parent.mkdir(parents=True, exist_ok=True)
-                self._cost_model.save(auto)
+            auto.parent.mkdir(parents=True, exist_ok=True)
+            self._cost_model.save(auto)
         return self._cost_model
 
     def prepare(self, prompt: str, cfg: engine.DecodeConfig, chat: bool = True) -> tuple[list[int], engine.DecodeConfig]:

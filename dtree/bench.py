@@ -109,6 +109,17 @@ class MethodStats:
     mismatches: list[int] = field(default_factory=list)
     run_ids: list[int] = field(default_factory=list)
 
+    def add(self, run) -> None:
+        """Append one finished :class:`dtree.records.RunRecord` (one prompt) to these lists."""
+        self.tok_s.append(run.tokens_per_s)
+        self.tpot_ms.append(1e3 * run.decode_s / max(1, run.n_new_tokens))
+        self.tau.append(run.mean_tau)
+        self.budget.append(run.mean_budget)
+        for ph in self.phase_ms:
+            self.phase_ms[ph] += sum(getattr(r, f"{ph}_ms") for r in run.rounds)
+        if run.run_id is not None:
+            self.run_ids.append(int(run.run_id))
+
 
 def run_bench(backend, prompts: list[str], methods: list[tuple[str, int | None]], max_new_tokens: int = 128,
               temperature: float = 0.0, store=None, progress=None) -> dict[str, MethodStats]:
@@ -125,15 +136,7 @@ def run_bench(backend, prompts: list[str], methods: list[tuple[str, int | None]]
         for name, budget in methods:
             run = backend.decode(prompt, DecodeConfig(name, budget=budget, max_new_tokens=max_new_tokens,
                                                       temperature=temperature, seed=i), store=store)
-            s = stats[method_key(name, budget)]
-            s.tok_s.append(run.tokens_per_s)
-            s.tpot_ms.append(1e3 * run.decode_s / max(1, run.n_new_tokens))
-            s.tau.append(run.mean_tau)
-            s.budget.append(run.mean_budget)
-            for ph in s.phase_ms:
-                s.phase_ms[ph] += sum(getattr(r, f"{ph}_ms") for r in run.rounds)
-            if run.run_id is not None:
-                s.run_ids.append(run.run_id)
+            stats[method_key(name, budget)].add(run)
             outputs[method_key(name, budget)] = run.output_ids
             if name == "ar":
                 ref = run.output_ids
@@ -293,14 +296,7 @@ def stats_from_store(store, tag: str) -> dict[str, MethodStats]:
     for run_id in runs["id"]:
         run = store.load_run(int(run_id))
         key = stored_method_key(run.method, run.params)
-        s = stats.setdefault(key, MethodStats())
-        s.tok_s.append(run.tokens_per_s)
-        s.tpot_ms.append(1e3 * run.decode_s / max(1, run.n_new_tokens))
-        s.tau.append(run.mean_tau)
-        s.budget.append(run.mean_budget)
-        for ph in s.phase_ms:
-            s.phase_ms[ph] += sum(getattr(r, f"{ph}_ms") for r in run.rounds)
-        s.run_ids.append(int(run_id))
+        stats.setdefault(key, MethodStats()).add(run)
         i = int(run.params.get("seed", 0))
         outputs.setdefault(i, {})[key] = run.output_ids
         temperature[i] = float(run.params.get("temperature", 0.0))

@@ -53,7 +53,11 @@ class TrainConfig:
     intermediate_size: int = 0          # 0 = the target's
     qk_norm: bool = False               # Qwen3 per-head q/k RMSNorm (z-lab layout); off lets layers start as Llama's
     init_from_target: bool = True       # copy the target's last decoder layer(s) into the drafter layers
-    draft_vocab: str = "responses"      # "responses" (ids seen in the answers + specials) or "full"
+    grow_from: str = ""                 # a state.pt of a shallower drafter: copy its weights and draft vocab, append
+                                        # the extra layers as identities (zero o_proj/down_proj), then train them all
+    draft_vocab: str = "responses+questions"  # "responses" (ids in the answers + EOS), "responses+questions" (also
+                                        # ids seen >= vocab_min_count times in the training questions) or "full"
+    vocab_min_count: int = 5
     # optimisation
     steps: int = 4000
     batch_seqs: int = 8                 # sequences per step
@@ -264,6 +268,20 @@ def build_draft_vocab(samples: list[Sample], extra: set[int]) -> torch.Tensor:
     return torch.tensor(sorted(ids), dtype=torch.long)
 
 
+def question_tokens(tokenizer, path: str, exclude: set[int], min_count: int) -> set[int]:
+    """Token ids that occur at least ``min_count`` times in the prompts file (lines in ``exclude`` skipped): words a
+    response may copy from its question (names, units) that the generated answers happen not to contain."""
+    from collections import Counter
+
+    c: Counter = Counter()
+    with open(path) as f:
+        for i, line in enumerate(f):
+            if line.strip() and i not in exclude:
+                d = json.loads(line)
+                c.update(tokenizer(d.get("question") or d.get("prompt"), add_special_tokens=False)["input_ids"])
+    return {t for t, n in c.items() if n >= min_count}
+
+
 def make_batch(samples: list[Sample], n_anchors: int, bs: int, gen: torch.Generator):
     """Random anchors (spec 1.8) for a list of sequences.
 
@@ -421,6 +439,21 @@ def build_drafter(cfg: TrainConfig, target, draft_vocab):
     return drafter
 
 
+def grow(drafter, src_state: dict) -> None:
+    """Start a deeper drafter from a trained shallower one: copy every matching tensor; each layer the source lacks
+    gets zero ``o_proj``/``down_proj`` so it starts as the identity (the drafter's function is unchanged)."""
+    own = drafter.state_dict()
+    n_src = len({k.split(".")[1] for k in src_state if k.startswith("layers.")})
+    with torch.no_grad():
+        for k, v in src_state.items():
+            if k in own and own[k].shape == v.shape:
+                own[k].copy_(v)
+        for layer in drafter.layers[n_src:]:
+            layer.self_attn.o_proj.weight.zero_()
+            layer.mlp.down_proj.weight.zero_()
+    print(f"[train] grown from {n_src} to {len(drafter.layers)} layers", flush=True)
+
+
 def lr_at(cfg: TrainConfig, step: int, progress: float) -> float:
     """Linear warmup for ``warmup`` steps, then cosine from ``lr`` to ``min_lr`` over ``progress`` in [0, 1]."""
     if step < cfg.warmup:
@@ -456,12 +489,28 @@ def train(cfg: TrainConfig) -> dict:
     else:
         state = None
         draft_vocab = None if cfg.draft_vocab == "full" else build_draft_vocab(trn, target.eos_ids)
+    src = torch.load(cfg.grow_from, weights_only=False) if (state is None and cfg.grow_from) else None
+    if src is not None:
+        draft_vocab = src["draft_vocab"]
+    if cfg.draft_vocab == "full":
+        draft_vocab = None
+    elif cfg.draft_vocab == "responses+questions" and draft_vocab is not None:  # may widen a resumed vocabulary
+        # (a draft vocabulary only indexes rows of the target's lm_head: widening it adds no parameters)
+        q_ids = question_tokens(target.tokenizer, cfg.prompts, held_idx, cfg.vocab_min_count)
+        wide = torch.tensor(sorted(set(build_draft_vocab(trn, target.eos_ids).tolist()) | q_ids |
+                                   set(draft_vocab.tolist() if draft_vocab is not None else [])), dtype=torch.long)
+        if draft_vocab is None or len(wide) > len(draft_vocab):
+            draft_vocab = wide
     drafter = build_drafter(cfg, target, draft_vocab)
+    if src is not None:
+        grow(drafter, src["model"])
     opt = torch.optim.AdamW([p for p in drafter.parameters() if p.requires_grad], lr=cfg.lr,
                             weight_decay=cfg.weight_decay, betas=(0.9, 0.95))
     step, train_s, best = 0, 0.0, -1.0
     if state is not None:
-        drafter.load_state_dict(state["model"])
+        missing, unexpected = drafter.load_state_dict(
+            {k: v for k, v in state["model"].items() if k != "draft_vocab"}, strict=False)
+        assert set(missing) <= {"draft_vocab"} and not unexpected, (missing, unexpected)
         opt.load_state_dict(state["opt"])
         step, train_s, best = state["step"], state["train_s"], state["best_tau"]
         print(f"[train] resumed at step {step} ({train_s / 60:.1f} min trained, best held-out tau {best:.3f})")

@@ -5,6 +5,7 @@ Pages stay thin: widgets and figures only; everything else is a call into the pa
 
 from __future__ import annotations
 
+import contextlib
 import os
 import threading
 from pathlib import Path
@@ -28,6 +29,19 @@ def get_backend(target: str = "embedded", dtype: str | None = None):
 def decode_lock() -> threading.Lock:
     """One decode at a time per server: model forwards are not re-entrant on the shared caches and 2 CPU cores."""
     return threading.Lock()
+
+
+@contextlib.contextmanager
+def model_slot():
+    """Hold the server's model for one decode or profile; a second request waits (with a spinner) until it is free."""
+    lock = decode_lock()
+    if not lock.acquire(blocking=False):
+        with st.spinner("Another decode or profile is running on this server; queued until it finishes..."):
+            lock.acquire()
+    try:
+        yield
+    finally:
+        lock.release()
 
 
 def get_store(path: str | None = None):

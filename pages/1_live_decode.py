@@ -35,11 +35,7 @@ if run_clicked:
                            max_new_tokens=int(max_new), temperature=float(temperature))
         backend.prepare(prompt, cfg)  # bad input: st.error, nothing stored
         store = ui.get_store()
-        lock = ui.decode_lock()
-        if not lock.acquire(blocking=False):
-            with st.spinner("Another decode is running on this server; queued until it finishes..."):
-                lock.acquire()
-        try:
+        with ui.model_slot():  # one decode/profile at a time per server; later requests wait
             bar = st.progress(0.0, text="decoding...")
             live = st.empty()
 
@@ -54,8 +50,6 @@ if run_clicked:
             run = backend.decode(prompt, cfg, store=store, on_round=on_round, cost_progress=on_profile)
             bar.empty()
             live.empty()
-        finally:
-            lock.release()
         st.session_state["live_run"] = run
     except Exception as e:  # shown, app keeps running
         ui.show_error(e)

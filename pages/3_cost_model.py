@@ -48,20 +48,15 @@ elif source == sources[1] and backend is not None:
             st.error("Context lengths: pick at least one.")
         else:
             nodes = [0] + [2 ** i for i in range(max_nodes.bit_length()) if 2 ** i <= max_nodes]
-            lock = ui.decode_lock()
-            if not lock.acquire(blocking=False):
-                with st.spinner("A decode is running on this server; queued until it finishes..."):
-                    lock.acquire()
             try:
-                bar = st.progress(0.0, text="measuring Cd and Cv(n; L)...")
-                st.session_state["cm_profiled"] = profile_cost_model(
-                    backend.target, backend.drafter, contexts=sorted(contexts), nodes=nodes, repeats=int(repeats),
-                    progress=lambda done, total: bar.progress(done / total, text=f"verify forwards: {done}/{total}"))
-                bar.empty()
+                with ui.model_slot():  # one decode/profile at a time per server; later requests wait
+                    bar = st.progress(0.0, text="measuring Cd and Cv(n; L)...")
+                    st.session_state["cm_profiled"] = profile_cost_model(
+                        backend.target, backend.drafter, contexts=sorted(contexts), nodes=nodes, repeats=int(repeats),
+                        progress=lambda done, total: bar.progress(done / total, text=f"verify forwards: {done}/{total}"))
+                    bar.empty()
             except Exception as e:
                 ui.show_error(e)
-            finally:
-                lock.release()
     cost, label = st.session_state.get("cm_profiled"), "profiled on this page"
     if cost is None:
         st.info("Set the grid and press **Profile** (about a second per context on the embedded model).")

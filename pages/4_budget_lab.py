@@ -103,11 +103,7 @@ if st.button("Check live", type="primary", key="bl_check_live"):
         configs = [(f"ddtree B*={b_star} (oracle)", DecodeConfig("ddtree", b_star, int(max_new)), None),
                    (f"caddtree max {int(cad_max)} (these weights)",
                     DecodeConfig("caddtree", int(cad_max), int(max_new)), cost)]
-        lock = ui.decode_lock()
-        if not lock.acquire(blocking=False):
-            with st.spinner("Another decode is running on this server; queued until it finishes..."):
-                lock.acquire()
-        try:
+        with ui.model_slot():  # one decode/profile at a time per server; later requests wait
             bar = st.progress(0.0, text="decoding live...")
             checks, total, done = [], len(configs) * len(subset) * int(max_new), 0
             for label, cfg, cfg_cost in configs:
@@ -122,8 +118,6 @@ if st.button("Check live", type="primary", key="bl_check_live"):
                 predicted = replay_run(subset, cfg.method, cfg.budget, cost=cost, overhead=overhead)
                 checks.append((label, predicted, live))
             bar.empty()
-        finally:
-            lock.release()
         st.session_state["bl_check"] = (figures.prediction_check_table(checks), sorted(sel[:n_prompts]))
     except Exception as e:
         ui.show_error(e)

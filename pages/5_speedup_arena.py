@@ -62,11 +62,7 @@ if go_clicked:
         store = ui.get_store()
         if store is None:
             st.stop()
-        lock = ui.decode_lock()
-        if not lock.acquire(blocking=False):
-            with st.spinner("Another decode is running on this server; queued until it finishes..."):
-                lock.acquire()
-        try:
+        with ui.model_slot():  # one decode/profile at a time per server; later requests wait
             bar = st.progress(0.0, text="starting...")
             if any(m == "caddtree" for m, _ in parsed):
                 backend.cost_model(progress=lambda d, t: bar.progress(
@@ -76,8 +72,6 @@ if go_clicked:
             stats = bench.run_bench(backend, prompts, parsed, max_new_tokens=int(max_new), store=bench.TaggedStore(
                 store, tag), progress=lambda d, t: bar.progress(d / t, text=f"run {d}/{t} (prompt x method)"))
             bar.empty()
-        finally:
-            lock.release()
         keep = [t for t in st.session_state.get("arena_past", []) if t != tag]
         st.session_state["arena_past"] = [tag] + keep[:5]  # the new bench is compared with the ones picked before
         st.session_state["arena_result"] = {"rows": bench.summary_rows(stats), "tag": tag, "n_prompts": len(prompts),

@@ -37,18 +37,12 @@ if clicked:
         cfg = DecodeConfig(method=method, budget=int(budget), max_new_tokens=int(n_tokens))
         backend.prepare(prompt, cfg)  # bad input: st.error, nothing stored
         store = ui.get_store()
-        lock = ui.decode_lock()
-        if not lock.acquire(blocking=False):
-            with st.spinner("Another decode is running on this server; queued until it finishes..."):
-                lock.acquire()
-        try:
+        with ui.model_slot():  # one decode/profile at a time per server; later requests wait
             bar = st.progress(0.0, text="decoding...")
             run = backend.decode(prompt, cfg, store=None if store is None else bench.TaggedStore(store, "learn"),
                                  cost_progress=lambda d, t: bar.progress(d / t, text="profiling this machine's cost "
                                                                          f"model (first time only): {d}/{t}"))
             bar.empty()
-        finally:
-            lock.release()
         st.session_state["learn_run"] = run
         st.session_state["learn_nonce"] = st.session_state.get("learn_nonce", 0) + 1  # fresh sliders per decode
     except Exception as e:  # shown, app keeps running
