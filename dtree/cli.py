@@ -65,8 +65,11 @@ def cmd_decode(args) -> int:
     weights = CostWeights.parse(args.cost_weights)  # bad weights exit 2 before any model is loaded
     cfg = DecodeConfig(method=args.method, budget=args.budget, max_new_tokens=args.max_new_tokens,
                        temperature=args.temperature, seed=args.seed, topk_log=args.topk_log)
+    if not args.prompt.strip():
+        raise InputError("prompt", "must be a non-empty string")
+    cfg.validated(max_context=2**31, prompt_len=0, block_size=1)  # field ranges, before the model loads
     backend = Backend(args.target, args.dtype, args.device, args.drafter)
-    backend.prepare(args.prompt, cfg)  # reject bad input before anything is profiled or stored
+    backend.prepare(args.prompt, cfg)  # against the model's context; before anything is profiled or stored
     backend.cost_weights = None if weights.is_identity else weights
     if args.cost_model:
         cm = backend.cost_model(path=args.cost_model)
@@ -220,7 +223,7 @@ def cmd_replay(args) -> int:
     for note in df.attrs["notes"]:
         print(f"note: {note}", file=sys.stderr)
     print("note: replay is exact per round at temperature 0, but rounds after a different acceptance would start "
-          "elsewhere (position bias, spec 5 item 2)", file=sys.stderr)
+          "elsewhere (position bias: one trace says where continuation was hard for THIS tree)", file=sys.stderr)
     return 0
 
 
@@ -237,6 +240,8 @@ def cmd_bench(args) -> int:
     prompts = bench.load_prompts(args.dataset, args.limit)
     check_int("max_new_tokens", args.max_new_tokens, 1, 100_000)
     check_float("temperature", args.temperature, 0.0, 100.0)
+    if args.out and Path(args.out).suffix not in (".csv", ".json"):
+        raise InputError("out", f"must end in .csv or .json, got {args.out!r}")
     backend = Backend(args.target, args.dtype, args.device, args.drafter)
     for p in prompts:
         backend.prepare(p, DecodeConfig("ar", max_new_tokens=args.max_new_tokens, temperature=args.temperature))

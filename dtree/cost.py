@@ -222,7 +222,7 @@ class CostWeights:
             try:
                 kw[name] = float(val)
             except ValueError:
-                raise InputError(name, f"must be a number, got {val.strip()!r}") from None
+                raise InputError("cost_weights", f"{key}: must be a number, got {val.strip()!r}") from None
         return cls(**kw)
 
 
@@ -474,11 +474,11 @@ class CostModel:
         try:
             data = path.read_bytes()
         except OSError as e:
-            raise InputError("path", f"cannot read cost model file {str(path)!r}: {e.strerror or e}") from None
+            raise InputError("cost_model", f"cannot read cost model file {str(path)!r}: {e.strerror or e}") from None
         try:
             d = json.loads(data.decode("utf-8"))
         except (json.JSONDecodeError, UnicodeDecodeError) as e:
-            raise InputError("path", f"{str(path)!r} is not a valid cost model JSON file ({e})") from None
+            raise InputError("cost_model", f"{str(path)!r} is not a valid cost model JSON file ({e})") from None
         return cls.from_dict(d)
 
 

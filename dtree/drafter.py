@@ -514,9 +514,11 @@ def save_drafter(drafter: DFlashDrafter, path: str | Path, dtype: torch.dtype | 
     return path
 
 
-def load_drafter(path: str | Path, target) -> DFlashDrafter:
+def load_drafter(path: str | Path, target, dtype: torch.dtype | None = None) -> DFlashDrafter:
     """Load a drafter folder (``config.json`` + ``model.safetensors``) for ``target`` (a :class:`dtree.models.Target`
-    or an HF causal LM), in the target's dtype and device, eval mode, no gradients.
+    or an HF causal LM), on the target's device, in the target's dtype unless ``dtype`` is given, eval mode, no
+    gradients. (On CPUs without bf16 instructions a float32 drafter next to a bf16 target is about 2x faster per
+    round; features and embeddings are cast on the way in, the output is float32 either way.)
 
     Accepts dtree and z-lab layouts (a leading ``model.`` in parameter names is stripped).
     Raises :class:`dtree.errors.InputError` (field ``"drafter"``) when the folder or a file is missing or corrupt,
@@ -572,7 +574,7 @@ def load_drafter(path: str | Path, target) -> DFlashDrafter:
             raise InputError("drafter", f"parameter {k} has shape {tuple(v.shape)}, config implies {tuple(own[k].shape)}")
     drafter.load_state_dict(sd, strict=False)
     p = model.get_output_embeddings().weight
-    drafter.to(device=p.device, dtype=p.dtype)
+    drafter.to(device=p.device, dtype=dtype or p.dtype)
     if drafter.draft_vocab is not None:
         drafter.draft_vocab = drafter.draft_vocab.to(device=p.device, dtype=torch.long)
     drafter.eval()

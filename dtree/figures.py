@@ -183,7 +183,8 @@ def tree_figure(rnd: RoundRecord, decode: Callable[[int], str], title: str | Non
         xaxis=dict(title="depth (tokens after the anchor)", dtick=1, zeroline=False),
         yaxis=dict(title="branches (ordered by drafter rank)", showticklabels=False, zeroline=False),
         height=max(320, min(1400, 22 * (len(set(round(p[1], 3) for p in pos.values())) + 4))),
-        legend=dict(orientation="h", y=-0.15), margin=dict(l=40, r=20, t=50, b=40), hovermode="closest")
+        legend=dict(orientation="h", yanchor="top", y=-0.22), margin=dict(l=40, r=20, t=50, b=100),
+        hovermode="closest")
     return fig
 
 

@@ -43,6 +43,24 @@ def dtype_name(dtype: torch.dtype) -> str:
     return {v: k for k, v in _DTYPES.items()}[dtype]
 
 
+def parse_device(device: str | torch.device | None) -> torch.device:
+    """``None`` -> :func:`default_device`; ``"cpu"`` / ``"cuda"`` / ``"cuda:N"`` -> that device.
+
+    Raises InputError for an unknown device or CUDA on a machine without it.
+    """
+    if device is None:
+        return default_device()
+    try:
+        dev = torch.device(device)
+    except (RuntimeError, TypeError):
+        raise InputError("device", f"unknown device {device!r}: use cpu or cuda") from None
+    if dev.type not in ("cpu", "cuda"):
+        raise InputError("device", f"unsupported device {device!r}: use cpu or cuda")
+    if dev.type == "cuda" and not torch.cuda.is_available():
+        raise InputError("device", "CUDA is not available on this machine (torch CPU build or no GPU); use cpu")
+    return dev
+
+
 def default_device() -> torch.device:
     """CUDA when available, else CPU."""
     return torch.device("cuda" if torch.cuda.is_available() else "cpu")
@@ -218,7 +236,7 @@ def load_target(spec: str = EMBEDDED, dtype: str | torch.dtype | None = None, de
     Raises:
         InputError: unknown dtype, missing path, or a model that cannot be loaded (message says why).
     """
-    dev = torch.device(device) if device is not None else default_device()
+    dev = parse_device(device)
     dt = parse_dtype(dtype or default_dtype(dev))
     key = (spec or EMBEDDED, dt, str(dev))
     if cache and key in _LOADED:

@@ -69,7 +69,7 @@ def test_bad_datasets(tmp_path):
 
 def test_bench_cli_bad_input_exits_2_and_stores_nothing(tmp_path, capsys):
     store = tmp_path / "b.sqlite"
-    for args in (["--methods", "ddtree:abc"], ["--dataset", "nope"], ["--limit", "0"]):
+    for args in (["--methods", "ddtree:abc"], ["--dataset", "nope"], ["--limit", "0"], ["--out", "x.txt"]):
         assert main(["bench", "--store", str(store), *args]) == 2
         assert "error:" in capsys.readouterr().err
     assert not store.exists()

@@ -39,6 +39,8 @@ def test_decode_json_with_compare_ar(tmp_path, capsys, backend32):
     (["--prompt", "hi", "--method", "beam"], "method"),
     (["--prompt", "hi", "--target", "./no/such/model"], "target"),
     (["--prompt", "word " * 9000], "prompt"),
+    (["--prompt", "hi", "--device", "tpu"], "device"),
+    (["--prompt", "hi", "--topk-log", "0"], "topk_log"),
 ])
 def test_bad_input_exits_2_and_stores_nothing(tmp_path, capsys, backend32, args, field):
     store = tmp_path / "s.sqlite"

@@ -252,7 +252,7 @@ def test_load_rejects_wrong_or_corrupt_files(tmp_path):
     truncated.write_text(json.dumps(good)[:40])
     with pytest.raises(InputError) as e:
         CostModel.load(truncated)
-    assert e.value.field == "path"
+    assert e.value.field == "cost_model"
     binary = tmp_path / "binary.json"
     binary.write_bytes(b"\xff\xfe\x00garbage")
     with pytest.raises(InputError):

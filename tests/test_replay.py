@@ -50,7 +50,7 @@ def test_weights_reject_negative_and_nan(kw, field):
 
 
 @pytest.mark.parametrize("text, field", [("cd=-1", "cd_scale"), ("cv=nan", "cv_scale"), ("cv_b=-2", "cv_b"),
-                                         ("cd=x", "cd_scale"), ("foo=1", "cost_weights"), ("cd", "cost_weights"),
+                                         ("cd=x", "cost_weights"), ("foo=1", "cost_weights"), ("cd", "cost_weights"),
                                          ("cd=1,cd_scale=2", "cost_weights")])
 def test_weights_parse_errors_name_the_field(text, field):
     with pytest.raises(InputError) as e:
