@@ -112,7 +112,10 @@ class Backend:
             self.drafter = None  # a user target needs its own drafter checkpoint
         else:
             path = Path(drafter) if drafter else default_drafter_path()
-            self.drafter = load_drafter(path, self.target)
+            # on CPU the drafter runs in float32 even next to a bf16 target: CPUs without bf16 instructions run it
+            # about 1.5-2x faster (measured Cd 15 vs 22 ms per round on the 2-core machine)
+            self.drafter = load_drafter(path, self.target,
+                                        dtype="float32" if self.target.device.type == "cpu" else None)
             self.drafter.name = path.name if drafter is None else str(path)
         self._cost_model = None
         self.cost_weights = None  # optional dtree.cost.CostWeights applied to every run's cost model

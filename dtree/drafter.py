@@ -514,7 +514,7 @@ def save_drafter(drafter: DFlashDrafter, path: str | Path, dtype: torch.dtype | 
     return path
 
 
-def load_drafter(path: str | Path, target, dtype: torch.dtype | None = None) -> DFlashDrafter:
+def load_drafter(path: str | Path, target, dtype: torch.dtype | str | None = None) -> DFlashDrafter:
     """Load a drafter folder (``config.json`` + ``model.safetensors``) for ``target`` (a :class:`dtree.models.Target`
     or an HF causal LM), on the target's device, in the target's dtype unless ``dtype`` is given, eval mode, no
     gradients. (On CPUs without bf16 instructions a float32 drafter next to a bf16 target is about 2x faster per
@@ -574,6 +574,10 @@ def load_drafter(path: str | Path, target, dtype: torch.dtype | None = None) -> 
             raise InputError("drafter", f"parameter {k} has shape {tuple(v.shape)}, config implies {tuple(own[k].shape)}")
     drafter.load_state_dict(sd, strict=False)
     p = model.get_output_embeddings().weight
+    if dtype is not None:
+        from .models import parse_dtype
+
+        dtype = parse_dtype(dtype)
     drafter.to(device=p.device, dtype=dtype or p.dtype)
     if drafter.draft_vocab is not None:
         drafter.draft_vocab = drafter.draft_vocab.to(device=p.device, dtype=torch.long)

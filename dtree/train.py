@@ -24,13 +24,14 @@ import os
 import random
 import sys
 import time
-from dataclasses import asdict, dataclass, field, fields
+from dataclasses import asdict, dataclass, fields
 from pathlib import Path
 
 import torch
 import torch.nn.functional as F
 
-GSM8K_TRAIN = "/work/shared/datasets/gsm8k/train.jsonl"
+# the shared prompt sets beside the checkout (training data only; the product never needs them)
+GSM8K_TRAIN = str(Path(__file__).resolve().parents[2] / "shared" / "datasets" / "gsm8k" / "train.jsonl")
 
 
 @dataclass
@@ -607,16 +608,39 @@ def train(cfg: TrainConfig) -> dict:
 # CLI
 
 
+_CHOICES = {"phase": ["gen", "train", "all"], "draft_vocab": ["responses", "responses+questions", "full"],
+            "gen_dtype": ["float32", "bfloat16", "float16"]}
+
+
+def _field_help() -> dict[str, str]:
+    """The trailing comments of :class:`TrainConfig` (one source of truth for the CLI help)."""
+    import inspect
+    import re
+
+    helps: dict[str, str] = {}
+    last = None
+    for line in inspect.getsource(TrainConfig).splitlines():
+        m = re.match(r"\s+(\w+): [^=]+=[^#]*(?:#\s*(.*))?$", line)
+        if m:
+            last = m.group(1)
+            helps[last] = m.group(2) or ""
+        elif last and line.strip().startswith("#"):
+            helps[last] += " " + line.strip()[1:].strip()
+    return helps
+
+
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     """Add one ``--flag`` per :class:`TrainConfig` field (same names, dashes for underscores)."""
+    helps = _field_help()
     for f in fields(TrainConfig):
         flag = "--" + f.name.replace("_", "-")
+        h = f"{helps.get(f.name, '')} (default {f.default!r})".strip().replace("%", "%%")
         if f.type in ("bool", bool):
             parser.add_argument(flag, type=lambda s: s.lower() in ("1", "true", "yes", "on"), default=f.default,
-                                metavar="BOOL", help=f"(default {f.default})")
+                                metavar="BOOL", help=h)
         else:
             typ = {"int": int, "float": float, "str": str}.get(f.type if isinstance(f.type, str) else f.type.__name__)
-            parser.add_argument(flag, type=typ, default=f.default, help=f"(default {f.default!r})")
+            parser.add_argument(flag, type=typ, default=f.default, help=h, choices=_CHOICES.get(f.name))
 
 
 def config_from_args(args: argparse.Namespace) -> TrainConfig:
