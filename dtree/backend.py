@@ -56,7 +56,8 @@ def measure_draft_cost(target: Target, drafter, repeats: int = 7, context: int =
 
 def default_cost_model_path(target: Target, drafter) -> Path:
     """Where the auto-profiled cost model of this (target, drafter, dtype, device) is cached."""
-    key = json.dumps([target.name, getattr(drafter, "name", ""), dtype_name(target.dtype), str(target.device),
+    key = json.dumps([target.name, getattr(drafter, "name", ""), getattr(drafter, "fingerprint", ""),
+                      dtype_name(target.dtype), str(target.device),
                       hardware_description(target.device)])
     return cache_dir() / "costs" / f"cost-{hashlib.sha1(key.encode()).hexdigest()[:12]}.json"
 
@@ -117,6 +118,8 @@ class Backend:
             self.drafter = load_drafter(path, self.target,
                                         dtype="float32" if self.target.device.type == "cpu" else None)
             self.drafter.name = path.name if drafter is None else str(path)
+            # a retrained checkpoint changes Cd: the auto-profiled cost model is cached per weights file
+            self.drafter.fingerprint = hashlib.sha1((path / "model.safetensors").read_bytes()).hexdigest()[:12]
         self._cost_model = None
         self.cost_weights = None  # optional dtree.cost.CostWeights applied to every run's cost model
 
