@@ -97,7 +97,7 @@ class Backend:
 
     Args:
         target: ``"embedded"``, a HF model folder or hub id.
-        dtype: ``"float32"`` / ``"bfloat16"`` / ``"float16"``; default bfloat16.
+        dtype: ``"float32"`` / ``"bfloat16"`` / ``"float16"``; default float32 on CPU, bfloat16 on CUDA.
         device: default CUDA when available.
         drafter: path of a drafter checkpoint; default the shipped one for the embedded target.
     Raises:

@@ -22,7 +22,7 @@ def _add_model_args(p: argparse.ArgumentParser) -> None:
                    help="'embedded' (SmolLM2-135M-Instruct, offline), a HF model folder or hub id")
     p.add_argument("--drafter", default=None, help="drafter checkpoint folder (default: the shipped one)")
     p.add_argument("--dtype", default=None, choices=["float32", "bfloat16", "float16"],
-                   help="weights dtype (default bfloat16: faster on CPU; use float32 for exact-equality checks)")
+                   help="weights dtype (default: float32 on CPU, measured faster and exact; bfloat16 on CUDA)")
     p.add_argument("--device", default=None, help="cpu or cuda (default: cuda when available)")
 
 

@@ -12,8 +12,8 @@ st.caption("A real target (SmolLM2-135M-Instruct by default) verifies the drafte
            "Output is identical to plain decoding at temperature 0; each round commits tau tokens.")
 
 with st.sidebar:
-    dtype = st.selectbox("dtype", ["bfloat16", "float32"], key="dtype",
-                         help="bfloat16 is faster on CPU; float32 is exact (bf16 may break near-ties differently)")
+    dtype = st.selectbox("dtype", ["float32", "bfloat16"], key="dtype",
+                         help="float32: exact and, on CPUs without bf16 instructions, faster; bfloat16 may break near-ties differently")
 
 with st.form("decode"):
     prompt = st.text_area("Prompt", key="prompt", value="Natalia sold clips to 48 of her friends in April, and then she sold half as many "

@@ -14,7 +14,7 @@ st.caption("CaDDTree predicts a round's throughput theta(n) = (1 + Phi(n)) / (Cd
            "L cached tokens. Profile them here, then tune the cost weights to model other hardware or load.")
 
 with st.sidebar:
-    dtype = st.selectbox("dtype", ["bfloat16", "float32"], key="dtype",
+    dtype = st.selectbox("dtype", ["float32", "bfloat16"], key="dtype",
                          help="The target's dtype: a cost model is only valid for the dtype it was measured with")
 
 CONTEXTS = [32, 64, 128, 256, 512, 1024, 2048]

@@ -19,8 +19,8 @@ st.caption("Runs AR, DFlash chain, DDTree at fixed budgets and CaDDTree on the s
            "process**: speedup = median tokens/s over prompts ÷ AR's median tokens/s (prefill excluded).")
 
 with st.sidebar:
-    dtype = st.selectbox("dtype", ["bfloat16", "float32"], key="arena_dtype",
-                         help="float32 is exact (outputs must equal AR's); bfloat16 is faster on CPU")
+    dtype = st.selectbox("dtype", ["float32", "bfloat16"], key="arena_dtype",
+                         help="float32 is exact (outputs must equal AR's) and faster on CPUs without bf16 instructions")
 
 with st.form("arena"):
     c1, c2 = st.columns([2, 1])

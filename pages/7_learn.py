@@ -15,8 +15,8 @@ st.caption("Everything below comes from a real round decoded just now on the emb
            "the longest path it agrees with.")
 
 with st.sidebar:
-    dtype = st.selectbox("dtype", ["bfloat16", "float32"], key="learn_dtype",
-                         help="bfloat16 is faster on CPU; float32 is exact")
+    dtype = st.selectbox("dtype", ["float32", "bfloat16"], key="learn_dtype",
+                         help="float32 is exact (and faster on CPUs without bf16 instructions)")
 
 with st.form("learn"):
     prompt = st.text_area("Prompt", key="learn_prompt", height=80, value="Ben has 3 bags with 12 apples each. He "

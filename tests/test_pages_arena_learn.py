@@ -121,11 +121,11 @@ def test_prompt_helpers_reject_zero_and_empty():
 
 @pytest.fixture()
 def tiny_cost(monkeypatch):
-    """The app's cached backend (bfloat16, as the Learn page's default) with a small convex cost model."""
+    """The app's cached backend (float32, as the Learn page's default) with a small convex cost model."""
     from dtree import ui
     from dtree.cost import CostModel
 
-    backend = ui.get_backend("embedded", "bfloat16")
+    backend = ui.get_backend("embedded", "float32")
     nodes = np.array([0, 2, 4, 8, 16])
     cv = np.array([[0.02 + 2e-3 * n + 4e-4 * n * n for n in nodes]] * 2)
     monkeypatch.setattr(backend, "_cost_model", CostModel.from_measurements(0.01, [0, 1024], nodes, cv))
