@@ -150,6 +150,24 @@ def speculative_runs(store):
     return runs[runs["method"].isin(SPECULATIVE) & (runs["n_rounds"] > 0)].reset_index(drop=True)
 
 
+def pick_speculative_runs(empty_hint: str):
+    """Sidebar store + its speculative runs and their labels for a selectbox; stops the page with st.info / st.error
+    when the store is missing, unreadable or has no such run (``empty_hint`` says what to do then).
+
+    Returns ``(store, runs DataFrame, {run id: label})``.
+    """
+    store = store_picker()
+    if store is None:
+        st.stop()
+    runs = speculative_runs(store)
+    if runs is None:
+        st.stop()
+    if runs.empty:
+        st.info(empty_hint)
+        st.stop()
+    return store, runs, {int(r["id"]): run_label(r) for _, r in runs.iterrows()}
+
+
 def cost_model_from_bytes(data: bytes, name: str = "uploaded file"):
     """A :class:`dtree.cost.CostModel` from the bytes of a cost-model JSON file (as written by ``CostModel.save``).
 

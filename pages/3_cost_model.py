@@ -117,16 +117,8 @@ else:
     weighted = None
 
 st.subheader("A logged round under these weights")
-store = ui.store_picker()
-if store is None:
-    st.stop()
-runs = ui.speculative_runs(store)
-if runs is None:
-    st.stop()
-if runs.empty:
-    st.info("The trace store has no chain, ddtree or caddtree run yet: run one on the Live decode page.")
-    st.stop()
-labels = {int(r["id"]): ui.run_label(r) for _, r in runs.iterrows()}
+store, runs, labels = ui.pick_speculative_runs(
+    "The trace store has no chain, ddtree or caddtree run yet: run one on the Live decode page.")
 run_id = st.selectbox("Run", list(labels), format_func=labels.get, key="cm_run")
 row = runs[runs["id"] == run_id].iloc[0]
 n_rounds = int(row["n_rounds"])

@@ -13,16 +13,8 @@ st.caption("Replays the drafter marginals logged in past runs: each round's tree
            "acceptance read off the committed tokens (exact at temperature 0); the cost model turns rounds into "
            "predicted tokens/s. Then run the best configurations live to see how close the prediction is.")
 
-store = ui.store_picker()
-if store is None:
-    st.stop()
-runs = ui.speculative_runs(store)
-if runs is None:
-    st.stop()
-if runs.empty:
-    st.info("The trace store has no chain, ddtree or caddtree run to replay yet: run one on the Live decode page.")
-    st.stop()
-labels = {int(r["id"]): ui.run_label(r) for _, r in runs.iterrows()}
+store, runs, labels = ui.pick_speculative_runs(
+    "The trace store has no chain, ddtree or caddtree run to replay yet: run one on the Live decode page.")
 sel = st.multiselect("Logged runs to replay (their rounds are pooled)", list(labels), default=list(labels)[:1],
                      format_func=labels.get, max_selections=50, key="bl_runs")
 if not sel:
