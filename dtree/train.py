@@ -368,7 +368,6 @@ def heldout_tau(drafter, target_model, samples: list[Sample], max_new: int = 128
     rounds = toks = 0
     hits = torch.zeros(bs - 1)
     cnt = torch.zeros(bs - 1)
-    lookup = drafter_lookup(drafter, target_model)
     for c0 in range(0, len(samples), chunk):
         ss = []
         for s in samples[c0:c0 + chunk]:

@@ -137,31 +137,29 @@ def int_query_param(name: str) -> int | None:
 SPECULATIVE = ("chain", "ddtree", "caddtree")
 
 
-def speculative_runs(store):
-    """Runs of ``store`` that carry drafter marginals (chain / ddtree / caddtree with rounds), newest first; None
-    with an st.error when the store cannot be read."""
-    try:
-        runs = store.list_runs()
-    except Exception as e:  # corrupted store: message, app keeps running
-        show_error(e)
-        return None
-    if runs.empty:
-        return runs
-    return runs[runs["method"].isin(SPECULATIVE) & (runs["n_rounds"] > 0)].reset_index(drop=True)
-
-
-def pick_speculative_runs(empty_hint: str):
-    """Sidebar store + its speculative runs and their labels for a selectbox; stops the page with st.info / st.error
-    when the store is missing, unreadable or has no such run (``empty_hint`` says what to do then).
-
-    Returns ``(store, runs DataFrame, {run id: label})``.
-    """
+def query_store_or_stop(query):
+    """The sidebar's trace store and ``query(store)`` (e.g. ``lambda s: s.list_runs()``); stops the page with the
+    store picker's st.info when there is no store, or with st.error when the store cannot be read (corrupted)."""
     store = store_picker()
     if store is None:
         st.stop()
-    runs = speculative_runs(store)
-    if runs is None:
+    try:
+        return store, query(store)
+    except Exception as e:  # corrupted store: message, app keeps running
+        show_error(e)
         st.stop()
+
+
+def pick_speculative_runs(empty_hint: str):
+    """Sidebar store + its runs that carry drafter marginals (chain / ddtree / caddtree with rounds, newest first)
+    and their labels for a selectbox; stops the page when the store is missing, unreadable or has no such run
+    (``empty_hint`` says what to do then).
+
+    Returns ``(store, runs DataFrame, {run id: label})``.
+    """
+    store, runs = query_store_or_stop(lambda s: s.list_runs())
+    if not runs.empty:
+        runs = runs[runs["method"].isin(SPECULATIVE) & (runs["n_rounds"] > 0)].reset_index(drop=True)
     if runs.empty:
         st.info(empty_hint)
         st.stop()

@@ -14,14 +14,7 @@ st.caption("Pick a logged run and round. Blue = the path the target accepted, or
            "(the target's own next token), grey = rejected drafts. A round deleted in another tab shows a message here "
            "instead of a tree; choose another run.")
 
-store = ui.store_picker()
-if store is None:
-    st.stop()
-try:
-    runs = store.list_runs()
-except Exception as e:  # corrupted store: message, app keeps running
-    ui.show_error(e)
-    st.stop()
+store, runs = ui.query_store_or_stop(lambda s: s.list_runs())
 runs = runs[runs["n_rounds"] > 0].reset_index(drop=True)
 if runs.empty:
     st.info("The trace store has no run with rounds yet: run a decode first (Live decode page).")

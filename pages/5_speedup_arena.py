@@ -102,14 +102,7 @@ if res is not None:
     st.plotly_chart(figures.bench_phase_figure(rows), width="stretch")
 
 st.subheader("Past benches")
-store = ui.store_picker()
-if store is None:
-    st.stop()
-try:
-    past = bench.list_benches(store)
-except Exception as e:  # corrupted store: message, app keeps running
-    ui.show_error(e)
-    st.stop()
+store, past = ui.query_store_or_stop(bench.list_benches)
 if past.empty:
     st.info("No bench in this trace store yet (only benches run from this page are grouped here).")
     st.stop()

@@ -13,16 +13,9 @@ st.caption("Every decode logged in the trace store (Live decode page, `dtree run
 
 if msg := st.session_state.pop("runs_flash", None):
     st.success(msg)
-store = ui.store_picker()
-if store is None:
-    st.stop()
-try:
-    everything = store.list_runs()
-except Exception as e:  # corrupted store: message, app keeps running
-    ui.show_error(e)
-    st.stop()
+store, everything = ui.query_store_or_stop(lambda s: s.list_runs())
 if everything.empty:
-    st.info("This trace store is empty: run a decode first (Live decode page, or `./dev run`).")
+    st.info("This trace store is empty: run a decode first (Live decode page, or `python -m dtree decode`).")
     st.stop()
 
 ALL = "(all)"

@@ -8,7 +8,7 @@ import pytest
 import torch
 
 from dtree.drafter import (DFlashDrafter, DrafterConfig, default_drafter_path, default_target_layer_ids,
-                           init_from_target, load_drafter, save_drafter)
+                           load_drafter, save_drafter)
 from dtree.errors import InputError
 from dtree.models import load_target
 from dtree import train as T

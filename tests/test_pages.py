@@ -16,6 +16,10 @@ import numpy as np
 import pytest
 from streamlit.testing.v1 import AppTest
 
+from .charts import charts as _charts
+from .charts import n_tree_markers as _n_tree_markers
+from .charts import title as _title
+
 ROOT = Path(__file__).resolve().parent.parent
 EXPLORER = str(ROOT / "pages" / "2_tree_explorer.py")
 RUNS = str(ROOT / "pages" / "6_runs.py")
@@ -66,17 +70,6 @@ def store_copy(logged_store, tmp_path, monkeypatch):
     return path, ids
 
 
-def _charts(at: AppTest) -> list[dict]:
-    return [json.loads(c.proto.spec) for c in at.get("plotly_chart")]
-
-
-def _title(fig: dict) -> str:
-    return fig["layout"]["title"]["text"]
-
-
-def _n_tree_markers(fig: dict) -> int:
-    return sum(len(t["x"]) for t in fig["data"] if t.get("mode", "").startswith("markers") and t.get("name") in
-               ("root (anchor)", "accepted", "rejected"))
 
 
 def _sel(at: AppTest, label: str):

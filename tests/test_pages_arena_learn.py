@@ -6,12 +6,15 @@ theta(n) numbers without profiling this machine.
 
 from __future__ import annotations
 
-import json
 from pathlib import Path
 
 import numpy as np
 import pytest
 from streamlit.testing.v1 import AppTest
+
+from .charts import charts as _charts
+from .charts import n_tree_markers as _n_tree_markers
+from .charts import title as _title
 
 ROOT = Path(__file__).resolve().parent.parent
 ARENA = str(ROOT / "pages" / "5_speedup_arena.py")
@@ -33,17 +36,6 @@ def _ok(at: AppTest) -> None:
     assert not at.error, [e.value for e in at.error]
 
 
-def _charts(at: AppTest) -> list[dict]:
-    return [json.loads(c.proto.spec) for c in at.get("plotly_chart")]
-
-
-def _title(fig: dict) -> str:
-    return fig["layout"]["title"]["text"]
-
-
-def _n_tree_markers(fig: dict) -> int:
-    return sum(len(t["x"]) for t in fig["data"] if t.get("mode", "").startswith("markers") and t.get("name") in
-               ("root (anchor)", "accepted", "rejected"))
 
 
 def _arena(methods=("ar", "ddtree:4"), n=1, source="demo") -> AppTest:
