@@ -67,3 +67,8 @@ def tmp_store(tmp_path):
     s = TraceStore(tmp_path / "runs.sqlite")
     yield s
     s.close()
+
+
+def pytest_configure(config):
+    config.addinivalue_line("markers", "browser: real-browser test of the app (headless Chromium via Playwright; "
+                                       "select with -m browser, skip with -m 'not browser')")
