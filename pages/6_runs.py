@@ -1,10 +1,11 @@
-"""Runs: the trace store as a table; filter, compare two runs, export one as JSON/CSV, delete one."""
+"""Runs: the trace store as a table; filter, compare two runs, diagnose the drafter on selected runs, export one as
+JSON/CSV, delete one."""
 
 import json
 
 import streamlit as st
 
-from dtree import figures, ui
+from dtree import diagnostics, figures, ui
 from dtree.store import STATUSES
 
 st.title("Runs")
@@ -68,6 +69,37 @@ else:
     else:
         st.caption(msg + " The runs differ in prompt, target, dtype or temperature, so different outputs are expected.")
 st.plotly_chart(figures.phase_shares_figure([a, b]), width="stretch")
+
+st.subheader("Drafter diagnostics")
+spec_ids = [i for i in ids if runs.loc[runs["id"] == i, "method"].iloc[0] != "ar"]
+picked = st.multiselect("Runs to diagnose (their rounds are pooled; AR runs have no drafter marginals)", spec_ids,
+                        default=spec_ids[:1], format_func=labels.get, max_selections=50, key="diag_runs")
+if picked:
+    try:
+        diag = diagnostics.diagnose_store(store, picked)
+    except Exception as e:  # deleted in another tab, no speculative round
+        ui.show_error(e)
+    else:
+        c = st.columns(2)
+        c[0].plotly_chart(figures.depth_agreement_figure(diag), width="stretch")
+        c[1].plotly_chart(figures.calibration_figure(diag), width="stretch")
+        st.caption("Left: a_d = how often the drafter's top-1 at depth d equals the target's token, among rounds whose "
+                   "depths 1..d-1 were accepted; chain-equivalent tau = 1 + sum_d prod_{j<=d} a_j (equals the mean tau "
+                   "of chain runs). Right: drafted nodes binned by path probability q; on the dashed diagonal the "
+                   "surrogate q is calibrated. `python -m dtree diagnose` writes the same as JSON (for the shipped "
+                   "drafter: its checkpoint's `diagnostics.json`, shown below when present).")
+if (shipped := diagnostics.shipped_path()).exists():
+    with st.expander("The shipped drafter's diagnostics (its checkpoint's diagnostics.json)"):
+        try:
+            ref = diagnostics.load(shipped)
+        except Exception as e:  # unreadable file: say so, keep the page
+            ui.show_error(e)
+        else:
+            st.caption(f"From `python -m dtree diagnose` on {ref.meta.get('dataset', '?')} "
+                       f"({ref.meta.get('n_prompts', '?')} prompts, {ref.meta.get('method', '?')}).")
+            c = st.columns(2)
+            c[0].plotly_chart(figures.depth_agreement_figure(ref), width="stretch", key="diag_shipped_a")
+            c[1].plotly_chart(figures.calibration_figure(ref), width="stretch", key="diag_shipped_c")
 
 st.subheader("Export or delete a run")
 c = st.columns(2)

@@ -254,3 +254,84 @@ def test_replay_of_real_logged_runs_reproduces_recorded_taus(target32, rand_draf
             assert df[(df.method == "ddtree") & (df.budget == 8)].mean_tau.item() == pytest.approx(live.mean_tau)
             assert (np.diff(df[df.method == "ddtree"].mean_tau.to_numpy()) >= 0).all()
             assert math.isfinite(df.pred_tok_s.iloc[0])
+
+
+# ----------------------------------------------------------------------------------------------------------------------
+# variants (-cal, -spine) and the unimodality check
+# ----------------------------------------------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("method, budget", [("ddtree-spine", 8), ("ddtree-cal", 16), ("ddtree-cal-spine", 24),
+                                            ("caddtree-spine", 48), ("caddtree-cal", 48), ("caddtree-cal-spine", 20)])
+def test_variant_replay_equals_per_round_builders(method, budget):
+    from dtree.calibration import fit_calibration
+
+    cm = cost_model(b=3e-4)
+    run = synthetic_run(40, np.random.default_rng(21), k=64, budget=16, cost=cm)
+    cal = fit_calibration([run])
+    s = replay_run(run, method, budget, cm, calibration=cal)
+    stream = [t for r in run.rounds for t in r.committed] + [run.rounds[-1].bonus]
+    taus, nodes, off = [], [], 0
+    for rnd in run.rounds:
+        rr = replay_round(rnd, stream[off: off + 16], method, budget, cm, calibration=cal)
+        taus.append(rr.tau)
+        nodes.append(rr.n_nodes)
+        off += rnd.tau
+        if "spine" in method:
+            k = min(rnd.marg_tokens.shape[0], budget)
+            np.testing.assert_array_equal(rr.tree.tokens[1: k + 1], rnd.marg_tokens[:k, 0])
+    np.testing.assert_array_equal(s.taus, taus)
+    np.testing.assert_array_equal(s.n_nodes, nodes)
+    assert s.method == method and s.exact
+    with pytest.raises(InputError):
+        replay_run(run, method.replace("-spine", "") + "-cal", budget, cm)  # no calibration anywhere
+
+
+def test_sweep_variant_rows_and_spine_guarantee_gain():
+    cm = cost_model(b=1e-4)
+    run = synthetic_run(60, np.random.default_rng(22), k=64, budget=16, cost=cm, p_top1=0.9)
+    df = sweep_budgets(run, [4, 8, 16], cm, variants=["ddtree-spine:8", "ddtree-spine:200", "caddtree-spine"])
+    spine = df[df.method == "ddtree-spine"]
+    assert list(spine.budget) == [8]  # 200 is above the logged top-k: dropped with a note
+    assert any("ddtree-spine:200 dropped" in n for n in df.attrs["notes"])
+    assert spine.mean_tau.item() == pytest.approx(replay_run(run, "ddtree-spine", 8, cm).mean_tau)
+    # the spine tree contains the chain, so it never accepts less than the chain in any round (spec 5 item 13's
+    # "never fewer tokens than the chain"); plain DDTree of the same size gives no such guarantee
+    chain = replay_run(run, "chain", None, cm)
+    assert (replay_run(run, "ddtree-spine", 32, cm).taus >= chain.taus).all()
+    assert (replay_run(run, "ddtree-spine", 15, cm).taus == chain.taus).all()  # budget gamma: it IS the chain
+
+
+def test_check_unimodal_convex_cost_and_a_stepped_cost():
+    from dtree.replay import check_unimodal
+    from dtree.trees import best_path_logprobs, theta_curve_for
+
+    run = synthetic_run(30, np.random.default_rng(23), k=64, budget=16)
+    convex = cost_model(b=2e-4, c=1e-6)
+    df = check_unimodal(run, convex, 64)
+    assert df.attrs["share_unimodal"] == 1.0 and df.attrs["share_greedy_argmax"] == 1.0 and df["cv_convex"].all()
+    assert len(df) == 30 and df.attrs["offending"] == []
+    # a measured-looking step (flat, a jump at n = 6, flat), which CostModel's convex fit would never produce: theta
+    # falls at the jump and rises again after it. Any object with cd_s and cv(n, L) serves as a cost model here.
+
+    class SteppedCost:
+        cd_s = 0.005
+
+        def cv(self, n, L):
+            return np.where(np.asarray(n) < 6, 0.02, 0.03)
+
+    cm = SteppedCost()
+    df = check_unimodal(run, cm, 64)
+    assert not df["cv_convex"].any()
+    for _, row in df.iterrows():  # brute force: the round's theta(n) over n = 0..64 along the DDTree order
+        rnd = run.rounds[int(row["round"])]
+        theta = theta_curve_for(best_path_logprobs(round_marginals(rnd), 64), cm, rnd.start)
+        d = np.diff(theta) / theta.max()
+        falls = np.flatnonzero(d < -1e-9)
+        expect = not (falls.size and (d[falls[0]:] > 1e-9).any())
+        assert row["unimodal"] == expect
+        assert row["peak_n"] == int(np.argmax(theta))
+    assert df.attrs["share_unimodal"] < 1
+    assert len(df.attrs["offending"]) == int((~df["unimodal"]).sum())
+    with pytest.raises(InputError):
+        check_unimodal(run, cm, 64, method="chain")

@@ -452,3 +452,153 @@ def test_child_maps_rejects_duplicate_sibling_tokens():
     tree.tokens[2] = 1
     with pytest.raises(ValueError):
         child_maps(tree)
+
+
+# ----------------------------------------------------------------------------------------------------------------------
+# Spine guarantee and calibrated builders (spec 5 items 1 and 12; dtree.calibration)
+# ----------------------------------------------------------------------------------------------------------------------
+
+
+def random_calibration(rng: np.random.Generator, gamma: int, rank_bins: int):
+    """Random factors in [0.05, 3], sorted non-increasing in rank (what the fit guarantees)."""
+    from dtree.calibration import Calibration
+
+    f = -np.sort(-rng.uniform(0.05, 3.0, size=(2, gamma, rank_bins)), axis=2)
+    z = np.zeros_like(f)
+    return Calibration(f, z, z.copy())
+
+
+def brute_scores(marg: Marginals, cal=None) -> list[tuple[float, tuple[int, ...]]]:
+    """Every prefix with its surrogate log-score by definition: sum over the path of log q, or with ``cal`` of
+    min(0, log f[class, d, bin(r)] + log q_d(r)), class 1 once an earlier step had rank > 0. Sorted best first."""
+    out = []
+    for depth in range(1, marg.gamma + 1):
+        for ranks in itertools.product(range(marg.width), repeat=depth):
+            s = 0.0
+            for d, r in enumerate(ranks):
+                lq = float(marg.logprobs[d, r])
+                if cal is not None:
+                    c = 1 if any(x > 0 for x in ranks[:d]) else 0
+                    f = float(cal.factors[c, min(d, cal.depths - 1), min(r, cal.rank_bins - 1)])
+                    lq = min(0.0, (math.log(f) if f > 0 else -math.inf) + lq)
+                s = s + lq
+            out.append((s, ranks))
+    out.sort(key=lambda t: (-t[0], t[1]))
+    return out
+
+
+def spine_order(brute: list[tuple[float, tuple[int, ...]]], gamma: int, budget: int) -> list[tuple[int, ...]]:
+    """The spine tree by definition: the top-1 chain of s = min(gamma, budget) nodes, then the best other prefixes."""
+    s = min(gamma, budget)
+    spine = [(0,) * d for d in range(1, s + 1)]
+    rest = [r for _, r in brute if r not in set(spine)]
+    return spine + rest[: max(0, budget - s)]
+
+
+@pytest.mark.parametrize("seed", range(12))
+def test_spine_ddtree_is_chain_plus_best_others(seed):
+    rng = np.random.default_rng(900 + seed)
+    gamma, k = int(rng.integers(2, 5)), int(rng.integers(2, 4))
+    # peaked marginals: the plain DDTree often drops deep spine nodes, so the guarantee is really exercised
+    marg = random_marginals(rng, gamma, k, vocab=int(rng.integers(k, 12)), alpha=float(rng.uniform(0.05, 1.0)))
+    brute = brute_scores(marg)
+    total = len(brute)
+    for b in range(total + 2):
+        tree = build_ddtree(marg, 5, b, spine=True)
+        check_tree_invariants(tree, marg, 5)  # valid, prefix-closed, parents first
+        assert tree.n_nodes == min(b, total)
+        s = min(gamma, b)
+        np.testing.assert_array_equal(tree.tokens[1: s + 1], build_chain(marg, 5).tokens[1: s + 1])  # the spine
+        assert rank_tuples(tree) == spine_order(brute, gamma, b)[: tree.n_nodes]
+        # never worse than the chain of the same size on the surrogate, never better than the unconstrained top-b
+        score = {r: sc for sc, r in brute}
+        mass = sum(math.exp(score[r]) for r in rank_tuples(tree))
+        assert mass <= sum(math.exp(sc) for sc, _ in brute[:b]) + 1e-12
+        assert mass >= sum(math.exp(score[(0,) * d]) for d in range(1, s + 1)) - 1e-12
+
+
+def test_spine_is_missing_from_plain_ddtree_somewhere():
+    """The guarantee matters: with a confident depth-1 sibling, plain DDTree drops the deep spine nodes."""
+    lp = np.log(np.array([[0.5, 0.45, 0.05], [0.4, 0.3, 0.3], [0.4, 0.3, 0.3]]))
+    marg = Marginals(np.arange(9).reshape(3, 3), lp)
+    plain = build_ddtree(marg, 0, 3)
+    assert (0, 0, 0) not in rank_tuples(plain)
+    spine = build_ddtree(marg, 0, 3, spine=True)
+    assert rank_tuples(spine) == [(0,), (0, 0), (0, 0, 0)]
+
+
+@pytest.mark.parametrize("seed", range(15))
+def test_caddtree_spine_stops_at_argmax_after_the_spine(seed):
+    rng = np.random.default_rng(1300 + seed)
+    gamma, k = int(rng.integers(2, 5)), int(rng.integers(2, 4))
+    marg = random_marginals(rng, gamma, k, vocab=int(rng.integers(k, 15)), alpha=float(rng.uniform(0.1, 1.5)))
+    brute = brute_scores(marg)
+    m = len(brute)
+    cost = cost_from_curve(random_convex_cv(rng, m + 5), cd_s=float(rng.uniform(0.001, 0.05)))
+    L = 100
+    score = {r: sc for sc, r in brute}
+    for max_budget in (0, 1, 2, gamma, m // 2, m, m + 3):
+        order = spine_order(brute, gamma, max_budget)
+        s = min(gamma, max_budget)
+        phi = np.r_[0.0, np.cumsum([math.exp(score[r]) for r in order])]
+        theta = (1 + phi) / (cost.cd_s + np.array([cost.cv(n, L) for n in range(len(order) + 1)]))
+        tree = build_caddtree(marg, 3, cost, L, max_budget, spine=True)
+        check_tree_invariants(tree, marg, 3)
+        assert tree.n_nodes >= s  # the spine is always kept
+        best = s + int(np.argmax(theta[s:]))
+        if tree.n_nodes != best:
+            assert theta[tree.n_nodes] == pytest.approx(theta[best], rel=1e-12)
+            best = tree.n_nodes
+        assert rank_tuples(tree) == order[:best]
+        np.testing.assert_allclose(tree.theta_curve[: best + 1], theta[: best + 1], rtol=1e-10)
+        np.testing.assert_allclose(tree.thetas, theta[: best + 1], rtol=1e-10)
+
+
+@pytest.mark.parametrize("seed", range(15))
+def test_calibrated_builders_equal_brute_force(seed):
+    rng = np.random.default_rng(1700 + seed)
+    gamma, k = int(rng.integers(2, 5)), int(rng.integers(2, 4))
+    marg = random_marginals(rng, gamma, k, vocab=int(rng.integers(k, 15)), alpha=float(rng.uniform(0.1, 1.5)))
+    cal = random_calibration(rng, gamma=int(rng.integers(1, gamma + 2)), rank_bins=int(rng.integers(1, 4)))
+    brute = brute_scores(marg, cal)
+    total = len(brute)
+    score = {r: sc for sc, r in brute}
+    for b in sorted({0, 1, 2, total // 3, total // 2, total, total + 2}):
+        tree = build_ddtree(marg, 4, b, calibration=cal)
+        check_tree_invariants(tree, marg, 4)  # path_logprobs stay the drafter's log q(u)
+        assert rank_tuples(tree) == [r for _, r in brute[: min(b, total)]]
+        both = build_ddtree(marg, 4, b, spine=True, calibration=cal)
+        check_tree_invariants(both, marg, 4)
+        assert rank_tuples(both) == spine_order(brute, gamma, b)[: both.n_nodes]
+        np.testing.assert_allclose(cal.path_logprobs(tree, marg)[1:], [score[r] for r in rank_tuples(tree)],
+                                   rtol=0, atol=1e-12)
+    # CaDDTree with calibration: Phi(n) sums q~, the stop is the argmax of that theta (convex cost)
+    cost = cost_from_curve(random_convex_cv(rng, total + 5), cd_s=float(rng.uniform(0.001, 0.05)))
+    deltas = np.exp([sc for sc, _ in brute])
+    theta = (1 + np.r_[0.0, np.cumsum(deltas)]) / (cost.cd_s + np.array([cost.cv(n, 50) for n in range(total + 1)]))
+    tree = build_caddtree(marg, 4, cost, 50, total, calibration=cal)
+    best = int(np.argmax(theta))
+    if tree.n_nodes != best:
+        assert theta[tree.n_nodes] == pytest.approx(theta[best], rel=1e-12)
+        best = tree.n_nodes
+    assert rank_tuples(tree) == [r for _, r in brute[:best]]
+    np.testing.assert_allclose(tree.thetas, theta[: best + 1], rtol=1e-10)
+
+
+def test_identity_calibration_gives_the_plain_trees():
+    from dtree.calibration import Calibration
+
+    rng = np.random.default_rng(21)
+    marg = random_marginals(rng, 6, 8)
+    cost = cost_from_curve(random_convex_cv(rng, 80), 0.01)
+    ident = Calibration.identity(depths=3, rank_bins=2)
+    for spine in (False, True):
+        a = build_ddtree(marg, 1, 40, cost, 70, spine=spine)
+        b = build_ddtree(marg, 1, 40, cost, 70, spine=spine, calibration=ident)
+        c = build_caddtree(marg, 1, cost, 70, 60, spine=spine)
+        d = build_caddtree(marg, 1, cost, 70, 60, spine=spine, calibration=ident)
+        for x, y in ((a, b), (c, d)):
+            np.testing.assert_array_equal(x.tokens, y.tokens)
+            np.testing.assert_array_equal(x.parents, y.parents)
+            np.testing.assert_array_equal(x.thetas, y.thetas)
+            np.testing.assert_array_equal(x.theta_curve, y.theta_curve)
