@@ -5,7 +5,7 @@ import streamlit as st
 
 from dtree import figures, ui
 from dtree.engine import MAX_BUDGET, DecodeConfig
-from dtree.records import METHODS
+from dtree.records import METHODS, VARIANT_BASES
 
 st.title("Live decode")
 st.caption("A real target (SmolLM2-135M-Instruct by default) verifies the drafter's tree in one forward per round. "
@@ -15,29 +15,43 @@ with st.sidebar:
     dtype = st.selectbox("dtype", ["float32", "bfloat16"], key="dtype",
                          help="float32: exact and, on CPUs without bf16 instructions, faster; bfloat16 may break near-ties differently")
 
+# method settings outside the form, so the budget and the tree options follow the chosen method at once
+c1, c2, c3, c4 = st.columns(4, vertical_alignment="bottom")
+method = c1.selectbox("Method", METHODS, index=METHODS.index("caddtree"), key="method",
+                      help="ar: plain decoding; chain: DFlash block; ddtree: fixed node budget; "
+                           "caddtree: budget chosen per round from the cost model")
+tree_method = method in VARIANT_BASES
+budget = c2.number_input("Budget B (nodes)", 0, MAX_BUDGET, 16, key="budget", disabled=not tree_method,
+                         help="ddtree: node budget; caddtree: the maximum budget; unused for ar/chain")
+spine = c3.checkbox("spine guarantee", key="spine", disabled=not tree_method,
+                    help="ddtree/caddtree: the drafter's top-1 chain is always in the tree")
+calibrated = c4.checkbox("calibrated probabilities", key="calibrated", disabled=not tree_method,
+                         help="ddtree/caddtree: order nodes by path probabilities corrected from logged rounds "
+                              "(the first use fits a calibration, about a minute)")
+
 with st.form("decode"):
     prompt = st.text_area("Prompt", key="prompt", value="Natalia sold clips to 48 of her friends in April, and then she sold half as many "
                           "clips in May. How many clips did Natalia sell altogether in April and May?", height=100)
-    c1, c2, c3, c4 = st.columns(4)
-    method = c1.selectbox("Method", METHODS, index=METHODS.index("caddtree"), key="method",
-                          help="ar: plain decoding; chain: DFlash block; ddtree: fixed node budget; "
-                               "caddtree: budget chosen per round from the cost model")
-    budget = c2.number_input("Budget B (nodes)", 0, MAX_BUDGET, 16, key="budget",
-                             help="ddtree: node budget; caddtree: the maximum budget; unused for ar/chain")
-    max_new = c3.number_input("Max new tokens", 1, 1024, 64, key="max_new")
-    temperature = c4.number_input("Temperature", 0.0, 2.0, 0.0, step=0.1, help="0 = greedy", key="temperature")
+    c1, c2 = st.columns(2)
+    max_new = c1.number_input("Max new tokens", 1, 1024, 64, key="max_new")
+    temperature = c2.number_input("Temperature", 0.0, 2.0, 0.0, step=0.1, help="0 = greedy", key="temperature")
     run_clicked = st.form_submit_button("Run", type="primary")
 
 if run_clicked:
     try:
         backend = ui.get_backend("embedded", dtype)
-        cfg = DecodeConfig(method=method, budget=int(budget) if method in ("ddtree", "caddtree") else None,
-                           max_new_tokens=int(max_new), temperature=float(temperature))
+        cfg = DecodeConfig(method=method, budget=int(budget) if tree_method else None, max_new_tokens=int(max_new),
+                           temperature=float(temperature), spine=spine and tree_method,
+                           calibrated=calibrated and tree_method)
         backend.prepare(prompt, cfg)  # bad input: st.error, nothing stored
         store = ui.get_store()
         with ui.model_slot():  # one decode/profile at a time per server; later requests wait
             bar = st.progress(0.0, text="decoding...")
             live = st.empty()
+            if cfg.calibrated:  # the cached calibration, or a fit on the first calibrated run (only then a spinner)
+                with st.spinner("Calibrating the drafter on a few demo prompts (first calibrated run only, about a "
+                                "minute)..."):
+                    backend.calibration(progress=lambda d, t: bar.progress(d / t, text=f"calibration: prompt {d}/{t}"))
 
             def on_round(rnd, n_done):
                 bar.progress(min(1.0, n_done / cfg.max_new_tokens), text=f"round {rnd.index}: tau {rnd.tau}, "

@@ -54,13 +54,14 @@ st.caption(f"Why this budget: {rnd.budget_reason}. Tree method: {tree.method}. C
            f"{''.join(decode(t) for t in rnd.committed)!r}, bonus {decode(rnd.bonus)!r}.")
 
 st.subheader("The tree, grown by the best-first heap")
-c1, c2, c3 = st.columns([3, 1, 1])
+c1, c2, c3 = st.columns([4, 2, 3], vertical_alignment="bottom")
 step = c1.slider("Heap step (nodes inserted, in insertion order)", 0, tree.n_nodes, tree.n_nodes,
                  help="Replays the heap: node k is the k-th best path probability popped") if tree.n_nodes else 0
 max_depth = c2.number_input("Max depth shown", 1, max(1, int(tree.depths.max())), max(1, int(tree.depths.max())),
                             help="Hide nodes deeper than this (tokens after the anchor)")
-collapse = c3.checkbox("Collapse rejected subtrees", tree.n_nodes > 120,
-                       help="Keep the accepted path and its direct alternatives; hidden counts are in the hovers")
+collapse = c3.checkbox("Collapse rejected", tree.n_nodes > 120,
+                       help="Collapse rejected subtrees: keep the accepted path and its direct alternatives; hidden "
+                            "counts are in the hovers")
 left, right = st.columns([2, 1])
 left.plotly_chart(figures.tree_figure(rnd, decode, upto=step, collapse_rejected=collapse,
                                       max_depth=None if max_depth >= tree.depths.max() else int(max_depth)),

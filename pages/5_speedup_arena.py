@@ -5,18 +5,21 @@ import streamlit as st
 
 from dtree import bench, figures, ui
 from dtree.errors import InputError
+from dtree.records import parse_method
 
 MAX_PROMPTS = 50
 METHOD_CHOICES = ["ar", "chain", "ddtree:4", "ddtree:8", "ddtree:16", "ddtree:32", "ddtree:64", "ddtree:128",
-                  "caddtree"]
+                  "caddtree", "ddtree-spine:16", "ddtree-cal:16", "ddtree-cal-spine:16", "caddtree-spine",
+                  "caddtree-cal", "caddtree-cal-spine"]
 UPLOAD = "JSONL file (upload or path)"
 TYPED = "typed prompts (one per line)"
 SET_HELP = {"demo": "demo (8 built-in short prompts)", UPLOAD: UPLOAD, TYPED: TYPED}
 
 st.title("Speedup arena")
-st.caption("Runs AR, DFlash chain, DDTree at fixed budgets and CaDDTree on the same prompts, methods interleaved per "
-           "prompt, and logs every run to the trace store. Speedups are measured **on this machine, in this server "
-           "process**: speedup = median tokens/s over prompts ÷ AR's median tokens/s (prefill excluded).")
+st.caption("Runs AR, DFlash chain, DDTree at fixed budgets and CaDDTree (and their -spine / -cal variants) on the "
+           "same prompts, methods interleaved per prompt, and logs every run to the trace store. Speedups are "
+           "measured **on this machine, in this server process**: speedup = median tokens/s over prompts ÷ AR's "
+           "median tokens/s (prefill excluded).")
 
 with st.sidebar:
     dtype = st.selectbox("dtype", ["float32", "bfloat16"], key="arena_dtype",
@@ -38,7 +41,10 @@ with st.form("arena"):
     c1, c2 = st.columns([2, 1])
     methods = c1.multiselect("Methods", METHOD_CHOICES, default=["ar", "chain", "ddtree:16"], key="arena_methods",
                              max_selections=8, help="ar is the baseline and must be included; caddtree profiles "
-                                                    "this machine's cost model on first use (once per server)")
+                                                    "this machine's cost model on first use (once per server). "
+                                                    "-spine: the drafter's top-1 chain is always in the tree; -cal: "
+                                                    "nodes ordered by calibrated path probabilities (a calibration "
+                                                    "is fitted on first use, about a minute)")
     max_new = c2.number_input("Max new tokens", 1, 512, 64, key="arena_max_new")
     go_clicked = st.form_submit_button("Run the bench", type="primary")
 
@@ -65,9 +71,14 @@ if go_clicked:
             st.stop()
         with ui.model_slot():  # one decode/profile at a time per server; later requests wait
             bar = st.progress(0.0, text="starting...")
-            if any(m == "caddtree" for m, _ in parsed):
+            specs = [parse_method(m) for m, _ in parsed]
+            if any(s.base == "caddtree" for s in specs):
                 backend.cost_model(progress=lambda d, t: bar.progress(
                     d / t, text=f"profiling this machine's cost model (first caddtree run only): {d}/{t}"))
+            if any(s.calibrated for s in specs):  # cached, or fitted now (only then the spinner shows)
+                with st.spinner("Calibrating the drafter on a few demo prompts (first -cal run only, about a "
+                                "minute)..."):
+                    backend.calibration(progress=lambda d, t: bar.progress(d / t, text=f"calibration: prompt {d}/{t}"))
             tag = bench.new_bench_tag(set_name)
             total = len(prompts) * len(parsed)
             stats = bench.run_bench(backend, prompts, parsed, max_new_tokens=int(max_new), store=bench.TaggedStore(

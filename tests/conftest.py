@@ -69,6 +69,45 @@ def tmp_store(tmp_path):
     s.close()
 
 
+@pytest.fixture()
+def tiny_cost(monkeypatch):
+    """The app's cached backend (float32, the pages' default) with a small convex cost model: caddtree runs on the
+    pages without profiling this machine."""
+    import numpy as np
+
+    from dtree import ui
+    from dtree.cost import CostModel
+
+    backend = ui.get_backend("embedded", "float32")
+    nodes = np.array([0, 2, 4, 8, 16])
+    cv = np.array([[0.02 + 2e-3 * n + 4e-4 * n * n for n in nodes]] * 2)
+    monkeypatch.setattr(backend, "_cost_model", CostModel.from_measurements(0.01, [0, 1024], nodes, cv))
+    return backend
+
+
+@pytest.fixture()
+def fake_calibration(monkeypatch, tmp_path):
+    """The app's cached backend (float32) with no calibration yet and a fast stand-in for the warm-up fit (two progress
+    steps, identity factors), cached under tmp_path. Returns the list of progress calls the fit received."""
+    import dtree.backend
+    from dtree import ui
+    from dtree.calibration import Calibration
+
+    calls = []
+
+    def fit(target, drafter, progress=None, **kw):
+        for i in (1, 2):
+            calls.append((i, 2))
+            if progress is not None:
+                progress(i, 2)
+        return Calibration.identity()
+
+    monkeypatch.setattr(ui.get_backend("embedded", "float32"), "_calibration", None)
+    monkeypatch.setattr(dtree.backend, "fit_warmup_calibration", fit)
+    monkeypatch.setattr(dtree.backend, "default_calibration_path", lambda target, drafter: tmp_path / "cal.json")
+    return calls
+
+
 def pytest_configure(config):
     config.addinivalue_line("markers", "browser: real-browser test of the app (headless Chromium via Playwright; "
                                        "select with -m browser, skip with -m 'not browser')")

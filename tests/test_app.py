@@ -56,3 +56,54 @@ def test_live_decode_bad_input_shows_error_and_stores_nothing(store_env):
     assert not at.exception
     assert at.error and "prompt" in at.error[0].value
     assert not at.get("plotly_chart")
+
+
+def test_live_decode_variant_spine(store_env, tiny_cost):
+    """caddtree with the spine guarantee (tiny cost model, 8 tokens): the run is stored as caddtree-spine."""
+    from dtree.store import TraceStore
+
+    at = _live()
+    at.selectbox(key="method").select("ar").run()
+    assert at.checkbox(key="spine").disabled and at.checkbox(key="calibrated").disabled  # tree methods only
+    assert at.number_input(key="budget").disabled
+    at.selectbox(key="method").select("caddtree").run()
+    assert not at.checkbox(key="spine").disabled and not at.checkbox(key="calibrated").disabled
+    at.text_area(key="prompt").input("What is 6 times 7?")
+    at.checkbox(key="spine").check()
+    at.number_input(key="budget").set_value(8)
+    at.number_input(key="max_new").set_value(8)
+    at.button[0].click().run()
+    assert not at.exception, at.exception
+    assert not at.error, [e.value for e in at.error]
+    assert len(at.get("plotly_chart")) >= 2  # rounds strip + tree
+    df = at.dataframe[0].value
+    assert len(df) >= 1 and (df["budget"] <= 8).all()
+    assert df["why this budget"].str.startswith("spine first").all()
+    with TraceStore(store_env) as s:
+        runs = s.list_runs()
+    assert runs["method"].tolist() == ["caddtree-spine"] and runs["status"].tolist() == ["complete"]
+
+
+def test_live_decode_calibrated_fits_once(store_env, fake_calibration):
+    """ddtree with calibrated probabilities: the first run fits the calibration (stand-in fit, with progress), the
+    second reuses it; both are stored as ddtree-cal."""
+    from dtree.store import TraceStore
+
+    at = _live()
+    at.selectbox(key="method").select("ddtree").run()
+    at.text_area(key="prompt").input("What is 6 times 7?")
+    at.checkbox(key="calibrated").check()
+    at.number_input(key="budget").set_value(4)
+    at.number_input(key="max_new").set_value(8)
+    at.button[0].click().run()
+    assert not at.exception, at.exception
+    assert not at.error, [e.value for e in at.error]
+    assert fake_calibration == [(1, 2), (2, 2)]
+    assert at.dataframe[0].value["why this budget"].str.startswith("calibrated").all()
+    at.button[0].click().run()
+    assert not at.exception, at.exception
+    assert fake_calibration == [(1, 2), (2, 2)]  # not fitted again
+    with TraceStore(store_env) as s:
+        runs = s.list_runs()
+        assert runs["method"].tolist() == ["ddtree-cal", "ddtree-cal"]
+        assert "calibration" in s.load_run(int(runs["id"].iloc[0])).params

@@ -113,6 +113,7 @@ def test_explorer_256_node_tree_collapses_and_switches_round(store_copy):
     _ok(at)
     collapse = at.checkbox[0]
     assert collapse.value  # on by default above 120 nodes
+    assert collapse.label == "Collapse rejected" and "subtrees" in collapse.help  # short label fits its column
     fig = _charts(at)[0]
     assert "256 nodes" in _title(fig) and "hidden" in _title(fig)
     collapse.uncheck().run()

@@ -72,6 +72,25 @@ def test_arena_runs_bench_table_charts_and_past(store_env):
     assert past["speedup_vs_ar"].tolist() == df["speedup_vs_ar"].tolist()
 
 
+def test_arena_offers_and_runs_variants(store_env, tiny_cost, fake_calibration):
+    """The -spine / -cal variants are offered; a bench of two runs them (the calibration fitted once, first)."""
+    from dtree.records import VARIANTS, parse_method
+    from dtree.store import TraceStore
+
+    at = _arena(methods=["ar", "ddtree-spine:16", "caddtree-cal-spine"])
+    offered = at.multiselect(key="arena_methods").options
+    assert {"caddtree-spine", "caddtree-cal", "caddtree-cal-spine", "ddtree-spine:16", "ddtree-cal:16"} <= set(offered)
+    assert {parse_method(m.partition(":")[0]).name for m in offered} >= set(VARIANTS)  # every variant is offered
+    at.button[0].click().run()
+    _ok(at)
+    assert at.dataframe[0].value["method"].tolist() == ["ar", "ddtree-spine:16", "caddtree-cal-spine"]
+    assert fake_calibration == [(1, 2), (2, 2)]  # fitted once, before the bench, with progress
+    with TraceStore(store_env) as s:
+        runs = s.list_runs()
+    assert sorted(runs["method"]) == ["ar", "caddtree-cal-spine", "ddtree-spine"]
+    assert (runs["status"] == "complete").all()
+
+
 @pytest.mark.parametrize("case", ["typed-empty", "zero-prompts", "no-ar", "no-file"])
 def test_arena_bad_input_shows_error(store_env, case):
     from dtree.store import TraceStore
@@ -109,19 +128,6 @@ def test_prompt_helpers_reject_zero_and_empty():
         bench.prompts_from_lines(" \n", 2)
     with pytest.raises(InputError, match="no prompt"):
         bench.load_prompts_bytes(b'{"x": 1}\n', "mine.jsonl", 2)
-
-
-@pytest.fixture()
-def tiny_cost(monkeypatch):
-    """The app's cached backend (float32, as the Learn page's default) with a small convex cost model."""
-    from dtree import ui
-    from dtree.cost import CostModel
-
-    backend = ui.get_backend("embedded", "float32")
-    nodes = np.array([0, 2, 4, 8, 16])
-    cv = np.array([[0.02 + 2e-3 * n + 4e-4 * n * n for n in nodes]] * 2)
-    monkeypatch.setattr(backend, "_cost_model", CostModel.from_measurements(0.01, [0, 1024], nodes, cv))
-    return backend
 
 
 def _learn() -> AppTest:
