@@ -291,21 +291,26 @@ def list_benches(store) -> "pandas.DataFrame":  # noqa: F821
     return pd.DataFrame(rows, columns=cols).sort_values("started", ascending=False, ignore_index=True)
 
 
-def stats_from_store(store, tag: str) -> dict[str, MethodStats]:
-    """Rebuild :func:`run_bench`'s per-method stats from the complete runs of one bench (``tag``) in ``store``.
-
-    Prompt index = the run's seed (``run_bench`` seeds prompt i with i). Mismatches vs AR are recomputed at
-    temperature 0 from the stored outputs. Raises InputError when the bench has no complete run.
-    """
+def bench_runs(store, tag: str) -> list:
+    """The complete runs of one bench (``tag``) in ``store`` as :class:`dtree.records.RunRecord` (rounds included),
+    in id order. Raises InputError when the bench has no complete run."""
     runs = store.list_runs(status="complete")
     runs = runs[runs["tag"] == tag].sort_values("id")
     if runs.empty:
         raise InputError("bench", f"no complete run tagged {tag!r} in this store (deleted?)")
+    return [store.load_run(int(run_id)) for run_id in runs["id"]]
+
+
+def stats_from_runs(runs) -> dict[str, MethodStats]:
+    """:func:`run_bench`'s per-method stats from stored runs (in run order; keys from :func:`stored_method_key`).
+
+    Prompt index = the run's seed (``run_bench`` seeds prompt i with i). Mismatches vs AR are recomputed at
+    temperature 0 from the stored outputs.
+    """
     stats: dict[str, MethodStats] = {}
     outputs: dict[int, dict[str, list[int]]] = {}
     temperature = {}
-    for run_id in runs["id"]:
-        run = store.load_run(int(run_id))
+    for run in runs:
         key = stored_method_key(run.method, run.params)
         stats.setdefault(key, MethodStats()).add(run)
         i = int(run.params.get("seed", 0))
@@ -317,3 +322,57 @@ def stats_from_store(store, tag: str) -> dict[str, MethodStats]:
                 if out != outs["ar"]:
                     stats[key].mismatches.append(i)
     return stats
+
+
+def stats_from_store(store, tag: str) -> dict[str, MethodStats]:
+    """Rebuild :func:`run_bench`'s per-method stats from the complete runs of one bench (``tag``) in ``store``
+    (:func:`bench_runs`, then :func:`stats_from_runs`). Raises InputError when the bench has no complete run."""
+    return stats_from_runs(bench_runs(store, tag))
+
+
+ORACLE_BUDGETS = (4, 8, 16, 32, 64, 128)
+
+
+def oracle_comparison(rows: list[dict], budgets=ORACLE_BUDGETS, reference: str = "ddtree:64") -> dict:
+    """The after-the-fact oracle fixed budget of a bench and CaDDTree's standing against it (issue 4).
+
+    Args:
+        rows: :func:`summary_rows` of one bench (live median tokens/s per method key).
+        budgets: the fixed budgets the oracle may pick from (plain ``ddtree:B`` rows only, no variants).
+        reference: a second fixed row to compare with (default ``ddtree:64``), when present.
+
+    Returns:
+        ``{"oracle": {"method", "budget", "tok_s"} or None, "candidates": [ddtree keys considered],
+        "reference": {"method", "tok_s" (None when absent)}, "ratios": [{"method", "tok_s", "vs_oracle",
+        "vs_reference"}]}``, one ratio row per caddtree key (variants and ``caddtree:B`` included); a ratio is None
+        when its denominator is missing or 0.
+    """
+    from .records import parse_method_key
+
+    def parsed(key):
+        try:
+            return parse_method_key(key, "method", MAX_BUDGET)
+        except InputError:
+            return None, None
+
+    allowed = {int(b) for b in budgets}
+    fixed = []
+    for r in rows:
+        name, b = parsed(r["method"])
+        if name == "ddtree" and b in allowed:
+            fixed.append((r["tok_s"], b, r["method"]))
+    oracle = None
+    if fixed:
+        tok_s, b, key = max(fixed, key=lambda t: (t[0], -t[1]))  # ties: the smaller budget
+        oracle = {"method": key, "budget": b, "tok_s": tok_s}
+    ref = next((r["tok_s"] for r in rows if r["method"] == reference), None)
+
+    def ratio(a, d):
+        return round(a / d, 3) if d else None
+
+    ratios = [{"method": r["method"], "tok_s": r["tok_s"],
+               "vs_oracle": ratio(r["tok_s"], oracle["tok_s"] if oracle else None),
+               "vs_reference": ratio(r["tok_s"], ref)}
+              for r in rows if (parsed(r["method"])[0] or "").startswith("caddtree")]
+    return {"oracle": oracle, "candidates": [k for _, _, k in sorted(fixed, key=lambda t: t[1])],
+            "reference": {"method": reference, "tok_s": ref}, "ratios": ratios}

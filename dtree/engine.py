@@ -50,7 +50,8 @@ class DecodeConfig:
         max_new_tokens: tokens to generate (>= 1; prompt + new tokens + one block must fit the model's context).
         temperature: 0 = greedy; > 0 samples from softmax(logits / T) (lossless, spec 2.6).
         seed: seed of the sampling generator (used only when temperature > 0).
-        topk_log: k of the drafter's top-k marginals logged per depth (1..1024).
+        topk_log: k of the drafter's top-k marginals logged per depth (1..1024); ddtree runs log at least ``budget``
+            ranks so that replay at their own budget is exact.
         spine: ddtree / caddtree: the top-1 chain is always in the tree (``build_ddtree(spine=True)``, spec 5 item 12).
         calibrated: ddtree / caddtree: rank nodes and compute Phi(n) with calibrated path probabilities (needs a
             :class:`dtree.calibration.Calibration` passed to :func:`generate`).
@@ -338,7 +339,8 @@ def _decode(target, prompt_ids, cfg: DecodeConfig, drafter, cost_model, run: Run
             feats = drafter.extract_features(hidden)
             new_features = feats[:, torch.tensor(accepted, device=feats.device)]
             commit_ms = clock.lap()
-            kl = min(cfg.topk_log, marg.tokens.shape[1])
+            # log at least the ranks a fixed-budget tree could use, so replay of this run is exact at its own budget
+            kl = min(max(cfg.topk_log, cfg.budget if cfg.method.startswith("ddtree") else 0), marg.tokens.shape[1])
             rnd = RoundRecord(index=len(run.rounds), start=start, anchor=anchor,
                               marg_tokens=marg.tokens[:, :kl].copy(),
                               marg_logprobs=marg.logprobs[:, :kl].astype(np.float32),

@@ -51,7 +51,7 @@ import pandas as pd
 from .calibration import Calibration, run_calibration
 from .cost import CostModel, CostWeights, is_monotone_convex
 from .errors import InputError, check_float, check_int
-from .records import ALL_METHODS, RoundRecord, RunRecord, parse_method
+from .records import ALL_METHODS, MethodSpec, RoundRecord, RunRecord, parse_method
 from .trees import (
     DraftTree,
     Marginals,
@@ -766,6 +766,193 @@ def check_unimodal(runs: RunRecord | Iterable[RunRecord], cost: CostModel | None
                     share_greedy_argmax=float(df["greedy_is_argmax"].mean()), n_rounds=len(df),
                     offending=df[~df["unimodal"]].to_dict(orient="records"), method=spec.name, max_budget=M)
     return df
+
+
+# ----------------------------------------------------------------------------------------------------------------------
+# Replay vs live: each run under its own configuration
+# ----------------------------------------------------------------------------------------------------------------------
+
+
+def logged_method(run: RunRecord) -> tuple[str, int | None]:
+    """The method name and budget ``run`` was decoded with: the full variant name (``-cal`` / ``-spine`` from the
+    name or from ``params["calibrated"]`` / ``params["spine"]``) and ``params["budget"]`` (ddtree default 16,
+    caddtree default 256; None for ar and chain). Raises InputError for an unknown method name."""
+    spec = parse_method(run.method, "run")
+    params = run.params if isinstance(run.params, dict) else {}
+    if spec.base not in ("ddtree", "caddtree"):
+        return spec.name, None
+    spec = MethodSpec(spec.base, spec.calibrated or bool(params.get("calibrated")),
+                      spec.spine or bool(params.get("spine")))
+    budget = params.get("budget")
+    if budget is None:
+        budget = 16 if spec.base == "ddtree" else DEFAULT_CADDTREE_MAX
+    return spec.name, int(budget)
+
+
+def replay_as_logged(run: RunRecord, cost: CostModel | None = None, calibration: Calibration | None = None,
+                     overhead: bool = False) -> ReplaySummary:
+    """Replay ``run`` under its own method, budget (:func:`logged_method`), cost model (default: the stored one,
+    weights included) and calibration (default: the stored one, for ``-cal`` methods).
+
+    At temperature 0 and within the logged top-k the replayed taus equal the logged ones (a sanity check of the
+    trace); the predicted time is Cd + Cv(n; L) per round (plus the logged build + commit time with ``overhead``).
+
+    Raises:
+        InputError: as :func:`replay_run` (AR run, empty trace, no cost model for caddtree, no calibration).
+    """
+    name, budget = logged_method(run)
+    return replay_run(run, name, budget, cost, overhead=overhead, calibration=calibration)
+
+
+def _median(values) -> float:
+    v = [x for x in values if x is not None and math.isfinite(x)]
+    return float(np.median(v)) if v else float("nan")
+
+
+def replay_vs_live(runs: Iterable[RunRecord], key=None, fallback_cost: CostModel | None = None,
+                   tol: float = 0.15) -> tuple[pd.DataFrame, pd.DataFrame]:
+    """Replay every speculative run under its own configuration (:func:`replay_as_logged`) and compare the
+    predicted tokens/s with the run's measured one.
+
+    Args:
+        runs: runs of any method; AR runs are skipped (nothing to replay), as are runs replay rejects (listed with
+            their reason in ``per_run`` with NaN predictions).
+        key: ``key(run) -> str`` groups runs into methods (default: :func:`logged_method` as ``name`` or
+            ``name:B``); benches use :func:`dtree.bench.stored_method_key`.
+        fallback_cost: cost model for runs that stored none (noted in ``cost_source``); None: such ddtree / chain
+            runs get NaN predictions.
+        tol: relative-error tolerance of ``within_tol`` (default 0.15).
+
+    Returns:
+        ``(per_run, per_method)``. ``per_run``: ``run_id``, ``method``, ``n_rounds``, ``live_tokens`` (output
+        tokens), ``live_s`` (decode seconds, prefill excluded), ``live_tok_s``, ``pred_tokens`` (sum of replayed
+        tau; unlike the output it is not trimmed to max_new_tokens and has no final bonus token), ``pred_s``
+        (sum of Cd + Cv), ``pred_tok_s``, ``pred_s_overhead`` and ``pred_tok_s_overhead`` (the logged build +
+        commit time added), ``rel_err`` (abs(pred - live) / live), ``tau_match`` (rounds whose replayed tau equals
+        the logged one), ``exact``, ``capped_rounds``, ``cost_source`` (stored / fallback / none), ``notes``
+        (list of replay's caveats, e.g. a budget above the logged top-k), ``error``. ``per_method``: ``method``,
+        ``n_runs``, ``n_replayed`` (runs with a predicted time), ``n_rounds`` (replayed), ``live_tok_s`` and
+        ``pred_tok_s`` (medians over runs), ``median_rel_err``, ``pooled_live_tok_s`` (sum tokens / sum s),
+        ``pooled_pred_tok_s``, ``pooled_ratio`` (pred / live), ``pooled_pred_tok_s_overhead``, ``within_tol``
+        (median_rel_err <= tol), ``tau_match_share``, ``exact``
+        (every run exact), ``capped_rounds``. ``per_method.attrs``: ``tol``, ``n_within``, ``n_methods``,
+        ``tau_match_share`` (over all replayed rounds), ``n_rounds``.
+    """
+    tol = check_float("tol", tol, 0.0, 1e9)
+    if key is None:
+        def key(run):
+            try:
+                name, b = logged_method(run)
+            except InputError:
+                return str(run.method)
+            return name if b is None else f"{name}:{b}"
+    rows = []
+    for run in runs:
+        try:
+            is_ar = parse_method(run.method, "run").base == "ar"
+        except InputError:  # a method this version does not know: listed, not replayed
+            is_ar = False
+        if is_ar:
+            continue
+        live_tokens, live_s = run.n_new_tokens, float(run.decode_s)
+        row = {"run_id": run.run_id, "method": key(run), "n_rounds": len(run.rounds), "live_tokens": live_tokens,
+               "live_s": live_s, "live_tok_s": run.tokens_per_s if live_s > 0 else float("nan"),
+               "pred_tokens": 0, "pred_s": float("nan"), "pred_tok_s": float("nan"),
+               "pred_s_overhead": float("nan"), "pred_tok_s_overhead": float("nan"), "rel_err": float("nan"),
+               "tau_match": 0, "exact": False, "capped_rounds": 0,
+               "cost_source": "stored" if run.cost_model else "none", "notes": [], "error": None}
+        cost = None
+        if not run.cost_model and fallback_cost is not None:
+            cost, row["cost_source"] = fallback_cost, "fallback"
+        try:
+            s = replay_as_logged(run, cost)
+        except InputError as e:
+            row["error"] = str(e)
+            rows.append(row)
+            continue
+        over_s = sum(r.build_ms + r.commit_ms for r in run.rounds) / 1e3
+        pred_tokens = int(s.taus.sum())
+        with_over = s.pred_s + over_s
+        row.update(pred_tokens=pred_tokens, pred_s=s.pred_s, pred_tok_s=s.pred_tok_s, pred_s_overhead=with_over,
+                   pred_tok_s_overhead=pred_tokens / with_over if with_over > 0 else float("nan"),
+                   tau_match=int((s.taus == s.recorded_taus).sum()), exact=bool(s.exact),
+                   capped_rounds=int(s.capped_rounds), notes=list(s.notes))
+        if math.isfinite(row["pred_tok_s"]) and math.isfinite(row["live_tok_s"]) and row["live_tok_s"] > 0:
+            row["rel_err"] = abs(row["pred_tok_s"] - row["live_tok_s"]) / row["live_tok_s"]
+        rows.append(row)
+    per_run = pd.DataFrame(rows, columns=["run_id", "method", "n_rounds", "live_tokens", "live_s", "live_tok_s",
+                                          "pred_tokens", "pred_s", "pred_tok_s", "pred_s_overhead",
+                                          "pred_tok_s_overhead", "rel_err", "tau_match", "exact", "capped_rounds",
+                                          "cost_source", "notes", "error"])
+    out = []
+    for method, g in per_run.groupby("method", sort=False):
+        ok = g[g["error"].isna() & np.isfinite(g["pred_s"].astype(float))]
+        live_s, pred_s = float(ok["live_s"].sum()), float(ok["pred_s"].sum())
+        over_s = float(ok["pred_s_overhead"].sum())
+        pooled_live = float(ok["live_tokens"].sum()) / live_s if live_s > 0 else float("nan")
+        pooled_pred = float(ok["pred_tokens"].sum()) / pred_s if pred_s > 0 else float("nan")
+        med_err = _median(ok["rel_err"])
+        n_rounds = int(g[g["error"].isna()]["n_rounds"].sum())
+        out.append({"method": method, "n_runs": len(g), "n_replayed": len(ok), "n_rounds": n_rounds,
+                    "live_tok_s": _median(ok["live_tok_s"]), "pred_tok_s": _median(ok["pred_tok_s"]),
+                    "median_rel_err": med_err, "pooled_live_tok_s": pooled_live, "pooled_pred_tok_s": pooled_pred,
+                    "pooled_ratio": pooled_pred / pooled_live if pooled_live > 0 else float("nan"),
+                    "pooled_pred_tok_s_overhead": float(ok["pred_tokens"].sum()) / over_s if over_s > 0
+                    else float("nan"),
+                    "within_tol": bool(math.isfinite(med_err) and med_err <= tol),
+                    "tau_match_share": float(g["tau_match"].sum()) / n_rounds if n_rounds else float("nan"),
+                    "exact": bool(len(ok) == len(g) and ok["exact"].all()),
+                    "capped_rounds": int(g["capped_rounds"].sum())})
+    per_method = pd.DataFrame(out, columns=["method", "n_runs", "n_replayed", "n_rounds", "live_tok_s",
+                                            "pred_tok_s", "median_rel_err", "pooled_live_tok_s", "pooled_pred_tok_s",
+                                            "pooled_ratio", "pooled_pred_tok_s_overhead", "within_tol",
+                                            "tau_match_share", "exact", "capped_rounds"])
+    replayed = int(per_run.loc[per_run["error"].isna(), "n_rounds"].sum())
+    per_method.attrs.update(tol=tol, n_within=int(per_method["within_tol"].sum()), n_methods=len(per_method),
+                            n_rounds=replayed,
+                            tau_match_share=float(per_run["tau_match"].sum()) / replayed if replayed else float("nan"))
+    return per_run, per_method
+
+
+def unimodal_summary(runs: Iterable[RunRecord], cost: CostModel | None = None, rtol: float = 1e-9) -> dict:
+    """:func:`check_unimodal` over every caddtree run (variants included) of ``runs``, each group of runs sharing a
+    method name and maximum budget checked under that method's order and budget.
+
+    Returns:
+        ``{"n_runs", "n_rounds", "share_unimodal", "share_greedy_argmax", "share_cv_convex" (pooled over all
+        rounds; NaN without rounds), "groups": [{"method", "max_budget", "n_runs", "n_rounds", "share_unimodal",
+        "share_greedy_argmax", "share_cv_convex", "offending" (at most 20 rounds)}], "errors": [messages of groups
+        that could not be checked]}``.
+    """
+    groups: dict[tuple[str, int], list[RunRecord]] = {}
+    for run in runs:
+        try:
+            name, budget = logged_method(run)
+        except InputError:
+            continue
+        if parse_method(name).base == "caddtree" and run.rounds:
+            groups.setdefault((name, budget), []).append(run)
+    out, errors, frames = [], [], []
+    for (name, budget), grp in groups.items():
+        try:
+            df = check_unimodal(grp, cost=cost, max_budget=min(budget, MAX_REPLAY_BUDGET), method=name, rtol=rtol)
+        except InputError as e:
+            errors.append(f"{name} (max budget {budget}): {e}")
+            continue
+        frames.append(df)
+        offending = [{k: (v.item() if hasattr(v, "item") else v) for k, v in o.items()}
+                     for o in df.attrs["offending"][:20]]
+        out.append({"method": name, "max_budget": budget, "checked_up_to": df.attrs["max_budget"],
+                    "n_runs": len(grp), "n_rounds": len(df), "share_unimodal": df.attrs["share_unimodal"],
+                    "share_greedy_argmax": df.attrs["share_greedy_argmax"],
+                    "share_cv_convex": float(df["cv_convex"].mean()), "offending": offending})
+    all_df = pd.concat(frames, ignore_index=True) if frames else None
+    n = 0 if all_df is None else len(all_df)
+    nan = float("nan")
+    return {"n_runs": sum(g["n_runs"] for g in out), "n_rounds": n,
+            "share_unimodal": float(all_df["unimodal"].mean()) if n else nan,
+            "share_greedy_argmax": float(all_df["greedy_is_argmax"].mean()) if n else nan,
+            "share_cv_convex": float(all_df["cv_convex"].mean()) if n else nan, "groups": out, "errors": errors}
 
 
 # ----------------------------------------------------------------------------------------------------------------------

@@ -335,3 +335,170 @@ def test_check_unimodal_convex_cost_and_a_stepped_cost():
     assert len(df.attrs["offending"]) == int((~df["unimodal"]).sum())
     with pytest.raises(InputError):
         check_unimodal(run, cm, 64, method="chain")
+
+
+# ----------------------------------------------------------------------------------------------------------------------
+# replay vs live, oracle and the issue-4 report (scripts/issue4_report.py) on synthetic benches (no model)
+# ----------------------------------------------------------------------------------------------------------------------
+
+
+def _bench_runs(factors: dict[str, float], n_prompts: int = 2, seed: int = 31) -> list[RunRecord]:
+    """Synthetic bench: an AR run and ddtree:4 / ddtree:8 / caddtree runs per prompt, each speculative run's measured
+    decode time set so that its live tokens/s is ``factors[key]`` x its replayed prediction."""
+    from dtree.replay import replay_as_logged
+
+    cm = cost_model(b=3e-4)
+    rng = np.random.default_rng(seed)
+    runs = []
+    for i in range(n_prompts):
+        ar = RunRecord(method="ar", params={"method": "ar", "budget": None, "seed": i, "temperature": 0.0,
+                                            "max_new_tokens": 64}, target="synthetic", drafter=None, dtype="float32",
+                       device="cpu", prompt=f"p{i}", prompt_ids=list(range(10)), output_ids=list(range(40)),
+                       status="complete", decode_s=2.0)
+        runs.append(ar)
+        for key, (method, budget) in {"ddtree:4": ("ddtree", 4), "ddtree:8": ("ddtree", 8),
+                                      "caddtree": ("caddtree", 256)}.items():
+            run = synthetic_run(12, rng, k=64, method=method, budget=budget, cost=cm)
+            run.params.update(seed=i, max_new_tokens=64)
+            run.prompt = f"p{i}"
+            pred = replay_as_logged(run).pred_tok_s
+            run.decode_s = len(run.output_ids) / (factors[key] * pred)
+            runs.append(run)
+    return runs
+
+
+def test_logged_method_reads_variants_and_defaults():
+    from dtree.replay import logged_method, replay_as_logged
+
+    run = synthetic_run(5, np.random.default_rng(30), k=32, budget=8)
+    assert logged_method(run) == ("ddtree", 8)
+    run.params.update(spine=True)  # the engine stores the base method plus flags; the run's name carries them too
+    assert logged_method(run) == ("ddtree-spine", 8)
+    run.method, run.params = "caddtree-spine-cal", {"method": "caddtree", "budget": None}
+    assert logged_method(run) == ("caddtree-cal-spine", 256)
+    run.method, run.params = "chain", {"budget": 5}
+    assert logged_method(run) == ("chain", None)
+    cm = cost_model()
+    run = synthetic_run(20, np.random.default_rng(30), k=64, method="caddtree", budget=40, cost=cm)
+    s = replay_as_logged(run)  # the stored cost model and the logged maximum budget
+    np.testing.assert_array_equal(s.taus, s.recorded_taus)
+    np.testing.assert_array_equal(s.n_nodes, [r.budget for r in run.rounds])
+    assert s.budget == 40 and s.exact
+
+
+def test_replay_vs_live_errors_pooled_ratios_and_tau_match():
+    from dtree.bench import stored_method_key
+    from dtree.replay import replay_vs_live
+
+    runs = _bench_runs({"ddtree:4": 1.0, "ddtree:8": 1.1, "caddtree": 0.5})
+    nocost = synthetic_run(6, np.random.default_rng(32), k=64, method="ddtree", budget=4, cost=None)
+    nocost.decode_s = 1.0
+    per_run, per_method = replay_vs_live(runs + [nocost], key=lambda r: stored_method_key(r.method, r.params))
+    assert "ar" not in set(per_run["method"]) and len(per_run) == 7
+    m = per_method.set_index("method")
+    assert m.loc["ddtree:4", "median_rel_err"] == pytest.approx(0.0, abs=1e-9)
+    assert m.loc["ddtree:8", "median_rel_err"] == pytest.approx(0.1 / 1.1)
+    assert m.loc["caddtree", "median_rel_err"] == pytest.approx(1.0)  # live is half the prediction
+    # pooled: sum(pred tokens) / sum(pred s) over sum(live tokens) / sum(live s); live tokens include the bonus token
+    g = per_run[(per_run.method == "caddtree")]
+    assert m.loc["caddtree", "pooled_ratio"] == pytest.approx(
+        (g.pred_tokens.sum() / g.pred_s.sum()) / (g.live_tokens.sum() / g.live_s.sum()))
+    assert 1.5 < m.loc["caddtree", "pooled_ratio"] < 2.5
+    assert list(m["within_tol"]) == [True, True, False]
+    assert per_method.attrs["n_within"] == 2 and per_method.attrs["n_methods"] == 3
+    assert (m["tau_match_share"] == 1.0).all() and per_method.attrs["tau_match_share"] == 1.0
+    assert m.loc[["ddtree:8", "caddtree"], "exact"].all()
+    # the ddtree:4 run without a cost model: its taus count, its time cannot be predicted (not exact, not in errors)
+    assert (m.loc["ddtree:4", "n_runs"], m.loc["ddtree:4", "n_replayed"], m.loc["ddtree:4", "exact"]) == (3, 2, False)
+    assert (m["pooled_pred_tok_s_overhead"] < m["pooled_pred_tok_s"]).all()  # logged build + commit time added
+    # a run without any cost model: tau still replayed, no predicted time; with a fallback model it is timed
+    assert per_run.iloc[-1]["cost_source"] == "none" and math.isnan(per_run.iloc[-1]["pred_tok_s"])
+    per_run2, _ = replay_vs_live([nocost], fallback_cost=cost_model(b=3e-4))
+    assert per_run2.iloc[0]["cost_source"] == "fallback" and per_run2.iloc[0]["pred_tok_s"] > 0
+    # a caddtree run without a cost model cannot be replayed: listed with the reason
+    bad = synthetic_run(4, np.random.default_rng(33), k=64, method="caddtree", budget=64, cost=cost_model())
+    bad.cost_model = None
+    per_run3, pm3 = replay_vs_live([bad])
+    assert "cost_model" in per_run3.iloc[0]["error"] and pm3.iloc[0]["n_replayed"] == 0
+    assert not pm3.iloc[0]["within_tol"]
+
+
+def test_unimodal_summary_groups_caddtree_runs():
+    from dtree.replay import unimodal_summary
+
+    cm = cost_model(b=2e-4, c=1e-6)
+    rng = np.random.default_rng(34)
+    a = synthetic_run(10, rng, k=64, method="caddtree", budget=256, cost=cm)
+    b = synthetic_run(8, rng, k=64, method="caddtree", budget=32, cost=cm)
+    d = synthetic_run(8, rng, k=64, method="ddtree", budget=8, cost=cm)
+    u = unimodal_summary([a, b, d])
+    assert u["n_runs"] == 2 and u["n_rounds"] == 18 and u["share_unimodal"] == 1.0 and u["errors"] == []
+    assert [(g["method"], g["max_budget"], g["checked_up_to"]) for g in u["groups"]] == [("caddtree", 256, 64),
+                                                                                        ("caddtree", 32, 32)]
+    assert math.isnan(unimodal_summary([d])["share_unimodal"])
+
+
+def test_oracle_comparison_picks_best_fixed_budget():
+    from dtree.bench import oracle_comparison
+
+    rows = [{"method": "ar", "tok_s": 10.0}, {"method": "ddtree:4", "tok_s": 14.0},
+            {"method": "ddtree:16", "tok_s": 16.0}, {"method": "ddtree:64", "tok_s": 12.0},
+            {"method": "ddtree:12", "tok_s": 30.0},  # not an oracle candidate (B not in 4..128 powers of two)
+            {"method": "ddtree-spine:32", "tok_s": 40.0},  # variants are not the fixed-budget baseline
+            {"method": "caddtree", "tok_s": 18.0}, {"method": "caddtree-cal", "tok_s": 8.0}]
+    o = oracle_comparison(rows)
+    assert o["oracle"] == {"method": "ddtree:16", "budget": 16, "tok_s": 16.0}
+    assert o["candidates"] == ["ddtree:4", "ddtree:16", "ddtree:64"]
+    assert o["reference"] == {"method": "ddtree:64", "tok_s": 12.0}
+    assert o["ratios"] == [{"method": "caddtree", "tok_s": 18.0, "vs_oracle": 1.125, "vs_reference": 1.5},
+                           {"method": "caddtree-cal", "tok_s": 8.0, "vs_oracle": 0.5, "vs_reference": 0.667}]
+    o = oracle_comparison([{"method": "caddtree", "tok_s": 5.0}])
+    assert o["oracle"] is None and o["ratios"][0]["vs_oracle"] is None and o["reference"]["tok_s"] is None
+
+
+def _report_module():
+    import importlib.util
+    from pathlib import Path
+
+    path = Path(__file__).resolve().parent.parent / "scripts" / "issue4_report.py"
+    spec = importlib.util.spec_from_file_location("issue4_report", path)
+    mod = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(mod)
+    return mod
+
+
+def test_issue4_report_end_to_end_on_a_synthetic_bench(tmp_path, capsys):
+    from dtree.bench import new_bench_tag
+    from dtree.store import TraceStore
+
+    report = _report_module()
+    path = tmp_path / "runs.sqlite"
+    tag = new_bench_tag("synthetic")
+    with TraceStore(path) as store:
+        for run in _bench_runs({"ddtree:4": 1.0, "ddtree:8": 1.05, "caddtree": 0.5}):
+            store.save_run(run, tag=tag)
+        ar_only = new_bench_tag("ar-only")
+        store.save_run(RunRecord(method="ar", params={"method": "ar", "seed": 0}, target="t", drafter=None,
+                                 dtype="float32", device="cpu", prompt="p", prompt_ids=[1, 2], output_ids=[3],
+                                 status="complete", decode_s=0.1), tag=ar_only)
+    out = tmp_path / "r.json"
+    assert report.main(["--store", str(path), "--tag", tag, "--out", str(out)]) == 0
+    text = capsys.readouterr().out
+    assert "| caddtree |" in text and "**2 of 3 methods** within 15%" in text and "**100.0%** of 72 rounds" in text
+    rep = json.loads(out.read_text())
+    assert rep["tag"] == tag and rep["bench"]["n_prompts"] == 2
+    assert [m["method"] for m in rep["methods"]] == ["ar", "ddtree:4", "ddtree:8", "caddtree"]
+    assert rep["oracle"]["oracle"]["method"] in ("ddtree:4", "ddtree:8")
+    pm = {m["method"]: m for m in rep["replay_vs_live"]["per_method"]}
+    assert pm["ddtree:4"]["median_rel_err"] == pytest.approx(0.0, abs=1e-9) and not pm["caddtree"]["within_tol"]
+    assert rep["replay_vs_live"]["tau_match_share"] == 1.0 and len(rep["replay_vs_live"]["per_run"]) == 6
+    assert rep["unimodal"]["n_rounds"] == 24 and rep["unimodal"]["share_unimodal"] == 1.0
+    # --latest is the newest bench (the AR-only one here), which has nothing to replay
+    assert report.main(["--store", str(path), "--latest"]) == 2
+    assert "no complete speculative run" in capsys.readouterr().err
+    assert report.main(["--store", str(path), "--tag", "bench:nope"]) == 2
+    assert "no bench tagged 'bench:nope'" in capsys.readouterr().err
+    assert report.main(["--store", str(tmp_path / "missing.sqlite"), "--latest"]) == 2
+    assert "no trace store" in capsys.readouterr().err
+    assert not (tmp_path / "missing.sqlite").exists()
+    assert report.main(["--store", str(path), "--latest", "--out", str(tmp_path / "r.csv")]) == 2

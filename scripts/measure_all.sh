@@ -1,0 +1,24 @@
+#!/usr/bin/env bash
+# Re-measure the figures quoted in README "Measured results" (issues 2-4) on this machine, one bench after another.
+# Usage: scripts/measure_all.sh [DRAFTER]   (default: the shipped drafter). Writes docs/bench/*.json and a store
+# docs/bench/measure.sqlite (git-ignored). Takes about 45 minutes on a 2-core CPU; run it on an otherwise idle machine.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+PY=.venv/bin/python
+DR=()
+if [ $# -ge 1 ]; then DR=(--drafter "$1"); fi
+STORE=docs/bench/measure.sqlite
+export OMP_WAIT_POLICY=PASSIVE
+mkdir -p docs/bench
+b() { local name=$1; shift; echo "== $name" >&2; "$PY" -m dtree bench "${DR[@]}" --store "$STORE" --out "docs/bench/$name.json" "$@"; }
+# issue 2 (chain tau on the first 20 GSM8K test questions) and issue 3 (speed vs AR), float32
+b gsm8k20-fp32 --dataset gsm8k --limit 20 --methods ar,chain,ddtree:16,caddtree --max-new-tokens 128 --dtype float32
+# issue 3: chain tau on the other sets and speed vs AR
+b humaneval10-fp32 --dataset humaneval --limit 10 --methods ar,chain,ddtree:16,caddtree --max-new-tokens 128 --dtype float32
+b mtbench10-fp32 --dataset mt-bench --limit 10 --methods ar,chain,caddtree --max-new-tokens 128 --dtype float32
+b gsm8k5-bf16 --dataset gsm8k --limit 5 --methods ar,chain,ddtree:16,caddtree --max-new-tokens 128 --dtype bfloat16
+# issue 4: caddtree and its variants against every fixed budget (oracle), replay vs live, unimodality
+b issue4-gsm8k8 --dataset gsm8k --limit 8 --methods ddtree:4,ddtree:8,ddtree:16,ddtree:32,ddtree:64,ddtree:128,caddtree,caddtree-spine,caddtree-cal --max-new-tokens 64 --dtype float32
+"$PY" scripts/issue4_report.py --store "$STORE" --latest --out docs/bench/issue4-gsm8k8-report.json
+b issue4-humaneval8 --dataset humaneval --limit 8 --methods ddtree:4,ddtree:8,ddtree:16,ddtree:32,ddtree:64,ddtree:128,caddtree,caddtree-spine,caddtree-cal --max-new-tokens 64 --dtype float32
+"$PY" scripts/issue4_report.py --store "$STORE" --latest --out docs/bench/issue4-humaneval8-report.json
