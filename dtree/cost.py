@@ -446,19 +446,27 @@ class CostModel:
         return cls(d["cd_s"], d["contexts"], d["nodes"], d["cv_raw_s"], d["cv_fit_s"], dict(d.get("meta") or {}),
                    weights)
 
-    def save(self, path: str | os.PathLike) -> Path:
-        """Write the model as versioned JSON to ``path`` (atomically: temp file then rename). Returns the path."""
-        path = Path(path)
-        path.parent.mkdir(parents=True, exist_ok=True)
+    def save(self, path: str | os.PathLike, field_name: str = "path") -> Path:
+        """Write the model as versioned JSON to ``path`` (atomically: temp file then rename). Returns the path written:
+        ``path`` checked by :func:`json_output_path` (``.json`` appended when missing).
+
+        Raises:
+            InputError (``field_name``): empty path, a directory, or the file cannot be written (names ``path``).
+        """
+        path = json_output_path(path, field_name)
         text = json.dumps(self.to_dict(), indent=1, allow_nan=False, default=str)
-        fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=path.name, suffix=".tmp")
+        tmp = None
         try:
+            path.parent.mkdir(parents=True, exist_ok=True)
+            fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=path.name, suffix=".tmp")
             with os.fdopen(fd, "w") as fh:
                 fh.write(text)
             os.replace(tmp, path)
-        except BaseException:
-            if os.path.exists(tmp):
+        except BaseException as e:
+            if tmp is not None and os.path.exists(tmp):
                 os.unlink(tmp)
+            if isinstance(e, OSError):  # named after the user's path, not the temp file
+                raise InputError(field_name, f"cannot write {str(path)!r}: {e.strerror or e}") from None
             raise
         return path
 
@@ -480,6 +488,27 @@ class CostModel:
         except (json.JSONDecodeError, UnicodeDecodeError) as e:
             raise InputError("cost_model", f"{str(path)!r} is not a valid cost model JSON file ({e})") from None
         return cls.from_dict(d)
+
+
+def json_output_path(path: str | os.PathLike, field_name: str = "path") -> Path:
+    """``path`` checked as a JSON file to write: not empty, not a directory; ``~`` expanded and ``.json`` appended when
+    the name lacks it.
+
+    Raises:
+        InputError (``field_name``): empty, or a directory.
+    """
+    text = str(path).strip()
+    if not text:
+        raise InputError(field_name, "give a file path to save to, e.g. runs/cost-model.json")
+    p = Path(text).expanduser()
+    if not p.name or text.endswith(("/", os.sep)) or p.is_dir():
+        raise InputError(field_name, f"{text!r} is a directory: give a file path such as "
+                                     f"{str(p / 'cost-model.json')!r}")
+    if p.suffix.lower() != ".json":
+        p = p.with_name(p.name + ".json")
+        if p.is_dir():
+            raise InputError(field_name, f"{str(p)!r} is a directory: give another file name")
+    return p
 
 
 def _package_version() -> str:

@@ -53,6 +53,7 @@ APPLICATION_ID = 0x64747265  # b"dtre"
 STATUSES = ("running", "complete", "failed", "interrupted")
 BUSY_TIMEOUT_S = 30.0
 _SQLITE_MAGIC = b"SQLite format 3\x00"
+DEFAULT_STORE_PATH = "runs/dtree.sqlite"
 _HOST = socket.gethostname()
 
 # Float node columns carry no declared type on purpose: a REAL column would store -0.0 as the integer 0.
@@ -253,6 +254,13 @@ def _writer_alive(pid: int | None, pid_start: int | None, host: str | None) -> b
     return True
 
 
+def default_store_path() -> str:
+    """The trace store used when none is given: ``$DTREE_STORE`` when set (and not empty), else
+    :data:`DEFAULT_STORE_PATH` (relative to the working directory). The CLI's ``--store`` defaults and the app's sidebar
+    both start from it."""
+    return os.environ.get("DTREE_STORE") or DEFAULT_STORE_PATH
+
+
 # ------------------------------------------------------------------------------------------------------------- store
 class TraceStore:
     """SQLite store of runs, rounds and draft trees (DESIGN.md section 4).
@@ -269,7 +277,7 @@ class TraceStore:
     ``tokens_per_s`` in tokens/s, budgets in nodes, tau in tokens.
     """
 
-    def __init__(self, path: str | Path = "runs/dtree.sqlite"):
+    def __init__(self, path: str | Path = DEFAULT_STORE_PATH):
         self.memory = str(path) == ":memory:"
         self.path = Path(path) if not self.memory else Path(":memory:")
         self._lock = threading.RLock()

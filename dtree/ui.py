@@ -6,7 +6,6 @@ Pages stay thin: widgets and figures only; everything else is a call into the pa
 from __future__ import annotations
 
 import contextlib
-import os
 import threading
 from pathlib import Path
 
@@ -14,8 +13,9 @@ import streamlit as st
 
 from .errors import InputError
 from .records import VARIANTS
+from .store import default_store_path
 
-DEFAULT_STORE = os.environ.get("DTREE_STORE", "runs/dtree.sqlite")
+DEFAULT_STORE = default_store_path()  # read once at server start: $DTREE_STORE, else runs/dtree.sqlite
 
 
 @st.cache_resource(show_spinner="Loading the target and the drafter (once per server)...")
@@ -51,7 +51,7 @@ def get_store(path: str | None = None):
     from .store import TraceStore
 
     try:
-        return TraceStore(Path(path or st.session_state.get(STORE_KEY) or DEFAULT_STORE).expanduser())
+        return TraceStore(Path(path or current_store_path()).expanduser())
     except InputError as e:
         st.error(f"Trace store unusable: {e}")
         return None
@@ -77,7 +77,32 @@ def decode_token_fn(tokenizer):
     return decode
 
 
-STORE_KEY = "dtree_store_path"
+STORE_KEY = "dtree_store_path"  # the chosen store's path: the one source of truth, shared by every page
+_STORE_BOX = "dtree_store_box"  # the sidebar text box's widget key (its value is copied to STORE_KEY on Enter)
+
+
+def current_store_path() -> str:
+    """The trace store the pages read and log to: the sidebar's choice, else ``$DTREE_STORE`` or runs/dtree.sqlite."""
+    return st.session_state.get(STORE_KEY) or DEFAULT_STORE
+
+
+def _store_box_changed() -> None:
+    path = st.session_state[_STORE_BOX].strip() or DEFAULT_STORE  # an emptied box means the default store
+    st.session_state[STORE_KEY] = path
+    st.session_state[_STORE_BOX] = path
+
+
+def store_box() -> str:
+    """The sidebar text box of the trace-store path (same on every page); returns the current store path.
+
+    The box is drawn from :data:`STORE_KEY` on every run and writes it back on Enter (``on_change``), so each Enter
+    switches the store and the choice survives page changes.
+    """
+    st.session_state[_STORE_BOX] = current_store_path()
+    st.sidebar.text_input("Trace store (SQLite file)", key=_STORE_BOX, on_change=_store_box_changed,
+                          help="The file the Live decode page and `python -m dtree decode` log to; default "
+                               f"{DEFAULT_STORE} (env DTREE_STORE)")
+    return current_store_path()
 
 
 def store_picker():
@@ -86,17 +111,18 @@ def store_picker():
     None comes with a message: ``st.info`` when no store file exists there yet (nothing is created), ``st.error`` when
     the file is not a usable dtree store (corrupted, another application's SQLite file, a directory...).
     """
-    current = st.session_state.get(STORE_KEY, DEFAULT_STORE)
-    path = st.sidebar.text_input("Trace store (SQLite file)", current,
-                                 help="The file the Live decode page and `python -m dtree decode` log to; default "
-                                      f"{DEFAULT_STORE} (env DTREE_STORE)").strip()
-    st.session_state[STORE_KEY] = path or DEFAULT_STORE
-    p = Path(path or DEFAULT_STORE).expanduser()
+    p = Path(store_box()).expanduser()
     if not p.exists():
         st.info(f"No trace store at `{p}` yet: run a decode first (Live decode page, or `python -m dtree decode`), "
                 "or give the path of an existing store in the sidebar.")
         return None
     return get_store(str(p))
+
+
+def store_widget_key(name: str, store) -> str:
+    """Key of a widget whose options are ``store``'s runs: one widget per store, so after a store switch it starts
+    afresh and its state can never hold another store's run ids (or show their labels)."""
+    return f"{name}@{store.path}"
 
 
 @st.cache_resource(show_spinner="Loading the tokenizer...")
@@ -125,11 +151,13 @@ def run_label(row) -> str:
 
 
 def int_query_param(name: str) -> int | None:
-    """``?name=N`` from the page URL as an int; None when absent or not an integer (a bad link is ignored)."""
+    """``?name=N`` from the page URL as an int; None when absent, or not an integer (then with an st.warning naming
+    the link's value: the page falls back to its default)."""
     value = st.query_params.get(name)
     try:
         return int(value) if value is not None else None
     except ValueError:
+        st.warning(f"The link's {name} {value!r} is not a {name} number; ignored.")
         return None
 
 

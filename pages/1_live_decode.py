@@ -14,6 +14,7 @@ st.caption("A real target (SmolLM2-135M-Instruct by default) verifies the drafte
 with st.sidebar:
     dtype = st.selectbox("dtype", ["float32", "bfloat16"], key="dtype",
                          help="float32: exact and, on CPUs without bf16 instructions, faster; bfloat16 may break near-ties differently")
+ui.store_box()  # where runs are logged
 
 # method settings outside the form, so the budget and the tree options follow the chosen method at once
 c1, c2, c3, c4 = st.columns(4, vertical_alignment="bottom")
@@ -65,6 +66,7 @@ if run_clicked:
             bar.empty()
             live.empty()
         st.session_state["live_run"] = run
+        st.session_state["live_store"] = None if store is None else str(store.path)  # the store it was logged to
     except Exception as e:  # shown, app keeps running
         ui.show_error(e)
 
@@ -103,4 +105,4 @@ if run is not None:
         "committed": "".join(decode(t) for t in r.committed), "bonus": decode(r.bonus), "why this budget": r.budget_reason,
     } for r in run.rounds]), hide_index=True)
     if run.run_id is not None:
-        st.caption(f"Logged as run #{run.run_id} in the trace store ({ui.DEFAULT_STORE}).")
+        st.caption(f"Logged as run #{run.run_id} in the trace store ({st.session_state.get('live_store')}).")

@@ -30,6 +30,9 @@ default_id = qp_run if qp_run in labels else (by_interest + ids)[0]  # newest tr
 run_id = st.selectbox("Run", ids, index=ids.index(default_id), format_func=labels.get)
 n_rounds = int(runs.loc[runs["id"] == run_id, "n_rounds"].iloc[0])
 start = qp_round if (qp_round is not None and run_id == qp_run and 0 <= qp_round < n_rounds) else 0
+if qp_round is not None and run_id == qp_run and start != qp_round:
+    st.warning(f"Round {qp_round} (from the link) is out of range: run #{run_id} has rounds 0..{n_rounds - 1}. "
+               "Showing round 0.")
 idx = st.slider("Round", 0, n_rounds - 1, start) if n_rounds > 1 else 0
 st.query_params.update(run=str(run_id), round=str(idx))
 

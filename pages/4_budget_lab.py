@@ -16,7 +16,7 @@ st.caption("Replays the drafter marginals logged in past runs: each round's tree
 store, runs, labels = ui.pick_speculative_runs(
     "The trace store has no chain, ddtree or caddtree run to replay yet: run one on the Live decode page.")
 sel = st.multiselect("Logged runs to replay (their rounds are pooled)", list(labels), default=list(labels)[:1],
-                     format_func=labels.get, max_selections=50, key="bl_runs")
+                     format_func=labels.get, max_selections=50, key=ui.store_widget_key("bl_runs", store))
 if not sel:
     st.info("Pick at least one run.")
     st.stop()

@@ -9,8 +9,8 @@ from dtree import diagnostics, figures, ui
 from dtree.store import STATUSES
 
 st.title("Runs")
-st.caption("Every decode logged in the trace store (Live decode page, `dtree run`, the bench). Times: tokens/s over "
-           "the decode (prefill excluded); tau = tokens committed per round.")
+st.caption("Every decode logged in the trace store (Live decode page, `python -m dtree decode`, `python -m dtree "
+           "bench`). Times: tokens/s over the decode (prefill excluded); tau = tokens committed per round.")
 
 if msg := st.session_state.pop("runs_flash", None):
     st.success(msg)
@@ -72,8 +72,12 @@ st.plotly_chart(figures.phase_shares_figure([a, b]), width="stretch")
 
 st.subheader("Drafter diagnostics")
 spec_ids = [i for i in ids if runs.loc[runs["id"] == i, "method"].iloc[0] != "ar"]
+diag_key = ui.store_widget_key("diag_runs", store)
+if diag_key in st.session_state:  # drop runs deleted or filtered out since
+    st.session_state[diag_key] = [i for i in st.session_state[diag_key] if i in spec_ids]
 picked = st.multiselect("Runs to diagnose (their rounds are pooled; AR runs have no drafter marginals)", spec_ids,
-                        default=spec_ids[:1], format_func=labels.get, max_selections=50, key="diag_runs")
+                        default=None if diag_key in st.session_state else spec_ids[:1], format_func=labels.get,
+                        max_selections=50, key=diag_key)
 if picked:
     try:
         diag = diagnostics.diagnose_store(store, picked)
@@ -109,7 +113,8 @@ c[0].download_button("Download run as JSON", lambda: json.dumps(store.export_run
 c[0].download_button("Download its rounds as CSV", lambda: figures.rounds_table(store.load_run(ex_id)).to_csv(
     index=False), file_name=f"dtree-run-{ex_id}-rounds.csv", mime="text/csv", on_click="ignore")
 del_id = c[1].selectbox("Run to delete", ids, format_func=labels.get)
-sure = c[1].checkbox(f"Yes, delete run #{del_id} and its rounds (nothing else is touched)", key=f"sure_{del_id}")
+sure = c[1].checkbox(f"Yes, delete run #{del_id} and its rounds (nothing else is touched)",
+                     key=ui.store_widget_key(f"sure_{del_id}", store))  # never carried to another store's run
 if c[1].button("Delete run", type="primary", disabled=not sure):
     try:
         store.delete_run(del_id)

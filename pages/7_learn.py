@@ -17,6 +17,7 @@ st.caption("Everything below comes from a real round decoded just now on the emb
 with st.sidebar:
     dtype = st.selectbox("dtype", ["float32", "bfloat16"], key="learn_dtype",
                          help="float32 is exact (and faster on CPUs without bf16 instructions)")
+ui.store_box()  # where runs are logged
 
 with st.form("learn"):
     prompt = st.text_area("Prompt", key="learn_prompt", height=80, value="Ben has 3 bags with 12 apples each. He "
@@ -44,6 +45,7 @@ if clicked:
                                                                          f"model (first time only): {d}/{t}"))
             bar.empty()
         st.session_state["learn_run"] = run
+        st.session_state["learn_store"] = None if store is None else str(store.path)  # the store it was logged to
         st.session_state["learn_nonce"] = st.session_state.get("learn_nonce", 0) + 1  # fresh sliders per decode
     except Exception as e:  # shown, app keeps running
         ui.show_error(e)
@@ -77,7 +79,8 @@ m[3].metric("tau (tokens committed)", rnd.tau)
 m[4].metric("bonus token", tok(rnd.bonus))
 st.caption(f"Method {run.method}, {run.dtype} on {run.device}. This round: draft {rnd.draft_ms:.1f} ms, build "
            f"{rnd.build_ms:.2f} ms, verify {rnd.verify_ms:.1f} ms, commit {rnd.commit_ms:.1f} ms."
-           + (f" Logged as run #{run.run_id}." if run.run_id is not None else ""))
+           + (f" Logged as run #{run.run_id} in the trace store ({st.session_state.get('learn_store')})."
+              if run.run_id is not None else ""))
 if run.run_id is not None:
     st.page_link("pages/2_tree_explorer.py", label="Open this round in the Tree explorer",
                  query_params={"run": run.run_id, "round": rnd.index}, icon="🔎")

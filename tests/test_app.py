@@ -20,6 +20,11 @@ def store_env(tmp_path, monkeypatch):
     return path
 
 
+def _store_box(at: AppTest):
+    """The sidebar's trace-store text box."""
+    return next(t for t in at.sidebar.text_input if t.label == "Trace store (SQLite file)")
+
+
 def _live(at_timeout: int = 240) -> AppTest:
     # through app.py (its default page is Live decode), so the navigation and page links resolve
     at = AppTest.from_file(str(ROOT / "app.py"), default_timeout=at_timeout)
@@ -107,3 +112,32 @@ def test_live_decode_calibrated_fits_once(store_env, fake_calibration):
         runs = s.list_runs()
         assert runs["method"].tolist() == ["ddtree-cal", "ddtree-cal"]
         assert "calibration" in s.load_run(int(runs["id"].iloc[0])).params
+
+
+def test_live_decode_logs_to_the_chosen_store_and_names_it(store_env):
+    """The sidebar of Live decode (and Learn) shows the store box; a run goes to the chosen store and the caption
+    names that store, not the default one. The choice follows the user across pages."""
+    from dtree.store import TraceStore
+
+    other = store_env.parent / "other.sqlite"
+    at = _live()
+    assert _store_box(at).value == str(store_env)
+    _store_box(at).input(str(other)).run()
+    at.selectbox(key="method").select("ar").run()
+    at.text_area(key="prompt").input("What is 6 times 7?")
+    at.number_input(key="max_new").set_value(3)
+    at.button[0].click().run()
+    assert not at.exception, at.exception
+    assert not at.error, [e.value for e in at.error]
+    with TraceStore(other) as s:
+        run_id = int(s.list_runs()["id"].iloc[0])
+    assert not store_env.exists()
+    logged = [c.value for c in at.caption if c.value.startswith("Logged as run")]
+    assert logged == [f"Logged as run #{run_id} in the trace store ({other})."]
+    at.switch_page("pages/7_learn.py").run()
+    assert not at.exception, at.exception
+    assert _store_box(at).value == str(other)  # Learn shows the same store
+    at.switch_page("pages/6_runs.py").run()
+    assert not at.exception, at.exception
+    assert _store_box(at).value == str(other)
+    assert at.dataframe[0].value["id"].tolist() == [run_id]

@@ -59,6 +59,17 @@ def test_bad_methods(spec):
 def test_bad_datasets(tmp_path):
     with pytest.raises(InputError, match="unknown dataset"):
         bench.load_prompts("no-such-set", 5)
+    for path in ("/x.jsonl", str(tmp_path / "gone.jsonl.gz"), "sub/prompts"):  # names that look like paths
+        with pytest.raises(InputError, match="^dataset: file not found: "):
+            bench.load_prompts(path, 5)
+    with pytest.raises(InputError, match="is a directory"):
+        bench.load_prompts(str(tmp_path), 5)
+    binary = tmp_path / "store.sqlite"
+    binary.write_bytes(b"SQLite format 3\x00" + bytes(range(256)) * 8)
+    with pytest.raises(InputError, match="^dataset: .*store.sqlite is not a UTF-8 text file"):
+        bench.load_prompts(str(binary), 3)
+    with pytest.raises(InputError, match="^dataset: .*store.sqlite is not a UTF-8 text file"):  # uploaded: its name
+        bench.load_prompts_bytes(binary.read_bytes(), "store.sqlite", 3)
     with pytest.raises(InputError, match="limit"):
         bench.load_prompts("gsm8k", 0)
     bad = tmp_path / "bad.jsonl"

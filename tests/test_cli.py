@@ -49,3 +49,60 @@ def test_bad_input_exits_2_and_stores_nothing(tmp_path, capsys, backend32, args,
     assert rc == 2
     assert f"{field}:" in err
     assert _n_runs(store) == 0
+
+
+def test_store_defaults_follow_dtree_store(tmp_path, monkeypatch, capsys):
+    """Every --store default is $DTREE_STORE when set (as in the app), else runs/dtree.sqlite; --help says so."""
+    from dtree.cli import build_parser
+    from dtree.store import default_store_path
+
+    env = tmp_path / "env.sqlite"
+    monkeypatch.setenv("DTREE_STORE", str(env))
+    assert default_store_path() == str(env)
+    parser = build_parser()
+    for argv in (["decode", "--prompt", "hi"], ["bench"], ["diagnose"], ["replay", "--run", "1"],
+                 ["calibrate", "--out", "c.json"]):
+        assert parser.parse_args(argv).store == str(env), argv
+    with pytest.raises(SystemExit):
+        parser.parse_args(["replay", "--help"])
+    assert "DTREE_STORE" in capsys.readouterr().out
+    assert main(["replay", "--run", "1"]) == 2  # uses it: names the missing env store
+    assert str(env) in capsys.readouterr().err
+    monkeypatch.delenv("DTREE_STORE")
+    assert build_parser().parse_args(["bench"]).store == "runs/dtree.sqlite"
+
+
+def test_bench_out_records_the_dtype_used(tmp_path, capsys, target32):
+    prompts = tmp_path / "p.jsonl"
+    prompts.write_text(json.dumps({"question": "What is 2 + 2?"}) + "\n")
+    out = tmp_path / "bench.json"
+    rc = main(["bench", "--dataset", str(prompts), "--limit", "1", "--methods", "ar", "--max-new-tokens", "2",
+               "--device", "cpu", "--no-store", "--out", str(out)])
+    assert rc == 0
+    assert json.loads(out.read_text())["dtype"] == "float32"  # the CPU default; was recorded as bfloat16
+
+
+@pytest.mark.parametrize("kind", ["binary", "missing-path", "bad-gzip"])
+def test_bench_bad_dataset_files_exit_2_in_one_line(tmp_path, capsys, kind):
+    store = tmp_path / "b.sqlite"
+    if kind == "binary":  # e.g. a trace store given by mistake: was a UnicodeDecodeError traceback
+        path = tmp_path / "some.sqlite"
+        path.write_bytes(b"SQLite format 3\x00" + bytes(range(256)) * 8)
+        want = "not a UTF-8 text file"
+    elif kind == "bad-gzip":
+        path = tmp_path / "p.jsonl.gz"
+        path.write_bytes(b"not gzip at all")
+        want = "cannot read"
+    else:
+        path = tmp_path / "x.jsonl"
+        want = f"file not found: '{path}'"  # was: unknown dataset
+    assert main(["bench", "--dataset", str(path), "--store", str(store)]) == 2
+    err = capsys.readouterr().err
+    assert err.startswith("error: dataset: ") and want in err and err.count("\n") == 1
+    assert not store.exists()
+
+
+def test_diagnose_names_the_method_field(tmp_path, capsys):
+    assert main(["diagnose", "--method", "foo", "--store", str(tmp_path / "s.sqlite")]) == 2
+    err = capsys.readouterr().err
+    assert err.startswith("error: method: ") and "methods" not in err

@@ -233,6 +233,31 @@ def test_json_round_trip(tmp_path):
     assert CostModel.from_dict(cm.to_dict()).to_dict() == cm.to_dict()
 
 
+def test_save_checks_the_path_and_names_it_in_errors(tmp_path, monkeypatch):
+    cm = model_from_rows((0.01 + 1e-4 * NODES)[None, :], [10])
+    monkeypatch.chdir(tmp_path)
+    for bad in ("", "   ", ".", str(tmp_path), f"{tmp_path}/"):  # "" used to raise OSError [Errno 16] on '.'
+        with pytest.raises(InputError, match="^path: ") as e:
+            cm.save(bad)
+        assert "\n" not in str(e.value)
+    assert str(cm.save("plain")) == "plain.json"  # .json added
+    assert CostModel.load(tmp_path / "plain.json").to_dict() == cm.to_dict()
+    assert cm.save(tmp_path / "a.json") == tmp_path / "a.json"
+    (tmp_path / "file").write_text("x")
+    with pytest.raises(InputError, match="file/c.json") as e:  # parent is a file: cannot write
+        cm.save(tmp_path / "file" / "c.json", "out")
+    assert e.value.field == "out"
+
+    def failing_replace(src, dst):
+        raise PermissionError(13, "Permission denied", src)
+
+    monkeypatch.setattr("dtree.cost.os.replace", failing_replace)
+    with pytest.raises(InputError, match="Permission denied") as e:
+        cm.save(tmp_path / "ro.json")
+    assert "ro.json" in str(e.value) and ".tmp" not in str(e.value)  # the user's path, not the temp file
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["a.json", "file", "plain.json"]  # temp file removed
+
+
 def test_load_rejects_wrong_or_corrupt_files(tmp_path):
     cm = model_from_rows((0.01 + 1e-4 * NODES)[None, :], [10])
     good = cm.to_dict()

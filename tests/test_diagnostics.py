@@ -261,7 +261,7 @@ def test_runs_page_shows_diagnostics(real_runs, tmp_path, monkeypatch):
     monkeypatch.setattr(diagnostics, "shipped_path", lambda: shipped.save(tmp_path / "ck" / "diagnostics.json"))
     at = AppTest.from_file(RUNS_PAGE, default_timeout=180).run()
     assert not at.exception and not at.error, (at.exception, [e.value for e in at.error])
-    pick = at.multiselect(key="diag_runs")
+    pick = at.multiselect[0]
     assert len(pick.options) == 2 and not any("· ar ·" in o for o in pick.options) and len(pick.value) == 1
     titles = [_title(f) for f in _charts(at)]
     assert any(t.startswith("Drafter top-1 vs target per depth") for t in titles), titles
@@ -278,6 +278,6 @@ def test_runs_page_shows_diagnostics(real_runs, tmp_path, monkeypatch):
     at.checkbox[0].check().run()
     next(b for b in at.button if b.label == "Delete run").click().run()
     assert not at.exception and not at.error, (at.exception, [e.value for e in at.error])
-    assert at.multiselect(key="diag_runs").value == [runs["ddtree"].run_id]
+    assert at.multiselect[0].value == [runs["ddtree"].run_id]
     n = len(runs["ddtree"].rounds)
     assert any(f"{n} rounds" in t for t in (_title(f) for f in _charts(at))), n

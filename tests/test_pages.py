@@ -81,6 +81,11 @@ def _ok(at: AppTest) -> None:
     assert not at.error, [e.value for e in at.error]
 
 
+def _store_box(at: AppTest):
+    """The sidebar's trace-store text box."""
+    return next(t for t in at.sidebar.text_input if t.label == "Trace store (SQLite file)")
+
+
 def test_explorer_tree_heatmap_theta_and_heap_replay(store_copy):
     _, ids = store_copy
     at = AppTest.from_file(EXPLORER, default_timeout=TIMEOUT)
@@ -226,6 +231,86 @@ def test_runs_export_contents(store_copy):
     assert csv["tau (tokens)"].tolist() == [r.tau for r in run.rounds]
 
 
+def test_explorer_bad_run_and_round_links_warn(store_copy):
+    _, ids = store_copy
+    at = AppTest.from_file(EXPLORER, default_timeout=TIMEOUT)
+    at.query_params["run"] = "abc"
+    at.run()
+    _ok(at)
+    assert at.warning and "'abc'" in at.warning[0].value  # not silently another run
+    assert at.get("plotly_chart")
+    at = AppTest.from_file(EXPLORER, default_timeout=TIMEOUT)
+    at.query_params["run"] = str(ids["ddtree"])
+    at.query_params["round"] = "99"
+    at.run()
+    _ok(at)
+    assert at.warning and "Round 99" in at.warning[0].value and "out of range" in at.warning[0].value
+    assert next(s for s in at.slider if s.label == "Round").value == 0  # falls back to the first round
+    assert _title(_charts(at)[0]).startswith("Round 0:")
+
+
+def _store_variants(src, tmp_path, ids):
+    """Two more copies of the store: r1 without the chain and ar runs, r2 without the caddtree run."""
+    from dtree.store import TraceStore
+
+    r1, r2 = tmp_path / "r1.sqlite", tmp_path / "r2.sqlite"
+    for path, gone in [(r1, ("chain", "ar")), (r2, ("caddtree",))]:
+        shutil.copy(src, path)
+        with TraceStore(path) as s:
+            for m in gone:
+                s.delete_run(ids[m])
+    return r1, r2
+
+
+def test_store_box_switches_on_every_enter(store_copy, tmp_path):
+    """Each Enter in the sidebar's store box switches the store (it used to revert every second change)."""
+    path, ids = store_copy
+    r1, r2 = _store_variants(path, tmp_path, ids)
+    at = AppTest.from_file(RUNS, default_timeout=TIMEOUT).run()
+    _ok(at)
+    assert _store_box(at).value == str(path) and len(at.dataframe[0].value) == 4
+    for store, want in [(r1, {"ddtree", "caddtree"}), (r2, {"ddtree", "chain", "ar"}), (r1, {"ddtree", "caddtree"}),
+                        (path, {"ddtree", "caddtree", "chain", "ar"})]:
+        _store_box(at).input(str(store)).run()
+        _ok(at)
+        assert _store_box(at).value == str(store)
+        assert set(at.dataframe[0].value["method"]) == want, store
+    _store_box(at).input("  ").run()  # emptied: the default store
+    _ok(at)
+    assert _store_box(at).value == str(path) and len(at.dataframe[0].value) == 4
+
+
+def test_runs_selections_do_not_follow_into_another_store(store_copy, tmp_path):
+    """The diagnose multiselect and the delete confirmation belong to one store: after a switch they start afresh and
+    never hold (or show) another store's runs."""
+    path, ids = store_copy
+    _, r2 = _store_variants(path, tmp_path, ids)
+    twin = tmp_path / "twin.sqlite"  # same runs, another file: its selectboxes keep their choice
+    shutil.copy(path, twin)
+    at = AppTest.from_file(RUNS, default_timeout=TIMEOUT).run()
+    _ok(at)
+    at.multiselect[0].set_value([ids["caddtree"], ids["ddtree"]]).run()
+    _ok(at)
+    _store_box(at).input(str(r2)).run()  # r2 has no caddtree run
+    _ok(at)
+    pick = at.multiselect[0]
+    assert pick.value == [ids["chain"]]  # r2's default (its newest speculative run), not what was picked in the other
+    assert all("caddtree" not in o for o in pick.options)
+    at.checkbox[0].check().run()  # used to raise TypeError at the multiselect after a switch
+    _ok(at)
+    assert at.multiselect[0].value == [ids["chain"]]
+
+    _store_box(at).input(str(path)).run()
+    _sel(at, "Run to delete").select(ids["chain"]).run()
+    at.checkbox[0].check().run()
+    assert not next(b for b in at.button if b.label == "Delete run").disabled
+    _store_box(at).input(str(twin)).run()
+    _ok(at)
+    assert _sel(at, "Run to delete").value == ids["chain"]
+    assert not at.checkbox[0].value  # the confirmation given for the other store's run #N does not carry over
+    assert next(b for b in at.button if b.label == "Delete run").disabled
+
+
 @pytest.mark.parametrize("page", [EXPLORER, RUNS])
 def test_bad_and_empty_stores(page, tmp_path, monkeypatch):
     import dtree.ui
@@ -255,3 +340,5 @@ def test_app_navigation_lists_the_pages():
     at.switch_page("pages/6_runs.py").run()
     assert not at.exception
     assert any("Runs" in t.value for t in at.title)
+    assert any("`python -m dtree decode`" in c.value for c in at.caption)
+    assert not any("`dtree run`" in c.value for c in at.caption)  # not a command

@@ -91,7 +91,7 @@ def test_arena_offers_and_runs_variants(store_env, tiny_cost, fake_calibration):
     assert (runs["status"] == "complete").all()
 
 
-@pytest.mark.parametrize("case", ["typed-empty", "zero-prompts", "no-ar", "no-file"])
+@pytest.mark.parametrize("case", ["typed-empty", "zero-prompts", "no-ar", "no-file", "binary-file"])
 def test_arena_bad_input_shows_error(store_env, case):
     from dtree.store import TraceStore
 
@@ -107,10 +107,16 @@ def test_arena_bad_input_shows_error(store_env, case):
     elif case == "no-ar":
         at = _arena(methods=["chain"])
         want = "ar"
+    elif case == "binary-file":  # e.g. a trace store given as the prompt file: one line, not a UnicodeDecodeError
+        binary = store_env.parent / "some.sqlite"
+        binary.write_bytes(b"SQLite format 3\x00" + bytes(range(256)) * 8)
+        at = _arena(source="JSONL file (upload or path)")
+        at.text_input(key="arena_path").input(str(binary))
+        want = "Invalid input — dataset: "
     else:
         at = _arena(source="JSONL file (upload or path)")
         at.text_input(key="arena_path").input(str(store_env.parent / "missing.jsonl"))
-        want = "missing.jsonl"
+        want = "file not found"
     at.button[0].click().run()
     assert not at.exception, at.exception
     assert at.error and want in at.error[0].value, [e.value for e in at.error]

@@ -154,13 +154,32 @@ def test_cost_page_profiles_with_progress_and_saves(env):
     assert at.success and CostModel.load(out).nodes.tolist() == [0, 1, 2, 4, 8]
 
 
+def test_cost_page_save_as_checks_the_path(env, monkeypatch):
+    _, cost_path, _, tmp = env
+    monkeypatch.chdir(tmp)
+    at = _load_file(_app(COST).run(), cost_path)
+    _ok(at)
+    (tmp / "afile").write_text("x")
+    for bad, want in [("", "give a file path"), (str(tmp), "is a directory"),
+                      (str(tmp / "afile" / "c.json"), str(tmp / "afile" / "c.json"))]:
+        at.text_input(key="cm_save_path").input(bad).run()
+        at.button(key="cm_save").click().run()
+        assert not at.exception, at.exception  # was OSError: [Errno 16] Device or resource busy ... -> '.'
+        assert at.error and at.error[0].value.startswith("Invalid input — path: ") and want in at.error[0].value
+        assert ".tmp" not in at.error[0].value
+    at.text_input(key="cm_save_path").input(str(tmp / "mine")).run()
+    at.button(key="cm_save").click().run()
+    _ok(at)
+    assert at.success and str(tmp / "mine.json") in at.success[0].value and (tmp / "mine.json").is_file()
+
+
 def test_budget_lab_sweep_oracle_weights_and_live_check(env):
     from dtree.store import TraceStore
 
     path, _, ids, _ = env
     at = _app(LAB).run()
     _ok(at)
-    at.multiselect(key="bl_runs").set_value([ids["ddtree"], ids["caddtree"], ids["chain"]]).run()
+    at.multiselect[0].set_value([ids["ddtree"], ids["caddtree"], ids["chain"]]).run()
     _ok(at)
     table = at.dataframe[0].value
     dd = table[table["method"] == "ddtree"]
@@ -189,7 +208,7 @@ def test_budget_lab_sweep_oracle_weights_and_live_check(env):
         assert len(s.list_runs()) == 3 + 2  # the two live runs are logged
     at.run()  # the new runs join the options; the selection and the check stay
     _ok(at)
-    assert sorted(at.multiselect(key="bl_runs").value) == sorted(ids.values())
+    assert sorted(at.multiselect[0].value) == sorted(ids.values())
     assert len(at.dataframe[1].value) == 2
 
 
