@@ -33,7 +33,6 @@ from __future__ import annotations
 import datetime as _dt
 import json
 import os
-import tempfile
 from collections.abc import Iterable
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -193,21 +192,15 @@ class Calibration:
         return cls(d["factors"], d["observed"], d["predicted"], d.get("prior_strength", DEFAULT_PRIOR_STRENGTH),
                    dict(d.get("meta") or {}))
 
-    def save(self, path: str | os.PathLike) -> Path:
-        """Write the calibration as versioned JSON (atomically: temp file then rename). Returns the path."""
-        path = Path(path)
-        path.parent.mkdir(parents=True, exist_ok=True)
-        text = json.dumps(self.to_dict(), indent=1, allow_nan=False, default=str)
-        fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=path.name, suffix=".tmp")
-        try:
-            with os.fdopen(fd, "w") as fh:
-                fh.write(text)
-            os.replace(tmp, path)
-        except BaseException:
-            if os.path.exists(tmp):
-                os.unlink(tmp)
-            raise
-        return path
+    def save(self, path: str | os.PathLike, field_name: str = "out") -> Path:
+        """Write the calibration as versioned JSON (atomically; ``.json`` appended when missing). Returns the path.
+
+        Raises:
+            InputError (``field_name``): empty path, a directory, or the file cannot be written.
+        """
+        from .cost import save_json
+
+        return save_json(self.to_dict(), path, field_name)
 
     @classmethod
     def load(cls, path: str | os.PathLike) -> Calibration:

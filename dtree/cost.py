@@ -453,22 +453,7 @@ class CostModel:
         Raises:
             InputError (``field_name``): empty path, a directory, or the file cannot be written (names ``path``).
         """
-        path = json_output_path(path, field_name)
-        text = json.dumps(self.to_dict(), indent=1, allow_nan=False, default=str)
-        tmp = None
-        try:
-            path.parent.mkdir(parents=True, exist_ok=True)
-            fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=path.name, suffix=".tmp")
-            with os.fdopen(fd, "w") as fh:
-                fh.write(text)
-            os.replace(tmp, path)
-        except BaseException as e:
-            if tmp is not None and os.path.exists(tmp):
-                os.unlink(tmp)
-            if isinstance(e, OSError):  # named after the user's path, not the temp file
-                raise InputError(field_name, f"cannot write {str(path)!r}: {e.strerror or e}") from None
-            raise
-        return path
+        return save_json(self.to_dict(), path, field_name)
 
     @classmethod
     def load(cls, path: str | os.PathLike) -> "CostModel":
@@ -488,6 +473,32 @@ class CostModel:
         except (json.JSONDecodeError, UnicodeDecodeError) as e:
             raise InputError("cost_model", f"{str(path)!r} is not a valid cost model JSON file ({e})") from None
         return cls.from_dict(d)
+
+
+def save_json(data: dict, path: str | os.PathLike, field_name: str = "path") -> Path:
+    """Write ``data`` as JSON to ``path`` checked by :func:`json_output_path`, atomically (temp file beside it, then
+    rename: an existing file is never left half-written). Returns the path written.
+
+    Raises:
+        InputError (``field_name``): empty path, a directory, or the file cannot be written (names ``path``, not the
+        temp file).
+    """
+    path = json_output_path(path, field_name)
+    text = json.dumps(data, indent=1, allow_nan=False, default=str)
+    tmp = None
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=path.name, suffix=".tmp")
+        with os.fdopen(fd, "w") as fh:
+            fh.write(text)
+        os.replace(tmp, path)
+    except BaseException as e:
+        if tmp is not None and os.path.exists(tmp):
+            os.unlink(tmp)
+        if isinstance(e, OSError):
+            raise InputError(field_name, f"cannot write {str(path)!r}: {e.strerror or e}") from None
+        raise
+    return path
 
 
 def json_output_path(path: str | os.PathLike, field_name: str = "path") -> Path:
