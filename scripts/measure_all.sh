@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # Re-measure the figures quoted in README "Measured results" (issues 2-4) on this machine, one bench after another.
 # Usage: scripts/measure_all.sh [DRAFTER]   (default: the shipped drafter). Writes docs/bench/*.json and a store
-# docs/bench/measure.sqlite (git-ignored). Takes about 45 minutes on a 2-core CPU; run it on an otherwise idle machine.
+# docs/bench/measure.sqlite (git-ignored). Takes about an hour on a 2-core CPU; run it on an otherwise idle machine.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 PY=.venv/bin/python
