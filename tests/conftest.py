@@ -111,3 +111,14 @@ def fake_calibration(monkeypatch, tmp_path):
 def pytest_configure(config):
     config.addinivalue_line("markers", "browser: real-browser test of the app (headless Chromium via Playwright; "
                                        "select with -m browser, skip with -m 'not browser')")
+
+
+@pytest.fixture(scope="module")
+def small_cost(backend32):
+    """A real (tiny, quick) measured cost model so caddtree runs without the full auto-profile."""
+    from dtree.backend import profile_cost_model
+
+    cm = profile_cost_model(backend32.target, backend32.drafter, contexts=(64, 512), nodes=(0, 1, 2, 4, 8, 16, 32),
+                            repeats=1)
+    backend32._cost_model = cm
+    return cm

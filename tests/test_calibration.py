@@ -258,16 +258,6 @@ PROMPTS = ["What is 12 times 7? Answer briefly.", "Name three primary colors."]
 
 
 @pytest.fixture(scope="module")
-def small_cost(backend32):
-    from dtree.backend import profile_cost_model
-
-    cm = profile_cost_model(backend32.target, backend32.drafter, contexts=(64, 512), nodes=(0, 1, 2, 4, 8, 16, 32),
-                            repeats=1)
-    backend32._cost_model = cm
-    return cm
-
-
-@pytest.fixture(scope="module")
 def real_logged(backend32, tmp_path_factory):
     from dtree.store import TraceStore
 

@@ -14,17 +14,6 @@ from dtree.engine import DecodeConfig
 from .conftest import dataset_prompts
 
 
-@pytest.fixture(scope="module")
-def small_cost(backend32):
-    """A real (tiny, quick) measured cost model so caddtree runs without the full auto-profile."""
-    from dtree.backend import profile_cost_model
-
-    cm = profile_cost_model(backend32.target, backend32.drafter, contexts=(64, 512), nodes=(0, 1, 2, 4, 8, 16, 32),
-                            repeats=1)
-    backend32._cost_model = cm
-    return cm
-
-
 def _random_tree(seed: int, gamma: int = 5, k: int = 4, budget: int = 24, vocab: int = 49152) -> trees.DraftTree:
     rng = np.random.default_rng(seed)
     logits = torch.tensor(rng.normal(size=(gamma, vocab)) * 3, dtype=torch.float32)
