@@ -1,4 +1,4 @@
-"""Command line: ``python -m dtree {decode,bench,profile,prompts,diagnose,replay,calibrate,train-drafter} ...``.
+"""Command line: ``python -m dtree {decode,bench,profile,prompts,diagnose,replay,calibrate,fit-cost,train-drafter} ...``.
 
 Bad input exits with code 2 and a one-line message naming the field; nothing is written to the trace store then.
 """
@@ -298,20 +298,7 @@ def cmd_calibrate(args) -> int:
     if not Path(args.store).exists():
         raise InputError("store", f"no trace store at {args.store!r}")
     with TraceStore(args.store) as store:
-        if args.run:
-            ids = _int_list("run", args.run)
-        else:
-            listed = store.list_runs(status="complete")
-            if args.tag is not None:
-                listed = listed[listed["tag"] == args.tag]
-            if args.drafter is not None:
-                listed = listed[listed["drafter"] == args.drafter]
-            keep = [(m != "ar" and n > 0 and float((p or {}).get("temperature", 0.0) or 0.0) == 0.0)
-                    for m, n, p in zip(listed["method"], listed["n_rounds"], listed["params"])]
-            ids = [int(i) for i in listed["id"][keep]]
-        if not ids:
-            raise InputError("run", f"no complete speculative run at temperature 0 in {args.store!r} matches; decode "
-                                    "or bench with chain / ddtree / caddtree first")
+        ids = _select_runs(store, args, "calibrate")
         runs = [store.load_run(i) for i in ids]
     cal = fit_calibration(runs, rank_bins=args.rank_bins, prior_strength=args.prior_strength,
                           meta={"source": f"python -m dtree calibrate on {args.store}"})
@@ -326,6 +313,78 @@ def cmd_calibrate(args) -> int:
         print(f"{cal.meta['rounds']} rounds of {len(runs)} runs; factors = acceptances / q per (spine or off-spine "
               f"parent, depth, rank), shrunk with m={cal.prior_strength:g}", file=sys.stderr)
     print(f"saved calibration to {path}", file=sys.stderr)
+    return 0
+
+
+def _select_runs(store, args, what: str) -> list[int]:
+    """Run ids from ``--run`` or every complete speculative greedy run, filtered by ``--tag`` / ``--drafter``."""
+    if args.run:
+        return _int_list("run", args.run)
+    listed = store.list_runs(status="complete")
+    if args.tag is not None:
+        listed = listed[listed["tag"] == args.tag]
+    if getattr(args, "drafter", None) is not None:
+        listed = listed[listed["drafter"] == args.drafter]
+    keep = [(m != "ar" and n > 0 and float((p or {}).get("temperature", 0.0) or 0.0) == 0.0)
+            for m, n, p in zip(listed["method"], listed["n_rounds"], listed["params"])]
+    ids = [int(i) for i in listed["id"][keep]]
+    if not ids:
+        raise InputError("run", f"no complete speculative run at temperature 0 in {args.store!r} matches; decode "
+                                f"or bench with chain / ddtree / caddtree first ({what})")
+    return ids
+
+
+def cmd_fit_cost(args) -> int:
+    """Fit cost weights (cd_scale, cv_scale) to logged round timings and save the weighted cost model."""
+    from .cost import CostModel, json_output_path
+    from .replay import live_weights_from_runs, replay_vs_live, replay_vs_live_crossfit
+    from .store import TraceStore
+
+    if not Path(args.store).exists():
+        raise InputError("store", f"no trace store at {args.store!r}")
+    out = json_output_path(args.out, "out")
+    base = CostModel.load(args.cost_model) if args.cost_model else None
+    with TraceStore(args.store) as store:
+        ids = _select_runs(store, args, "fit-cost")
+        runs = [store.load_run(i) for i in ids]
+    if base is None:
+        stored = next((r.cost_model for r in runs if r.cost_model), None)
+        if stored is None:
+            raise InputError("cost_model", "the selected runs stored no cost model: pass --cost-model FILE")
+        base = CostModel.from_dict(stored).weighted(None)
+    fit = live_weights_from_runs(runs, base)
+    fitted = base.weighted(fit.weights)
+    fitted.meta = dict(fitted.meta, live_fit={**fit.to_dict(), "store": str(args.store), "runs": ids})
+    _, in_sample = replay_vs_live(runs, timing_cost=fitted)
+    cross = None
+    n_prompts = len({(r.prompt, tuple(r.prompt_ids)) for r in runs})
+    if n_prompts >= 2:
+        _, cross, _ = replay_vs_live_crossfit(runs, fallback_cost=base)
+    path = fitted.save(out, "out")
+    if args.json:
+        print(json.dumps({"fit": fit.to_dict(), "runs": ids, "out": str(path),
+                          "in_sample": in_sample.to_dict(orient="records"),
+                          "cross_fit": None if cross is None else cross.to_dict(orient="records")}, indent=1,
+                         default=float))
+    else:
+        w = fit.weights
+        print(f"{fit.n_rounds} rounds of {len(runs)} runs")
+        print(f"fixed cost per round (draft + build + commit): live {fit.live_cd_ms:.2f} ms vs profiled Cd "
+              f"{fit.model_cd_ms:.2f} ms -> cd_scale {w.cd_scale:.3f}")
+        print(f"verify per round: live {fit.live_cv_ms:.2f} ms vs profiled Cv(n; L) {fit.model_cv_ms:.2f} ms -> "
+              f"cv_scale {w.cv_scale:.3f} (per-round ratio quartiles {fit.cv_ratio_p25:.2f} / {fit.cv_ratio_p50:.2f} "
+              f"/ {fit.cv_ratio_p75:.2f})")
+        import pandas as pd
+
+        cols = ["method", "n_runs", "live_tok_s", "pred_tok_s", "median_rel_err"]
+        with pd.option_context("display.width", 200):
+            print("\nreplay vs live, fitted weights (in sample):")
+            print(in_sample[cols].to_string(index=False, float_format=lambda v: f"{v:.3f}"))
+            if cross is not None:
+                print("\nreplay vs live, 2-fold by prompt (weights fitted on the other half of the prompts):")
+                print(cross[cols].to_string(index=False, float_format=lambda v: f"{v:.3f}"))
+    print(f"saved cost model with weights cd={fit.weights.cd_scale:.4g},cv={fit.weights.cv_scale:.4g} to {path}",
+          file=sys.stderr)
     return 0
 
 
@@ -573,6 +632,18 @@ def build_parser() -> argparse.ArgumentParser:
     cb.add_argument("--out", required=True, help="output calibration JSON")
     cb.add_argument("--json", action="store_true", help="print the calibration JSON instead of the table")
     cb.set_defaults(func=cmd_calibrate)
+    fc = sub.add_parser("fit-cost", help="fit cost weights (cd_scale, cv_scale) to the phase timings of logged runs "
+                                         "and save the weighted cost model")
+    fc.add_argument("--from-store", "--store", dest="store", default=default_store_path(),
+                    help=f"trace store to read (default {STORE_HELP})")
+    fc.add_argument("--run", default=None, help="run ids, comma-separated (default: every complete speculative run "
+                                                "at temperature 0, filtered by --tag / --drafter)")
+    fc.add_argument("--tag", default=None, help="only runs of this bench tag (as listed by the Speedup arena)")
+    fc.add_argument("--drafter", default=None, help="only runs of this drafter name")
+    fc.add_argument("--cost-model", default=None, help="profile to rescale (default: the one stored with the runs)")
+    fc.add_argument("--out", required=True, help="output cost-model JSON (use it with --cost-model)")
+    fc.add_argument("--json", action="store_true", help="print JSON instead of text")
+    fc.set_defaults(func=cmd_fit_cost)
     try:
         from . import train
     except ImportError:  # pragma: no cover - train.py is part of the package

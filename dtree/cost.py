@@ -475,6 +475,97 @@ class CostModel:
         return cls.from_dict(d)
 
 
+@dataclass(frozen=True)
+class LiveFit:
+    """Cost weights fitted to the phase timings that live runs logged (see :func:`fit_live_weights`).
+
+    Attributes:
+        weights: :class:`CostWeights` with the fitted ``cd_scale`` and ``cv_scale`` (apply with
+            :meth:`CostModel.weighted`).
+        n_rounds: speculative rounds used.
+        live_cd_ms: mean logged fixed cost per round (draft + build + commit), ms.
+        live_cv_ms: mean logged verify time per round, ms.
+        model_cd_ms: the profile's Cd, ms. model_cv_ms: mean profiled Cv(n_i; L_i) over the same rounds, ms.
+        cv_ratio_p25, cv_ratio_p50, cv_ratio_p75: quartiles of the per-round ratio verify_ms / Cv(n_i; L_i) (how
+            uniform the correction is).
+    """
+
+    weights: CostWeights
+    n_rounds: int
+    live_cd_ms: float
+    live_cv_ms: float
+    model_cd_ms: float
+    model_cv_ms: float
+    cv_ratio_p25: float
+    cv_ratio_p50: float
+    cv_ratio_p75: float
+
+    def to_dict(self) -> dict[str, Any]:
+        d = {k: getattr(self, k) for k in ("n_rounds", "live_cd_ms", "live_cv_ms", "model_cd_ms", "model_cv_ms",
+                                            "cv_ratio_p25", "cv_ratio_p50", "cv_ratio_p75")}
+        d["weights"] = self.weights.to_dict()
+        return d
+
+
+def fit_live_weights(cost: CostModel, n_nodes, context, draft_ms, verify_ms, other_ms=None) -> LiveFit:
+    """Fit ``cd_scale`` and ``cv_scale`` so the profiled cost model reproduces the round times live runs logged.
+
+    The profiler times each phase alone (spec 3.4); inside a decoding loop the same forwards run slower (the drafter
+    and the target alternate, caches are cold, the verify also returns hidden states), and each round has a small
+    fixed overhead (tree build, KV compaction). This fit keeps the SHAPE of the profile and rescales it:
+
+    - ``cd_scale = sum(draft_ms + other_ms) / (R * Cd)``: every cost that does not grow with the tree is charged to
+      the fixed per-round cost, as CaDDTree's Cd is (spec 3.1);
+    - ``cv_scale = sum(verify_ms) / sum(Cv(n_i; L_i))``: the ratio-of-sums estimator, the least-squares scale when
+      the noise grows with the cost, and the one that makes the pooled predicted time of the fitted rounds equal the
+      pooled logged time.
+
+    Weights apply to the profile (:meth:`CostModel.weighted`), so the scales are fitted against the UNWEIGHTED
+    profile of ``cost`` whatever weights it carries.
+
+    Args:
+        cost: the profiled cost model the rounds are compared with.
+        n_nodes: int ``[R]`` non-root nodes verified per round (the budget).
+        context: int ``[R]`` context length L of each round (tokens committed before it).
+        draft_ms, verify_ms: float ``[R]`` logged phase times, ms.
+        other_ms: float ``[R]`` logged build + commit times, ms (default zeros).
+
+    Returns:
+        :class:`LiveFit`.
+
+    Raises:
+        InputError: no rounds, arrays of different lengths, NaN / negative values, or a profile with Cd = 0 or
+            Cv = 0 on every round (nothing to scale).
+    """
+    arrays = {}
+    for name, v in (("n_nodes", n_nodes), ("context", context), ("draft_ms", draft_ms), ("verify_ms", verify_ms),
+                    ("other_ms", other_ms)):
+        if v is None:
+            continue
+        a = np.asarray(v, dtype=np.float64).reshape(-1)
+        if not np.isfinite(a).all() or (a < 0).any():
+            raise InputError(name, "must be finite numbers >= 0")
+        arrays[name] = a
+    r = len(arrays["n_nodes"])
+    if r == 0:
+        raise InputError("rounds", "no speculative round to fit the cost weights on")
+    if any(len(a) != r for a in arrays.values()):
+        raise InputError("rounds", "n_nodes, context and the phase times must have one value per round")
+    other = arrays.get("other_ms", np.zeros(r))
+    base = cost.weighted(None)
+    cd_ms = base.cd_s * 1e3
+    cv_ms = np.array([base.cv(n, L) for n, L in zip(arrays["n_nodes"], arrays["context"])]) * 1e3
+    if cd_ms <= 0 or cv_ms.sum() <= 0:
+        raise InputError("cost_model", "the profile has Cd = 0 or Cv = 0 on these rounds: nothing to scale")
+    fixed = arrays["draft_ms"] + other
+    ratio = arrays["verify_ms"] / np.maximum(cv_ms, 1e-12)
+    p25, p50, p75 = (float(v) for v in np.percentile(ratio, [25, 50, 75]))
+    w = CostWeights(cd_scale=float(fixed.sum() / (r * cd_ms)), cv_scale=float(arrays["verify_ms"].sum() / cv_ms.sum()))
+    return LiveFit(weights=w, n_rounds=r, live_cd_ms=float(fixed.mean()), live_cv_ms=float(arrays["verify_ms"].mean()),
+                   model_cd_ms=float(cd_ms), model_cv_ms=float(cv_ms.mean()), cv_ratio_p25=p25, cv_ratio_p50=p50,
+                   cv_ratio_p75=p75)
+
+
 def save_json(data: dict, path: str | os.PathLike, field_name: str = "path") -> Path:
     """Write ``data`` as JSON to ``path`` checked by :func:`json_output_path`, atomically (temp file beside it, then
     rename: an existing file is never left half-written). Returns the path written.

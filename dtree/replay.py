@@ -49,7 +49,7 @@ import numpy as np
 import pandas as pd
 
 from .calibration import Calibration, run_calibration
-from .cost import CostModel, CostWeights, is_monotone_convex
+from .cost import CostModel, CostWeights, LiveFit, fit_live_weights, is_monotone_convex
 from .errors import InputError, check_float, check_int
 from .records import ALL_METHODS, MethodSpec, RoundRecord, RunRecord, parse_method
 from .trees import (
@@ -809,8 +809,54 @@ def _median(values) -> float:
     return float(np.median(v)) if v else float("nan")
 
 
+def live_weights_from_runs(runs: RunRecord | Iterable[RunRecord], cost: CostModel | None = None) -> LiveFit:
+    """Fit cost weights to the phase timings logged by live speculative runs (:func:`dtree.cost.fit_live_weights`).
+
+    Every round of every chain / ddtree / caddtree run counts (AR runs are skipped): its budget n, context L = its
+    ``start``, ``draft_ms``, ``verify_ms`` and ``build_ms + commit_ms``.
+
+    Args:
+        runs: one run or several (e.g. a bench's runs).
+        cost: the profile to rescale (default: the cost model stored with the first run that has one).
+
+    Returns:
+        :class:`dtree.cost.LiveFit`; ``fit.weights`` applied to the profile gives a cost model whose predicted round
+        times match the logged ones on average.
+
+    Raises:
+        InputError: no speculative round, no cost model given or stored, bad timings.
+    """
+    runs = [runs] if isinstance(runs, RunRecord) else list(runs)
+    spec = []
+    for r in runs:
+        try:
+            if parse_method(r.method, "run").base != "ar":
+                spec.append(r)
+        except InputError:
+            continue
+    rounds = [rnd for r in spec for rnd in r.rounds]
+    if not rounds:
+        raise InputError("runs", "no logged speculative round (chain / ddtree / caddtree) to fit cost weights on")
+    if cost is None:
+        stored = next((r.cost_model for r in spec if r.cost_model), None)
+        if stored is None:
+            raise InputError("cost_model", "these runs stored no cost model: pass the profile to rescale")
+        cost = CostModel.from_dict(stored)
+    return fit_live_weights(cost, [x.budget for x in rounds], [x.start for x in rounds],
+                            [x.draft_ms for x in rounds], [x.verify_ms for x in rounds],
+                            [x.build_ms + x.commit_ms for x in rounds])
+
+
+def _timed_s(timing: CostModel, run: RunRecord, n_nodes: np.ndarray) -> float:
+    """Predicted decode seconds of ``run``'s rounds with ``n_nodes`` nodes each under the timing model."""
+    starts = [x.start for x in run.rounds]
+    if len(starts) != len(n_nodes):
+        return float("nan")
+    return float(sum(timing.cd_s + timing.cv(int(n), L) for n, L in zip(n_nodes, starts)))
+
+
 def replay_vs_live(runs: Iterable[RunRecord], key=None, fallback_cost: CostModel | None = None,
-                   tol: float = 0.15) -> tuple[pd.DataFrame, pd.DataFrame]:
+                   tol: float = 0.15, timing_cost: CostModel | None = None) -> tuple[pd.DataFrame, pd.DataFrame]:
     """Replay every speculative run under its own configuration (:func:`replay_as_logged`) and compare the
     predicted tokens/s with the run's measured one.
 
@@ -822,6 +868,9 @@ def replay_vs_live(runs: Iterable[RunRecord], key=None, fallback_cost: CostModel
         fallback_cost: cost model for runs that stored none (noted in ``cost_source``); None: such ddtree / chain
             runs get NaN predictions.
         tol: relative-error tolerance of ``within_tol`` (default 0.15).
+        timing_cost: when given, the trees are still rebuilt with each run's own (stored) cost model, so they are
+            the logged ones, but the predicted time of every round is ``timing_cost``'s Cd + Cv(n; L) instead: e.g.
+            the profile with weights fitted on OTHER runs' logged timings (:func:`live_weights_from_runs`).
 
     Returns:
         ``(per_run, per_method)``. ``per_run``: ``run_id``, ``method``, ``n_rounds``, ``live_tokens`` (output
@@ -872,18 +921,27 @@ def replay_vs_live(runs: Iterable[RunRecord], key=None, fallback_cost: CostModel
             continue
         over_s = sum(r.build_ms + r.commit_ms for r in run.rounds) / 1e3
         pred_tokens = int(s.taus.sum())
-        with_over = s.pred_s + over_s
-        row.update(pred_tokens=pred_tokens, pred_s=s.pred_s, pred_tok_s=s.pred_tok_s, pred_s_overhead=with_over,
+        pred_s = s.pred_s if timing_cost is None else _timed_s(timing_cost, run, s.n_nodes)
+        pred_tok_s = pred_tokens / pred_s if pred_s > 0 else float("nan")
+        with_over = pred_s + over_s
+        row.update(pred_tokens=pred_tokens, pred_s=pred_s, pred_tok_s=pred_tok_s, pred_s_overhead=with_over,
                    pred_tok_s_overhead=pred_tokens / with_over if with_over > 0 else float("nan"),
                    tau_match=int((s.taus == s.recorded_taus).sum()), exact=bool(s.exact),
                    capped_rounds=int(s.capped_rounds), notes=list(s.notes))
         if math.isfinite(row["pred_tok_s"]) and math.isfinite(row["live_tok_s"]) and row["live_tok_s"] > 0:
             row["rel_err"] = abs(row["pred_tok_s"] - row["live_tok_s"]) / row["live_tok_s"]
         rows.append(row)
-    per_run = pd.DataFrame(rows, columns=["run_id", "method", "n_rounds", "live_tokens", "live_s", "live_tok_s",
-                                          "pred_tokens", "pred_s", "pred_tok_s", "pred_s_overhead",
-                                          "pred_tok_s_overhead", "rel_err", "tau_match", "exact", "capped_rounds",
-                                          "cost_source", "notes", "error"])
+    per_run = pd.DataFrame(rows, columns=_PER_RUN_COLUMNS)
+    return per_run, _aggregate_vs_live(per_run, tol)
+
+
+_PER_RUN_COLUMNS = ["run_id", "method", "n_rounds", "live_tokens", "live_s", "live_tok_s", "pred_tokens", "pred_s",
+                    "pred_tok_s", "pred_s_overhead", "pred_tok_s_overhead", "rel_err", "tau_match", "exact",
+                    "capped_rounds", "cost_source", "notes", "error"]
+
+
+def _aggregate_vs_live(per_run: pd.DataFrame, tol: float) -> pd.DataFrame:
+    """``per_method`` of :func:`replay_vs_live` from its ``per_run`` table."""
     out = []
     for method, g in per_run.groupby("method", sort=False):
         ok = g[g["error"].isna() & np.isfinite(g["pred_s"].astype(float))]
@@ -911,7 +969,59 @@ def replay_vs_live(runs: Iterable[RunRecord], key=None, fallback_cost: CostModel
     per_method.attrs.update(tol=tol, n_within=int(per_method["within_tol"].sum()), n_methods=len(per_method),
                             n_rounds=replayed,
                             tau_match_share=float(per_run["tau_match"].sum()) / replayed if replayed else float("nan"))
-    return per_run, per_method
+    return per_method
+
+
+def replay_vs_live_crossfit(runs: Iterable[RunRecord], key=None, folds: int = 2, tol: float = 0.15,
+                            fallback_cost: CostModel | None = None) -> tuple[pd.DataFrame, pd.DataFrame, list[dict]]:
+    """:func:`replay_vs_live` with timings predicted by cost weights fitted on OTHER prompts (k-fold by prompt).
+
+    The distinct prompts of ``runs`` (in order of first appearance) are dealt round-robin into ``folds`` folds; for
+    each fold, :func:`live_weights_from_runs` fits ``cd_scale`` / ``cv_scale`` on the runs of the other folds and
+    those weights (applied to each fitting run set's stored profile) predict the fold's runs. Every prediction is
+    therefore out of sample: no run's own timings enter its prediction.
+
+    Args:
+        runs: the runs of one bench (several prompts, any methods; AR runs are skipped).
+        key, tol, fallback_cost: as :func:`replay_vs_live`.
+        folds: number of folds, 2..(number of prompts).
+
+    Returns:
+        ``(per_run, per_method, fits)``: the tables of :func:`replay_vs_live` over all folds, and per fold the
+        fitted :meth:`dtree.cost.LiveFit.to_dict` with ``fold`` and ``n_prompts_fit`` added.
+
+    Raises:
+        InputError: fewer than ``folds`` distinct prompts, ``folds`` < 2, or a fold whose fitting runs have no
+            speculative round or no stored cost model.
+    """
+    runs = _as_runs(runs)
+    prompts: dict = {}
+    for r in runs:
+        prompts.setdefault((r.prompt, tuple(r.prompt_ids)), len(prompts))
+    folds = check_int("folds", folds, lo=2)
+    if len(prompts) < folds:
+        raise InputError("folds", f"{folds} folds need at least {folds} distinct prompts; these runs have "
+                                  f"{len(prompts)}")
+
+    def fold_of(r):
+        return prompts[(r.prompt, tuple(r.prompt_ids))] % folds
+
+    tables, fits = [], []
+    for f in range(folds):
+        fit_runs = [r for r in runs if fold_of(r) != f]
+        test_runs = [r for r in runs if fold_of(r) == f]
+        stored = next((r.cost_model for r in fit_runs if r.cost_model), None)
+        base = CostModel.from_dict(stored) if stored else fallback_cost
+        if base is None:
+            raise InputError("cost_model", f"fold {f}: the fitting runs stored no cost model; pass fallback_cost")
+        fit = live_weights_from_runs(fit_runs, base)
+        timing = base.weighted(fit.weights)
+        per_run, _ = replay_vs_live(test_runs, key=key, fallback_cost=fallback_cost, tol=tol, timing_cost=timing)
+        tables.append(per_run)
+        fits.append({"fold": f, "n_prompts_fit": len({prompts[(r.prompt, tuple(r.prompt_ids))] for r in fit_runs}),
+                     **fit.to_dict()})
+    per_run = pd.concat(tables, ignore_index=True) if tables else pd.DataFrame(columns=_PER_RUN_COLUMNS)
+    return per_run, _aggregate_vs_live(per_run, tol), fits
 
 
 def unimodal_summary(runs: Iterable[RunRecord], cost: CostModel | None = None, rtol: float = 1e-9) -> dict:

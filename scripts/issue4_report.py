@@ -67,7 +67,7 @@ def build_report(store, tag: str, tol: float = TOL) -> dict:
         summary_rows,
     )
     from dtree.records import parse_method
-    from dtree.replay import replay_vs_live, unimodal_summary
+    from dtree.replay import replay_vs_live, replay_vs_live_crossfit, unimodal_summary
 
     runs = bench_runs(store, tag)
 
@@ -85,8 +85,13 @@ def build_report(store, tag: str, tol: float = TOL) -> dict:
     methods = [{k: r[k] for k in ("method", "tok_s", "speedup_vs_ar", "mean_tau", "mean_budget", "build_share_%",
                                   "build_ms_per_round", "mismatches_vs_ar")} for r in rows]
     oracle = oracle_comparison(rows, ORACLE_BUDGETS)
-    per_run, per_method = replay_vs_live(spec, key=lambda run: stored_method_key(run.method, run.params),
-                                         fallback_cost=_fallback_cost(spec), tol=tol)
+    key = lambda run: stored_method_key(run.method, run.params)  # noqa: E731
+    per_run, per_method = replay_vs_live(spec, key=key, fallback_cost=_fallback_cost(spec), tol=tol)
+    cross = None
+    if len({(r.prompt, tuple(r.prompt_ids)) for r in spec}) >= 2:
+        c_run, c_method, fits = replay_vs_live_crossfit(spec, key=key, fallback_cost=_fallback_cost(spec), tol=tol)
+        cross = {"tol": tol, "n_within": c_method.attrs["n_within"], "n_methods": c_method.attrs["n_methods"],
+                 "fits": fits, "per_method": _records(c_method), "per_run": _records(c_run)}
     unimodal = unimodal_summary(spec)
     first = runs[0]
     return {
@@ -103,6 +108,7 @@ def build_report(store, tag: str, tol: float = TOL) -> dict:
                            "tau_match_share": per_method.attrs["tau_match_share"],
                            "n_rounds": per_method.attrs["n_rounds"],
                            "per_method": _records(per_method), "per_run": _records(per_run)},
+        "replay_vs_live_crossfit": cross,
         "unimodal": unimodal,
     }
 
@@ -209,6 +215,23 @@ def markdown(rep: dict) -> str:
     out.append("\nPredicted time is Cd + Cv(n; L) per round (the paper's model: no drafting-loop, build or commit "
                "overhead); the 'pooled pred + build/commit' column adds the logged build and commit time. Predicted "
                "tokens are the replayed taus (not trimmed to max_new_tokens).")
+    cf = rep.get("replay_vs_live_crossfit")
+    out += ["", "## (c2) Replay vs live with cost weights fitted to logged timings (2-fold by prompt)", ""]
+    if cf:
+        out.append(_table(["method", "runs", "live tok/s", "pred tok/s", "median rel. err", "pooled ratio",
+                           "within 15%"],
+                          [[m["method"], f"{m['n_replayed']}/{m['n_runs']}", _f(m["live_tok_s"]), _f(m["pred_tok_s"]),
+                            _pct(m["median_rel_err"]), _f(m["pooled_ratio"], "{:.3f}"),
+                            "yes" if m["within_tol"] else "no"] for m in cf["per_method"]]))
+        fits = "; ".join(f"fold {f['fold']}: cd_scale {f['weights']['cd_scale']:.3f}, cv_scale "
+                         f"{f['weights']['cv_scale']:.3f} ({f['n_rounds']} rounds of {f['n_prompts_fit']} prompts)"
+                         for f in cf["fits"])
+        out += ["", f"**{cf['n_within']} of {cf['n_methods']} methods** within {100 * cf['tol']:.0f}%. The profile's "
+                "shape is kept and rescaled (`python -m dtree fit-cost`): cd_scale charges the logged draft + build + "
+                "commit time to Cd, cv_scale = logged verify time / profiled Cv(n; L) (ratio of sums), fitted on the "
+                f"other half of the prompts, so no run's own timings enter its prediction. Fits: {fits}."]
+    else:
+        out.append("Fewer than 2 prompts: no cross-fit.")
     u = rep["unimodal"]
     out += ["", "## (d) Unimodality of theta(n) over the bench's caddtree runs", ""]
     if u["groups"]:

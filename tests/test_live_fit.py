@@ -1,0 +1,179 @@
+"""Cost weights fitted to logged round timings (dtree.cost.fit_live_weights, dtree.replay.live_weights_from_runs,
+replay_vs_live(timing_cost=...), replay_vs_live_crossfit) and the ``fit-cost`` CLI. No model: synthetic runs."""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pytest
+
+from dtree.cost import CostModel, CostWeights, fit_live_weights
+from dtree.errors import InputError
+from dtree.records import RunRecord
+from dtree.replay import live_weights_from_runs, replay_vs_live, replay_vs_live_crossfit, synthetic_run
+
+NODES = np.array([0, 1, 2, 4, 8, 16, 32, 64, 128, 256])
+
+
+def profile(cd=0.005, a=0.02, b=3e-4) -> CostModel:
+    rows = np.stack([(a + b * NODES) * (1 + i) for i in range(2)])
+    return CostModel.from_measurements(cd, [64, 1024], NODES, rows, {"target": "t", "dtype": "float32"})
+
+
+def timed_run(rng, cost: CostModel, cd_scale: float, cv_scale: float, prompt: str, budget: int = 8,
+              noise: float = 0.0, overhead_ms: float = 0.0) -> RunRecord:
+    """A synthetic ddtree run whose logged phase times are the profile scaled by (cd_scale, cv_scale), with
+    multiplicative noise, and whose decode_s is the sum of its logged round times."""
+    run = synthetic_run(15, rng, k=64, method="ddtree", budget=budget, cost=cost)
+    run.prompt = prompt
+    for r in run.rounds:
+        jitter = np.exp(rng.normal(0.0, noise, 2)) if noise else (1.0, 1.0)
+        r.draft_ms = cost.cd_s * 1e3 * cd_scale * jitter[0] - overhead_ms
+        r.build_ms, r.commit_ms = overhead_ms / 2, overhead_ms / 2
+        r.verify_ms = cost.cv(r.budget, r.start) * 1e3 * cv_scale * jitter[1]
+    run.decode_s = sum(r.round_ms for r in run.rounds) / 1e3
+    return run
+
+
+def test_fit_recovers_known_scales_exactly():
+    cm = profile()
+    rng = np.random.default_rng(0)
+    n = rng.integers(0, 200, 50)
+    L = rng.integers(10, 3000, 50)
+    cv = np.array([cm.cv(int(a), int(b)) for a, b in zip(n, L)]) * 1e3
+    fit = fit_live_weights(cm, n, L, np.full(50, cm.cd_s * 1e3 * 1.3 - 0.4), cv * 1.7, np.full(50, 0.4))
+    assert fit.weights.cd_scale == pytest.approx(1.3) and fit.weights.cv_scale == pytest.approx(1.7)
+    assert fit.cv_ratio_p25 == pytest.approx(1.7) and fit.cv_ratio_p75 == pytest.approx(1.7)
+    assert fit.n_rounds == 50 and fit.live_cv_ms == pytest.approx(cv.mean() * 1.7)
+    # the weighted model reproduces the pooled logged time
+    w = cm.weighted(fit.weights)
+    pred = sum(w.cd_s + w.cv(int(a), int(b)) for a, b in zip(n, L)) * 1e3
+    assert pred == pytest.approx((cm.cd_s * 1e3 * 1.3) * 50 + cv.sum() * 1.7)
+
+
+def test_fit_ignores_weights_already_on_the_profile():
+    cm = profile()
+    n, L = [4, 8, 16], [100, 100, 100]
+    d = [cm.cd_s * 2e3] * 3
+    v = [cm.cv(x, 100) * 3e3 for x in n]
+    a = fit_live_weights(cm, n, L, d, v)
+    b = fit_live_weights(cm.with_weights(cd_scale=5.0, cv_scale=0.1), n, L, d, v)
+    assert a.weights == b.weights and a.weights.cd_scale == pytest.approx(2.0)
+
+
+@pytest.mark.parametrize("kw, field", [
+    ({"n_nodes": []}, "rounds"),
+    ({"verify_ms": [1.0, 2.0]}, "rounds"),
+    ({"draft_ms": [1.0, float("nan"), 1.0]}, "draft_ms"),
+    ({"context": [1, -5, 3]}, "context"),
+])
+def test_fit_rejects_bad_timings(kw, field):
+    args = {"n_nodes": [1, 2, 3], "context": [10, 20, 30], "draft_ms": [5.0] * 3, "verify_ms": [20.0] * 3}
+    args.update(kw)
+    if kw.get("n_nodes") == []:
+        args.update(context=[], draft_ms=[], verify_ms=[])
+    with pytest.raises(InputError) as e:
+        fit_live_weights(profile(), **args)
+    assert e.value.field == field
+
+
+def test_fit_rejects_a_zero_profile():
+    zero = CostModel.from_measurements(0.0, [64], NODES, np.zeros((1, len(NODES))), {})
+    with pytest.raises(InputError, match="nothing to scale"):
+        fit_live_weights(zero, [1], [10], [5.0], [20.0])
+
+
+def test_weights_from_runs_skip_ar_and_need_a_profile():
+    cm = profile()
+    rng = np.random.default_rng(1)
+    runs = [timed_run(rng, cm, 1.2, 1.4, "p0"), timed_run(rng, cm, 1.2, 1.4, "p1", overhead_ms=0.6)]
+    ar = RunRecord(method="ar", params={"method": "ar"}, target="t", drafter=None, dtype="float32", device="cpu",
+                   prompt="p", prompt_ids=[1], output_ids=[2], status="complete", decode_s=1.0)
+    fit = live_weights_from_runs(runs + [ar])
+    assert fit.weights.cd_scale == pytest.approx(1.2) and fit.weights.cv_scale == pytest.approx(1.4)
+    assert fit.n_rounds == 30
+    with pytest.raises(InputError, match="no logged speculative round"):
+        live_weights_from_runs([ar])
+    bare = timed_run(rng, cm, 1.0, 1.0, "p2")
+    bare.cost_model = None
+    with pytest.raises(InputError, match="stored no cost model"):
+        live_weights_from_runs([bare])
+    assert live_weights_from_runs([bare], cm).weights.cv_scale == pytest.approx(1.0)
+
+
+def test_timing_cost_keeps_trees_and_changes_only_the_predicted_time():
+    cm = profile()
+    run = timed_run(np.random.default_rng(2), cm, 1.5, 2.0, "p")
+    _, plain = replay_vs_live([run])
+    per_run, timed = replay_vs_live([run], timing_cost=cm.with_weights(cd_scale=1.5, cv_scale=2.0))
+    expect = sum(cm.cd_s * 1.5 + 2.0 * cm.cv(r.budget, r.start) for r in run.rounds)
+    assert per_run["pred_s"].iloc[0] == pytest.approx(expect)
+    assert per_run["tau_match"].iloc[0] == len(run.rounds)  # same trees as logged
+    # the profile alone is ~1.9x too optimistic here; the scaled timing model is not
+    assert plain["pooled_ratio"].iloc[0] > 1.8
+    assert timed["pooled_ratio"].iloc[0] == pytest.approx(sum(r.tau for r in run.rounds) / run.n_new_tokens)
+
+
+def test_crossfit_predicts_each_fold_from_the_other_folds_only():
+    cm = profile()
+    rng = np.random.default_rng(3)
+    runs = [timed_run(rng, cm, 1.25, 1.25, f"p{i}", budget=b) for i in range(4) for b in (4, 16)]
+    per_run, per_method, fits = replay_vs_live_crossfit(runs, folds=2)
+    assert len(fits) == 2 and all(f["n_prompts_fit"] == 2 for f in fits)
+    assert all(f["weights"]["cv_scale"] == pytest.approx(1.25) for f in fits)
+    assert per_method["within_tol"].all() and len(per_run) == len(runs)
+    # prompts p1, p3 (fold 1) run twice as slow: fold 0 is predicted with fold 1's weights and vice versa
+    rng = np.random.default_rng(3)
+    runs2 = [timed_run(rng, cm, *((1.25, 1.25) if i % 2 == 0 else (2.5, 2.5)), f"p{i}", budget=b)
+             for i in range(4) for b in (4, 16)]
+    pr2, pm2, fits2 = replay_vs_live_crossfit(runs2, folds=2)
+    assert fits2[0]["weights"]["cv_scale"] == pytest.approx(2.5)
+    assert fits2[1]["weights"]["cv_scale"] == pytest.approx(1.25)
+    order = [r for r in runs2 if int(r.prompt[1:]) % 2 == 0] + [r for r in runs2 if int(r.prompt[1:]) % 2 == 1]
+    ratio = (pr2["pred_s"] / pr2["live_s"]).to_numpy()
+    np.testing.assert_allclose(ratio, [2.0 if int(r.prompt[1:]) % 2 == 0 else 0.5 for r in order], rtol=1e-6)
+    assert not pm2["within_tol"].any()
+
+
+def test_crossfit_needs_enough_prompts():
+    cm = profile()
+    runs = [timed_run(np.random.default_rng(4), cm, 1.0, 1.0, "same")]
+    with pytest.raises(InputError) as e:
+        replay_vs_live_crossfit(runs, folds=2)
+    assert e.value.field == "folds"
+    with pytest.raises(InputError):
+        replay_vs_live_crossfit(runs, folds=1)
+
+
+def test_fit_cost_cli_writes_a_weighted_model_and_rejects_bad_input(tmp_path, capsys):
+    from dtree.cli import main
+    from dtree.store import TraceStore
+
+    cm = profile()
+    rng = np.random.default_rng(5)
+    path = tmp_path / "runs.sqlite"
+    with TraceStore(path) as store:
+        for i in range(4):
+            store.save_run(timed_run(rng, cm, 1.1, 1.3, f"p{i}", noise=0.05), tag="bench:x:synthetic")
+    out = tmp_path / "fitted.json"
+    assert main(["fit-cost", "--store", str(path), "--out", str(out)]) == 0
+    text = capsys.readouterr().out
+    assert "cv_scale 1.3" in text and "2-fold by prompt" in text
+    fitted = CostModel.load(out)
+    assert fitted.weights is not None and fitted.weights.cv_scale == pytest.approx(1.3, rel=0.05)
+    assert fitted.meta["live_fit"]["n_rounds"] == 60 and len(fitted.meta["live_fit"]["runs"]) == 4
+    np.testing.assert_allclose(fitted.cv_fit_s, cm.cv_fit_s)  # the profile itself is kept
+    assert main(["fit-cost", "--store", str(path), "--out", str(out), "--json"]) == 0
+    doc = json.loads(capsys.readouterr().out)
+    assert len(doc["cross_fit"]) == 1 and doc["cross_fit"][0]["median_rel_err"] < 0.15
+    # bad input: clear message, exit 2, the earlier output untouched
+    before = out.read_bytes()
+    assert main(["fit-cost", "--store", str(path), "--tag", "nope", "--out", str(out)]) == 2
+    assert "no complete speculative run" in capsys.readouterr().err
+    assert main(["fit-cost", "--store", str(tmp_path / "missing.sqlite"), "--out", str(out)]) == 2
+    assert "no trace store" in capsys.readouterr().err and not (tmp_path / "missing.sqlite").exists()
+    assert main(["fit-cost", "--store", str(path), "--out", str(tmp_path)]) == 2
+    assert main(["fit-cost", "--store", str(path), "--run", "999", "--out", str(out)]) == 2
+    assert out.read_bytes() == before
+    assert CostWeights.from_dict(fitted.to_dict()["weights"]) == fitted.weights
