@@ -85,6 +85,61 @@ if cost is not None:
     st.session_state["cost_model_page"] = (cost, label)  # the Budget lab offers it too
 
     st.subheader("Cost weights")
+    with st.expander("Fit the scales to logged runs (live round timings of this machine)"):
+        st.caption("The profiler times each forward alone; inside the decoding loop the same forwards usually run "
+                   "slower (drafter and target alternate, caches are cold) and each round adds tree build and KV "
+                   "compaction. This fit keeps the profile's shape and sets Cd scale = logged (draft + build + "
+                   "commit) / Cd and Cv scale = logged verify time / profiled Cv(n; L) over the chosen runs' rounds "
+                   "(`python -m dtree fit-cost` does the same). Runs should come from this machine and dtype.")
+        import pandas as pd
+        from pathlib import Path
+
+        fit_store, fit_runs = None, pd.DataFrame()
+        if Path(ui.current_store_path()).expanduser().exists():  # the sidebar's store (its box is drawn below)
+            try:
+                fit_store = ui.get_store(str(Path(ui.current_store_path()).expanduser()))
+                fit_runs = fit_store.list_runs(status="complete")
+            except Exception as e:  # unreadable store: say so, keep the page
+                ui.show_error(e)
+        if not fit_runs.empty:
+            fit_runs = fit_runs[fit_runs["method"].isin(ui.SPECULATIVE) & (fit_runs["n_rounds"] > 0)]
+            want = cost.meta.get("dtype")
+            if want:
+                fit_runs = fit_runs[fit_runs["dtype"] == want]
+        if fit_runs.empty:
+            st.info(f"No complete chain / ddtree / caddtree run in {cost.meta.get('dtype') or 'any dtype'} in the "
+                    "trace store yet: decode or bench some first.")
+        else:
+            fit_labels = {int(r["id"]): ui.run_label(r) for _, r in fit_runs.iterrows()}
+            chosen = st.multiselect("Runs to fit on", list(fit_labels), default=list(fit_labels)[:20],
+                                    format_func=fit_labels.get, key=ui.store_widget_key("cm_fit_runs", fit_store))
+
+            def _fit(ids=tuple(chosen), store=fit_store, profile=cost):
+                from dtree.replay import live_weights_from_runs
+
+                try:
+                    if not ids:
+                        raise ValueError("choose at least one run")
+                    fit = live_weights_from_runs([store.load_run(i) for i in ids], profile)
+                except Exception as e:  # deleted meanwhile, no rounds, bad timings
+                    st.session_state["cm_fit"] = e
+                    return
+                st.session_state["cm_fit"] = fit
+                st.session_state["cm_analytic"] = False
+                st.session_state["cm_cd_scale"] = min(5.0, max(0.1, round(fit.weights.cd_scale / 0.05) * 0.05))
+                st.session_state["cm_cv_scale"] = min(5.0, max(0.1, round(fit.weights.cv_scale / 0.05) * 0.05))
+
+            st.button("Fit and set the scales", key="cm_fit_button", on_click=_fit)
+            fit = st.session_state.get("cm_fit")
+            if isinstance(fit, Exception):
+                ui.show_error(fit)
+            elif fit is not None:
+                st.success(f"{fit.n_rounds} rounds: fixed cost per round {fit.live_cd_ms:.2f} ms live vs Cd "
+                           f"{fit.model_cd_ms:.2f} ms profiled -> Cd scale {fit.weights.cd_scale:.3f}; verify "
+                           f"{fit.live_cv_ms:.2f} ms live vs {fit.model_cv_ms:.2f} ms profiled -> Cv scale "
+                           f"{fit.weights.cv_scale:.3f} (per-round ratio quartiles {fit.cv_ratio_p25:.2f} / "
+                           f"{fit.cv_ratio_p50:.2f} / {fit.cv_ratio_p75:.2f}). The sliders below are set to them "
+                           "(rounded to 0.05).")
     weights = ui.cost_weight_widgets(cost, "cm")
     weighted = cost.weighted(weights)
     m = st.columns(4)

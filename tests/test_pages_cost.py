@@ -115,6 +115,30 @@ def test_cost_page_file_curves_and_weights_move_theta(env):
     assert any(t["name"].startswith("argmax n = ") for t in fig["data"])
 
 
+def test_cost_page_fits_the_scales_to_logged_runs(env):
+    from dtree.cost import CostModel
+    from dtree.replay import live_weights_from_runs
+    from dtree.store import TraceStore
+
+    store_path, cost_path, ids, _ = env
+    at = _load_file(_app(COST).run(), cost_path)
+    _ok(at)
+    key = next(m.key for m in at.multiselect if m.key and m.key.startswith("cm_fit_runs"))
+    assert sorted(at.multiselect(key=key).value) == sorted(ids.values())
+    at.multiselect(key=key).set_value([ids["ddtree"], ids["chain"]]).run()
+    at.button(key="cm_fit_button").click().run()
+    _ok(at)
+    with TraceStore(store_path) as store:
+        want = live_weights_from_runs([store.load_run(ids["ddtree"]), store.load_run(ids["chain"])],
+                                      CostModel.load(cost_path)).weights
+    assert at.success and f"Cv scale {want.cv_scale:.3f}" in at.success[0].value
+    for name, v in (("cm_cd_scale", want.cd_scale), ("cm_cv_scale", want.cv_scale)):
+        assert at.slider(key=name).value == pytest.approx(min(5.0, max(0.1, round(v / 0.05) * 0.05)))
+    at.multiselect(key=key).set_value([]).run()
+    at.button(key="cm_fit_button").click().run()
+    assert not at.exception and at.error and "at least one run" in at.error[0].value
+
+
 def test_cost_page_foreign_and_corrupted_files(env):
     _, cost_path, _, tmp = env
     d = json.loads(Path(cost_path).read_text())
