@@ -81,6 +81,10 @@ def cmd_decode(args) -> int:
         from .calibration import Calibration
 
         Calibration.load(args.calibration)  # a bad file exits 2 before the model loads
+    if args.cost_model:
+        from .cost import CostModel
+
+        CostModel.load(args.cost_model)  # likewise
     backend = Backend(args.target, args.dtype, args.device, args.drafter)
     backend.prepare(args.prompt, cfg)  # against the model's context; before anything is profiled or stored
     backend.cost_weights = None if weights.is_identity else weights
@@ -317,17 +321,49 @@ def cmd_calibrate(args) -> int:
 
 
 def _select_runs(store, args, what: str) -> list[int]:
-    """Run ids from ``--run`` or every complete speculative greedy run, filtered by ``--tag`` / ``--drafter``."""
-    if args.run:
-        return _int_list("run", args.run)
-    listed = store.list_runs(status="complete")
+    """Run ids for ``calibrate`` / ``fit-cost``: ``--run`` ids (each must be a complete chain / ddtree / caddtree run
+    with rounds at temperature 0), or every such run of the store filtered by ``--tag`` / ``--drafter``.
+
+    Raises:
+        InputError: ``--run`` combined with ``--tag`` / ``--drafter``, an empty or malformed ``--run``, an unknown id,
+            an AR / incomplete / sampled run, an unknown tag (the newest tags are listed), or no matching run.
+    """
+    listed = store.list_runs()
+
+    def usable(m, n, p, status) -> bool:
+        return (m != "ar" and n > 0 and status == "complete"
+                and float((p or {}).get("temperature", 0.0) or 0.0) == 0.0)
+
+    if args.run is not None:
+        if args.tag is not None or getattr(args, "drafter", None) is not None:
+            raise InputError("run", "give either --run or --tag / --drafter, not both")
+        ids = _int_list("run", args.run)
+        if not ids:
+            raise InputError("run", "must list at least one run id")
+        rows = {int(r["id"]): r for _, r in listed.iterrows()}
+        for i in ids:
+            if i not in rows:
+                raise InputError("run", f"no run {i} in {args.store!r}")
+            r = rows[i]
+            if r["method"] == "ar":
+                raise InputError("run", f"run {i} is an AR run: it logged no drafter marginals or draft timings")
+            if not usable(r["method"], r["n_rounds"], r["params"], r["status"]):
+                raise InputError("run", f"run {i} is not a complete greedy (temperature 0) run with rounds "
+                                        f"(status {r['status']}, {int(r['n_rounds'])} rounds)")
+        return ids
+    if args.tag is not None and args.tag not in set(listed["tag"].dropna()):
+        from .bench import list_benches
+
+        known = list_benches(store)["tag"].head(5).tolist()
+        raise InputError("tag", f"no run tagged {args.tag!r} in {args.store!r}; newest bench tags: "
+                                f"{', '.join(known) if known else 'none'}")
     if args.tag is not None:
         listed = listed[listed["tag"] == args.tag]
     if getattr(args, "drafter", None) is not None:
         listed = listed[listed["drafter"] == args.drafter]
-    keep = [(m != "ar" and n > 0 and float((p or {}).get("temperature", 0.0) or 0.0) == 0.0)
-            for m, n, p in zip(listed["method"], listed["n_rounds"], listed["params"])]
-    ids = [int(i) for i in listed["id"][keep]]
+    keep = [usable(m, n, p, st) for m, n, p, st in zip(listed["method"], listed["n_rounds"], listed["params"],
+                                                        listed["status"])]
+    ids = sorted(int(i) for i in listed["id"][keep])
     if not ids:
         raise InputError("run", f"no complete speculative run at temperature 0 in {args.store!r} matches; decode "
                                 f"or bench with chain / ddtree / caddtree first ({what})")
@@ -360,6 +396,8 @@ def cmd_fit_cost(args) -> int:
     n_prompts = len({(r.prompt, tuple(r.prompt_ids)) for r in runs})
     if n_prompts >= 2:
         _, cross, _ = replay_vs_live_crossfit(runs, fallback_cost=base)
+    else:
+        print("2-fold check skipped: the runs cover only one prompt", file=sys.stderr)
     path = fitted.save(out, "out")
     if args.json:
         print(json.dumps({"fit": fit.to_dict(), "runs": ids, "out": str(path),
@@ -423,6 +461,8 @@ def cmd_bench(args) -> int:
         from .store import TraceStore
 
         store = bench.TaggedStore(TraceStore(args.store), bench.new_bench_tag(args.dataset))  # Speedup arena lists it
+        print(f"runs are stored in {args.store} under tag {store.tag} (for --tag of fit-cost / calibrate)",
+              file=sys.stderr)
     bar = tqdm(total=len(prompts) * len(methods), desc="bench", unit="run", file=sys.stderr)
     stats = bench.run_bench(backend, prompts, methods, args.max_new_tokens, args.temperature, store=store,
                             progress=lambda d, t: bar.update(d - bar.n))

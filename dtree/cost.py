@@ -472,7 +472,11 @@ class CostModel:
             d = json.loads(data.decode("utf-8"))
         except (json.JSONDecodeError, UnicodeDecodeError) as e:
             raise InputError("cost_model", f"{str(path)!r} is not a valid cost model JSON file ({e})") from None
-        return cls.from_dict(d)
+        try:
+            return cls.from_dict(d)
+        except InputError as e:  # name the file in the message
+            msg = str(e).split(": ", 1)[-1]
+            raise InputError(e.field, f"{msg} (in {str(path)!r})") from None
 
 
 @dataclass(frozen=True)

@@ -170,10 +170,30 @@ def test_fit_cost_cli_writes_a_weighted_model_and_rejects_bad_input(tmp_path, ca
     # bad input: clear message, exit 2, the earlier output untouched
     before = out.read_bytes()
     assert main(["fit-cost", "--store", str(path), "--tag", "nope", "--out", str(out)]) == 2
+    assert "no run tagged 'nope'" in capsys.readouterr().err
+    assert main(["fit-cost", "--store", str(path), "--drafter", "nope", "--out", str(out)]) == 2
     assert "no complete speculative run" in capsys.readouterr().err
     assert main(["fit-cost", "--store", str(tmp_path / "missing.sqlite"), "--out", str(out)]) == 2
     assert "no trace store" in capsys.readouterr().err and not (tmp_path / "missing.sqlite").exists()
     assert main(["fit-cost", "--store", str(path), "--out", str(tmp_path)]) == 2
     assert main(["fit-cost", "--store", str(path), "--run", "999", "--out", str(out)]) == 2
+    with TraceStore(path) as store:
+        store.save_run(RunRecord(method="ar", params={"method": "ar"}, target="t", drafter=None, dtype="float32",
+                                 device="cpu", prompt="p", prompt_ids=[1], output_ids=[2], status="complete",
+                                 decode_s=1.0))
+        ar_id = int(store.list_runs(method="ar")["id"].iloc[0])
+    for argv, msg in ((["--run", str(ar_id)], f"run {ar_id} is an AR run"),
+                      (["--run", "1", "--tag", "bench:x:synthetic"], "either --run or --tag"),
+                      (["--run", ","], "at least one run id"),
+                      (["--tag", "bench:nope"], "newest bench tags: bench:x:synthetic")):
+        assert main(["fit-cost", "--store", str(path), "--out", str(out), *argv]) == 2
+        assert msg in capsys.readouterr().err
     assert out.read_bytes() == before
+    # one prompt only: fitted and saved, the skipped 2-fold check is said
+    assert main(["fit-cost", "--store", str(path), "--run", "1", "--out", str(tmp_path / "one.json")]) == 0
+    assert "2-fold check skipped" in capsys.readouterr().err
+    bad = tmp_path / "bad.json"
+    bad.write_text(json.dumps({"format": "something-else"}))
+    assert main(["fit-cost", "--store", str(path), "--cost-model", str(bad), "--out", str(out)]) == 2
+    assert "bad.json" in capsys.readouterr().err
     assert CostWeights.from_dict(fitted.to_dict()["weights"]) == fitted.weights
