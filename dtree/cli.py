@@ -320,6 +320,16 @@ def cmd_calibrate(args) -> int:
     return 0
 
 
+def _add_run_selection_args(p: argparse.ArgumentParser) -> None:
+    """The store and run options that :func:`_select_runs` reads (calibrate, fit-cost)."""
+    p.add_argument("--from-store", "--store", dest="store", default=default_store_path(),
+                   help=f"trace store to read (default {STORE_HELP})")
+    p.add_argument("--run", default=None, help="run ids, comma-separated (default: every complete speculative run "
+                                               "at temperature 0, filtered by --tag / --drafter)")
+    p.add_argument("--tag", default=None, help="only runs of this bench tag (as listed by the Speedup arena)")
+    p.add_argument("--drafter", default=None, help="only runs of this drafter name")
+
+
 def _select_runs(store, args, what: str) -> list[int]:
     """Run ids for ``calibrate`` / ``fit-cost``: ``--run`` ids (each must be a complete chain / ddtree / caddtree run
     with rounds at temperature 0), or every such run of the store filtered by ``--tag`` / ``--drafter``.
@@ -335,7 +345,7 @@ def _select_runs(store, args, what: str) -> list[int]:
                 and float((p or {}).get("temperature", 0.0) or 0.0) == 0.0)
 
     if args.run is not None:
-        if args.tag is not None or getattr(args, "drafter", None) is not None:
+        if args.tag is not None or args.drafter is not None:
             raise InputError("run", "give either --run or --tag / --drafter, not both")
         ids = _int_list("run", args.run)
         if not ids:
@@ -359,7 +369,7 @@ def _select_runs(store, args, what: str) -> list[int]:
                                 f"{', '.join(known) if known else 'none'}")
     if args.tag is not None:
         listed = listed[listed["tag"] == args.tag]
-    if getattr(args, "drafter", None) is not None:
+    if args.drafter is not None:
         listed = listed[listed["drafter"] == args.drafter]
     keep = [usable(m, n, p, st) for m, n, p, st in zip(listed["method"], listed["n_rounds"], listed["params"],
                                                         listed["status"])]
@@ -373,7 +383,7 @@ def _select_runs(store, args, what: str) -> list[int]:
 def cmd_fit_cost(args) -> int:
     """Fit cost weights (cd_scale, cv_scale) to logged round timings and save the weighted cost model."""
     from .cost import CostModel, json_output_path
-    from .replay import live_weights_from_runs, replay_vs_live, replay_vs_live_crossfit
+    from .replay import live_weights_from_runs, prompt_key, replay_vs_live, replay_vs_live_crossfit
     from .store import TraceStore
 
     if not Path(args.store).exists():
@@ -391,11 +401,10 @@ def cmd_fit_cost(args) -> int:
     fit = live_weights_from_runs(runs, base)
     fitted = base.weighted(fit.weights)
     fitted.meta = dict(fitted.meta, live_fit={**fit.to_dict(), "store": str(args.store), "runs": ids})
-    _, in_sample = replay_vs_live(runs, timing_cost=fitted)
+    _, in_sample = replay_vs_live(runs, fallback_cost=base, timing_cost=fitted)
     cross = None
-    n_prompts = len({(r.prompt, tuple(r.prompt_ids)) for r in runs})
-    if n_prompts >= 2:
-        _, cross, _ = replay_vs_live_crossfit(runs, fallback_cost=base)
+    if len({prompt_key(r) for r in runs}) >= 2:
+        _, cross, _ = replay_vs_live_crossfit(runs, fallback_cost=base, profile=base)
     else:
         print("2-fold check skipped: the runs cover only one prompt", file=sys.stderr)
     path = fitted.save(out, "out")
@@ -660,12 +669,7 @@ def build_parser() -> argparse.ArgumentParser:
     rp.set_defaults(func=cmd_replay)
     cb = sub.add_parser("calibrate", help="fit the drafter's calibration (acceptance / q by depth and rank) from "
                                           "logged runs, for the -cal methods")
-    cb.add_argument("--from-store", "--store", dest="store", default=default_store_path(),
-                    help=f"trace store to read (default {STORE_HELP})")
-    cb.add_argument("--run", default=None, help="run ids, comma-separated (default: every complete speculative run "
-                                                "at temperature 0, filtered by --tag / --drafter)")
-    cb.add_argument("--tag", default=None, help="only runs of this bench tag (as listed by the Speedup arena)")
-    cb.add_argument("--drafter", default=None, help="only runs of this drafter name")
+    _add_run_selection_args(cb)
     cb.add_argument("--rank-bins", type=int, default=4, help="rank bins per depth, 1..64 (default 4: 0, 1, 2, 3+)")
     cb.add_argument("--prior-strength", type=float, default=4.0,
                     help="shrinkage strength m, in expected acceptances (default 4)")
@@ -674,12 +678,7 @@ def build_parser() -> argparse.ArgumentParser:
     cb.set_defaults(func=cmd_calibrate)
     fc = sub.add_parser("fit-cost", help="fit cost weights (cd_scale, cv_scale) to the phase timings of logged runs "
                                          "and save the weighted cost model")
-    fc.add_argument("--from-store", "--store", dest="store", default=default_store_path(),
-                    help=f"trace store to read (default {STORE_HELP})")
-    fc.add_argument("--run", default=None, help="run ids, comma-separated (default: every complete speculative run "
-                                                "at temperature 0, filtered by --tag / --drafter)")
-    fc.add_argument("--tag", default=None, help="only runs of this bench tag (as listed by the Speedup arena)")
-    fc.add_argument("--drafter", default=None, help="only runs of this drafter name")
+    _add_run_selection_args(fc)
     fc.add_argument("--cost-model", default=None, help="profile to rescale (default: the one stored with the runs)")
     fc.add_argument("--out", required=True, help="output cost-model JSON (use it with --cost-model)")
     fc.add_argument("--json", action="store_true", help="print JSON instead of text")

@@ -972,19 +972,27 @@ def _aggregate_vs_live(per_run: pd.DataFrame, tol: float) -> pd.DataFrame:
     return per_method
 
 
+def prompt_key(run: RunRecord) -> tuple:
+    """Identity of a run's prompt (text and token ids): runs of one bench prompt share it."""
+    return run.prompt, tuple(run.prompt_ids)
+
+
 def replay_vs_live_crossfit(runs: Iterable[RunRecord], key=None, folds: int = 2, tol: float = 0.15,
-                            fallback_cost: CostModel | None = None) -> tuple[pd.DataFrame, pd.DataFrame, list[dict]]:
+                            fallback_cost: CostModel | None = None, profile: CostModel | None = None
+                            ) -> tuple[pd.DataFrame, pd.DataFrame, list[dict]]:
     """:func:`replay_vs_live` with timings predicted by cost weights fitted on OTHER prompts (k-fold by prompt).
 
     The distinct prompts of ``runs`` (in order of first appearance) are dealt round-robin into ``folds`` folds; for
     each fold, :func:`live_weights_from_runs` fits ``cd_scale`` / ``cv_scale`` on the runs of the other folds and
-    those weights (applied to each fitting run set's stored profile) predict the fold's runs. Every prediction is
-    therefore out of sample: no run's own timings enter its prediction.
+    those weights (applied to the profile) predict the fold's runs. Every prediction is therefore out of sample: no
+    run's own timings enter its prediction.
 
     Args:
         runs: the runs of one bench (several prompts, any methods; AR runs are skipped).
         key, tol, fallback_cost: as :func:`replay_vs_live`.
         folds: number of folds, 2..(number of prompts).
+        profile: the cost model whose scales are fitted (default: the first one stored by each fold's fitting runs,
+            else ``fallback_cost``).
 
     Returns:
         ``(per_run, per_method, fits)``: the tables of :func:`replay_vs_live` over all folds, and per fold the
@@ -992,33 +1000,35 @@ def replay_vs_live_crossfit(runs: Iterable[RunRecord], key=None, folds: int = 2,
 
     Raises:
         InputError: fewer than ``folds`` distinct prompts, ``folds`` < 2, or a fold whose fitting runs have no
-            speculative round or no stored cost model.
+            speculative round or no cost model (neither ``profile``, stored nor ``fallback_cost``).
     """
     runs = _as_runs(runs)
     prompts: dict = {}
     for r in runs:
-        prompts.setdefault((r.prompt, tuple(r.prompt_ids)), len(prompts))
+        prompts.setdefault(prompt_key(r), len(prompts))
     folds = check_int("folds", folds, lo=2)
     if len(prompts) < folds:
         raise InputError("folds", f"{folds} folds need at least {folds} distinct prompts; these runs have "
                                   f"{len(prompts)}")
 
     def fold_of(r):
-        return prompts[(r.prompt, tuple(r.prompt_ids))] % folds
+        return prompts[prompt_key(r)] % folds
 
     tables, fits = [], []
     for f in range(folds):
         fit_runs = [r for r in runs if fold_of(r) != f]
         test_runs = [r for r in runs if fold_of(r) == f]
-        stored = next((r.cost_model for r in fit_runs if r.cost_model), None)
-        base = CostModel.from_dict(stored) if stored else fallback_cost
+        base = profile
         if base is None:
-            raise InputError("cost_model", f"fold {f}: the fitting runs stored no cost model; pass fallback_cost")
+            stored = next((r.cost_model for r in fit_runs if r.cost_model), None)
+            base = CostModel.from_dict(stored) if stored else fallback_cost
+        if base is None:
+            raise InputError("cost_model", f"fold {f}: the fitting runs stored no cost model; pass a profile")
         fit = live_weights_from_runs(fit_runs, base)
         timing = base.weighted(fit.weights)
         per_run, _ = replay_vs_live(test_runs, key=key, fallback_cost=fallback_cost, tol=tol, timing_cost=timing)
         tables.append(per_run)
-        fits.append({"fold": f, "n_prompts_fit": len({prompts[(r.prompt, tuple(r.prompt_ids))] for r in fit_runs}),
+        fits.append({"fold": f, "n_prompts_fit": len({prompt_key(r) for r in fit_runs}),
                      **fit.to_dict()})
     per_run = pd.concat(tables, ignore_index=True) if tables else pd.DataFrame(columns=_PER_RUN_COLUMNS)
     return per_run, _aggregate_vs_live(per_run, tol), fits

@@ -179,6 +179,14 @@ def query_store_or_stop(query):
         st.stop()
 
 
+def speculative_rows(runs):
+    """The rows of a ``TraceStore.list_runs`` frame whose runs logged drafter marginals (chain / ddtree / caddtree and
+    variants, with rounds), re-indexed from 0."""
+    if runs.empty:
+        return runs
+    return runs[runs["method"].isin(SPECULATIVE) & (runs["n_rounds"] > 0)].reset_index(drop=True)
+
+
 def pick_speculative_runs(empty_hint: str):
     """Sidebar store + its runs that carry drafter marginals (chain / ddtree / caddtree with rounds, newest first)
     and their labels for a selectbox; stops the page when the store is missing, unreadable or has no such run
@@ -187,8 +195,7 @@ def pick_speculative_runs(empty_hint: str):
     Returns ``(store, runs DataFrame, {run id: label})``.
     """
     store, runs = query_store_or_stop(lambda s: s.list_runs())
-    if not runs.empty:
-        runs = runs[runs["method"].isin(SPECULATIVE) & (runs["n_rounds"] > 0)].reset_index(drop=True)
+    runs = speculative_rows(runs)
     if runs.empty:
         st.info(empty_hint)
         st.stop()

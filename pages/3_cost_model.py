@@ -95,14 +95,15 @@ if cost is not None:
         from pathlib import Path
 
         fit_store, fit_runs = None, pd.DataFrame()
-        if Path(ui.current_store_path()).expanduser().exists():  # the sidebar's store (its box is drawn below)
+        fit_path = Path(ui.current_store_path()).expanduser()  # the sidebar's store (its box is drawn below)
+        if fit_path.exists():
             try:
-                fit_store = ui.get_store(str(Path(ui.current_store_path()).expanduser()))
+                fit_store = ui.get_store(str(fit_path))
                 fit_runs = fit_store.list_runs(status="complete")
             except Exception as e:  # unreadable store: say so, keep the page
                 ui.show_error(e)
+        fit_runs = ui.speculative_rows(fit_runs)
         if not fit_runs.empty:
-            fit_runs = fit_runs[fit_runs["method"].isin(ui.SPECULATIVE) & (fit_runs["n_rounds"] > 0)]
             want = cost.meta.get("dtype")
             if want:
                 fit_runs = fit_runs[fit_runs["dtype"] == want]

@@ -67,7 +67,7 @@ def build_report(store, tag: str, tol: float = TOL) -> dict:
         summary_rows,
     )
     from dtree.records import parse_method
-    from dtree.replay import replay_vs_live, replay_vs_live_crossfit, unimodal_summary
+    from dtree.replay import prompt_key, replay_vs_live, replay_vs_live_crossfit, unimodal_summary
 
     runs = bench_runs(store, tag)
 
@@ -88,7 +88,7 @@ def build_report(store, tag: str, tol: float = TOL) -> dict:
     key = lambda run: stored_method_key(run.method, run.params)  # noqa: E731
     per_run, per_method = replay_vs_live(spec, key=key, fallback_cost=_fallback_cost(spec), tol=tol)
     cross = None
-    if len({(r.prompt, tuple(r.prompt_ids)) for r in spec}) >= 2:
+    if len({prompt_key(r) for r in spec}) >= 2:
         c_run, c_method, fits = replay_vs_live_crossfit(spec, key=key, fallback_cost=_fallback_cost(spec), tol=tol)
         cross = {"tol": tol, "n_within": c_method.attrs["n_within"], "n_methods": c_method.attrs["n_methods"],
                  "fits": fits, "per_method": _records(c_method), "per_run": _records(c_run)}

@@ -123,6 +123,10 @@ def test_crossfit_predicts_each_fold_from_the_other_folds_only():
     assert len(fits) == 2 and all(f["n_prompts_fit"] == 2 for f in fits)
     assert all(f["weights"]["cv_scale"] == pytest.approx(1.25) for f in fits)
     assert per_method["within_tol"].all() and len(per_run) == len(runs)
+    # an explicit profile replaces the stored one: Cd twice as large -> half the fitted cd_scale, same predictions
+    pr_p, _, fits_p = replay_vs_live_crossfit(runs, folds=2, profile=profile(cd=0.01))
+    assert all(f["weights"]["cd_scale"] == pytest.approx(0.625) for f in fits_p)
+    np.testing.assert_allclose(pr_p["pred_s"], per_run["pred_s"])
     # prompts p1, p3 (fold 1) run twice as slow: fold 0 is predicted with fold 1's weights and vice versa
     rng = np.random.default_rng(3)
     runs2 = [timed_run(rng, cm, *((1.25, 1.25) if i % 2 == 0 else (2.5, 2.5)), f"p{i}", budget=b)
