@@ -341,3 +341,117 @@ def run_calibration(run, calibration: Calibration | None = None) -> Calibration:
         return Calibration.from_dict(stored)
     raise InputError("calibration", f"run {run.run_id} stored no calibration; pass one (--calibration FILE, fitted "
                                     "with python -m dtree calibrate)")
+
+
+# ----------------------------------------------------------------------------------------------------------------------
+# Online (adaptive) calibration: learnt during the run from its own rounds
+# ----------------------------------------------------------------------------------------------------------------------
+
+
+class _PendingWalk:
+    """The walk of :func:`count_round` for one past round, advanced as the target's choices become known."""
+
+    __slots__ = ("tokens", "q", "offset", "depth", "cls", "alive")
+
+    def __init__(self, marg, offset: int):
+        self.tokens = np.asarray(marg.tokens, dtype=np.int64)
+        self.q = np.exp(np.asarray(marg.logprobs, dtype=np.float64))
+        self.offset = offset      # index of the round's anchor in the committed stream
+        self.depth = 0            # next depth to observe, 0-based (d0 of count_round)
+        self.cls = 0              # 0 while the target's path stays on the drafter's spine
+        self.alive = True
+
+    def advance(self, stream: list[int], observed: np.ndarray, predicted: np.ndarray) -> None:
+        G, R = observed.shape[1], observed.shape[2]
+        gamma, k = self.tokens.shape
+        bins = np.minimum(np.arange(k), R - 1)
+        last = min(gamma, G)
+        while self.alive and self.depth < last and self.offset + self.depth + 1 < len(stream):
+            d0 = self.depth
+            hit = self.tokens[d0] == stream[self.offset + d0 + 1]
+            np.add.at(predicted[self.cls, d0], bins, self.q[d0])
+            np.add.at(observed[self.cls, d0], bins, hit.astype(np.float64))
+            where = np.flatnonzero(hit)
+            if where.size == 0:
+                self.alive = False
+            else:
+                self.depth += 1
+                if where[0] > 0:
+                    self.cls = 1
+        if self.depth >= last:
+            self.alive = False
+
+
+class OnlineCalibration:
+    """A :class:`Calibration` learnt during one run from the run's own rounds (the ``-adapt`` method variants; ours).
+
+    The fit is the one of :func:`fit_calibration` (same trials, same shrinkage toward the uncalibrated drafter with
+    ``prior_strength`` m, same rank-monotone projection), applied to the rounds decoded so far: each round is one set of
+    trials per depth, and a depth is counted as soon as the target's choice there is known, i.e. committed by this or a
+    later round (at temperature 0 the committed output is the target's path, DESIGN.md section 4). So round i is built
+    with a calibration of rounds 0..i-1 only, and a replay of the logged run can rebuild exactly the same sequence of
+    calibrations (:func:`dtree.replay.adaptive_calibrations`). Early in a run the factors stay near 1 (the shrinkage);
+    on a prompt where the drafter is over-confident they fall below 1 within a few rounds, which shrinks CaDDTree's
+    budgets; where it is well calibrated they stay near 1 and the trees stay the plain ones.
+
+    Args:
+        depths: G, depths of the table (the drafter's horizon gamma = block size - 1).
+        rank_bins: R, rank bins (default 4).
+        prior_strength: m of the shrinkage, in expected acceptances (default 4).
+
+    Raises:
+        InputError: ``depths`` outside 1..4096, ``rank_bins`` outside 1..64, ``prior_strength`` not in [0, 1e9].
+    """
+
+    def __init__(self, depths: int, rank_bins: int = DEFAULT_RANK_BINS,
+                 prior_strength: float = DEFAULT_PRIOR_STRENGTH):
+        G = check_int("depths", depths, 1, 4096)
+        R = check_int("rank_bins", rank_bins, 1, 64)
+        self.prior_strength = check_float("prior_strength", prior_strength, 1e-9, 1e9)
+        self.observed = np.zeros((2, G, R))
+        self.predicted = np.zeros((2, G, R))
+        self._stream: list[int] = []
+        self._pending: list[_PendingWalk] = []
+        self._rounds = 0
+        self._current: Calibration | None = None
+
+    def settings(self) -> dict[str, Any]:
+        """``{"depths", "rank_bins", "prior_strength"}``: what a replay needs to rebuild the same calibrations."""
+        return {"depths": int(self.observed.shape[1]), "rank_bins": int(self.observed.shape[2]),
+                "prior_strength": float(self.prior_strength)}
+
+    def observe_round(self, marg, committed, bonus: int) -> None:
+        """Record one finished round.
+
+        Args:
+            marg: the round's :class:`dtree.trees.Marginals` ``[gamma, K]`` as logged (the replay rebuilds the same
+                counts from the logged marginals, so pass those).
+            committed: the tokens the round committed, its anchor first (``RoundRecord.committed``).
+            bonus: the target's token after them (the next round's anchor).
+
+        Raises:
+            InputError: ``committed`` empty or not starting where the previous round's bonus said.
+        """
+        committed = [int(t) for t in committed]
+        if not committed:
+            raise InputError("committed", "a round commits at least its anchor")
+        if self._stream and self._stream[-1] != committed[0]:
+            raise InputError("committed", "does not start with the previous round's bonus token")
+        if self._stream:
+            self._stream.pop()  # the bonus placeholder: the round's anchor is the same token
+        self._pending.append(_PendingWalk(marg, len(self._stream)))
+        self._stream.extend(committed)
+        self._stream.append(int(bonus))
+        self._rounds += 1
+        self._current = None
+
+    def calibration(self) -> Calibration:
+        """The calibration fitted on the rounds observed so far (identity before the first; cached until the next
+        :meth:`observe_round`)."""
+        if self._current is None:
+            for w in self._pending:
+                w.advance(self._stream, self.observed, self.predicted)
+            self._pending = [w for w in self._pending if w.alive]
+            self._current = fit_from_counts(self.observed.copy(), self.predicted.copy(), self.prior_strength,
+                                            {"source": "online", "rounds": self._rounds})
+        return self._current

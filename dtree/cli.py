@@ -34,8 +34,9 @@ def _add_decode_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--prompt", required=True, help="user message (the chat template is applied)")
     p.add_argument("--method", default="caddtree",
                    help="ar | chain | ddtree | caddtree (default caddtree), or a variant of the last two: "
-                        "<ddtree|caddtree>-cal (calibrated path probabilities), -spine (top-1 chain always in the "
-                        "tree), -cal-spine")
+                        "<ddtree|caddtree>-cal (calibrated path probabilities), -adapt (calibrated during the run "
+                        "from its own earlier rounds), -spine (top-1 chain always in the tree), -cal-spine, "
+                        "-adapt-spine")
     p.add_argument("--budget", type=int, default=None,
                    help="ddtree: node budget B (default 16); caddtree: maximum budget (default 256); 0..1024")
     p.add_argument("--max-new-tokens", type=int, default=128, help="tokens to generate (default 128)")
@@ -616,7 +617,8 @@ def build_parser() -> argparse.ArgumentParser:
     b.add_argument("--limit", type=int, default=5, help="first N prompts (default 5)")
     b.add_argument("--methods", default="ar,chain,ddtree:16,caddtree",
                    help="comma list: ar, chain, ddtree:B, caddtree[:B], and the variants caddtree-cal[:B], "
-                        "caddtree-spine[:B], caddtree-cal-spine[:B], ddtree-spine:B, ddtree-cal:B, ddtree-cal-spine:B")
+                        "caddtree-spine[:B], caddtree-cal-spine[:B], caddtree-adapt[:B], caddtree-adapt-spine[:B], "
+                        "ddtree-spine:B, ddtree-cal:B, ddtree-cal-spine:B, ddtree-adapt:B, ddtree-adapt-spine:B")
     b.add_argument("--calibration", default=None,
                    help="calibration JSON for -cal methods (default: fitted once on the demo prompts and cached)")
     b.add_argument("--max-new-tokens", type=int, default=128)
@@ -658,7 +660,8 @@ def build_parser() -> argparse.ArgumentParser:
     rp.add_argument("--cost-weights", default=None, help="weights on the cost model, as for decode")
     rp.add_argument("--variants", default="",
                     help="extra rows, comma list of method keys: caddtree-cal, caddtree-spine, caddtree-cal-spine "
-                         "(optional :B maximum), ddtree-spine:B, ddtree-cal:B, ddtree-cal-spine:B")
+                         "caddtree-adapt (optional :B maximum), ddtree-spine:B, ddtree-cal:B, ddtree-cal-spine:B, "
+                         "ddtree-adapt:B")
     rp.add_argument("--calibration", default=None,
                     help="calibration JSON for -cal variants, or 'fit' to fit one on the replayed runs themselves "
                          "(in-sample); default: the one stored with the run")

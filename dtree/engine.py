@@ -43,8 +43,9 @@ class DecodeConfig:
     Attributes:
         method: ``ar`` (plain target decoding), ``chain`` (DFlash: the drafter's top-1 block), ``ddtree`` (best-first
             tree with a fixed node budget) or ``caddtree`` (per-round greedy budget from the cost model); ddtree and
-            caddtree also accept the variant names ``<base>-cal``, ``<base>-spine`` and ``<base>-cal-spine``
-            (:func:`dtree.records.parse_method`), which :meth:`validated` turns into the base method plus the flags.
+            caddtree also accept the variant names ``<base>-cal``, ``<base>-adapt``, ``<base>-spine``,
+            ``<base>-cal-spine`` and ``<base>-adapt-spine`` (:func:`dtree.records.parse_method`), which
+            :meth:`validated` turns into the base method plus the flags.
         budget: ddtree: node budget B (non-root nodes, 0..1024; default 16). caddtree: the largest budget the greedy
             rule may reach (default 256). Ignored for ar and chain.
         max_new_tokens: tokens to generate (>= 1; prompt + new tokens + one block must fit the model's context).
@@ -55,6 +56,8 @@ class DecodeConfig:
         spine: ddtree / caddtree: the top-1 chain is always in the tree (``build_ddtree(spine=True)``, spec 5 item 12).
         calibrated: ddtree / caddtree: rank nodes and compute Phi(n) with calibrated path probabilities (needs a
             :class:`dtree.calibration.Calibration` passed to :func:`generate`).
+        adaptive: ddtree / caddtree: rank nodes and compute Phi(n) with path probabilities calibrated during the run
+            from its own earlier rounds (:class:`dtree.calibration.OnlineCalibration`; no calibration needed).
     """
 
     method: str = "caddtree"
@@ -65,24 +68,31 @@ class DecodeConfig:
     topk_log: int = 32
     spine: bool = False
     calibrated: bool = False
+    adaptive: bool = False
 
     @property
     def name(self) -> str:
         """The method's full name, e.g. ``caddtree-cal-spine`` (what runs and bench rows are labelled with)."""
         spec = parse_method(self.method)
         if spec.base in ("ddtree", "caddtree"):
-            return MethodSpec(spec.base, spec.calibrated or bool(self.calibrated), spec.spine or bool(self.spine)).name
+            return MethodSpec(spec.base, spec.calibrated or bool(self.calibrated), spec.spine or bool(self.spine),
+                              spec.adaptive or bool(self.adaptive)).name
         return spec.base
 
     def validated(self, max_context: int, prompt_len: int, block_size: int) -> DecodeConfig:
         """Return a copy with defaults filled in and ``method`` reduced to its base (the variant's options moved to
-        ``spine`` / ``calibrated``); raise :class:`InputError` naming the bad field and its range."""
+        ``spine`` / ``calibrated`` / ``adaptive``); raise :class:`InputError` naming the bad field and its range."""
         spec = parse_method(self.method)
         method = spec.base
         spine = spec.spine or bool(self.spine)
         calibrated = spec.calibrated or bool(self.calibrated)
-        if (spine or calibrated) and method not in ("ddtree", "caddtree"):
-            raise InputError("spine" if spine else "calibrated", f"applies to ddtree and caddtree only, not {method}")
+        adaptive = spec.adaptive or bool(self.adaptive)
+        if (spine or calibrated or adaptive) and method not in ("ddtree", "caddtree"):
+            raise InputError("spine" if spine else "calibrated" if calibrated else "adaptive",
+                             f"applies to ddtree and caddtree only, not {method}")
+        if calibrated and adaptive:
+            raise InputError("adaptive", "use a fitted calibration (-cal) or one learnt during the run (-adapt), not "
+                                         "both")
         budget = self.budget if self.budget is not None else DEFAULT_BUDGET[method]
         if budget is not None:
             budget = check_int("budget", budget, 0, MAX_BUDGET)
@@ -94,7 +104,7 @@ class DecodeConfig:
         temperature = check_float("temperature", self.temperature, 0.0, 100.0)
         seed = check_int("seed", self.seed, 0, 2**63 - 1)
         topk = check_int("topk_log", self.topk_log, 1, MAX_BUDGET)
-        return DecodeConfig(method, budget, max_new, temperature, seed, topk, spine, calibrated)
+        return DecodeConfig(method, budget, max_new, temperature, seed, topk, spine, calibrated, adaptive)
 
 
 # ----------------------------------------------------------------------------------------------------------- steps
@@ -179,7 +189,14 @@ def build_tree(method: str, marg: trees.Marginals, anchor: int, budget: int | No
     ``spine`` and ``calibration`` (a :class:`dtree.calibration.Calibration` or None) are passed to the ddtree and
     caddtree builders (:func:`dtree.trees.build_ddtree`).
     """
-    opts = ("calibrated, " if calibration is not None else "") + ("spine first, " if spine else "")
+    if calibration is None:
+        opts = ""
+    elif (getattr(calibration, "meta", None) or {}).get("source") == "online":
+        n = int(calibration.meta.get("rounds", 0))
+        opts = f"calibrated on this run's {n} earlier round{'s' if n != 1 else ''}, "
+    else:
+        opts = "calibrated, "
+    opts += "spine first, " if spine else ""
     if method == "chain":
         tree = trees.build_chain(marg, anchor, cost=cost_model, context_len=start)
         return tree, f"chain: the drafter's top-1 token at each of the {tree.n_nodes} depths"
@@ -246,10 +263,12 @@ def generate(target, prompt_ids: list[int], cfg: DecodeConfig, drafter=None, cos
             written in its own transaction as soon as it completes. Time spent in the sink is not counted.
         on_round: optional callback ``(round, n_tokens_so_far)`` for progress bars and live pages.
         calibration: a :class:`dtree.calibration.Calibration`, required by calibrated methods (``-cal``); stored in the
-            run's ``params["calibration"]`` so replay can rebuild the same trees.
+            run's ``params["calibration"]`` so replay can rebuild the same trees. Adaptive methods (``-adapt``) learn
+            theirs during the run (:class:`dtree.calibration.OnlineCalibration`, its settings stored in
+            ``params["adaptive_calibration"]``) and ignore this argument.
     Returns:
         The :class:`RunRecord`; its ``method`` is the full name (e.g. ``caddtree-cal-spine``), its ``params`` hold the
-        validated config (base ``method`` plus ``spine`` / ``calibrated``).
+        validated config (base ``method`` plus ``spine`` / ``calibrated`` / ``adaptive``).
     Raises:
         InputError: bad parameters (nothing is written to the sink then).
     """
@@ -265,11 +284,17 @@ def generate(target, prompt_ids: list[int], cfg: DecodeConfig, drafter=None, cos
         raise InputError("calibration", f"{cfg.name} needs a calibration (fit one with python -m dtree calibrate)")
     if not cfg.calibrated:
         calibration = None
+    if cfg.adaptive:
+        from .calibration import OnlineCalibration
+
+        calibration = OnlineCalibration(depths=block - 1)
 
     from .models import dtype_name
 
     params = cfg.__dict__.copy()
-    if calibration is not None:
+    if cfg.adaptive:
+        params["adaptive_calibration"] = calibration.settings()
+    elif calibration is not None:
         params["calibration"] = calibration.to_dict()
     run = RunRecord(method=cfg.name, params=params, target=target.name,
                     drafter=getattr(drafter, "name", None) if cfg.method != "ar" else None,
@@ -329,7 +354,9 @@ def _decode(target, prompt_ids, cfg: DecodeConfig, drafter, cost_model, run: Run
             k = max(cfg.topk_log, cfg.budget or 1, 1)
             marg = trees.topk_marginals(logp, min(k, logp.shape[-1]))
             draft_ms = clock.lap()
-            tree, reason = build_tree(cfg.method, marg, anchor, cfg.budget, cost_model, start, cfg.spine, calibration)
+            # -adapt: the calibration of the rounds so far (fitted here, so its cost counts as build time)
+            cal = calibration.calibration() if cfg.adaptive else calibration
+            tree, reason = build_tree(cfg.method, marg, anchor, cfg.budget, cost_model, start, cfg.spine, cal)
             build_ms = clock.lap()
             logits, hidden = verify_tree(model, tree, start, cache, target.dtype)
             verify_ms = clock.lap()
@@ -347,6 +374,8 @@ def _decode(target, prompt_ids, cfg: DecodeConfig, drafter, cost_model, run: Run
                               tree=tree, budget=tree.n_nodes, budget_reason=reason, accepted=list(accepted),
                               bonus=int(bonus), committed=[int(tree.tokens[i]) for i in accepted],
                               draft_ms=draft_ms, build_ms=build_ms, verify_ms=verify_ms, commit_ms=commit_ms)
+            if cfg.adaptive:  # counted from the logged marginals, as a replay of this run will
+                calibration.observe_round(trees.Marginals(rnd.marg_tokens, rnd.marg_logprobs), rnd.committed, rnd.bonus)
         run.rounds.append(rnd)
         generated.extend(rnd.committed)
         start += rnd.tau

@@ -15,10 +15,13 @@ from .errors import InputError, check_int
 from .trees import DraftTree
 
 METHODS = ("ar", "chain", "ddtree", "caddtree")
-# Variants of the heap builders (dtree.trees): "-cal" ranks by calibrated path probabilities (dtree.calibration),
-# "-spine" always puts the top-1 chain in the tree (spec 5 item 12). Canonical order: base, -cal, -spine.
+# Variants of the heap builders (dtree.trees): "-cal" ranks by calibrated path probabilities (dtree.calibration, a
+# calibration fitted beforehand), "-adapt" by path probabilities calibrated online from the run's own earlier rounds
+# (dtree.calibration.OnlineCalibration), "-spine" always puts the top-1 chain in the tree (spec 5 item 12).
+# Canonical order: base, -cal or -adapt, -spine.
 VARIANT_BASES = ("ddtree", "caddtree")
-VARIANTS = tuple(f"{b}{c}{s}" for b in VARIANT_BASES for c, s in (("-cal", ""), ("", "-spine"), ("-cal", "-spine")))
+VARIANTS = tuple(f"{b}{v}" for b in VARIANT_BASES
+                 for v in ("-cal", "-spine", "-cal-spine", "-adapt", "-adapt-spine"))
 ALL_METHODS = METHODS + VARIANTS
 
 
@@ -29,29 +32,41 @@ class MethodSpec:
     base: str
     calibrated: bool = False
     spine: bool = False
+    adaptive: bool = False
 
     @property
     def name(self) -> str:
-        """The canonical name: base, then ``-cal``, then ``-spine``."""
-        return self.base + ("-cal" if self.calibrated else "") + ("-spine" if self.spine else "")
+        """The canonical name: base, then ``-cal`` or ``-adapt``, then ``-spine``."""
+        return (self.base + ("-cal" if self.calibrated else "") + ("-adapt" if self.adaptive else "")
+                + ("-spine" if self.spine else ""))
+
+    @property
+    def uses_calibration(self) -> bool:
+        """True when nodes are ranked by calibrated path probabilities (``-cal`` or ``-adapt``)."""
+        return self.calibrated or self.adaptive
 
 
 def parse_method(name: str, field: str = "method") -> MethodSpec:
     """Split a method name (``ar``, ``chain``, ``ddtree``, ``caddtree``, or ``ddtree``/``caddtree`` followed by
-    ``-cal`` and/or ``-spine`` in any order) into a :class:`MethodSpec`.
+    ``-cal`` or ``-adapt`` and/or ``-spine`` in any order) into a :class:`MethodSpec`.
 
     Raises:
-        InputError (``field``): unknown base, unknown or repeated modifier, or a modifier on ar / chain.
+        InputError (``field``): unknown base, unknown or repeated modifier, ``-cal`` with ``-adapt``, or a modifier on
+            ar / chain.
     """
     parts = str(name).strip().split("-")
     base, mods = parts[0], parts[1:]
     if base not in METHODS:
         raise InputError(field, f"unknown method {name!r}: use one of {', '.join(ALL_METHODS)}")
     if mods and base not in VARIANT_BASES:
-        raise InputError(field, f"{base} takes no modifier ({name!r}); -cal and -spine apply to ddtree and caddtree")
-    if any(m not in ("cal", "spine") for m in mods) or len(set(mods)) != len(mods):
-        raise InputError(field, f"unknown method {name!r}: modifiers are -cal and -spine, each at most once")
-    return MethodSpec(base, "cal" in mods, "spine" in mods)
+        raise InputError(field, f"{base} takes no modifier ({name!r}); -cal, -adapt and -spine apply to ddtree and "
+                                "caddtree")
+    if any(m not in ("cal", "adapt", "spine") for m in mods) or len(set(mods)) != len(mods):
+        raise InputError(field, f"unknown method {name!r}: modifiers are -cal or -adapt, and -spine, each at most once")
+    if "cal" in mods and "adapt" in mods:
+        raise InputError(field, f"{name!r}: use -cal (a calibration fitted beforehand) or -adapt (calibrated "
+                                "during the run), not both")
+    return MethodSpec(base, "cal" in mods, "spine" in mods, "adapt" in mods)
 
 
 def parse_method_key(item: str, field: str = "methods", max_budget: int = 1024) -> tuple[str, int | None]:

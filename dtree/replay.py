@@ -34,9 +34,11 @@ Limits (say so wherever replay numbers are shown):
 - Tree-build time is not in Cd + Cv (as in the paper); ``overhead=True`` adds each round's logged build + commit time.
 
 Variants: every method name of :data:`dtree.records.ALL_METHODS` replays, e.g. ``caddtree-cal`` (calibrated path
-probabilities, :mod:`dtree.calibration`: the given calibration, else the one stored with the run), ``ddtree-spine``
-(top-1 chain first). Their stored order is :func:`dtree.trees.best_first_order` with the same options, so every
-budget is still a prefix of one order. :func:`check_unimodal` tests the claim of spec 3.3 on logged rounds.
+probabilities, :mod:`dtree.calibration`: the given calibration, else the one stored with the run), ``caddtree-adapt``
+(calibrated during the run: round i uses the calibration of rounds 0..i-1 of the replayed trace,
+:func:`adaptive_calibrations`), ``ddtree-spine`` (top-1 chain first). Their stored order is
+:func:`dtree.trees.best_first_order` with the same options, so every budget is still a prefix of one order.
+:func:`check_unimodal` tests the claim of spec 3.3 on logged rounds.
 """
 
 from __future__ import annotations
@@ -48,7 +50,7 @@ from dataclasses import dataclass, field
 import numpy as np
 import pandas as pd
 
-from .calibration import Calibration, run_calibration
+from .calibration import Calibration, OnlineCalibration, run_calibration
 from .cost import CostModel, CostWeights, LiveFit, fit_live_weights, is_monotone_convex
 from .errors import InputError, check_float, check_int
 from .records import ALL_METHODS, MethodSpec, RoundRecord, RunRecord, parse_method
@@ -219,7 +221,8 @@ def replay_round(rnd: RoundRecord, output_tokens_from_start: Sequence[int], meth
         budget: ddtree: B (0..1024); caddtree: the maximum budget (default 256); ignored for ar and chain. Ranks beyond
             the logged top-k are unavailable, so budgets above k are only a lower bound of the real tree.
         cost: cost model (required for caddtree; optional otherwise, then ``pred_s`` is NaN).
-        calibration: required by ``-cal`` variants.
+        calibration: required by ``-cal`` variants; for ``-adapt`` variants the round's entry of
+            :func:`adaptive_calibrations`.
 
     Returns:
         :class:`ReplayRound` with the exact tau at temperature 0 and the predicted time in seconds.
@@ -230,9 +233,10 @@ def replay_round(rnd: RoundRecord, output_tokens_from_start: Sequence[int], meth
     """
     spec = parse_method(method)
     method, base = spec.name, spec.base
-    if spec.calibrated and calibration is None:
-        raise InputError("calibration", f"{method} replay needs a calibration")
-    cal = calibration if spec.calibrated else None
+    if spec.uses_calibration and calibration is None:
+        raise InputError("calibration", f"{method} replay needs a calibration"
+                         + (" (for -adapt: the round's entry of adaptive_calibrations(run))" if spec.adaptive else ""))
+    cal = calibration if spec.uses_calibration else None
     g = np.asarray(output_tokens_from_start, dtype=np.int64)
     if g.ndim != 1 or len(g) < 1 or int(g[0]) != int(rnd.anchor):
         raise InputError("output_tokens_from_start", "must start with the round's anchor token")
@@ -287,6 +291,7 @@ class _Prepared:
     round_index: np.ndarray = field(default_factory=lambda: np.zeros(0, np.int64))  # int64 [R] index in its run
     spine: bool = False       # the stored order puts the top-1 chain first
     calibrated: bool = False  # path_lp holds calibrated log q~ (the heap's scores)
+    adaptive: bool = False    # ... calibrated per round from the run's earlier rounds (-adapt)
     run_ids: list = field(default_factory=list)  # per run: run_id
 
 
@@ -302,13 +307,43 @@ def _as_runs(runs) -> list[RunRecord]:
     return runs
 
 
+def adaptive_calibrations(run: RunRecord, settings: dict | None = None) -> list[Calibration]:
+    """The calibration every round of ``run`` is built with under an ``-adapt`` method: round i's is fitted on rounds
+    0..i-1 of this trace (:class:`dtree.calibration.OnlineCalibration`, fed the logged marginals and committed tokens,
+    exactly as the engine feeds it), so replaying a logged ``-adapt`` run rebuilds its trees exactly.
+
+    Args:
+        run: a speculative run with contiguous rounds.
+        settings: ``{"depths", "rank_bins", "prior_strength"}`` (default: the run's ``params["adaptive_calibration"]``,
+            else depths = the largest drafted horizon and the module defaults).
+
+    Returns:
+        One :class:`Calibration` per round (the first is the identity).
+
+    Raises:
+        InputError: an AR run, no rounds, non-contiguous rounds, or bad settings.
+    """
+    _known_path(run)  # no rounds / not contiguous: a clear error
+    stored = run.params.get("adaptive_calibration") if isinstance(run.params, dict) else None
+    s = dict(settings or stored or {})
+    if "depths" not in s:
+        s["depths"] = max(int(np.shape(round_marginals(r).tokens)[0]) for r in run.rounds)
+    online = OnlineCalibration(**{k: s[k] for k in ("depths", "rank_bins", "prior_strength") if k in s})
+    out = []
+    for rnd in run.rounds:
+        out.append(online.calibration())
+        online.observe_round(round_marginals(rnd), rnd.committed, rnd.bonus)
+    return out
+
+
 def prepare(runs: RunRecord | Iterable[RunRecord], max_nodes: int, cost: CostModel | None = None,
             need_cost: bool = True, spine: bool = False, calibrated: bool = False,
-            calibration: Calibration | None = None) -> _Prepared:
+            calibration: Calibration | None = None, adaptive: bool = False) -> _Prepared:
     """Build the per-round best-first orders (up to ``max_nodes`` nodes, capped at each round's logged k) once.
 
-    ``spine`` / ``calibrated`` select the order of the matching variant (:func:`dtree.trees.best_first_order`);
-    calibrated orders use ``calibration``, else each run's stored one, and ``path_lp`` then holds log q~.
+    ``spine`` / ``calibrated`` / ``adaptive`` select the order of the matching variant
+    (:func:`dtree.trees.best_first_order`); calibrated orders use ``calibration``, else each run's stored one, adaptive
+    orders each round's :func:`adaptive_calibrations` entry, and ``path_lp`` then holds log q~.
 
     Raises:
         InputError: empty trace, an AR run, a run without rounds or with non-contiguous rounds, a bad ``max_nodes``,
@@ -317,17 +352,21 @@ def prepare(runs: RunRecord | Iterable[RunRecord], max_nodes: int, cost: CostMod
     runs = _as_runs(runs)
     M = check_int("max_nodes", max_nodes, 0, MAX_REPLAY_BUDGET)
     costs = [(run_cost_model(run, cost) if need_cost else (cost if cost is not None else None)) for run in runs]
+    if calibrated and adaptive:
+        raise InputError("method", "a method is calibrated beforehand (-cal) or during the run (-adapt), not both")
     cals = [run_calibration(run, calibration) if calibrated else None for run in runs]
+    round_cals = [adaptive_calibrations(run) if adaptive else None for run in runs]
     rows: list[tuple] = []
     temp_pos = False
     for ri, run in enumerate(runs):
         temp_pos |= float(run.params.get("temperature", 0.0) or 0.0) > 0.0
         stream, offsets = _known_path(run)
-        for rnd, off in zip(run.rounds, offsets):
+        for i, (rnd, off) in enumerate(zip(run.rounds, offsets)):
             marg = round_marginals(rnd)
             g = stream[off: off + marg.gamma + 1]
             m = min(M, marg.width)
-            tree, scores = best_first_order(marg, m, spine=spine, calibration=cals[ri])
+            cal = round_cals[ri][i] if adaptive else cals[ri]
+            tree, scores = best_first_order(marg, m, spine=spine, calibration=cal)
             md = matched_depths(tree, g)
             n = tree.n_nodes
             best = np.maximum.accumulate(md)  # [n + 1]
@@ -353,7 +392,7 @@ def prepare(runs: RunRecord | Iterable[RunRecord], max_nodes: int, cost: CostMod
         recorded_budget=np.asarray(col[10], np.int64), overhead_s=np.asarray(col[11], np.float64),
         run_of=np.asarray(col[12], np.int64), costs=costs, temperature_positive=temp_pos,
         gamma=np.asarray(col[13], np.int64), round_index=np.asarray(col[14], np.int64), spine=bool(spine),
-        calibrated=bool(calibrated), run_ids=[run.run_id for run in runs])
+        calibrated=bool(calibrated), adaptive=bool(adaptive), run_ids=[run.run_id for run in runs])
 
 
 def _cost_tables(p: _Prepared, costs: list | None = None, n_max: int | None = None) -> tuple[np.ndarray, np.ndarray]:
@@ -435,8 +474,10 @@ def _replay_prepared(p: _Prepared, method: str, budget: int | None, cd: np.ndarr
                      overhead: bool = False) -> ReplaySummary:
     spec = parse_method(method)
     method, base = spec.name, spec.base
-    if base in ("ddtree", "caddtree") and (spec.spine != p.spine or spec.calibrated != p.calibrated):
-        raise ValueError(f"{method} needs an order prepared with spine={spec.spine}, calibrated={spec.calibrated}")
+    if base in ("ddtree", "caddtree") and (spec.spine != p.spine or spec.calibrated != p.calibrated
+                                           or spec.adaptive != p.adaptive):
+        raise ValueError(f"{method} needs an order prepared with spine={spec.spine}, calibrated={spec.calibrated}, "
+                         f"adaptive={spec.adaptive}")
     R = len(p.starts)
     rows = np.arange(R)
     notes: list[str] = []
@@ -515,7 +556,8 @@ def replay_run(run: RunRecord | Iterable[RunRecord], method: str, budget: int | 
         cost: cost model for predicted times (default: each run's stored model; required for caddtree and for
             ``pred_tok_s``; without any, times are NaN for ar/chain/ddtree).
         overhead: add each round's logged build + commit time to the predicted round time.
-        calibration: for ``-cal`` variants (default: each run's stored calibration).
+        calibration: for ``-cal`` variants (default: each run's stored calibration); ``-adapt`` variants rebuild
+            theirs per round (:func:`adaptive_calibrations`).
 
     Returns:
         :class:`ReplaySummary`. Replaying at the method and budget the run used reproduces ``recorded_taus``
@@ -537,7 +579,7 @@ def replay_run(run: RunRecord | Iterable[RunRecord], method: str, budget: int | 
         m = 0
     have_cost = cost is not None or all(r.cost_model for r in runs)
     p = prepare(runs, m, cost, need_cost=need_cost or have_cost, spine=spec.spine, calibrated=spec.calibrated,
-                calibration=calibration)
+                calibration=calibration, adaptive=spec.adaptive)
     if have_cost or need_cost:
         cd, cv = _cost_tables(p)
     else:
@@ -570,7 +612,8 @@ def sweep_budgets(runs: RunRecord | Iterable[RunRecord], budgets: Iterable[int] 
         variants: extra rows, as bench method keys (:func:`dtree.records.parse_method_key`): ``caddtree-cal``,
             ``caddtree-spine:64``, ``ddtree-spine:16``, ... (a ddtree variant above the logged top-k is dropped
             with a note; a caddtree variant's maximum defaults to ``caddtree_max_budget``).
-        calibration: for ``-cal`` variants (default: each run's stored calibration).
+        calibration: for ``-cal`` variants (default: each run's stored calibration); ``-adapt`` variants rebuild
+            theirs per round (:func:`adaptive_calibrations`).
 
     Returns:
         DataFrame, one row per configuration: ``method``, ``budget`` (B; caddtree: its maximum), ``mean_budget``
@@ -620,7 +663,8 @@ def sweep_budgets(runs: RunRecord | Iterable[RunRecord], budgets: Iterable[int] 
             notes.append(f"{name}:{b} dropped: above the logged top-k ({kmin})")
             continue
         b = cmax if b is None else b
-        pv = prepare(runs, min(b, kmin), cost, spine=spec.spine, calibrated=spec.calibrated, calibration=calibration)
+        pv = prepare(runs, min(b, kmin), cost, spine=spec.spine, calibrated=spec.calibrated, calibration=calibration,
+                     adaptive=spec.adaptive)
         cdv, cvv = _cost_tables(pv)
         sv = _replay_prepared(pv, name, b, cdv, cvv, overhead)
         out.append(_row(sv))
@@ -716,7 +760,8 @@ def check_unimodal(runs: RunRecord | Iterable[RunRecord], cost: CostModel | None
         cost: the cost model (default: each run's stored one, weights included).
         max_budget: N's ceiling, 0..1024 (default 256).
         method: ``caddtree`` (the plain DDTree order) or a ``caddtree``/``ddtree`` variant (its order).
-        calibration: for ``-cal`` variants (default: each run's stored calibration).
+        calibration: for ``-cal`` variants (default: each run's stored calibration); ``-adapt`` variants rebuild
+            theirs per round (:func:`adaptive_calibrations`).
         rtol: relative tolerance of the rise/fall tests (>= 0, default 1e-9).
 
     Returns:
@@ -740,7 +785,8 @@ def check_unimodal(runs: RunRecord | Iterable[RunRecord], cost: CostModel | None
     kmin = min((int(np.size(r.marg_tokens, 1)) for run in runs for r in run.rounds if np.ndim(r.marg_tokens) == 2),
                default=0)
     M = min(cmax, kmin)
-    p = prepare(runs, M, cost, spine=spec.spine, calibrated=spec.calibrated, calibration=calibration)
+    p = prepare(runs, M, cost, spine=spec.spine, calibrated=spec.calibrated, calibration=calibration,
+                adaptive=spec.adaptive)
     cd, cv = _cost_tables(p)
     theta = _theta_table(p, cd, cv, M)
     cap = np.minimum(p.n_avail, M)
@@ -774,15 +820,16 @@ def check_unimodal(runs: RunRecord | Iterable[RunRecord], cost: CostModel | None
 
 
 def logged_method(run: RunRecord) -> tuple[str, int | None]:
-    """The method name and budget ``run`` was decoded with: the full variant name (``-cal`` / ``-spine`` from the
-    name or from ``params["calibrated"]`` / ``params["spine"]``) and ``params["budget"]`` (ddtree default 16,
-    caddtree default 256; None for ar and chain). Raises InputError for an unknown method name."""
+    """The method name and budget ``run`` was decoded with: the full variant name (``-cal`` / ``-adapt`` / ``-spine``
+    from the name or from ``params["calibrated"]`` / ``params["adaptive"]`` / ``params["spine"]``) and
+    ``params["budget"]`` (ddtree default 16, caddtree default 256; None for ar and chain). Raises InputError for an
+    unknown method name."""
     spec = parse_method(run.method, "run")
     params = run.params if isinstance(run.params, dict) else {}
     if spec.base not in ("ddtree", "caddtree"):
         return spec.name, None
     spec = MethodSpec(spec.base, spec.calibrated or bool(params.get("calibrated")),
-                      spec.spine or bool(params.get("spine")))
+                      spec.spine or bool(params.get("spine")), spec.adaptive or bool(params.get("adaptive")))
     budget = params.get("budget")
     if budget is None:
         budget = 16 if spec.base == "ddtree" else DEFAULT_CADDTREE_MAX

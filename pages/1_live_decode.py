@@ -26,9 +26,13 @@ budget = c2.number_input("Budget B (nodes)", 0, MAX_BUDGET, 16, key="budget", di
                          help="ddtree: node budget; caddtree: the maximum budget; unused for ar/chain")
 spine = c3.checkbox("spine guarantee", key="spine", disabled=not tree_method,
                     help="ddtree/caddtree: the drafter's top-1 chain is always in the tree")
-calibrated = c4.checkbox("calibrated probabilities", key="calibrated", disabled=not tree_method,
-                         help="ddtree/caddtree: order nodes by path probabilities corrected from logged rounds "
-                              "(the first use fits a calibration, about a minute)")
+PROBS = {"drafter": "drafter's own", "cal": "calibrated (fitted once)", "adapt": "calibrated during the run"}
+probs = c4.selectbox("Path probabilities", list(PROBS), key="probs", format_func=PROBS.get, disabled=not tree_method,
+                     help="ddtree/caddtree: rank nodes (and, for caddtree, predict Phi(n)) by the drafter's path "
+                          "probabilities, or by probabilities corrected for how often the target really accepts: "
+                          "-cal uses a calibration fitted once on demo prompts (the first use takes about a minute), "
+                          "-adapt learns it from this run's own earlier rounds")
+calibrated, adaptive = probs == "cal", probs == "adapt"
 
 with st.form("decode"):
     prompt = st.text_area("Prompt", key="prompt", value="Natalia sold clips to 48 of her friends in April, and then she sold half as many "
@@ -43,7 +47,7 @@ if run_clicked:
         backend = ui.get_backend("embedded", dtype)
         cfg = DecodeConfig(method=method, budget=int(budget) if tree_method else None, max_new_tokens=int(max_new),
                            temperature=float(temperature), spine=spine and tree_method,
-                           calibrated=calibrated and tree_method)
+                           calibrated=calibrated and tree_method, adaptive=adaptive and tree_method)
         backend.prepare(prompt, cfg)  # bad input: st.error, nothing stored
         store = ui.get_store()
         with ui.model_slot():  # one decode/profile at a time per server; later requests wait

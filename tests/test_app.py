@@ -69,10 +69,10 @@ def test_live_decode_variant_spine(store_env, tiny_cost):
 
     at = _live()
     at.selectbox(key="method").select("ar").run()
-    assert at.checkbox(key="spine").disabled and at.checkbox(key="calibrated").disabled  # tree methods only
+    assert at.checkbox(key="spine").disabled and at.selectbox(key="probs").disabled  # tree methods only
     assert at.number_input(key="budget").disabled
     at.selectbox(key="method").select("caddtree").run()
-    assert not at.checkbox(key="spine").disabled and not at.checkbox(key="calibrated").disabled
+    assert not at.checkbox(key="spine").disabled and not at.selectbox(key="probs").disabled
     at.text_area(key="prompt").input("What is 6 times 7?")
     at.checkbox(key="spine").check()
     at.number_input(key="budget").set_value(8)
@@ -97,7 +97,7 @@ def test_live_decode_calibrated_fits_once(store_env, fake_calibration):
     at = _live()
     at.selectbox(key="method").select("ddtree").run()
     at.text_area(key="prompt").input("What is 6 times 7?")
-    at.checkbox(key="calibrated").check()
+    at.selectbox(key="probs").select("cal")
     at.number_input(key="budget").set_value(4)
     at.number_input(key="max_new").set_value(8)
     at.button[0].click().run()
@@ -112,6 +112,31 @@ def test_live_decode_calibrated_fits_once(store_env, fake_calibration):
         runs = s.list_runs()
         assert runs["method"].tolist() == ["ddtree-cal", "ddtree-cal"]
         assert "calibration" in s.load_run(int(runs["id"].iloc[0])).params
+
+
+def test_live_decode_adaptive_calibration(store_env, fake_calibration):
+    """ddtree with probabilities calibrated during the run: no calibration is fitted beforehand, the run is stored as
+    ddtree-adapt with its online settings, and every round's reason says how many earlier rounds calibrated it."""
+    from dtree.store import TraceStore
+
+    at = _live()
+    at.selectbox(key="method").select("ddtree").run()
+    at.text_area(key="prompt").input("What is 6 times 7?")
+    at.selectbox(key="probs").select("adapt")
+    at.number_input(key="budget").set_value(4)
+    at.number_input(key="max_new").set_value(8)
+    at.button[0].click().run()
+    assert not at.exception, at.exception
+    assert not at.error, [e.value for e in at.error]
+    assert fake_calibration == []  # nothing fitted up front
+    why = at.dataframe[0].value["why this budget"]
+    assert why.iloc[0].startswith("calibrated on this run's 0 earlier rounds")
+    assert why.str.startswith("calibrated on this run's").all()
+    with TraceStore(store_env) as s:
+        runs = s.list_runs()
+        assert runs["method"].tolist() == ["ddtree-adapt"]
+        params = s.load_run(int(runs["id"].iloc[0])).params
+        assert params["adaptive_calibration"]["depths"] == 15 and "calibration" not in params
 
 
 def test_live_decode_logs_to_the_chosen_store_and_names_it(store_env):

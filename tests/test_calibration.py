@@ -13,7 +13,7 @@ import numpy as np
 import pytest
 
 from dtree import bench
-from dtree.calibration import Calibration, count_round, fit_calibration, fit_from_counts
+from dtree.calibration import Calibration, OnlineCalibration, count_round, fit_calibration, fit_from_counts
 from dtree.engine import DecodeConfig
 from dtree.errors import InputError
 from dtree.records import RoundRecord, RunRecord, parse_method, parse_method_key
@@ -235,19 +235,94 @@ def test_method_names_and_keys():
     assert parse_method("ddtree-cal") == parse_method("ddtree-cal")
     assert parse_method_key("ddtree-spine:16") == ("ddtree-spine", 16)
     assert parse_method_key("caddtree-cal") == ("caddtree-cal", None)
-    for bad in ("chain-spine", "ar-cal", "caddtree-cal-cal", "caddtree-fast", "ddtree-spine", "caddtree-", "beam"):
+    assert parse_method("caddtree-spine-adapt").name == "caddtree-adapt-spine"
+    assert parse_method("ddtree-adapt").uses_calibration and not parse_method("ddtree-spine").uses_calibration
+    for bad in ("chain-spine", "ar-cal", "caddtree-cal-cal", "caddtree-fast", "ddtree-spine", "caddtree-", "beam",
+                "caddtree-cal-adapt", "chain-adapt", "ddtree-adapt"):
         with pytest.raises(InputError):
             parse_method_key(bad)
     assert bench.parse_methods("ar,caddtree-cal,caddtree-spine:64,ddtree-cal-spine:8") == [
         ("ar", None), ("caddtree-cal", None), ("caddtree-spine", 64), ("ddtree-cal-spine", 8)]
+    assert bench.parse_methods("caddtree-spine-adapt,ddtree-adapt:8") == [("caddtree-adapt-spine", None),
+                                                                         ("ddtree-adapt", 8)]
     assert bench.stored_method_key("caddtree-cal", {"budget": 256}) == "caddtree-cal"
     assert bench.stored_method_key("ddtree-spine", {"budget": 8}) == "ddtree-spine:8"
     cfg = DecodeConfig("caddtree-spine", budget=32).validated(10_000, 10, 16)
     assert (cfg.method, cfg.spine, cfg.calibrated, cfg.name) == ("caddtree", True, False, "caddtree-spine")
     assert DecodeConfig("ddtree", 4, spine=True, calibrated=True).name == "ddtree-cal-spine"
+    cfg = DecodeConfig("caddtree-adapt").validated(10_000, 10, 16)
+    assert (cfg.method, cfg.adaptive, cfg.calibrated, cfg.name) == ("caddtree", True, False, "caddtree-adapt")
+    with pytest.raises(InputError) as e:
+        DecodeConfig("caddtree-adapt", calibrated=True).validated(10_000, 10, 16)
+    assert e.value.field == "adaptive"
     with pytest.raises(InputError) as e:
         DecodeConfig("chain", spine=True).validated(10_000, 10, 16)
     assert e.value.field == "spine"
+
+
+def test_online_calibration_is_the_offline_fit_of_the_past_rounds():
+    """-adapt: round i's calibration is the offline fit (count_round + fit_from_counts) of rounds 0..i-1 with the
+    target's choices known up to round i's anchor; after the last round it equals fit_calibration of the whole run;
+    later rounds never change an earlier round's calibration; replay rebuilds the same sequence."""
+    from dtree.replay import adaptive_calibrations, known_path
+
+    rng = np.random.default_rng(5)
+    gamma, k, vocab = 5, 4, 10
+
+    def draw(full, marg):  # mostly the drafter's own top-1, sometimes another ranked token, sometimes outside
+        out = []
+        for d in range(gamma):
+            u = rng.random()
+            out.append(int(marg.tokens[d, 0]) if u < 0.55 else int(marg.tokens[d, rng.integers(1, k)]) if u < 0.85
+                       else int(rng.integers(vocab)))
+        return out
+
+    spec = drawn_rounds(rng, 14, gamma, k, vocab, draw)
+    # commit a random prefix of each drawn path (as a real round would), the next token being the bonus
+    cut = []
+    anchor = spec[0][1][0]
+    for marg, path in spec:
+        a = int(rng.integers(0, gamma + 1))
+        p = [anchor] + path[1: a + 1] + [path[a + 1]]
+        cut.append((marg, p))
+        anchor = p[-1]
+    run = make_run(cut)
+    settings = {"depths": gamma, "rank_bins": 3, "prior_strength": 2.0}
+    cals = adaptive_calibrations(run, settings)
+    stream, offsets = known_path(run)
+    assert len(cals) == len(run.rounds)
+    np.testing.assert_array_equal(cals[0].factors, 1.0)  # nothing observed yet: the uncalibrated drafter
+    n_trials = []
+    for i in range(len(run.rounds)):
+        O, P = np.zeros((2, gamma, 3)), np.zeros((2, gamma, 3))
+        for j in range(i):
+            count_round(round_marg(run.rounds[j]), stream[offsets[j]: offsets[i] + 1], O, P)
+        ref = fit_from_counts(O, P, 2.0)
+        np.testing.assert_allclose(cals[i].observed, O)
+        np.testing.assert_allclose(cals[i].predicted, P)
+        np.testing.assert_allclose(cals[i].factors, ref.factors)
+        n_trials.append(P.sum())
+    assert n_trials[-1] > n_trials[1] > 0 and sorted(n_trials) == n_trials
+    assert np.abs(cals[-1].factors - 1).max() > 0.05  # it did learn something
+    online = OnlineCalibration(**settings)
+    for r in run.rounds:
+        online.observe_round(round_marg(r), r.committed, r.bonus)
+    full = fit_calibration([run], rank_bins=3, prior_strength=2.0)
+    np.testing.assert_allclose(online.calibration().observed, full.observed)
+    np.testing.assert_allclose(online.calibration().factors, full.factors)
+    # causality: the first i + 1 calibrations of a truncated trace are the same
+    short = make_run(cut[:6])
+    for a, b in zip(adaptive_calibrations(short, settings), cals[:6]):
+        np.testing.assert_array_equal(a.factors, b.factors)
+    with pytest.raises(InputError) as e:
+        online.observe_round(round_marg(run.rounds[0]), [run.rounds[0].anchor + 1], 3)
+    assert e.value.field == "committed"
+    with pytest.raises(InputError):
+        OnlineCalibration(depths=0)
+
+
+def round_marg(r):
+    return Marginals(r.marg_tokens, r.marg_logprobs.astype(np.float64))
 
 
 # ----------------------------------------------------------------------------------------------------------------------
@@ -289,7 +364,7 @@ def test_variants_lossless_spine_kept_and_replayed(backend32, small_cost, real_l
     cal = fit_calibration(runs)
     monkeypatch.setattr(backend32, "_calibration", cal)
     variants = [("caddtree-cal", 32), ("caddtree-spine", 32), ("caddtree-cal-spine", 32), ("ddtree-spine", 4),
-                ("ddtree-cal", 8)]
+                ("ddtree-cal", 8), ("caddtree-adapt", 32), ("ddtree-adapt-spine", 8)]
     for prompt in PROMPTS:
         ar = backend32.decode(prompt, DecodeConfig("ar", max_new_tokens=48))
         for name, budget in variants:
@@ -297,6 +372,7 @@ def test_variants_lossless_spine_kept_and_replayed(backend32, small_cost, real_l
                                    store=store)
             assert run.method == name and run.output_ids == ar.output_ids, f"{name} diverged from AR"
             assert (run.params.get("calibration") is not None) == ("-cal" in name)
+            assert (run.params.get("adaptive_calibration") is not None) == ("-adapt" in name)
             if "spine" in name:
                 for r in run.rounds:  # the top-1 chain is in every tree, as nodes 1..s
                     s = min(r.marg_tokens.shape[0], budget)
