@@ -77,6 +77,27 @@ if step:
     right.caption(f"Step {step}: node {decode(int(tree.tokens[step]))!r} at depth {int(tree.depths[step])}, "
                   f"rank {int(tree.ranks[step])}, path prob {math.exp(tree.path_logprobs[step]):.4f}.")
 
+method = str(runs.loc[runs["id"] == run_id, "method"].iloc[0])
+if "-cal" in method or "-adapt" in method:
+    with st.expander("Calibration factors this round was built with"):
+        from dtree.calibration import run_calibration
+        from dtree.replay import adaptive_calibrations
+
+        try:
+            full = store.load_run(run_id)
+            cal = adaptive_calibrations(full)[idx] if "-adapt" in method else run_calibration(full)
+        except Exception as e:
+            st.error(f"Cannot rebuild the calibration of run #{run_id}: {e}")
+        else:
+            st.caption("Each drafted step's probability q becomes min(1, f q). Rows: depth; columns: factor f by the "
+                       "node's rank (r3+ = rank 3 and beyond), for nodes whose path so far is the drafter's top-1 "
+                       "(spine) or has left it (off-spine); acc / pred: observed acceptances and the drafter's "
+                       "expected ones behind the factors. "
+                       + (f"-adapt: fitted on this run's rounds 0..{idx - 1} only." if "-adapt" in method and idx else
+                          "-adapt: round 0 has seen nothing yet, so every factor is 1." if "-adapt" in method else
+                          "-cal: one calibration fitted before the run."))
+            st.dataframe(cal.table().round(3), hide_index=True)
+
 st.subheader("What the drafter predicted")
 st.plotly_chart(figures.marginals_heatmap(rnd, decode), width="stretch")
 st.caption("One drafter forward gives a distribution per depth; the tree picks cells of this table (DDTree uses "

@@ -55,13 +55,13 @@ def logged_store(tmp_path_factory, target32):
                               sink=store, prompt_text=prompt)
         ids[method] = run.run_id
     store.close()
-    return path, ids
+    return path, ids, (d, cost)
 
 
 @pytest.fixture()
 def store_copy(logged_store, tmp_path, monkeypatch):
     """A private copy of the logged store, set as the app's default store."""
-    src, ids = logged_store
+    src, ids, _ = logged_store
     path = tmp_path / "runs.sqlite"
     shutil.copy(src, path)
     import dtree.ui
@@ -108,6 +108,39 @@ def test_explorer_tree_heatmap_theta_and_heap_replay(store_copy):
     assert _n_tree_markers(figs[0]) == 2  # root + first popped node
     theta = next(f for f in figs if "theta" in _title(f))
     assert any(t.get("name", "").startswith("heap step n = 1") for t in theta["data"])
+
+
+def test_explorer_shows_the_calibration_an_adapt_round_used(store_copy, logged_store, target32):
+    """An -adapt run: the expander lists the factors of the calibration fitted on the earlier rounds (identity at
+    round 0), the same as dtree.replay.adaptive_calibrations gives."""
+    from dtree.replay import adaptive_calibrations
+    from dtree.store import TraceStore
+
+    from dtree import engine
+    from dtree.engine import DecodeConfig
+
+    path, ids = store_copy
+    drafter, cost = logged_store[2]
+    with TraceStore(path) as s:
+        run = engine.generate(target32, target32.encode_prompt("What is 2+2?"),
+                              DecodeConfig("caddtree-adapt", budget=64, max_new_tokens=8), drafter=drafter,
+                              cost_model=cost, sink=s)
+        ids = {**ids, "caddtree-adapt": run.run_id}
+        run = s.load_run(run.run_id)
+    assert len(run.rounds) >= 2
+    cals = adaptive_calibrations(run)
+    for idx in (0, len(run.rounds) - 1):
+        at = AppTest.from_file(EXPLORER, default_timeout=TIMEOUT)
+        at.query_params["run"] = str(ids["caddtree-adapt"])
+        at.query_params["round"] = str(idx)
+        at.run()
+        _ok(at)
+        df = at.dataframe[-1].value
+        assert df["depth"].tolist() == list(range(1, cals[idx].depths + 1))
+        np.testing.assert_allclose(df["spine r0"].to_numpy(), np.round(cals[idx].factors[0, :, 0], 3))
+        if idx == 0:
+            assert (df["spine r0"] == 1).all()
+    assert cals[-1].predicted.sum() > 0
 
 
 def test_explorer_256_node_tree_collapses_and_switches_round(store_copy):
