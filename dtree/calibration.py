@@ -50,10 +50,33 @@ CLASSES = ("spine", "off-spine")
 
 
 def _isotonic_decreasing(y: np.ndarray, w: np.ndarray) -> np.ndarray:
-    """Weighted least-squares projection of ``y`` onto non-increasing sequences (scipy's pool adjacent violators)."""
+    """Weighted least-squares projection of ``y`` onto non-increasing sequences (scipy's pool adjacent violators;
+    rows of a few rank bins use :func:`_pava_decreasing`, the same algorithm without scipy's call overhead, which
+    matters to ``-adapt`` methods that refit every round)."""
+    if len(y) <= 16:
+        return _pava_decreasing(y, w)
     from scipy.optimize import isotonic_regression
 
     return np.asarray(isotonic_regression(y, weights=w, increasing=False).x, dtype=np.float64)
+
+
+def _pava_decreasing(y, w) -> np.ndarray:
+    """Pool adjacent violators for a non-increasing fit: blocks (weighted mean, weight, length) are merged while a
+    block's mean is above its predecessor's. ``w`` > 0. Returns float64 of ``len(y)``."""
+    means: list[float] = []
+    weights: list[float] = []
+    sizes: list[int] = []
+    for v, wt in zip(np.asarray(y, dtype=np.float64).tolist(), np.asarray(w, dtype=np.float64).tolist()):
+        means.append(v)
+        weights.append(wt)
+        sizes.append(1)
+        while len(means) > 1 and means[-1] > means[-2]:
+            m2, w2, n2 = means.pop(), weights.pop(), sizes.pop()
+            wsum = weights[-1] + w2
+            means[-1] = (means[-1] * weights[-1] + m2 * w2) / wsum
+            weights[-1] = wsum
+            sizes[-1] += n2
+    return np.repeat(np.asarray(means), sizes)
 
 
 def _table(name: str, values, shape: tuple | None = None) -> np.ndarray:
@@ -272,10 +295,9 @@ def fit_from_counts(observed: np.ndarray, predicted: np.ndarray, prior_strength:
         raise InputError("prior_strength", "must be > 0 when some cell has no trials")
     pooled = (O.sum(axis=1) + m) / (P.sum(axis=1) + m)  # [2, R], shrunk toward 1
     raw = (O + m * pooled[:, None, :]) / (P + m)
-    f = np.empty_like(raw)
-    for c in range(2):
-        for d in range(raw.shape[1]):
-            f[c, d] = _isotonic_decreasing(raw[c, d], P[c, d] + m)
+    f = raw.copy()  # rows already non-increasing are their own projection
+    for c, d in zip(*np.nonzero((np.diff(raw, axis=2) > 0).any(axis=2))):
+        f[c, d] = _isotonic_decreasing(raw[c, d], P[c, d] + m)
     return Calibration(f, O, P, m, dict(meta or {}))
 
 

@@ -260,6 +260,24 @@ def test_method_names_and_keys():
     assert e.value.field == "spine"
 
 
+def test_short_row_pava_equals_scipy_isotonic_regression():
+    """The in-house pool-adjacent-violators for short rank rows gives scipy's weighted non-increasing fit."""
+    from scipy.optimize import isotonic_regression
+
+    from dtree.calibration import _isotonic_decreasing, _pava_decreasing
+
+    rng = np.random.default_rng(2)
+    for n in (1, 2, 3, 4, 7, 16):
+        for _ in range(200):
+            y = rng.normal(1.0, 0.5, n) if rng.random() < 0.7 else rng.integers(0, 3, n).astype(float)
+            w = rng.uniform(0.01, 50.0, n)
+            ref = isotonic_regression(y, weights=w, increasing=False).x
+            np.testing.assert_allclose(_pava_decreasing(y, w), ref, rtol=1e-12, atol=1e-12)
+            np.testing.assert_allclose(_isotonic_decreasing(y, w), ref, rtol=1e-12, atol=1e-12)
+    y = rng.normal(size=40)  # long rows go to scipy
+    np.testing.assert_allclose(_isotonic_decreasing(y, np.ones(40)), isotonic_regression(y, increasing=False).x)
+
+
 def test_online_calibration_is_the_offline_fit_of_the_past_rounds():
     """-adapt: round i's calibration is the offline fit (count_round + fit_from_counts) of rounds 0..i-1 with the
     target's choices known up to round i's anchor; after the last round it equals fit_calibration of the whole run;
