@@ -36,7 +36,8 @@ def _add_decode_args(p: argparse.ArgumentParser) -> None:
                    help="ar | chain | ddtree | caddtree (default caddtree), or a variant of the last two: "
                         "<ddtree|caddtree>-cal (calibrated path probabilities), -adapt (calibrated during the run "
                         "from its own earlier rounds), -spine (top-1 chain always in the tree), -cal-spine, "
-                        "-adapt-spine")
+                        "-adapt-spine; caddtree also -rawcv (greedy stop on the measured Cv, not its convex fit), "
+                        "e.g. caddtree-adapt-rawcv")
     p.add_argument("--budget", type=int, default=None,
                    help="ddtree: node budget B (default 16); caddtree: maximum budget (default 256); 0..1024")
     p.add_argument("--max-new-tokens", type=int, default=128, help="tokens to generate (default 128)")
@@ -618,6 +619,7 @@ def build_parser() -> argparse.ArgumentParser:
     b.add_argument("--methods", default="ar,chain,ddtree:16,caddtree",
                    help="comma list: ar, chain, ddtree:B, caddtree[:B], and the variants caddtree-cal[:B], "
                         "caddtree-spine[:B], caddtree-cal-spine[:B], caddtree-adapt[:B], caddtree-adapt-spine[:B], "
+                        "caddtree-rawcv[:B], caddtree-adapt-rawcv[:B], "
                         "ddtree-spine:B, ddtree-cal:B, ddtree-cal-spine:B, ddtree-adapt:B, ddtree-adapt-spine:B")
     b.add_argument("--calibration", default=None,
                    help="calibration JSON for -cal methods (default: fitted once on the demo prompts and cached)")
@@ -660,8 +662,8 @@ def build_parser() -> argparse.ArgumentParser:
     rp.add_argument("--cost-weights", default=None, help="weights on the cost model, as for decode")
     rp.add_argument("--variants", default="",
                     help="extra rows, comma list of method keys: caddtree-cal, caddtree-spine, caddtree-cal-spine "
-                         "caddtree-adapt (optional :B maximum), ddtree-spine:B, ddtree-cal:B, ddtree-cal-spine:B, "
-                         "ddtree-adapt:B")
+                         "caddtree-adapt, caddtree-rawcv (optional :B maximum), ddtree-spine:B, ddtree-cal:B, "
+                         "ddtree-cal-spine:B, ddtree-adapt:B")
     rp.add_argument("--calibration", default=None,
                     help="calibration JSON for -cal variants, or 'fit' to fit one on the replayed runs themselves "
                          "(in-sample); default: the one stored with the run")

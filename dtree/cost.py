@@ -33,6 +33,7 @@ from .errors import InputError, check_float, check_int
 
 FORMAT = "dtree-cost-model"
 VERSION = 1
+CURVES = ("convex", "measured")  # CostModel.curve: the table Cv(n; L) is read from
 
 
 # ----------------------------------------------------------------------------------------------------------------------
@@ -241,6 +242,10 @@ class CostModel:
         weights: optional :class:`CostWeights`. The constructor's ``cd_s`` and tables are the PROFILED values; with
             weights, the attribute ``cd_s`` becomes the weighted Cd (``profiled_cd_s`` keeps the profile) and
             :meth:`cv` returns the weighted Cv. ``cv_raw_s``/``cv_fit_s`` always stay the profile.
+        curve: which table :meth:`cv` interpolates: ``"convex"`` (default: ``cv_fit_s``, the paper's model, under
+            which theta(n) is unimodal, spec 3.3) or ``"measured"`` (ours: ``cv_raw_s`` made non-decreasing in n by a
+            running maximum, no convexity; on CPUs the measured Cv is concave at small n, where the convex fit
+            misprices small trees; ``scripts/cv_shape_whatif.py``). Used by the ``caddtree-rawcv`` methods.
 
     Raises (on construction):
         InputError: grids not increasing / not starting at n = 0, tables of the wrong shape, NaN or negative costs.
@@ -253,6 +258,7 @@ class CostModel:
     cv_fit_s: np.ndarray
     meta: dict[str, Any] = field(default_factory=dict)
     weights: CostWeights | None = None
+    curve: str = "convex"
 
     def __post_init__(self) -> None:
         self.cd_s = check_float("cd_s", self.cd_s, lo=0.0)
@@ -276,9 +282,13 @@ class CostModel:
                 raise InputError("cv_fit_s", "every row must be non-decreasing and convex in n")
         if not isinstance(self.meta, dict):
             raise InputError("meta", "must be a dict")
+        if self.curve not in CURVES:
+            raise InputError("curve", f"must be one of {', '.join(CURVES)}, got {self.curve!r}")
+        # the table cv() interpolates: the convex fit, or the measured medians made non-decreasing in n
+        self._table = self.cv_fit_s if self.curve == "convex" else np.maximum.accumulate(self.cv_raw_s, axis=1)
         n = self.nodes.astype(np.float64)
         dn = np.diff(n)
-        self._slopes = np.diff(self.cv_fit_s, axis=1) / dn if len(n) > 1 else np.zeros((shape[0], 0))
+        self._slopes = np.diff(self._table, axis=1) / dn if len(n) > 1 else np.zeros((shape[0], 0))
 
     # -- construction ------------------------------------------------------------------------------------------------
 
@@ -316,7 +326,13 @@ class CostModel:
         (``to_dict()["weights"]``), so every run stores the cost model it actually used.
         """
         return CostModel(self.profiled_cd_s, self.contexts.copy(), self.nodes.copy(), self.cv_raw_s.copy(),
-                         self.cv_fit_s.copy(), dict(self.meta), weights)
+                         self.cv_fit_s.copy(), dict(self.meta), weights, self.curve)
+
+    def with_curve(self, curve: str) -> "CostModel":
+        """A copy (same profile and weights) whose :meth:`cv` interpolates ``curve`` (``"convex"`` or
+        ``"measured"``, see the class docstring). Raises InputError for another name."""
+        return CostModel(self.profiled_cd_s, self.contexts.copy(), self.nodes.copy(), self.cv_raw_s.copy(),
+                         self.cv_fit_s.copy(), dict(self.meta), self.weights, curve)
 
     def with_weights(self, cd_scale: float = 1.0, cv_scale: float = 1.0, cd_s: float | None = None) -> "CostModel":
         """Shorthand for ``weighted(CostWeights(cd_scale=..., cv_scale=..., cd_s=...))``.
@@ -329,9 +345,10 @@ class CostModel:
     # -- lookup ------------------------------------------------------------------------------------------------------
 
     def _curve_at(self, L: float) -> tuple[np.ndarray, float]:
-        """Fitted values on ``self.nodes`` at context ``L`` and the slope used beyond the last node (s/node)."""
+        """Table values (fitted, or measured for ``curve="measured"``) on ``self.nodes`` at context ``L`` and the slope
+        used beyond the last node (s/node)."""
         c = self.contexts.astype(np.float64)
-        f = self.cv_fit_s
+        f = self._table
         last_slope = self._slopes[:, -1] if self._slopes.shape[1] else np.zeros(len(c))
         if len(c) == 1 or L <= c[0]:
             return f[0], float(last_slope[0])
@@ -340,7 +357,8 @@ class CostModel:
             w = (L - c[i - 1]) / (c[i] - c[i - 1])
             return (1 - w) * f[i - 1] + w * f[i], float((1 - w) * last_slope[i - 1] + w * last_slope[i])
         # Beyond the largest profiled context: extrapolate the value at n=0 and every segment slope linearly in L
-        # from the last two contexts, never below the last context; a running max keeps the slopes non-decreasing.
+        # from the last two contexts, never below the last context; a running max keeps the slopes non-decreasing
+        # (for the measured curve this convexifies it beyond the largest profiled context).
         t = (L - c[-1]) / (c[-1] - c[-2])
         v0 = f[-1, 0] + t * max(0.0, f[-1, 0] - f[-2, 0])
         if self._slopes.shape[1] == 0:
@@ -354,7 +372,8 @@ class CostModel:
         """Verify cost Cv(n; L) in seconds of a tree with ``n`` non-root nodes over a cache of ``L`` tokens.
 
         Lookup rules (spec 3.4 step 4, with our choices beyond the profiled ranges):
-        - in n: linear interpolation on the fitted grid ``nodes``; beyond the largest profiled n, linear
+        - in n: linear interpolation on the grid ``nodes`` of the fitted table (``curve="measured"``: of the measured
+          one); beyond the largest profiled n, linear
           extrapolation with the last fitted slope (no clamp; keeps convexity);
         - in L: linear interpolation between the two bracketing profiled contexts; below the smallest context the
           smallest context's curve; beyond the largest, linear extrapolation from the last two contexts of the value
@@ -409,7 +428,7 @@ class CostModel:
         """JSON-ready dict: ``{"format": "dtree-cost-model", "version": 1, "cd_s", "contexts", "nodes", "cv_raw_s",
         "cv_fit_s", "meta", "weights"}`` (seconds, tokens, nodes; tables as nested lists ``[C][N]``). ``cd_s`` and the
         tables are the profile; ``weights`` is None or :meth:`CostWeights.to_dict`, and ``cd_s_weighted`` is the
-        weighted Cd when weights are set."""
+        weighted Cd when weights are set; ``curve`` is present when it is not ``"convex"``."""
         d = {
             "format": FORMAT,
             "version": VERSION,
@@ -423,6 +442,8 @@ class CostModel:
         }
         if self.weights is not None:
             d["cd_s_weighted"] = float(self.cd_s)
+        if self.curve != "convex":
+            d["curve"] = self.curve
         return d
 
     @classmethod
@@ -444,7 +465,7 @@ class CostModel:
             raise InputError("cost_model", f"missing keys {missing}")
         weights = CostWeights.from_dict(d["weights"]) if d.get("weights") is not None else None
         return cls(d["cd_s"], d["contexts"], d["nodes"], d["cv_raw_s"], d["cv_fit_s"], dict(d.get("meta") or {}),
-                   weights)
+                   weights, d.get("curve", "convex"))
 
     def save(self, path: str | os.PathLike, field_name: str = "path") -> Path:
         """Write the model as versioned JSON to ``path`` (atomically: temp file then rename). Returns the path written:

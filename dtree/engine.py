@@ -44,8 +44,8 @@ class DecodeConfig:
         method: ``ar`` (plain target decoding), ``chain`` (DFlash: the drafter's top-1 block), ``ddtree`` (best-first
             tree with a fixed node budget) or ``caddtree`` (per-round greedy budget from the cost model); ddtree and
             caddtree also accept the variant names ``<base>-cal``, ``<base>-adapt``, ``<base>-spine``,
-            ``<base>-cal-spine`` and ``<base>-adapt-spine`` (:func:`dtree.records.parse_method`), which
-            :meth:`validated` turns into the base method plus the flags.
+            ``<base>-cal-spine`` and ``<base>-adapt-spine``, and caddtree ``-rawcv`` combined with those
+            (:func:`dtree.records.parse_method`), which :meth:`validated` turns into the base method plus the flags.
         budget: ddtree: node budget B (non-root nodes, 0..1024; default 16). caddtree: the largest budget the greedy
             rule may reach (default 256). Ignored for ar and chain.
         max_new_tokens: tokens to generate (>= 1; prompt + new tokens + one block must fit the model's context).
@@ -58,6 +58,8 @@ class DecodeConfig:
             :class:`dtree.calibration.Calibration` passed to :func:`generate`).
         adaptive: ddtree / caddtree: rank nodes and compute Phi(n) with path probabilities calibrated during the run
             from its own earlier rounds (:class:`dtree.calibration.OnlineCalibration`; no calibration needed).
+        raw_cv: caddtree: the greedy stop uses the measured verify cost (the profile's medians made non-decreasing)
+            instead of its convex fit (``CostModel.with_curve("measured")``); the run stores that cost model.
     """
 
     method: str = "caddtree"
@@ -69,6 +71,7 @@ class DecodeConfig:
     spine: bool = False
     calibrated: bool = False
     adaptive: bool = False
+    raw_cv: bool = False
 
     @property
     def name(self) -> str:
@@ -76,12 +79,13 @@ class DecodeConfig:
         spec = parse_method(self.method)
         if spec.base in ("ddtree", "caddtree"):
             return MethodSpec(spec.base, spec.calibrated or bool(self.calibrated), spec.spine or bool(self.spine),
-                              spec.adaptive or bool(self.adaptive)).name
+                              spec.adaptive or bool(self.adaptive), spec.raw_cv or bool(self.raw_cv)).name
         return spec.base
 
     def validated(self, max_context: int, prompt_len: int, block_size: int) -> DecodeConfig:
         """Return a copy with defaults filled in and ``method`` reduced to its base (the variant's options moved to
-        ``spine`` / ``calibrated`` / ``adaptive``); raise :class:`InputError` naming the bad field and its range."""
+        ``spine`` / ``calibrated`` / ``adaptive`` / ``raw_cv``); raise :class:`InputError` naming the bad field and
+        its range."""
         spec = parse_method(self.method)
         method = spec.base
         spine = spec.spine or bool(self.spine)
@@ -93,6 +97,9 @@ class DecodeConfig:
         if calibrated and adaptive:
             raise InputError("adaptive", "use a fitted calibration (-cal) or one learnt during the run (-adapt), not "
                                          "both")
+        raw_cv = spec.raw_cv or bool(self.raw_cv)
+        if raw_cv and method != "caddtree":
+            raise InputError("raw_cv", f"applies to caddtree only (its cost curve), not {method}")
         budget = self.budget if self.budget is not None else DEFAULT_BUDGET[method]
         if budget is not None:
             budget = check_int("budget", budget, 0, MAX_BUDGET)
@@ -104,7 +111,7 @@ class DecodeConfig:
         temperature = check_float("temperature", self.temperature, 0.0, 100.0)
         seed = check_int("seed", self.seed, 0, 2**63 - 1)
         topk = check_int("topk_log", self.topk_log, 1, MAX_BUDGET)
-        return DecodeConfig(method, budget, max_new, temperature, seed, topk, spine, calibrated, adaptive)
+        return DecodeConfig(method, budget, max_new, temperature, seed, topk, spine, calibrated, adaptive, raw_cv)
 
 
 # ----------------------------------------------------------------------------------------------------------- steps
@@ -197,6 +204,8 @@ def build_tree(method: str, marg: trees.Marginals, anchor: int, budget: int | No
     else:
         opts = "calibrated, "
     opts += "spine first, " if spine else ""
+    if method == "caddtree" and getattr(cost_model, "curve", "convex") == "measured":
+        opts += "measured Cv, "
     if method == "chain":
         tree = trees.build_chain(marg, anchor, cost=cost_model, context_len=start)
         return tree, f"chain: the drafter's top-1 token at each of the {tree.n_nodes} depths"
@@ -280,6 +289,10 @@ def generate(target, prompt_ids: list[int], cfg: DecodeConfig, drafter=None, cos
         raise InputError("drafter", f"method {cfg.method} needs a drafter")
     if cfg.method == "caddtree" and cost_model is None:
         raise InputError("cost_model", "caddtree needs a cost model")
+    if cfg.raw_cv:  # the greedy stop on the measured Cv; the run stores the cost model it really used
+        cost_model = cost_model.with_curve("measured")
+        if cost_model_dict is not None:
+            cost_model_dict = {**cost_model_dict, "curve": "measured"}
     if cfg.calibrated and calibration is None:
         raise InputError("calibration", f"{cfg.name} needs a calibration (fit one with python -m dtree calibrate)")
     if not cfg.calibrated:

@@ -17,11 +17,13 @@ from .trees import DraftTree
 METHODS = ("ar", "chain", "ddtree", "caddtree")
 # Variants of the heap builders (dtree.trees): "-cal" ranks by calibrated path probabilities (dtree.calibration, a
 # calibration fitted beforehand), "-adapt" by path probabilities calibrated online from the run's own earlier rounds
-# (dtree.calibration.OnlineCalibration), "-spine" always puts the top-1 chain in the tree (spec 5 item 12).
-# Canonical order: base, -cal or -adapt, -spine.
+# (dtree.calibration.OnlineCalibration), "-spine" always puts the top-1 chain in the tree (spec 5 item 12);
+# caddtree only: "-rawcv" runs the greedy stop on the measured Cv(n; L) instead of its convex fit (CostModel.curve).
+# Canonical order: base, -cal or -adapt, -spine, -rawcv.
 VARIANT_BASES = ("ddtree", "caddtree")
 VARIANTS = tuple(f"{b}{v}" for b in VARIANT_BASES
-                 for v in ("-cal", "-spine", "-cal-spine", "-adapt", "-adapt-spine"))
+                 for v in ("-cal", "-spine", "-cal-spine", "-adapt", "-adapt-spine")) + (
+    "caddtree-rawcv", "caddtree-adapt-rawcv")
 ALL_METHODS = METHODS + VARIANTS
 
 
@@ -33,12 +35,13 @@ class MethodSpec:
     calibrated: bool = False
     spine: bool = False
     adaptive: bool = False
+    raw_cv: bool = False
 
     @property
     def name(self) -> str:
-        """The canonical name: base, then ``-cal`` or ``-adapt``, then ``-spine``."""
+        """The canonical name: base, then ``-cal`` or ``-adapt``, then ``-spine``, then ``-rawcv``."""
         return (self.base + ("-cal" if self.calibrated else "") + ("-adapt" if self.adaptive else "")
-                + ("-spine" if self.spine else ""))
+                + ("-spine" if self.spine else "") + ("-rawcv" if self.raw_cv else ""))
 
     @property
     def uses_calibration(self) -> bool:
@@ -48,11 +51,12 @@ class MethodSpec:
 
 def parse_method(name: str, field: str = "method") -> MethodSpec:
     """Split a method name (``ar``, ``chain``, ``ddtree``, ``caddtree``, or ``ddtree``/``caddtree`` followed by
-    ``-cal`` or ``-adapt`` and/or ``-spine`` in any order) into a :class:`MethodSpec`.
+    ``-cal`` or ``-adapt`` and/or ``-spine`` in any order, and ``caddtree`` also by ``-rawcv``) into a
+    :class:`MethodSpec`.
 
     Raises:
-        InputError (``field``): unknown base, unknown or repeated modifier, ``-cal`` with ``-adapt``, or a modifier on
-            ar / chain.
+        InputError (``field``): unknown base, unknown or repeated modifier, ``-cal`` with ``-adapt``, ``-rawcv`` on
+            ddtree, or a modifier on ar / chain.
     """
     parts = str(name).strip().split("-")
     base, mods = parts[0], parts[1:]
@@ -61,12 +65,15 @@ def parse_method(name: str, field: str = "method") -> MethodSpec:
     if mods and base not in VARIANT_BASES:
         raise InputError(field, f"{base} takes no modifier ({name!r}); -cal, -adapt and -spine apply to ddtree and "
                                 "caddtree")
-    if any(m not in ("cal", "adapt", "spine") for m in mods) or len(set(mods)) != len(mods):
-        raise InputError(field, f"unknown method {name!r}: modifiers are -cal or -adapt, and -spine, each at most once")
+    if any(m not in ("cal", "adapt", "spine", "rawcv") for m in mods) or len(set(mods)) != len(mods):
+        raise InputError(field, f"unknown method {name!r}: modifiers are -cal or -adapt, -spine and (caddtree) "
+                                "-rawcv, each at most once")
+    if "rawcv" in mods and base != "caddtree":
+        raise InputError(field, f"{name!r}: -rawcv changes CaDDTree's cost curve; ddtree does not use one")
     if "cal" in mods and "adapt" in mods:
         raise InputError(field, f"{name!r}: use -cal (a calibration fitted beforehand) or -adapt (calibrated "
                                 "during the run), not both")
-    return MethodSpec(base, "cal" in mods, "spine" in mods, "adapt" in mods)
+    return MethodSpec(base, "cal" in mods, "spine" in mods, "adapt" in mods, "rawcv" in mods)
 
 
 def parse_method_key(item: str, field: str = "methods", max_budget: int = 1024) -> tuple[str, int | None]:

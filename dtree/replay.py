@@ -251,6 +251,8 @@ def replay_round(rnd: RoundRecord, output_tokens_from_start: Sequence[int], meth
     else:
         if cost is None:
             raise InputError("cost_model", "caddtree replay needs a cost model")
+        if spec.raw_cv:
+            cost = cost.with_curve("measured")
         mb = check_int("budget", DEFAULT_CADDTREE_MAX if budget is None else budget, 0, MAX_REPLAY_BUDGET)
         tree = build_caddtree(marg, rnd.anchor, cost, rnd.start, mb, spine=spec.spine, calibration=cal)
     tau = 1 + int(matched_depths(tree, g).max())
@@ -292,6 +294,7 @@ class _Prepared:
     spine: bool = False       # the stored order puts the top-1 chain first
     calibrated: bool = False  # path_lp holds calibrated log q~ (the heap's scores)
     adaptive: bool = False    # ... calibrated per round from the run's earlier rounds (-adapt)
+    raw_cv: bool = False      # costs read the measured Cv curve (caddtree-rawcv), not the convex fit
     run_ids: list = field(default_factory=list)  # per run: run_id
 
 
@@ -338,12 +341,14 @@ def adaptive_calibrations(run: RunRecord, settings: dict | None = None) -> list[
 
 def prepare(runs: RunRecord | Iterable[RunRecord], max_nodes: int, cost: CostModel | None = None,
             need_cost: bool = True, spine: bool = False, calibrated: bool = False,
-            calibration: Calibration | None = None, adaptive: bool = False) -> _Prepared:
+            calibration: Calibration | None = None, adaptive: bool = False, raw_cv: bool = False) -> _Prepared:
     """Build the per-round best-first orders (up to ``max_nodes`` nodes, capped at each round's logged k) once.
 
     ``spine`` / ``calibrated`` / ``adaptive`` select the order of the matching variant
     (:func:`dtree.trees.best_first_order`); calibrated orders use ``calibration``, else each run's stored one, adaptive
-    orders each round's :func:`adaptive_calibrations` entry, and ``path_lp`` then holds log q~.
+    orders each round's :func:`adaptive_calibrations` entry, and ``path_lp`` then holds log q~. ``raw_cv``: every
+    cost model reads its measured Cv curve (``CostModel.with_curve("measured")``), for the caddtree ``-rawcv``
+    variants, both for the choice and for the predicted time.
 
     Raises:
         InputError: empty trace, an AR run, a run without rounds or with non-contiguous rounds, a bad ``max_nodes``,
@@ -352,6 +357,8 @@ def prepare(runs: RunRecord | Iterable[RunRecord], max_nodes: int, cost: CostMod
     runs = _as_runs(runs)
     M = check_int("max_nodes", max_nodes, 0, MAX_REPLAY_BUDGET)
     costs = [(run_cost_model(run, cost) if need_cost else (cost if cost is not None else None)) for run in runs]
+    if raw_cv:
+        costs = [c.with_curve("measured") if c is not None else None for c in costs]
     if calibrated and adaptive:
         raise InputError("method", "a method is calibrated beforehand (-cal) or during the run (-adapt), not both")
     cals = [run_calibration(run, calibration) if calibrated else None for run in runs]
@@ -392,7 +399,7 @@ def prepare(runs: RunRecord | Iterable[RunRecord], max_nodes: int, cost: CostMod
         recorded_budget=np.asarray(col[10], np.int64), overhead_s=np.asarray(col[11], np.float64),
         run_of=np.asarray(col[12], np.int64), costs=costs, temperature_positive=temp_pos,
         gamma=np.asarray(col[13], np.int64), round_index=np.asarray(col[14], np.int64), spine=bool(spine),
-        calibrated=bool(calibrated), adaptive=bool(adaptive), run_ids=[run.run_id for run in runs])
+        calibrated=bool(calibrated), adaptive=bool(adaptive), raw_cv=bool(raw_cv), run_ids=[run.run_id for run in runs])
 
 
 def _cost_tables(p: _Prepared, costs: list | None = None, n_max: int | None = None) -> tuple[np.ndarray, np.ndarray]:
@@ -475,9 +482,9 @@ def _replay_prepared(p: _Prepared, method: str, budget: int | None, cd: np.ndarr
     spec = parse_method(method)
     method, base = spec.name, spec.base
     if base in ("ddtree", "caddtree") and (spec.spine != p.spine or spec.calibrated != p.calibrated
-                                           or spec.adaptive != p.adaptive):
+                                           or spec.adaptive != p.adaptive or spec.raw_cv != p.raw_cv):
         raise ValueError(f"{method} needs an order prepared with spine={spec.spine}, calibrated={spec.calibrated}, "
-                         f"adaptive={spec.adaptive}")
+                         f"adaptive={spec.adaptive}, raw_cv={spec.raw_cv}")
     R = len(p.starts)
     rows = np.arange(R)
     notes: list[str] = []
@@ -579,7 +586,7 @@ def replay_run(run: RunRecord | Iterable[RunRecord], method: str, budget: int | 
         m = 0
     have_cost = cost is not None or all(r.cost_model for r in runs)
     p = prepare(runs, m, cost, need_cost=need_cost or have_cost, spine=spec.spine, calibrated=spec.calibrated,
-                calibration=calibration, adaptive=spec.adaptive)
+                calibration=calibration, adaptive=spec.adaptive, raw_cv=spec.raw_cv)
     if have_cost or need_cost:
         cd, cv = _cost_tables(p)
     else:
@@ -664,7 +671,7 @@ def sweep_budgets(runs: RunRecord | Iterable[RunRecord], budgets: Iterable[int] 
             continue
         b = cmax if b is None else b
         pv = prepare(runs, min(b, kmin), cost, spine=spec.spine, calibrated=spec.calibrated, calibration=calibration,
-                     adaptive=spec.adaptive)
+                     adaptive=spec.adaptive, raw_cv=spec.raw_cv)
         cdv, cvv = _cost_tables(pv)
         sv = _replay_prepared(pv, name, b, cdv, cvv, overhead)
         out.append(_row(sv))
@@ -786,7 +793,7 @@ def check_unimodal(runs: RunRecord | Iterable[RunRecord], cost: CostModel | None
                default=0)
     M = min(cmax, kmin)
     p = prepare(runs, M, cost, spine=spec.spine, calibrated=spec.calibrated, calibration=calibration,
-                adaptive=spec.adaptive)
+                adaptive=spec.adaptive, raw_cv=spec.raw_cv)
     cd, cv = _cost_tables(p)
     theta = _theta_table(p, cd, cv, M)
     cap = np.minimum(p.n_avail, M)
@@ -829,7 +836,8 @@ def logged_method(run: RunRecord) -> tuple[str, int | None]:
     if spec.base not in ("ddtree", "caddtree"):
         return spec.name, None
     spec = MethodSpec(spec.base, spec.calibrated or bool(params.get("calibrated")),
-                      spec.spine or bool(params.get("spine")), spec.adaptive or bool(params.get("adaptive")))
+                      spec.spine or bool(params.get("spine")), spec.adaptive or bool(params.get("adaptive")),
+                      spec.raw_cv or bool(params.get("raw_cv")))
     budget = params.get("budget")
     if budget is None:
         budget = 16 if spec.base == "ddtree" else DEFAULT_CADDTREE_MAX
@@ -864,7 +872,8 @@ def live_weights_from_runs(runs: RunRecord | Iterable[RunRecord], cost: CostMode
 
     Args:
         runs: one run or several (e.g. a bench's runs).
-        cost: the profile to rescale (default: the cost model stored with the first run that has one).
+        cost: the profile to rescale (default: the cost model stored with the first run that has one, read through
+            its convex fit even if that run was a ``-rawcv`` one).
 
     Returns:
         :class:`dtree.cost.LiveFit`; ``fit.weights`` applied to the profile gives a cost model whose predicted round
@@ -888,7 +897,7 @@ def live_weights_from_runs(runs: RunRecord | Iterable[RunRecord], cost: CostMode
         stored = next((r.cost_model for r in spec if r.cost_model), None)
         if stored is None:
             raise InputError("cost_model", "these runs stored no cost model: pass the profile to rescale")
-        cost = CostModel.from_dict(stored)
+        cost = CostModel.from_dict(stored).with_curve("convex")  # a -rawcv run stores its curve choice; not a profile's
     return fit_live_weights(cost, [x.budget for x in rounds], [x.start for x in rounds],
                             [x.draft_ms for x in rounds], [x.verify_ms for x in rounds],
                             [x.build_ms + x.commit_ms for x in rounds])

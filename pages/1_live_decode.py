@@ -17,7 +17,7 @@ with st.sidebar:
 ui.store_box()  # where runs are logged
 
 # method settings outside the form, so the budget and the tree options follow the chosen method at once
-c1, c2, c3, c4 = st.columns(4, vertical_alignment="bottom")
+c1, c2, c3, c4, c5 = st.columns([3, 3, 2, 3, 2], vertical_alignment="bottom")
 method = c1.selectbox("Method", METHODS, index=METHODS.index("caddtree"), key="method",
                       help="ar: plain decoding; chain: DFlash block; ddtree: fixed node budget; "
                            "caddtree: budget chosen per round from the cost model")
@@ -33,6 +33,10 @@ probs = c4.selectbox("Path probabilities", list(PROBS), key="probs", format_func
                           "-cal uses a calibration fitted once on demo prompts (the first use takes about a minute), "
                           "-adapt learns it from this run's own earlier rounds")
 calibrated, adaptive = probs == "cal", probs == "adapt"
+raw_cv = c5.checkbox("measured Cv", key="rawcv", disabled=method != "caddtree",
+                     help="caddtree: stop the greedy rule on the measured verify cost Cv(n; L) instead of its convex "
+                          "fit (the fit keeps theta(n) unimodal but misprices small trees where the measured cost is "
+                          "concave, as on CPUs; see the Cost model page)")
 
 with st.form("decode"):
     prompt = st.text_area("Prompt", key="prompt", value="Natalia sold clips to 48 of her friends in April, and then she sold half as many "
@@ -47,7 +51,8 @@ if run_clicked:
         backend = ui.get_backend("embedded", dtype)
         cfg = DecodeConfig(method=method, budget=int(budget) if tree_method else None, max_new_tokens=int(max_new),
                            temperature=float(temperature), spine=spine and tree_method,
-                           calibrated=calibrated and tree_method, adaptive=adaptive and tree_method)
+                           calibrated=calibrated and tree_method, adaptive=adaptive and tree_method,
+                           raw_cv=raw_cv and method == "caddtree")
         backend.prepare(prompt, cfg)  # bad input: st.error, nothing stored
         store = ui.get_store()
         with ui.model_slot():  # one decode/profile at a time per server; later requests wait

@@ -114,6 +114,29 @@ def test_live_decode_calibrated_fits_once(store_env, fake_calibration):
         assert "calibration" in s.load_run(int(runs["id"].iloc[0])).params
 
 
+def test_live_decode_measured_cv(store_env, tiny_cost):
+    """caddtree with "measured Cv": stored as caddtree-rawcv with the measured curve in its cost model; the option is
+    off for other methods."""
+    from dtree.store import TraceStore
+
+    at = _live()
+    at.selectbox(key="method").select("ddtree").run()
+    assert at.checkbox(key="rawcv").disabled
+    at.selectbox(key="method").select("caddtree").run()
+    assert not at.checkbox(key="rawcv").disabled
+    at.text_area(key="prompt").input("What is 6 times 7?")
+    at.checkbox(key="rawcv").check()
+    at.number_input(key="max_new").set_value(6)
+    at.button[0].click().run()
+    assert not at.exception, at.exception
+    assert not at.error, [e.value for e in at.error]
+    assert at.dataframe[0].value["why this budget"].str.startswith("measured Cv").all()
+    with TraceStore(store_env) as s:
+        runs = s.list_runs()
+        assert runs["method"].tolist() == ["caddtree-rawcv"]
+        assert s.load_run(int(runs["id"].iloc[0])).cost_model["curve"] == "measured"
+
+
 def test_live_decode_adaptive_calibration(store_env, fake_calibration):
     """ddtree with probabilities calibrated during the run: no calibration is fitted beforehand, the run is stored as
     ddtree-adapt with its online settings, and every round's reason says how many earlier rounds calibrated it."""

@@ -236,9 +236,12 @@ def test_method_names_and_keys():
     assert parse_method_key("ddtree-spine:16") == ("ddtree-spine", 16)
     assert parse_method_key("caddtree-cal") == ("caddtree-cal", None)
     assert parse_method("caddtree-spine-adapt").name == "caddtree-adapt-spine"
+    assert parse_method("caddtree-rawcv-spine-adapt").name == "caddtree-adapt-spine-rawcv"
+    assert parse_method("caddtree-rawcv").raw_cv and not parse_method("caddtree").raw_cv
     assert parse_method("ddtree-adapt").uses_calibration and not parse_method("ddtree-spine").uses_calibration
     for bad in ("chain-spine", "ar-cal", "caddtree-cal-cal", "caddtree-fast", "ddtree-spine", "caddtree-", "beam",
-                "caddtree-cal-adapt", "chain-adapt", "ddtree-adapt"):
+                "caddtree-cal-adapt", "chain-adapt", "ddtree-adapt", "ddtree-rawcv:8", "chain-rawcv",
+                "caddtree-rawcv-rawcv"):
         with pytest.raises(InputError):
             parse_method_key(bad)
     assert bench.parse_methods("ar,caddtree-cal,caddtree-spine:64,ddtree-cal-spine:8") == [
@@ -382,7 +385,8 @@ def test_variants_lossless_spine_kept_and_replayed(backend32, small_cost, real_l
     cal = fit_calibration(runs)
     monkeypatch.setattr(backend32, "_calibration", cal)
     variants = [("caddtree-cal", 32), ("caddtree-spine", 32), ("caddtree-cal-spine", 32), ("ddtree-spine", 4),
-                ("ddtree-cal", 8), ("caddtree-adapt", 32), ("ddtree-adapt-spine", 8)]
+                ("ddtree-cal", 8), ("caddtree-adapt", 32), ("ddtree-adapt-spine", 8), ("caddtree-rawcv", 32),
+                ("caddtree-adapt-rawcv", 32)]
     for prompt in PROMPTS:
         ar = backend32.decode(prompt, DecodeConfig("ar", max_new_tokens=48))
         for name, budget in variants:
@@ -391,6 +395,7 @@ def test_variants_lossless_spine_kept_and_replayed(backend32, small_cost, real_l
             assert run.method == name and run.output_ids == ar.output_ids, f"{name} diverged from AR"
             assert (run.params.get("calibration") is not None) == ("-cal" in name)
             assert (run.params.get("adaptive_calibration") is not None) == ("-adapt" in name)
+            assert run.cost_model.get("curve", "convex") == ("measured" if "-rawcv" in name else "convex")
             if "spine" in name:
                 for r in run.rounds:  # the top-1 chain is in every tree, as nodes 1..s
                     s = min(r.marg_tokens.shape[0], budget)

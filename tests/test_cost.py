@@ -213,6 +213,36 @@ def test_with_weights():
         cm.with_weights(cv_scale=-1)
 
 
+def test_measured_curve_reads_the_raw_medians_made_non_decreasing(tmp_path):
+    """curve="measured": Cv on the grid is the running maximum of the raw row (concave data kept concave, a dip
+    flattened), interpolated in L like the fit, weighted, stored and restored with the model; the convex default is
+    untouched, and an unknown curve is rejected."""
+    x = NODES.astype(float)
+    concave = 0.078 + 0.03 * np.sqrt(x) / np.sqrt(64) + 0.0015 * x  # a jump at small n, as on the dev CPU
+    concave[3] -= 0.01  # a dip (noise): the running max keeps it flat
+    raw = np.stack([concave, concave * 1.5])
+    cm = CostModel.from_measurements(0.01, [64, 1024], NODES, raw)
+    assert not is_monotone_convex(raw[0], x)
+    m = cm.with_curve("measured")
+    assert (m.curve, cm.curve) == ("measured", "convex")
+    np.testing.assert_allclose(m.cv(NODES, 64), np.maximum.accumulate(raw[0]))
+    np.testing.assert_allclose(m.cv(NODES, 1024), np.maximum.accumulate(raw[1]))
+    np.testing.assert_allclose(m.cv(NODES, 544), np.maximum.accumulate(raw[0] * 1.25))  # halfway in L
+    np.testing.assert_allclose(cm.cv(NODES, 64), cm.cv_fit_s[0])  # default unchanged
+    assert m.cv(0, 64) < cm.cv(0, 64)  # the convex fit lifts the 1-token forward
+    w = m.with_weights(cv_scale=0.5)
+    assert w.curve == "measured"
+    np.testing.assert_allclose(w.cv(NODES, 64), 0.5 * m.cv(NODES, 64))
+    back = CostModel.load(w.save(tmp_path / "m.json"))
+    assert back.curve == "measured" and back.weights == w.weights
+    np.testing.assert_allclose(back.cv(NODES, 300), w.cv(NODES, 300))
+    assert "curve" not in cm.to_dict() and m.to_dict()["curve"] == "measured"
+    assert m.with_curve("convex").cv(5, 64) == cm.cv(5, 64)
+    with pytest.raises(InputError) as e:
+        cm.with_curve("wiggly")
+    assert e.value.field == "curve"
+
+
 # ----------------------------------------------------------------------------------------------------------------------
 # persistence
 # ----------------------------------------------------------------------------------------------------------------------
