@@ -33,7 +33,8 @@ def _add_decode_args(p: argparse.ArgumentParser) -> None:
     _add_model_args(p)
     p.add_argument("--prompt", required=True, help="user message (the chat template is applied)")
     p.add_argument("--method", default="caddtree",
-                   help="ar | chain | ddtree | caddtree (default caddtree), or a variant of the last two: "
+                   help="ar | chain | ddtree | caddtree (default caddtree), optionally with :B for the budget "
+                        "(ddtree:8 = --method ddtree --budget 8), or a variant of the last two: "
                         "<ddtree|caddtree>-cal (calibrated path probabilities), -adapt (calibrated during the run "
                         "from its own earlier rounds), -spine (top-1 chain always in the tree), -cal-spine, "
                         "-adapt-spine; caddtree also -rawcv (greedy stop on the measured Cv, not its convex fit), "
@@ -73,8 +74,14 @@ def cmd_decode(args) -> int:
     from .cost import CostWeights
     from .engine import DecodeConfig
 
+    from .records import parse_method_key
+
     weights = CostWeights.parse(args.cost_weights)  # bad weights exit 2 before any model is loaded
-    cfg = DecodeConfig(method=args.method, budget=args.budget, max_new_tokens=args.max_new_tokens,
+    method, key_budget = parse_method_key(args.method, "method") if ":" in args.method else (args.method, None)
+    if key_budget is not None and args.budget is not None and key_budget != args.budget:
+        raise InputError("budget", f"--method {args.method} names budget {key_budget} but --budget says {args.budget}")
+    budget = key_budget if key_budget is not None else args.budget
+    cfg = DecodeConfig(method=method, budget=budget, max_new_tokens=args.max_new_tokens,
                        temperature=args.temperature, seed=args.seed, topk_log=args.topk_log)
     if not args.prompt.strip():
         raise InputError("prompt", "must be a non-empty string")
@@ -224,7 +231,7 @@ def cmd_replay(args) -> int:
         from .replay import run_cost_model
 
         cost = (cost or run_cost_model(runs[0], None)).weighted(weights)
-    variants = [v for v in args.variants.split(",") if v.strip()]
+    variants = list(dict.fromkeys(v.strip() for v in args.variants.split(",") if v.strip()))  # each row once
     calibration = _replay_calibration(args.calibration, runs)
     df = sweep_budgets(runs, budgets, cost=cost, caddtree_max_budget=args.max_budget, variants=variants,
                        calibration=calibration)
@@ -661,9 +668,10 @@ def build_parser() -> argparse.ArgumentParser:
     rp.add_argument("--cost-model", default=None, help="cost-model JSON (default: the one stored with the run)")
     rp.add_argument("--cost-weights", default=None, help="weights on the cost model, as for decode")
     rp.add_argument("--variants", default="",
-                    help="extra rows, comma list of method keys: caddtree-cal, caddtree-spine, caddtree-cal-spine "
-                         "caddtree-adapt, caddtree-rawcv (optional :B maximum), ddtree-spine:B, ddtree-cal:B, "
-                         "ddtree-cal-spine:B, ddtree-adapt:B")
+                    help="extra rows, comma list of method keys: caddtree-cal, caddtree-spine, caddtree-cal-spine, "
+                         "caddtree-adapt, caddtree-adapt-spine, caddtree-rawcv, caddtree-adapt-rawcv (optional :B "
+                         "maximum), ddtree-spine:B, ddtree-cal:B, ddtree-cal-spine:B, ddtree-adapt:B, "
+                         "ddtree-adapt-spine:B")
     rp.add_argument("--calibration", default=None,
                     help="calibration JSON for -cal variants, or 'fit' to fit one on the replayed runs themselves "
                          "(in-sample); default: the one stored with the run")

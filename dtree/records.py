@@ -92,7 +92,8 @@ def parse_method_key(item: str, field: str = "methods", max_budget: int = 1024) 
     if b and spec.base not in VARIANT_BASES:
         raise InputError(field, f"{spec.base} takes no budget ({item!r})")
     if b and not b.isdigit():
-        raise InputError(field, f"malformed budget in {item!r}: expected ddtree:B with B in 0..{max_budget}")
+        raise InputError(field, f"malformed budget in {item!r}: expected {spec.name}:B with B an integer in "
+                                f"0..{max_budget}")
     budget = check_int(field, int(b), 0, max_budget) if b else None
     if spec.base == "ddtree" and budget is None:
         raise InputError(field, f"{spec.name} needs a budget: {spec.name}:B")

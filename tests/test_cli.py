@@ -26,6 +26,12 @@ def test_decode_json_with_compare_ar(tmp_path, capsys, backend32):
     assert out["method"] == "ddtree" and out["new_tokens"] >= 1 and out["identical_to_ar"] is True
     assert out["speedup_vs_ar"] == pytest.approx(out["tokens_per_s"] / out["ar"]["tokens_per_s"], rel=1e-2)
     assert _n_runs(store) == 2
+    # the budget may also ride on the method key, as in bench (ddtree-adapt:4 == --method ddtree-adapt --budget 4)
+    rc = main(["decode", "--prompt", "What is 3 + 4?", "--method", "ddtree-adapt:4", "--max-new-tokens", "8",
+               "--dtype", "float32", "--device", "cpu", "--json", "--store", str(store)])
+    assert rc == 0
+    out = json.loads(capsys.readouterr().out)
+    assert (out["method"], out["budget"], out["mean_budget"]) == ("ddtree-adapt", 4, 4.0)
 
 
 @pytest.mark.parametrize("args, field", [
@@ -41,6 +47,9 @@ def test_decode_json_with_compare_ar(tmp_path, capsys, backend32):
     (["--prompt", "word " * 9000], "prompt"),
     (["--prompt", "hi", "--device", "tpu"], "device"),
     (["--prompt", "hi", "--topk-log", "0"], "topk_log"),
+    (["--prompt", "hi", "--method", "ddtree:abc"], "method"),
+    (["--prompt", "hi", "--method", "caddtree-adapt:-1"], "method"),
+    (["--prompt", "hi", "--method", "ddtree:8", "--budget", "4"], "budget"),
 ])
 def test_bad_input_exits_2_and_stores_nothing(tmp_path, capsys, backend32, args, field):
     store = tmp_path / "s.sqlite"
