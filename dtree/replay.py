@@ -1095,8 +1095,9 @@ def unimodal_summary(runs: Iterable[RunRecord], cost: CostModel | None = None, r
     method name and maximum budget checked under that method's order and budget.
 
     Returns:
-        ``{"n_runs", "n_rounds", "share_unimodal", "share_greedy_argmax", "share_cv_convex" (pooled over all
-        rounds; NaN without rounds), "groups": [{"method", "max_budget", "n_runs", "n_rounds", "share_unimodal",
+        ``{"n_runs", "n_rounds", "share_unimodal", "share_greedy_argmax", "share_cv_convex" (pooled over the rounds
+        of the methods that use the fitted, convex cost curve, i.e. not ``-rawcv``, whose measured curve need not make
+        theta(n) unimodal; NaN without rounds), "groups": [{"method", "max_budget", "n_runs", "n_rounds", "share_unimodal",
         "share_greedy_argmax", "share_cv_convex", "offending" (at most 20 rounds)}], "errors": [messages of groups
         that could not be checked]}``.
     """
@@ -1115,7 +1116,8 @@ def unimodal_summary(runs: Iterable[RunRecord], cost: CostModel | None = None, r
         except InputError as e:
             errors.append(f"{name} (max budget {budget}): {e}")
             continue
-        frames.append(df)
+        if not parse_method(name).raw_cv:
+            frames.append(df)
         offending = [{k: (v.item() if hasattr(v, "item") else v) for k, v in o.items()}
                      for o in df.attrs["offending"][:20]]
         out.append({"method": name, "max_budget": budget, "checked_up_to": df.attrs["max_budget"],
@@ -1125,7 +1127,7 @@ def unimodal_summary(runs: Iterable[RunRecord], cost: CostModel | None = None, r
     all_df = pd.concat(frames, ignore_index=True) if frames else None
     n = 0 if all_df is None else len(all_df)
     nan = float("nan")
-    return {"n_runs": sum(g["n_runs"] for g in out), "n_rounds": n,
+    return {"n_runs": sum(g["n_runs"] for g in out if not parse_method(g["method"]).raw_cv), "n_rounds": n,
             "share_unimodal": float(all_df["unimodal"].mean()) if n else nan,
             "share_greedy_argmax": float(all_df["greedy_is_argmax"].mean()) if n else nan,
             "share_cv_convex": float(all_df["cv_convex"].mean()) if n else nan, "groups": out, "errors": errors}

@@ -240,7 +240,9 @@ def markdown(rep: dict) -> str:
                           [[g["method"], f"{g['max_budget']} ({g['checked_up_to']})", str(g["n_runs"]),
                             str(g["n_rounds"]), _pct(g["share_unimodal"]), _pct(g["share_greedy_argmax"]),
                             _pct(g["share_cv_convex"])] for g in u["groups"]]))
-        out.append(f"\nAll caddtree rounds: **{_pct(u['share_unimodal'])} unimodal** ({u['n_rounds']} rounds).")
+        out.append(f"\nAll caddtree rounds under the fitted (convex) cost model: **{_pct(u['share_unimodal'])} "
+                   f"unimodal** ({u['n_rounds']} rounds; -rawcv methods, which read the measured curve, are listed "
+                   "above but not pooled).")
     else:
         out.append("No caddtree run in this bench.")
     out += [f"\n- not checked: {e}" for e in u["errors"]]

@@ -19,8 +19,8 @@ b mtbench10-fp32 --dataset mt-bench --limit 10 --methods ar,chain,caddtree --max
 b gsm8k5-bf16 --dataset gsm8k --limit 5 --methods ar,chain,ddtree:16,caddtree --max-new-tokens 128 --dtype bfloat16
 # issue 4: caddtree and its calibrated variant against every fixed budget (oracle), replay vs live, unimodality
 # (the drafter-v2 GSM8K table in the README, docs/bench/issue4-gsm8k8*.json, also had caddtree-spine in --methods)
-# (drafter v3's benches, docs/bench/issue4-{gsm8k8-v3,humaneval8}*, had the same list without caddtree-adapt)
-I4=ddtree:4,ddtree:8,ddtree:16,ddtree:32,ddtree:64,ddtree:128,caddtree,caddtree-cal,caddtree-adapt
+# (drafter v3's benches, docs/bench/issue4-{gsm8k8-v3,humaneval8}*, had the same list without the -adapt and -rawcv variants)
+I4=ddtree:4,ddtree:8,ddtree:16,ddtree:32,ddtree:64,ddtree:128,caddtree,caddtree-cal,caddtree-adapt,caddtree-rawcv,caddtree-adapt-rawcv
 b issue4-gsm8k8-v4 --dataset gsm8k --limit 8 --methods "$I4" --max-new-tokens 64 --dtype float32
 "$PY" scripts/issue4_report.py --store "$STORE" --latest --out docs/bench/issue4-gsm8k8-v4-report.json > docs/bench/issue4-gsm8k8-v4-report.md
 b issue4-humaneval8-v4 --dataset humaneval --limit 8 --methods "$I4" --max-new-tokens 64 --dtype float32

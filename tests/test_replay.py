@@ -436,6 +436,15 @@ def test_unimodal_summary_groups_caddtree_runs():
     assert [(g["method"], g["max_budget"], g["checked_up_to"]) for g in u["groups"]] == [("caddtree", 256, 64),
                                                                                         ("caddtree", 32, 32)]
     assert math.isnan(unimodal_summary([d])["share_unimodal"])
+    # a -rawcv run (measured cost curve) is checked in its own group but not pooled into the fitted-model figure
+    import copy
+
+    r = copy.deepcopy(a)
+    r.method = "caddtree-rawcv"
+    r.cost_model = {**r.cost_model, "curve": "measured"}
+    u2 = unimodal_summary([a, b, r])
+    assert [g["method"] for g in u2["groups"]] == ["caddtree", "caddtree", "caddtree-rawcv"]
+    assert (u2["n_runs"], u2["n_rounds"]) == (2, 18) and u2["groups"][2]["n_rounds"] == 10
 
 
 def test_oracle_comparison_picks_best_fixed_budget():
