@@ -12,9 +12,9 @@ export OMP_WAIT_POLICY=PASSIVE
 mkdir -p docs/bench
 b() { local name=$1; shift; echo "== $name" >&2; "$PY" -m dtree bench "${DR[@]}" --store "$STORE" --out "docs/bench/$name.json" "$@"; }
 # issue 2 (chain tau on the first 20 GSM8K test questions) and issue 3 (speed vs AR), float32
-b gsm8k20-fp32 --dataset gsm8k --limit 20 --methods ar,chain,ddtree:16,caddtree --max-new-tokens 128 --dtype float32
+b gsm8k20-fp32 --dataset gsm8k --limit 20 --methods ar,chain,ddtree:16,caddtree,caddtree-adapt-rawcv --max-new-tokens 128 --dtype float32
 # issue 3: chain tau on the other sets and speed vs AR
-b humaneval10-fp32 --dataset humaneval --limit 10 --methods ar,chain,ddtree:16,caddtree --max-new-tokens 128 --dtype float32
+b humaneval10-fp32 --dataset humaneval --limit 10 --methods ar,chain,ddtree:16,caddtree,caddtree-adapt-rawcv --max-new-tokens 128 --dtype float32
 b mtbench10-fp32 --dataset mt-bench --limit 10 --methods ar,chain,caddtree --max-new-tokens 128 --dtype float32
 b gsm8k5-bf16 --dataset gsm8k --limit 5 --methods ar,chain,ddtree:16,caddtree --max-new-tokens 128 --dtype bfloat16
 # issue 4: caddtree and its calibrated variant against every fixed budget (oracle), replay vs live, unimodality
