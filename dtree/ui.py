@@ -12,7 +12,7 @@ from pathlib import Path
 import streamlit as st
 
 from .errors import InputError
-from .records import VARIANTS
+from .records import parse_method
 from .store import default_store_path
 
 DEFAULT_STORE = default_store_path()  # read once at server start: $DTREE_STORE, else runs/dtree.sqlite
@@ -163,7 +163,13 @@ def int_query_param(name: str) -> int | None:
 
 # ------------------------------------------------------------------------------------------- cost model and budget lab
 
-SPECULATIVE = ("chain", "ddtree", "caddtree") + VARIANTS  # methods whose runs log drafter marginals
+def is_speculative(method) -> bool:
+    """True for chain / ddtree / caddtree and every variant name (any combination of modifiers, e.g.
+    ``caddtree-adapt-spine-rawcv``); False for ar and unknown names."""
+    try:
+        return parse_method(str(method)).base != "ar"
+    except InputError:
+        return False
 
 
 def query_store_or_stop(query):
@@ -184,7 +190,7 @@ def speculative_rows(runs):
     variants, with rounds), re-indexed from 0."""
     if runs.empty:
         return runs
-    return runs[runs["method"].isin(SPECULATIVE) & (runs["n_rounds"] > 0)].reset_index(drop=True)
+    return runs[runs["method"].map(is_speculative) & (runs["n_rounds"] > 0)].reset_index(drop=True)
 
 
 def pick_speculative_runs(empty_hint: str):
