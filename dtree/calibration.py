@@ -246,6 +246,44 @@ class Calibration:
 # ----------------------------------------------------------------------------------------------------------------------
 
 
+class _PendingWalk:
+    """One round's walk down the target's path through its logged top-k lattice (the trials of :func:`count_round`);
+    :class:`OnlineCalibration` keeps it pending and advances it as the target's choices become known."""
+
+    __slots__ = ("tokens", "q", "offset", "depth", "cls", "alive", "seen")
+
+    def __init__(self, marg, offset: int):
+        self.tokens = np.asarray(marg.tokens, dtype=np.int64)
+        self.q = np.exp(np.asarray(marg.logprobs, dtype=np.float64))
+        self.offset = offset      # index of the round's anchor in the committed stream
+        self.depth = 0            # next depth to observe, 0-based (d0 of count_round)
+        self.cls = 0              # 0 while the target's path stays on the drafter's spine
+        self.alive = True
+        self.seen = 0             # depths observed so far (the last may be the miss that ended the walk)
+
+    def advance(self, stream, observed: np.ndarray, predicted: np.ndarray) -> None:
+        """Count every depth whose target token ``stream[offset + depth + 1]`` is known, until a miss or depth G."""
+        G, R = observed.shape[1], observed.shape[2]
+        gamma, k = self.tokens.shape
+        bins = np.minimum(np.arange(k), R - 1)
+        last = min(gamma, G)
+        while self.alive and self.depth < last and self.offset + self.depth + 1 < len(stream):
+            d0 = self.depth
+            hit = self.tokens[d0] == stream[self.offset + d0 + 1]
+            np.add.at(predicted[self.cls, d0], bins, self.q[d0])
+            np.add.at(observed[self.cls, d0], bins, hit.astype(np.float64))
+            self.seen += 1
+            where = np.flatnonzero(hit)
+            if where.size == 0:
+                self.alive = False
+            else:
+                self.depth += 1
+                if where[0] > 0:
+                    self.cls = 1
+        if self.depth >= last:
+            self.alive = False
+
+
 def count_round(marg, target_path, observed: np.ndarray, predicted: np.ndarray) -> int:
     """Add one round's trials to ``observed`` / ``predicted`` (float64 ``[2, G, R]``, modified in place).
 
@@ -259,26 +297,9 @@ def count_round(marg, target_path, observed: np.ndarray, predicted: np.ndarray) 
         The number of depths observed (the walk down the target's path stops at the first depth whose target token is
         not among the logged top-k).
     """
-    g = np.asarray(target_path, dtype=np.int64)
-    lp = np.asarray(marg.logprobs, dtype=np.float64)
-    toks = np.asarray(marg.tokens)
-    gamma, k = lp.shape
-    G, R = observed.shape[1], observed.shape[2]
-    bins = np.minimum(np.arange(k), R - 1)
-    q = np.exp(lp)
-    cls = 0
-    seen = 0
-    for d0 in range(min(gamma, len(g) - 1, G)):
-        hit = toks[d0] == g[d0 + 1]
-        np.add.at(predicted[cls, d0], bins, q[d0])
-        np.add.at(observed[cls, d0], bins, hit.astype(np.float64))
-        seen += 1
-        where = np.flatnonzero(hit)
-        if where.size == 0:
-            break
-        if where[0] > 0:
-            cls = 1
-    return seen
+    walk = _PendingWalk(marg, 0)
+    walk.advance(np.asarray(target_path, dtype=np.int64), observed, predicted)
+    return walk.seen
 
 
 def fit_from_counts(observed: np.ndarray, predicted: np.ndarray, prior_strength: float = DEFAULT_PRIOR_STRENGTH,
@@ -368,40 +389,6 @@ def run_calibration(run, calibration: Calibration | None = None) -> Calibration:
 # ----------------------------------------------------------------------------------------------------------------------
 # Online (adaptive) calibration: learnt during the run from its own rounds
 # ----------------------------------------------------------------------------------------------------------------------
-
-
-class _PendingWalk:
-    """The walk of :func:`count_round` for one past round, advanced as the target's choices become known."""
-
-    __slots__ = ("tokens", "q", "offset", "depth", "cls", "alive")
-
-    def __init__(self, marg, offset: int):
-        self.tokens = np.asarray(marg.tokens, dtype=np.int64)
-        self.q = np.exp(np.asarray(marg.logprobs, dtype=np.float64))
-        self.offset = offset      # index of the round's anchor in the committed stream
-        self.depth = 0            # next depth to observe, 0-based (d0 of count_round)
-        self.cls = 0              # 0 while the target's path stays on the drafter's spine
-        self.alive = True
-
-    def advance(self, stream: list[int], observed: np.ndarray, predicted: np.ndarray) -> None:
-        G, R = observed.shape[1], observed.shape[2]
-        gamma, k = self.tokens.shape
-        bins = np.minimum(np.arange(k), R - 1)
-        last = min(gamma, G)
-        while self.alive and self.depth < last and self.offset + self.depth + 1 < len(stream):
-            d0 = self.depth
-            hit = self.tokens[d0] == stream[self.offset + d0 + 1]
-            np.add.at(predicted[self.cls, d0], bins, self.q[d0])
-            np.add.at(observed[self.cls, d0], bins, hit.astype(np.float64))
-            where = np.flatnonzero(hit)
-            if where.size == 0:
-                self.alive = False
-            else:
-                self.depth += 1
-                if where[0] > 0:
-                    self.cls = 1
-        if self.depth >= last:
-            self.alive = False
 
 
 class OnlineCalibration:

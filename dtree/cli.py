@@ -73,7 +73,6 @@ def cmd_decode(args) -> int:
     from .backend import Backend, cost_model_mismatch
     from .cost import CostWeights
     from .engine import DecodeConfig
-
     from .records import parse_method_key
 
     weights = CostWeights.parse(args.cost_weights)  # bad weights exit 2 before any model is loaded
