@@ -41,7 +41,7 @@ CURVES = ("convex", "measured")  # CostModel.curve: the table Cv(n; L) is read f
 # ----------------------------------------------------------------------------------------------------------------------
 
 
-def fit_monotone_convex(y: np.ndarray, x: np.ndarray | None = None) -> np.ndarray:
+def fit_monotone_convex(y: np.ndarray, x: np.ndarray | None = None, sigma: np.ndarray | None = None) -> np.ndarray:
     """Least-squares fit of ``y`` by a curve that is non-decreasing and convex in ``x`` (spec 3.4 step 3).
 
     Solves min ||y - beta||^2 subject to: the slopes (beta[i+1] - beta[i]) / (x[i+1] - x[i]) are >= 0 and
@@ -52,6 +52,8 @@ def fit_monotone_convex(y: np.ndarray, x: np.ndarray | None = None) -> np.ndarra
     Args:
         y: float ``[N]`` measurements (e.g. seconds), finite.
         x: float ``[N]`` strictly increasing abscissae (e.g. node counts); default ``0..N-1``.
+        sigma: optional float ``[N]`` > 0, each point's error scale: minimises sum(((y - beta) / sigma)^2) instead
+            (``sigma=y`` fits relative errors); default: unweighted.
 
     Returns:
         float64 ``[N]`` fitted values on ``x``; piecewise-linear interpolation through them is monotone and convex.
@@ -66,6 +68,10 @@ def fit_monotone_convex(y: np.ndarray, x: np.ndarray | None = None) -> np.ndarra
     x = np.arange(n, dtype=np.float64) if x is None else np.asarray(x, dtype=np.float64)
     if x.shape != y.shape or not np.isfinite(x).all() or (np.diff(x) <= 0).any():
         raise ValueError("fit_monotone_convex: x must have y's shape and be strictly increasing")
+    sg = np.ones(n) if sigma is None else np.asarray(sigma, dtype=np.float64)
+    if sg.shape != y.shape or not np.isfinite(sg).all() or (sg <= 0).any():
+        raise ValueError("fit_monotone_convex: sigma must have y's shape and be finite and > 0")
+    w = 1.0 / sg
     if n == 1:
         return y.copy()
     xs = (x - x[0]) / (x[-1] - x[0])  # scale to [0, 1] for conditioning
@@ -75,7 +81,7 @@ def fit_monotone_convex(y: np.ndarray, x: np.ndarray | None = None) -> np.ndarra
     for j in range(n - 1):
         basis[:, j + 1] = np.maximum(0.0, xs - xs[j])
     lower = np.r_[-np.inf, np.zeros(n - 1)]
-    res = lsq_linear(basis, y / scale, bounds=(lower, np.full(n, np.inf)), method="bvls", tol=1e-12)
+    res = lsq_linear(basis * w[:, None], y * w / scale, bounds=(lower, np.full(n, np.inf)), method="bvls", tol=1e-12)
     coef = res.x.copy()
     coef[1:] = np.maximum(coef[1:], 0.0)
     return basis @ coef * scale

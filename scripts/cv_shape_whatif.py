@@ -19,15 +19,13 @@ Usage: ``.venv/bin/python scripts/cv_shape_whatif.py --store docs/bench/measure.
 from __future__ import annotations
 
 import argparse
-import copy
 import sys
 from pathlib import Path
 
 import numpy as np
-from scipy.optimize import lsq_linear
-
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
+from dtree.cost import CostModel, fit_monotone_convex  # noqa: E402
 from dtree.replay import (  # noqa: E402
     _caddtree_choice,
     _cost_tables,
@@ -37,30 +35,6 @@ from dtree.replay import (  # noqa: E402
     run_cost_model,
 )
 from dtree.store import TraceStore  # noqa: E402
-
-
-def with_table(cost, table: np.ndarray, cd_scale: float, cv_scale: float):
-    """A copy of ``cost`` whose lookup uses ``table * cv_scale`` (any shape in n; no convexity check) and Cd scaled."""
-    m = copy.copy(cost)
-    m.weights = None
-    m.cd_s = cost.profiled_cd_s * cd_scale
-    m.cv_fit_s = table * cv_scale
-    m._slopes = np.diff(m.cv_fit_s, axis=1) / np.diff(cost.nodes.astype(np.float64))
-    return m
-
-
-def relative_convex_fit(y: np.ndarray, x: np.ndarray) -> np.ndarray:
-    """Monotone convex fit minimising relative squared errors (hinge basis, bounded least squares)."""
-    n = len(y)
-    xs = (x - x[0]) / (x[-1] - x[0])
-    basis = np.empty((n, n))
-    basis[:, 0] = 1.0
-    for j in range(n - 1):
-        basis[:, j + 1] = np.maximum(0.0, xs - xs[j])
-    w = 1.0 / y
-    res = lsq_linear(basis * w[:, None], y * w, bounds=(np.r_[-np.inf, np.zeros(n - 1)], np.full(n, np.inf)),
-                     method="bvls")
-    return basis @ res.x
 
 
 def main() -> None:
@@ -81,10 +55,11 @@ def main() -> None:
     prof = run_cost_model(cad[0])
     w = live_weights_from_runs(runs).weights
     nodes = prof.nodes.astype(np.float64)
-    measured = with_table(prof, np.maximum.accumulate(prof.cv_raw_s, axis=1), w.cd_scale, w.cv_scale)
-    fits = {"convex": with_table(prof, prof.cv_fit_s, w.cd_scale, w.cv_scale),
-            "relative": with_table(prof, np.stack([relative_convex_fit(r, nodes) for r in prof.cv_raw_s]),
-                                   w.cd_scale, w.cv_scale),
+    measured = prof.weighted(w).with_curve("measured")
+    relative = np.stack([fit_monotone_convex(r, nodes, sigma=r) for r in prof.cv_raw_s])
+    fits = {"convex": prof.weighted(w),
+            "relative": CostModel(prof.profiled_cd_s, prof.contexts, prof.nodes, prof.cv_raw_s, relative,
+                                  dict(prof.meta), w),
             "raw": measured}
     M = args.max_budget
     p = prepare(cad, M, prof, adaptive=args.adapt)

@@ -67,6 +67,22 @@ def test_fit_is_monotone_convex_and_optimal(seed):
     assert np.sum((y - fit) ** 2) <= np.sum((y - ref.x * sc) ** 2) * (1 + 1e-6) + 1e-18
 
 
+def test_fit_with_sigma_weights_relative_errors():
+    """sigma = y fits relative errors: on concave data the small values move closer than in the plain fit; the result
+    is still monotone convex; sigma of ones is the plain fit; bad sigma is rejected."""
+    x = NODES.astype(float)
+    y = 0.078 + 0.03 * np.sqrt(x / 64) + 0.0015 * x
+    plain = fit_monotone_convex(y, x)
+    rel = fit_monotone_convex(y, x, sigma=y)
+    assert_monotone_convex(rel, x, tol=1e-9)
+    assert abs(rel[0] - y[0]) / y[0] < abs(plain[0] - y[0]) / y[0]
+    assert np.sum(((rel - y) / y) ** 2) <= np.sum(((plain - y) / y) ** 2) + 1e-15
+    np.testing.assert_allclose(fit_monotone_convex(y, x, sigma=np.ones_like(y)), plain, rtol=1e-9)
+    for bad in (np.zeros_like(y), -y, y[:-1], np.full_like(y, np.nan)):
+        with pytest.raises(ValueError):
+            fit_monotone_convex(y, x, sigma=bad)
+
+
 def test_fit_keeps_convex_data_and_flattens_decreasing_data():
     x = NODES.astype(float)
     y = 0.05 + 1e-4 * x + 1e-6 * x**2
