@@ -89,20 +89,27 @@ def test_live_decode_variant_spine(store_env, tiny_cost):
     assert runs["method"].tolist() == ["caddtree-spine"] and runs["status"].tolist() == ["complete"]
 
 
-def test_live_decode_calibrated_fits_once(store_env, fake_calibration):
-    """ddtree with calibrated probabilities: the first run fits the calibration (stand-in fit, with progress), the
-    second reuses it; both are stored as ddtree-cal."""
-    from dtree.store import TraceStore
-
+def _run_ddtree4(probs: str):
+    """Live decode of "What is 6 times 7?" with ddtree B=4, 8 tokens and the given path probabilities; checks that
+    it ran without exception or error and returns the AppTest."""
     at = _live()
     at.selectbox(key="method").select("ddtree").run()
     at.text_area(key="prompt").input("What is 6 times 7?")
-    at.selectbox(key="probs").select("cal")
+    at.selectbox(key="probs").select(probs)
     at.number_input(key="budget").set_value(4)
     at.number_input(key="max_new").set_value(8)
     at.button[0].click().run()
     assert not at.exception, at.exception
     assert not at.error, [e.value for e in at.error]
+    return at
+
+
+def test_live_decode_calibrated_fits_once(store_env, fake_calibration):
+    """ddtree with calibrated probabilities: the first run fits the calibration (stand-in fit, with progress), the
+    second reuses it; both are stored as ddtree-cal."""
+    from dtree.store import TraceStore
+
+    at = _run_ddtree4(probs="cal")
     assert fake_calibration == [(1, 2), (2, 2)]
     assert at.dataframe[0].value["why this budget"].str.startswith("calibrated").all()
     at.button[0].click().run()
@@ -142,15 +149,7 @@ def test_live_decode_adaptive_calibration(store_env, fake_calibration):
     ddtree-adapt with its online settings, and every round's reason says how many earlier rounds calibrated it."""
     from dtree.store import TraceStore
 
-    at = _live()
-    at.selectbox(key="method").select("ddtree").run()
-    at.text_area(key="prompt").input("What is 6 times 7?")
-    at.selectbox(key="probs").select("adapt")
-    at.number_input(key="budget").set_value(4)
-    at.number_input(key="max_new").set_value(8)
-    at.button[0].click().run()
-    assert not at.exception, at.exception
-    assert not at.error, [e.value for e in at.error]
+    at = _run_ddtree4(probs="adapt")
     assert fake_calibration == []  # nothing fitted up front
     why = at.dataframe[0].value["why this budget"]
     assert why.iloc[0].startswith("calibrated on this run's 0 earlier rounds")
