@@ -113,6 +113,7 @@ class MethodStats:
     budget: list[float] = field(default_factory=list)
     phase_ms: dict[str, float] = field(default_factory=lambda: dict.fromkeys(("draft", "build", "verify", "commit"), 0.0))
     mismatches: list[int] = field(default_factory=list)
+    reference: str | None = None  # method whose outputs ``mismatches`` compares against; None: not checked
     run_ids: list[int] = field(default_factory=list)
     rounds: int = 0
 
@@ -133,34 +134,48 @@ def run_bench(backend, prompts: list[str], methods: list[tuple[str, int | None]]
               temperature: float = 0.0, store=None, progress=None) -> dict[str, MethodStats]:
     """Run every method on every prompt, interleaved per prompt. ``progress(done, total)`` is called per run.
 
-    Returns ``{method_key: MethodStats}``. With temperature 0 and "ar" among the methods, a prompt whose output differs
-    from AR's is recorded in ``mismatches`` (prompt indices).
+    Returns ``{method_key: MethodStats}``. At temperature 0 every method must give the same text (all are lossless),
+    so a prompt whose output differs from the reference method's (:func:`reference_key`: AR when benched, else the
+    first method) is recorded in ``mismatches`` (prompt indices) and ``reference`` names that method.
     """
     stats = {method_key(m, b): MethodStats() for m, b in methods}
     total, done = len(prompts) * len(methods), 0
     for i, prompt in enumerate(prompts):
-        ref = None
         outputs = {}
         for name, budget in methods:
             run = backend.decode(prompt, DecodeConfig(name, budget=budget, max_new_tokens=max_new_tokens,
                                                       temperature=temperature, seed=i), store=store)
             stats[method_key(name, budget)].add(run)
             outputs[method_key(name, budget)] = run.output_ids
-            if name == "ar":
-                ref = run.output_ids
             done += 1
             if progress is not None:
                 progress(done, total)
-        if ref is not None and temperature == 0.0:
-            for key, out in outputs.items():
-                if out != ref:
-                    stats[key].mismatches.append(i)
+        if temperature == 0.0:
+            _check_outputs(stats, i, outputs)
     return stats
+
+
+def reference_key(keys) -> str | None:
+    """The method every other one is checked against for losslessness: ``"ar"`` when among ``keys``, else the first
+    key (at temperature 0 all methods must agree, so any of them serves); None for no keys."""
+    keys = list(keys)
+    return "ar" if "ar" in keys else (keys[0] if keys else None)
+
+
+def _check_outputs(stats: dict[str, MethodStats], prompt: int, outputs: dict[str, list[int]]) -> None:
+    """Record ``prompt`` in ``mismatches`` of each method whose output differs from the reference method's."""
+    ref = reference_key(outputs)
+    for key, out in outputs.items():
+        stats[key].reference = ref
+        if out != outputs[ref]:
+            stats[key].mismatches.append(prompt)
 
 
 def summary_rows(stats: dict[str, MethodStats]) -> list[dict]:
     """One row per method: median tokens/s, TPOT (ms/token), speedup vs AR (ratio of medians), mean tau, mean budget,
-    phase shares (% of round time) and the number of lossless mismatches.
+    phase shares (% of round time), the number of prompts whose output differs from the reference method's
+    (``mismatches``; None when not checked, i.e. temperature > 0) and that ``reference`` (AR when benched, else the
+    first method).
 
     Round time is draft + build + verify + commit as the engine times them (prefill excluded). ``build_share_%`` is the
     share spent building the tree, which includes every cost-model lookup, the calibration table and CaDDTree's
@@ -177,7 +192,8 @@ def summary_rows(stats: dict[str, MethodStats]) -> list[dict]:
             "mean_budget": round(statistics.mean(s.budget), 2),
             **{f"{ph}_share_%": round(100 * v / tot, 1) for ph, v in s.phase_ms.items()},
             "build_ms_per_round": round(s.phase_ms["build"] / s.rounds, 3) if s.rounds else 0.0,
-            "mismatches_vs_ar": len(s.mismatches),
+            "mismatches": len(s.mismatches) if s.reference is not None else None,
+            "reference": s.reference,
         })
     return rows
 
@@ -315,8 +331,8 @@ def bench_runs(store, tag: str) -> list:
 def stats_from_runs(runs) -> dict[str, MethodStats]:
     """:func:`run_bench`'s per-method stats from stored runs (in run order; keys from :func:`stored_method_key`).
 
-    Prompt index = the run's seed (``run_bench`` seeds prompt i with i). Mismatches vs AR are recomputed at
-    temperature 0 from the stored outputs.
+    Prompt index = the run's seed (``run_bench`` seeds prompt i with i). Mismatches against the reference method
+    (:func:`reference_key`) are recomputed at temperature 0 from the stored outputs.
     """
     stats: dict[str, MethodStats] = {}
     outputs: dict[int, dict[str, list[int]]] = {}
@@ -328,10 +344,8 @@ def stats_from_runs(runs) -> dict[str, MethodStats]:
         outputs.setdefault(i, {})[key] = run.output_ids
         temperature[i] = float(run.params.get("temperature", 0.0))
     for i, outs in outputs.items():
-        if "ar" in outs and temperature[i] == 0.0:
-            for key, out in outs.items():
-                if out != outs["ar"]:
-                    stats[key].mismatches.append(i)
+        if temperature[i] == 0.0:
+            _check_outputs(stats, i, outs)
     return stats
 
 

@@ -102,17 +102,17 @@ if res is not None:
     st.caption(f"{res['n_prompts']} prompt(s) from {res['set']!r}, {res['runs']} runs, up to {res['max_new']} new "
                f"tokens each, {res['dtype']} on {res['device']}, temperature 0. tokens/s and TPOT are medians per "
                f"prompt; tau and budget are means. Bench id `{res['tag']}`.")
-    bad = [r["method"] for r in rows if r["mismatches_vs_ar"]]
+    bad = [r["method"] for r in rows if r["mismatches"]]
     if bad:
-        st.warning(f"Output differs from AR's for {', '.join(bad)} on some prompts (exact only in float32; bfloat16 "
-                   "kernels may break near-ties differently).")
+        st.warning(f"Output differs from {rows[0]['reference']}'s for {', '.join(bad)} on some prompts (exact only "
+                   "in float32; bfloat16 kernels may break near-ties differently).")
     st.dataframe(pd.DataFrame(rows), hide_index=True, column_config={
         "tok_s": st.column_config.NumberColumn("tokens/s (median)", format="%.2f"),
         "tpot_ms": st.column_config.NumberColumn("TPOT (ms/token, median)", format="%.1f"),
         "speedup_vs_ar": st.column_config.NumberColumn("speedup vs AR (x)", format="%.2f"),
         "mean_tau": st.column_config.NumberColumn("mean tau (tokens/round)", format="%.2f"),
         "mean_budget": st.column_config.NumberColumn("mean budget (nodes/round)", format="%.1f"),
-        "mismatches_vs_ar": "outputs ≠ AR (prompts)"})
+        "mismatches": f"outputs ≠ {rows[0]['reference'] or 'AR'} (prompts)", "reference": None})
     st.plotly_chart(figures.speedup_figure(rows), width="stretch")
     st.plotly_chart(figures.bench_phase_figure(rows), width="stretch")
 

@@ -26,7 +26,7 @@ def test_bench_end_to_end_speedup_is_ratio_of_timings(backend32, two_prompts, tm
     assert set(rows) == {"ar", "chain", "ddtree:4"}
     for key, r in rows.items():
         assert r["speedup_vs_ar"] == pytest.approx(r["tok_s"] / rows["ar"]["tok_s"], rel=2e-3)
-        assert r["mismatches_vs_ar"] == 0
+        assert r["mismatches"] == 0
         assert len(stats[key].run_ids) == 2
     assert len(tmp_store.list_runs()) == 6
 
@@ -46,8 +46,29 @@ def test_bench_flags_a_corrupted_walk(backend32, two_prompts, monkeypatch):
     stats = bench.run_bench(backend32, bench.load_prompts(str(two_prompts), 2),
                             bench.parse_methods("ar,ddtree:4"), max_new_tokens=16)
     rows = {r["method"]: r for r in bench.summary_rows(stats)}
-    assert rows["ar"]["mismatches_vs_ar"] == 0
-    assert rows["ddtree:4"]["mismatches_vs_ar"] >= 1
+    assert rows["ar"]["mismatches"] == 0
+    assert rows["ddtree:4"]["mismatches"] >= 1
+
+
+def test_losslessness_reference_without_ar():
+    """Without AR every method is checked against the first one; at temperature > 0 nothing is checked (None)."""
+    def stats_for(outputs_per_prompt):
+        stats = {k: bench.MethodStats(tok_s=[1.0], tpot_ms=[1.0], tau=[1.0], budget=[1.0])
+                 for k in outputs_per_prompt[0]}
+        for i, outs in enumerate(outputs_per_prompt):
+            bench._check_outputs(stats, i, outs)
+        return stats
+
+    stats = stats_for([{"ddtree:4": [1, 2], "caddtree": [1, 2], "ddtree:8": [1, 3]},
+                       {"ddtree:4": [5], "caddtree": [6], "ddtree:8": [5]}])
+    rows = {r["method"]: r for r in bench.summary_rows(stats)}
+    assert {k: (r["mismatches"], r["reference"]) for k, r in rows.items()} == {
+        "ddtree:4": (0, "ddtree:4"), "caddtree": (1, "ddtree:4"), "ddtree:8": (1, "ddtree:4")}
+    assert stats["caddtree"].mismatches == [1] and stats["ddtree:8"].mismatches == [0]
+    stats = stats_for([{"chain": [1], "ar": [2]}])  # AR is the reference wherever it stands
+    assert stats["chain"].mismatches == [0] and stats["ar"].mismatches == [] and stats["ar"].reference == "ar"
+    unchecked = {"ar": bench.MethodStats(tok_s=[1.0], tpot_ms=[1.0], tau=[1.0], budget=[1.0])}
+    assert bench.summary_rows(unchecked)[0]["mismatches"] is None
 
 
 @pytest.mark.parametrize("spec", ["beam", "ddtree", "ddtree:x", "chain:4", "ddtree:-1", "ddtree:5000", ""])
