@@ -13,6 +13,8 @@ import zlib
 from dataclasses import dataclass, field
 from pathlib import Path
 
+import numpy as np
+
 from .engine import MAX_BUDGET, DecodeConfig
 from .errors import InputError, check_int
 
@@ -112,6 +114,7 @@ class MethodStats:
     tau: list[float] = field(default_factory=list)
     budget: list[float] = field(default_factory=list)
     phase_ms: dict[str, float] = field(default_factory=lambda: dict.fromkeys(("draft", "build", "verify", "commit"), 0.0))
+    prompts: list[int] = field(default_factory=list)  # prompt index of each entry (the run's seed)
     mismatches: list[int] = field(default_factory=list)
     reference: str | None = None  # method whose outputs ``mismatches`` compares against; None: not checked
     run_ids: list[int] = field(default_factory=list)
@@ -120,6 +123,7 @@ class MethodStats:
     def add(self, run) -> None:
         """Append one finished :class:`dtree.records.RunRecord` (one prompt) to these lists."""
         self.tok_s.append(run.tokens_per_s)
+        self.prompts.append(int(run.params.get("seed", len(self.prompts))))
         self.tpot_ms.append(1e3 * run.decode_s / max(1, run.n_new_tokens))
         self.tau.append(run.mean_tau)
         self.budget.append(run.mean_budget)
@@ -356,6 +360,31 @@ def stats_from_store(store, tag: str) -> dict[str, MethodStats]:
 
 
 ORACLE_BUDGETS = (4, 8, 16, 32, 64, 128)
+
+
+def ratio_interval(a: MethodStats, b: MethodStats, level: float = 0.9, n_boot: int = 4000,
+                   seed: int = 0) -> tuple[float, float] | None:
+    """Paired bootstrap interval of median(tok/s of ``a``) / median(tok/s of ``b``) over the prompts both ran.
+
+    Prompts are resampled with replacement, the same draw for both methods (so per-prompt difficulty cancels), and
+    the ratio of medians is recomputed per draw; returns its ``(1 - level) / 2`` and ``(1 + level) / 2`` quantiles
+    (percentile bootstrap, Efron & Tibshirani 1993, ch. 13). None when fewer than 2 prompts are shared.
+
+    Raises:
+        ValueError: ``level`` not in (0, 1) or ``n_boot`` < 100.
+    """
+    if not 0.0 < level < 1.0 or n_boot < 100:
+        raise ValueError(f"ratio_interval: level must be in (0, 1) and n_boot >= 100, got {level}, {n_boot}")
+    ta, tb = dict(zip(a.prompts, a.tok_s)), dict(zip(b.prompts, b.tok_s))
+    shared = sorted(set(ta) & set(tb))
+    if len(shared) < 2:
+        return None
+    x = np.array([ta[i] for i in shared])
+    y = np.array([tb[i] for i in shared])
+    idx = np.random.default_rng(seed).integers(0, len(shared), size=(n_boot, len(shared)))
+    r = np.median(x[idx], axis=1) / np.median(y[idx], axis=1)
+    lo, hi = np.quantile(r, [(1 - level) / 2, (1 + level) / 2])
+    return float(lo), float(hi)
 
 
 def oracle_comparison(rows: list[dict], budgets=ORACLE_BUDGETS, reference: str = "ddtree:64") -> dict:

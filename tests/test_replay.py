@@ -465,6 +465,26 @@ def test_oracle_comparison_picks_best_fixed_budget():
     assert o["oracle"] is None and o["ratios"][0]["vs_oracle"] is None and o["reference"]["tok_s"] is None
 
 
+def test_ratio_interval_is_paired_over_prompts():
+    from dtree.bench import MethodStats, ratio_interval
+
+    rng = np.random.default_rng(3)
+    hard = rng.uniform(5.0, 20.0, size=40)  # per-prompt speed varies 4x; a paired ratio must not see it
+    base = MethodStats(tok_s=list(hard), prompts=list(range(40)))
+    faster = MethodStats(tok_s=list(1.1 * hard[::-1]), prompts=list(range(40))[::-1])  # other order, same pairs
+    assert ratio_interval(faster, base) == pytest.approx((1.1, 1.1))
+    noisy = MethodStats(tok_s=list(1.1 * hard * rng.lognormal(0.0, 0.05, 40)), prompts=list(range(40)))
+    lo, hi = ratio_interval(noisy, base)
+    point = np.median(noisy.tok_s) / np.median(base.tok_s)
+    assert lo < point < hi and 1.0 < lo and hi < 1.2
+    lo99, hi99 = ratio_interval(noisy, base, level=0.99)
+    assert lo99 <= lo and hi <= hi99
+    assert ratio_interval(MethodStats(tok_s=[1.0], prompts=[0]), base) is None  # one shared prompt
+    assert ratio_interval(MethodStats(tok_s=[1.0, 2.0], prompts=[50, 51]), base) is None  # none shared
+    with pytest.raises(ValueError):
+        ratio_interval(noisy, base, level=1.0)
+
+
 def _report_module():
     import importlib.util
     from pathlib import Path
@@ -498,6 +518,9 @@ def test_issue4_report_end_to_end_on_a_synthetic_bench(tmp_path, capsys):
     assert rep["tag"] == tag and rep["bench"]["n_prompts"] == 2
     assert [m["method"] for m in rep["methods"]] == ["ar", "ddtree:4", "ddtree:8", "caddtree"]
     assert rep["oracle"]["oracle"]["method"] in ("ddtree:4", "ddtree:8")
+    cad = rep["oracle"]["ratios"][0]
+    lo, hi = cad["vs_oracle_ci90"]
+    assert cad["method"] == "caddtree" and lo <= cad["vs_oracle"] <= hi and cad["vs_reference_ci90"] is None
     pm = {m["method"]: m for m in rep["replay_vs_live"]["per_method"]}
     assert pm["ddtree:4"]["median_rel_err"] == pytest.approx(0.0, abs=1e-9) and not pm["caddtree"]["within_tol"]
     assert rep["replay_vs_live"]["tau_match_share"] == 1.0 and len(rep["replay_vs_live"]["per_run"]) == 6
