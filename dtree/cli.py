@@ -204,6 +204,11 @@ def cmd_profile(args) -> int:
     for j, n in enumerate(cm.nodes):
         cells = " | ".join(f"{cm.cv_raw_s[i, j] * 1e3:8.2f} /{cm.cv_fit_s[i, j] * 1e3:8.2f}" for i in range(len(cm.contexts)))
         print(f"{int(n):5d} | {cells}")
+    gap = cm.fit_gap()
+    if gap["rel_gap"] > 0.1:
+        print(f"note: the convex fit is {100 * gap['rel_gap']:.0f}% off the measurement at n={gap['n']}, "
+              f"L={gap['context']}: Cv is not convex in n on this machine, so caddtree (the paper's convex model) "
+              "misprices small trees; the caddtree-rawcv methods stop on the measured curve instead")
     print(f"saved cost model to {path}")
     return 0
 

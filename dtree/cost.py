@@ -348,6 +348,27 @@ class CostModel:
         """
         return self.weighted(CostWeights(cd_scale=cd_scale, cv_scale=cv_scale, cd_s=cd_s))
 
+    def fit_gap(self, n_max: int | None = None) -> dict[str, Any]:
+        """How far the convex fit is from the measured medians (profile values, no weights), over nodes <= ``n_max``.
+
+        Returns ``{"rel_gap", "context", "n", "raw_s", "fit_s"}``: the largest ``|fit - raw| / raw`` over the table
+        (0 for a profile that is itself monotone and convex), and the context L, node count n and the two values in
+        seconds where it occurs. A gap well above the profile's noise (a few %) means the measured curve is not
+        convex (CPUs: concave at small n), so no convex curve fits it and the greedy stop under the fit misprices
+        small trees; the ``-rawcv`` methods use the measured curve instead.
+
+        Raises:
+            InputError: ``n_max`` negative.
+        """
+        keep = np.ones(len(self.nodes), dtype=bool)
+        if n_max is not None:
+            keep = self.nodes <= check_int("n_max", n_max, 0)
+        raw, fit = self.cv_raw_s[:, keep], self.cv_fit_s[:, keep]
+        rel = np.abs(fit - raw) / np.maximum(raw, 1e-12)
+        c, j = np.unravel_index(int(np.argmax(rel)), rel.shape)
+        return {"rel_gap": float(rel[c, j]), "context": int(self.contexts[c]), "n": int(self.nodes[keep][j]),
+                "raw_s": float(raw[c, j]), "fit_s": float(fit[c, j])}
+
     # -- lookup ------------------------------------------------------------------------------------------------------
 
     def _curve_at(self, L: float) -> tuple[np.ndarray, float]:

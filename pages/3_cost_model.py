@@ -153,6 +153,15 @@ if cost is not None:
                f"drafter {meta.get('drafter', '?')!r}, dtype {meta.get('dtype', '?')}, on {meta.get('hardware', '?')}, "
                f"{meta.get('date', '?')}, {meta.get('repeats', '?')} repeats.")
     st.plotly_chart(figures.cost_curves_figure(cost, weighted), width="stretch")
+    gap = cost.fit_gap()
+    if gap["rel_gap"] > 0.1:  # well above a profile's noise: the measured curve is not convex
+        st.warning(f"The measured Cv(n; L) is not convex in n on this machine: the convex fit is "
+                   f"{100 * gap['rel_gap']:.0f}% off at n = {gap['n']}, L = {gap['context']} "
+                   f"({gap['fit_s'] * 1e3:.1f} ms fitted vs {gap['raw_s'] * 1e3:.1f} ms measured). No convex curve "
+                   "fits such a profile, and CaDDTree's greedy stop under the fit misprices small trees (on CPUs the "
+                   "first extra nodes cost more than the fit says). The measured-curve variants (caddtree-rawcv, "
+                   "the 'measured Cv' box in Live decode) use the measured medians instead; compare both in the "
+                   "Speedup arena.", icon="⚠️")
     with st.expander("Table of measured and fitted costs"):
         st.dataframe(figures.cost_table(cost, weighted), hide_index=True)
 

@@ -259,6 +259,25 @@ def test_measured_curve_reads_the_raw_medians_made_non_decreasing(tmp_path):
     assert e.value.field == "curve"
 
 
+def test_fit_gap_flags_a_concave_profile_only():
+    x = NODES.astype(float)
+    convex = np.stack([0.08 + 1e-3 * x + 2e-6 * x * x, 0.1 + 2e-3 * x])
+    g = CostModel.from_measurements(0.01, [64, 1024], NODES, convex).fit_gap()
+    assert g["rel_gap"] < 1e-6
+    concave = 0.078 + 0.03 * np.sqrt(x) / np.sqrt(64) + 0.0015 * x  # a jump at small n, as on the dev CPU
+    cm = CostModel.from_measurements(0.01, [64, 1024], NODES, np.stack([concave, convex[1]]))
+    g = cm.fit_gap()
+    rel = np.abs(cm.cv_fit_s - cm.cv_raw_s) / cm.cv_raw_s
+    assert g["context"] == 64 and g["rel_gap"] == pytest.approx(rel.max()) and g["rel_gap"] > 0.05
+    j = list(NODES).index(g["n"])
+    assert (g["raw_s"], g["fit_s"]) == (pytest.approx(concave[j]), pytest.approx(cm.cv_fit_s[0, j]))
+    small = cm.fit_gap(n_max=2)
+    assert small["n"] <= 2 and small["rel_gap"] == pytest.approx(rel[:, :3].max())
+    assert cm.with_weights(cv_scale=3.0).fit_gap() == g  # a property of the profile, not of the weights
+    with pytest.raises(InputError):
+        cm.fit_gap(n_max=-1)
+
+
 # ----------------------------------------------------------------------------------------------------------------------
 # persistence
 # ----------------------------------------------------------------------------------------------------------------------

@@ -10,6 +10,7 @@ import json
 import shutil
 from pathlib import Path
 
+import numpy as np
 import pytest
 from streamlit.testing.v1 import AppTest
 
@@ -92,7 +93,15 @@ def test_cost_page_file_curves_and_weights_move_theta(env):
     assert not at.exception, at.exception
     _load_file(at, cost_path)
     _ok(at)
-    assert not at.warning, [w.value for w in at.warning]  # same target, drafter, dtype and machine
+    # same target, drafter, dtype and machine: no mismatch warning; the non-convex-Cv warning iff the fit is > 10% off
+    from dtree.cost import CostModel
+
+    gap = CostModel.load(cost_path).fit_gap()
+    warnings = [w.value for w in at.warning]
+    if gap["rel_gap"] > 0.1:
+        assert len(warnings) == 1 and f"the convex fit is {100 * gap['rel_gap']:.0f}% off" in warnings[0], warnings
+    else:
+        assert not warnings, warnings
     curves = _fig(at, "Verify cost")
     names = [t["name"] for t in curves["data"]]
     assert {"L = 32: measured median", "L = 64: fit"} <= set(names) and any(n.startswith("Cd") for n in names)
@@ -113,6 +122,26 @@ def test_cost_page_file_curves_and_weights_move_theta(env):
     fig = _fig(at, "Predicted throughput theta(n)")
     assert any(t["name"].startswith("greedy stop n = 0") for t in fig["data"])
     assert any(t["name"].startswith("argmax n = ") for t in fig["data"])
+
+
+def test_cost_page_warns_when_the_measured_cv_is_not_convex(env):
+    from dtree.cost import CostModel
+
+    _, cost_path, _, tmp = env
+    real = CostModel.load(cost_path)
+    x = real.nodes.astype(float)
+    for name, row, warned in [("concave", 0.07 + 0.02 * np.sqrt(x), True), ("convex", 0.07 + 1e-3 * x * x, False)]:
+        m = CostModel.from_measurements(real.cd_s, real.contexts, real.nodes, np.stack([row] * len(real.contexts)),
+                                        dict(real.meta))
+        path = m.save(tmp / f"{name}.json")
+        at = _load_file(_app(COST).run(), path)
+        _ok(at)
+        flagged = [w.value for w in at.warning if "not convex" in w.value]
+        assert bool(flagged) == warned, (name, [w.value for w in at.warning])
+        if warned:
+            gap = m.fit_gap()
+            assert f"{100 * gap['rel_gap']:.0f}% off at n = {gap['n']}, L = {gap['context']}" in flagged[0]
+            assert "caddtree-rawcv" in flagged[0]
 
 
 def test_cost_page_fits_the_scales_to_logged_runs(env):
