@@ -58,7 +58,8 @@ def default_cost_model_path(target: Target, drafter) -> Path:
     """Where the auto-profiled cost model of this (target, drafter, dtype, device) is cached."""
     key = json.dumps([target.name, getattr(drafter, "name", ""), getattr(drafter, "fingerprint", ""),
                       dtype_name(target.dtype), str(target.device),
-                      hardware_description(target.device)])
+                      hardware_description(target.device),
+                      getattr(target.model.config, "_attn_implementation", None)])  # the verify kernel path
     return cache_dir() / "costs" / f"cost-{hashlib.sha1(key.encode()).hexdigest()[:12]}.json"
 
 

@@ -43,6 +43,41 @@ def test_tree_attention_equals_plain_sequences(target32):
         assert torch.allclose(logits[i], ref, atol=1e-4, rtol=0), f"node {i}: max diff {(logits[i] - ref).abs().max()}"
 
 
+def test_tree_verify_skips_the_kv_expansion_and_equals_transformers_sdpa(target32, monkeypatch):
+    """Targets load with dtree's attention: a CPU tree verify passes the UNexpanded K/V (H_kv heads) with
+    enable_gqa, and gives the same logits as transformers' own sdpa path (which expands K/V to every head)."""
+    from dtree.models import TREE_ATTENTION
+
+    model = target32.model
+    assert model.config._attn_implementation == TREE_ATTENTION
+    calls = []
+    real = torch.nn.functional.scaled_dot_product_attention
+
+    def spy(q, k, v, *a, **kw):
+        calls.append((q.shape[1], k.shape[1], kw.get("enable_gqa", False), kw.get("attn_mask") is not None))
+        return real(q, k, v, *a, **kw)
+
+    monkeypatch.setattr(torch.nn.functional, "scaled_dot_product_attention", spy)
+    prompt = target32.encode_prompt("Name three primes.")
+    tree = _random_tree(1)
+    logits = {}
+    try:
+        for impl in (TREE_ATTENTION, "sdpa"):
+            model.set_attn_implementation(impl)
+            cache = DynamicCache(config=model.config)
+            engine.prefill(model, prompt, cache, want_hidden=False)
+            calls.clear()
+            logits[impl], _ = engine.verify_tree(model, tree, len(prompt), cache, target32.dtype)
+            heads, kv_heads = model.config.num_attention_heads, model.config.num_key_value_heads
+            assert len(calls) == model.config.num_hidden_layers
+            want = (heads, kv_heads, True, True) if impl == TREE_ATTENTION else (heads, heads, False, True)
+            assert set(calls) == {want}, (impl, set(calls))
+    finally:
+        model.set_attn_implementation(TREE_ATTENTION)
+    assert kv_heads < heads  # the embedded target is a GQA model, so the two paths really differ
+    torch.testing.assert_close(logits[TREE_ATTENTION], logits["sdpa"], rtol=0, atol=1e-4)
+
+
 def test_compaction_then_continue_equals_plain(target32):
     model = target32.model
     prompt = target32.encode_prompt("Count to five.")
