@@ -387,6 +387,17 @@ def ratio_interval(a: MethodStats, b: MethodStats, level: float = 0.9, n_boot: i
     return float(lo), float(hi)
 
 
+def ratio_with_interval(stats: dict[str, MethodStats], key: str, base: str | None,
+                        level: float = 0.9) -> tuple[float | None, list[float] | None]:
+    """``(median tok/s of key / median tok/s of base, [lo, hi] paired-bootstrap interval)`` rounded to 3 digits
+    (:func:`ratio_interval`); ``(None, None)`` when either method is missing from ``stats`` or has no run."""
+    if base not in stats or key not in stats or not stats[key].tok_s or not stats[base].tok_s:
+        return None, None
+    r = statistics.median(stats[key].tok_s) / statistics.median(stats[base].tok_s)
+    ci = ratio_interval(stats[key], stats[base], level=level)
+    return round(r, 3), None if ci is None else [round(ci[0], 3), round(ci[1], 3)]
+
+
 def oracle_comparison(rows: list[dict], budgets=ORACLE_BUDGETS, reference: str = "ddtree:64") -> dict:
     """The after-the-fact oracle fixed budget of a bench and CaDDTree's standing against it (issue 4).
 

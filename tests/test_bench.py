@@ -71,6 +71,18 @@ def test_losslessness_reference_without_ar():
     assert bench.summary_rows(unchecked)[0]["mismatches"] is None
 
 
+def test_ratio_with_interval_matches_medians_and_handles_missing_methods():
+    base = bench.MethodStats(tok_s=[10.0, 20.0, 30.0, 12.0], prompts=[0, 1, 2, 3])
+    var = bench.MethodStats(tok_s=[11.0, 23.0, 33.0, 12.0], prompts=[0, 1, 2, 3])
+    stats = {"caddtree": base, "caddtree-rawcv": var, "empty": bench.MethodStats()}
+    r, ci = bench.ratio_with_interval(stats, "caddtree-rawcv", "caddtree")
+    assert r == round((12.0 + 23.0) / 2 / ((12.0 + 20.0) / 2), 3)  # ratio of medians, not median of ratios
+    assert ci[0] <= ci[1] and ci[0] >= 1.0  # every prompt ran at least as fast with the variant
+    assert bench.ratio_with_interval(stats, "caddtree-rawcv", None) == (None, None)
+    assert bench.ratio_with_interval(stats, "caddtree-rawcv", "ddtree:64") == (None, None)
+    assert bench.ratio_with_interval(stats, "empty", "caddtree") == (None, None)
+
+
 @pytest.mark.parametrize("spec", ["beam", "ddtree", "ddtree:x", "chain:4", "ddtree:-1", "ddtree:5000", ""])
 def test_bad_methods(spec):
     with pytest.raises(InputError):

@@ -521,6 +521,7 @@ def test_issue4_report_end_to_end_on_a_synthetic_bench(tmp_path, capsys):
     cad = rep["oracle"]["ratios"][0]
     lo, hi = cad["vs_oracle_ci90"]
     assert cad["method"] == "caddtree" and lo <= cad["vs_oracle"] <= hi and cad["vs_reference_ci90"] is None
+    assert "vs_caddtree" not in cad  # plain CaDDTree is the base of that column
     pm = {m["method"]: m for m in rep["replay_vs_live"]["per_method"]}
     assert pm["ddtree:4"]["median_rel_err"] == pytest.approx(0.0, abs=1e-9) and not pm["caddtree"]["within_tol"]
     assert rep["replay_vs_live"]["tau_match_share"] == 1.0 and len(rep["replay_vs_live"]["per_run"]) == 6
