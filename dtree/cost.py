@@ -154,7 +154,8 @@ class CostWeights:
         cd_s: Cd override in seconds; None = ``cd_scale`` times the profile.
 
     Raises (on construction):
-        InputError: a value that is negative, NaN or infinite, naming the field.
+        InputError: a value that is negative, NaN or infinite, naming the field; weights under which Cd and Cv(0)
+            are both 0 (field ``cost_weights``: a free round makes theta undefined).
     """
 
     cd_scale: float = 1.0
@@ -175,6 +176,12 @@ class CostWeights:
             for name in ("cv_a", "cv_b", "cv_c"):
                 if getattr(self, name) is None:
                     object.__setattr__(self, name, 0.0)
+        cd_zero = self.cd_s == 0.0 if self.cd_s is not None else self.cd_scale == 0.0
+        cv0_zero = self.cv_scale == 0.0 or (self.analytic and self.cv_a == 0.0)
+        if cd_zero and cv0_zero:
+            raise InputError("cost_weights", "Cd and Cv(0) are both 0 under these weights: a round would cost nothing "
+                                             "and theta = (1 + Phi(n)) / (Cd + Cv(n)) is undefined; keep Cd or Cv "
+                                             "positive")
 
     @property
     def analytic(self) -> bool:

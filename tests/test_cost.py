@@ -9,7 +9,7 @@ import pytest
 import torch
 from scipy.optimize import minimize
 
-from dtree.cost import FORMAT, VERSION, CostModel, fit_monotone_convex, is_monotone_convex, profile_verify
+from dtree.cost import FORMAT, VERSION, CostModel, CostWeights, fit_monotone_convex, is_monotone_convex, profile_verify
 from dtree.errors import InputError
 
 NODES = np.array([0, 1, 2, 4, 8, 16, 32, 64])
@@ -217,6 +217,20 @@ def test_cv_rejects_bad_arguments():
         cm.cv(1, -5)
     with pytest.raises(InputError):
         cm.cv_curve(10, -1)
+
+
+@pytest.mark.parametrize("text", ["cd=0,cv=0", "cd_s=0,cv=0", "cd=0,cv_a=0,cv_b=0.002", "cd_s=0,cv_a=0"])
+def test_weights_that_make_a_round_free_are_rejected(text):
+    with pytest.raises(InputError) as e:
+        CostWeights.parse(text)
+    assert e.value.field == "cost_weights" and "both 0" in str(e.value)
+
+
+def test_weights_with_one_zero_cost_are_allowed():
+    cm = model_from_rows((0.01 + 1e-4 * NODES)[None, :], [10], cd=0.004)
+    assert cm.weighted(CostWeights.parse("cd=0")).cv(3, 10) > 0  # free drafting, paid verify
+    assert cm.weighted(CostWeights.parse("cv=0")).cd_s == pytest.approx(0.004)  # free verify, paid drafting
+    assert cm.weighted(CostWeights.parse("cd=0,cv_a=0.01")).cv(0, 10) == pytest.approx(0.01)
 
 
 def test_with_weights():
