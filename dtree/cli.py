@@ -167,7 +167,7 @@ def cmd_profile(args) -> int:
     from tqdm import tqdm
 
     from .backend import Backend, default_cost_model_path, profile_cost_model
-    from .cost import json_output_path
+    from .cost import FIT_GAP_WARN, json_output_path
     from .errors import check_int
 
     max_nodes = check_int("max_nodes", args.max_nodes, 1, 1024)
@@ -205,7 +205,7 @@ def cmd_profile(args) -> int:
         cells = " | ".join(f"{cm.cv_raw_s[i, j] * 1e3:8.2f} /{cm.cv_fit_s[i, j] * 1e3:8.2f}" for i in range(len(cm.contexts)))
         print(f"{int(n):5d} | {cells}")
     gap = cm.fit_gap()
-    if gap["rel_gap"] > 0.1:
+    if gap["rel_gap"] > FIT_GAP_WARN:
         print(f"note: the convex fit is {100 * gap['rel_gap']:.0f}% off the measurement at n={gap['n']}, "
               f"L={gap['context']}: Cv is not convex in n on this machine, so caddtree (the paper's convex model) "
               "misprices small trees; the caddtree-rawcv methods stop on the measured curve instead")

@@ -34,6 +34,7 @@ from .errors import InputError, check_float, check_int
 FORMAT = "dtree-cost-model"
 VERSION = 1
 CURVES = ("convex", "measured")  # CostModel.curve: the table Cv(n; L) is read from
+FIT_GAP_WARN = 0.1  # CostModel.fit_gap above this (well beyond a profile's noise): the measured Cv is not convex
 
 
 # ----------------------------------------------------------------------------------------------------------------------

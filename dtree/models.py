@@ -52,10 +52,10 @@ def tree_sdpa_attention(module, query: torch.Tensor, key: torch.Tensor, value: t
     from transformers.integrations.sdpa_attention import sdpa_attention_forward
 
     groups = int(getattr(module, "num_key_value_groups", 1))
-    plain = not (kwargs.get("position_bias") is None and kwargs.get("softcap") is None
-                 and not kwargs.get("output_attentions", False))
+    extras = (kwargs.get("position_bias") is not None or kwargs.get("softcap") is not None
+              or kwargs.get("output_attentions", False))  # features only transformers' own path handles
     if (groups > 1 and query.shape[2] > 1 and attention_mask is not None and query.device.type == "cpu"
-            and not plain and dropout == 0.0):
+            and not extras and dropout == 0.0):
         out = torch.nn.functional.scaled_dot_product_attention(query, key, value, attn_mask=attention_mask,
                                                                scale=scaling, enable_gqa=True)
         return out.transpose(1, 2).contiguous(), None

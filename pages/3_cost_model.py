@@ -5,6 +5,7 @@ import streamlit as st
 
 from dtree import figures, ui
 from dtree.backend import cost_model_mismatch, profile_cost_model
+from dtree.cost import FIT_GAP_WARN
 from dtree.replay import round_marginals
 from dtree.trees import best_path_logprobs, theta_curve_for
 
@@ -154,7 +155,7 @@ if cost is not None:
                f"{meta.get('date', '?')}, {meta.get('repeats', '?')} repeats.")
     st.plotly_chart(figures.cost_curves_figure(cost, weighted), width="stretch")
     gap = cost.fit_gap()
-    if gap["rel_gap"] > 0.1:  # well above a profile's noise: the measured curve is not convex
+    if gap["rel_gap"] > FIT_GAP_WARN:
         st.warning(f"The measured Cv(n; L) is not convex in n on this machine: the convex fit is "
                    f"{100 * gap['rel_gap']:.0f}% off at n = {gap['n']}, L = {gap['context']} "
                    f"({gap['fit_s'] * 1e3:.1f} ms fitted vs {gap['raw_s'] * 1e3:.1f} ms measured). No convex curve "

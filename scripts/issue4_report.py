@@ -171,7 +171,7 @@ def markdown(rep: dict) -> str:
             f"{', '.join(map(str, b['topk_log']))}"), "",
            "## (a) Live results per method", "",
            _table(["method", "tok/s (median)", "speedup vs AR", "mean tau", "mean budget", "build share",
-                   "build ms/round", f"outputs ≠ {rep['methods'][0]['reference']}'s"],
+                   "build ms/round", f"outputs ≠ {rep['methods'][0]['reference'] or 'reference'}'s"],
                   [[m["method"], _f(m["tok_s"]), _f(m["speedup_vs_ar"], "{:.3f}"), _f(m["mean_tau"], "{:.3f}"),
                     _f(m["mean_budget"]), _f(m["build_share_%"], "{:.1f}%"), _f(m["build_ms_per_round"], "{:.3f}"),
                     str(m["mismatches"])] for m in rep["methods"]]), "",
