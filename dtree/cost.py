@@ -218,11 +218,13 @@ class CostWeights:
 
         Raises:
             InputError: field ``cost_weights`` for syntax errors or unknown keys; the weight's own field for a
-                negative, NaN or infinite value.
+                negative, NaN or infinite value, its message naming the key as typed (``cd (= cd_scale) must be
+                in [0.0, inf], got -1.0``).
         """
         if text is None or not str(text).strip():
             return cls()
         kw: dict[str, float] = {}
+        typed: dict[str, str] = {}  # field name -> the key the user wrote, for error messages
         for part in str(text).split(","):
             if not part.strip():
                 continue
@@ -238,7 +240,15 @@ class CostWeights:
                 kw[name] = float(val)
             except ValueError:
                 raise InputError("cost_weights", f"{key}: must be a number, got {val.strip()!r}") from None
-        return cls(**kw)
+            typed[name] = key
+        try:
+            return cls(**kw)
+        except InputError as e:
+            key = typed.get(e.field)
+            if key is None or key == e.field:
+                raise
+            # name the key as typed ("cd"), not only the internal field it maps to ("cd_scale")
+            raise InputError(e.field, f"{key} (= {e.field}) {str(e).split(': ', 1)[1]}") from None
 
 
 @dataclass

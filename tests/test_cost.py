@@ -226,6 +226,15 @@ def test_weights_that_make_a_round_free_are_rejected(text):
     assert e.value.field == "cost_weights" and "both 0" in str(e.value)
 
 
+@pytest.mark.parametrize("text,field,typed", [("cd=-1", "cd_scale", "cd (= cd_scale)"),
+                                               ("cv=nan", "cv_scale", "cv (= cv_scale)"),
+                                               ("cd_scale=-2", "cd_scale", "must be in")])
+def test_weight_errors_name_the_key_as_typed(text, field, typed):
+    with pytest.raises(InputError) as e:
+        CostWeights.parse(text)
+    assert e.value.field == field and str(e.value).startswith(f"{field}: {typed}")
+
+
 def test_weights_with_one_zero_cost_are_allowed():
     cm = model_from_rows((0.01 + 1e-4 * NODES)[None, :], [10], cd=0.004)
     assert cm.weighted(CostWeights.parse("cd=0")).cv(3, 10) > 0  # free drafting, paid verify
