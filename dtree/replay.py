@@ -919,8 +919,8 @@ def replay_vs_live(runs: Iterable[RunRecord], key=None, fallback_cost: CostModel
     Args:
         runs: runs of any method; AR runs are skipped (nothing to replay), as are runs replay rejects (listed with
             their reason in ``per_run`` with NaN predictions).
-        key: ``key(run) -> str`` groups runs into methods (default: :func:`logged_method` as ``name`` or
-            ``name:B``); benches use :func:`dtree.bench.stored_method_key`.
+        key: ``key(run) -> str`` groups runs into methods (default: :func:`dtree.bench.stored_method_key`, the
+            bench's names: ``ddtree:B``, ``caddtree`` at the default maximum budget, else ``caddtree:B``).
         fallback_cost: cost model for runs that stored none (noted in ``cost_source``); None: such ddtree / chain
             runs get NaN predictions.
         tol: relative-error tolerance of ``within_tol`` (default 0.15).
@@ -945,12 +945,10 @@ def replay_vs_live(runs: Iterable[RunRecord], key=None, fallback_cost: CostModel
     """
     tol = check_float("tol", tol, 0.0, 1e9)
     if key is None:
+        from .bench import stored_method_key
+
         def key(run):
-            try:
-                name, b = logged_method(run)
-            except InputError:
-                return str(run.method)
-            return name if b is None else f"{name}:{b}"
+            return stored_method_key(str(run.method), run.params)
     rows = []
     for run in runs:
         try:

@@ -201,3 +201,16 @@ def test_fit_cost_cli_writes_a_weighted_model_and_rejects_bad_input(tmp_path, ca
     assert main(["fit-cost", "--store", str(path), "--cost-model", str(bad), "--out", str(out)]) == 2
     assert "bad.json" in capsys.readouterr().err
     assert CostWeights.from_dict(fitted.to_dict()["weights"]) == fitted.weights
+
+
+def test_replay_vs_live_names_methods_like_the_bench():
+    """caddtree at its default maximum budget is 'caddtree' (was listed as 'caddtree:256'); other maxima and every
+    ddtree budget keep ':B'."""
+    cm = profile()
+    rng = np.random.default_rng(5)
+    runs = [synthetic_run(6, rng, method="caddtree", budget=256, cost=cm),
+            synthetic_run(6, rng, method="caddtree", budget=32, cost=cm),
+            synthetic_run(6, rng, method="ddtree", budget=8, cost=cm)]
+    per_run, per_method = replay_vs_live(runs)
+    assert list(per_run["method"]) == ["caddtree", "caddtree:32", "ddtree:8"]
+    assert set(per_method["method"]) == {"caddtree", "caddtree:32", "ddtree:8"}
