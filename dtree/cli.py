@@ -507,9 +507,13 @@ def cmd_bench(args) -> int:
         else:
             out.write_text(json.dumps({"dataset": args.dataset, "limit": args.limit, "methods": args.methods,
                                        "max_new_tokens": args.max_new_tokens, "temperature": args.temperature,
-                                       "dtype": dtype_name(backend.target.dtype), "summary": rows,
+                                       "dtype": dtype_name(backend.target.dtype),
+                                       "store": None if store is None else str(args.store),
+                                       "tag": None if store is None else store.tag, "summary": rows,
                                        "per_prompt": {k: vars(v) for k, v in stats.items()}}, indent=2))
         print(f"summary written to {out}", file=sys.stderr)
+    if store is not None:  # again at the end, where it is seen (the first note scrolls away under the progress bar)
+        print(f"runs stored in {args.store} under tag {store.tag}")
     bad = [r for r in rows if r["mismatches"]]
     if bad:
         print(f"LOSSLESSNESS MISMATCH vs {bad[0]['reference']}: "

@@ -89,6 +89,23 @@ def test_bench_out_records_the_dtype_used(tmp_path, capsys, target32):
                "--device", "cpu", "--no-store", "--out", str(out)])
     assert rc == 0
     assert json.loads(out.read_text())["dtype"] == "float32"  # the CPU default; was recorded as bfloat16
+    assert json.loads(out.read_text())["tag"] is None  # --no-store
+
+
+def test_bench_out_and_stdout_name_the_store_tag(tmp_path, capsys, target32):
+    from dtree.store import TraceStore
+
+    prompts = tmp_path / "p.jsonl"
+    prompts.write_text(json.dumps({"question": "What is 2 + 2?"}) + "\n")
+    out, db = tmp_path / "bench.json", tmp_path / "runs.sqlite"
+    rc = main(["bench", "--dataset", str(prompts), "--limit", "1", "--methods", "ar", "--max-new-tokens", "2",
+               "--device", "cpu", "--store", str(db), "--out", str(out)])
+    assert rc == 0
+    summary = json.loads(out.read_text())
+    with TraceStore(db) as st:
+        tags = set(st.list_runs()["tag"])
+    assert summary["store"] == str(db) and tags == {summary["tag"]} and summary["tag"].startswith("bench:")
+    assert f"under tag {summary['tag']}" in capsys.readouterr().out
 
 
 @pytest.mark.parametrize("kind", ["binary", "missing-path", "bad-gzip"])
