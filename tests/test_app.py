@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 from pathlib import Path
 
 import pytest
@@ -35,6 +36,16 @@ def test_app_navigation_loads():
     at = AppTest.from_file(str(ROOT / "app.py"), default_timeout=120).run()
     assert not at.exception
     assert any("Live decode" in t.value for t in at.title)
+
+
+def test_no_legacy_pages_folder_beside_the_entrypoint():
+    """A ``pages/`` folder next to app.py switches on Streamlit's legacy page discovery, which can list raw file
+    names (``app``, ``1 live decode``) in the sidebar until ``st.navigation`` first runs; every page st.Page names
+    lives in ``app_pages/``."""
+    assert not (ROOT / "pages").exists()
+    entry = (ROOT / "app.py").read_text()
+    named = set(re.findall(r'st\.Page\("([^"]+)"', entry))
+    assert named == {f"app_pages/{p.name}" for p in (ROOT / "app_pages").glob("*.py")}
 
 
 def test_live_decode_runs_and_draws_tree(store_env):
@@ -181,10 +192,10 @@ def test_live_decode_logs_to_the_chosen_store_and_names_it(store_env):
     assert not store_env.exists()
     logged = [c.value for c in at.caption if c.value.startswith("Logged as run")]
     assert logged == [f"Logged as run #{run_id} in the trace store ({other})."]
-    at.switch_page("pages/7_learn.py").run()
+    at.switch_page("app_pages/7_learn.py").run()
     assert not at.exception, at.exception
     assert _store_box(at).value == str(other)  # Learn shows the same store
-    at.switch_page("pages/6_runs.py").run()
+    at.switch_page("app_pages/6_runs.py").run()
     assert not at.exception, at.exception
     assert _store_box(at).value == str(other)
     assert at.dataframe[0].value["id"].tolist() == [run_id]

@@ -21,7 +21,7 @@ from .charts import charts as _charts
 from .charts import title as _title
 
 ROOT = Path(__file__).resolve().parent.parent
-RUNS_PAGE = str(ROOT / "pages" / "6_runs.py")
+RUNS_PAGE = str(ROOT / "app_pages" / "6_runs.py")
 ANCHOR = 7
 
 

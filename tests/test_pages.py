@@ -21,8 +21,8 @@ from .charts import n_tree_markers as _n_tree_markers
 from .charts import title as _title
 
 ROOT = Path(__file__).resolve().parent.parent
-EXPLORER = str(ROOT / "pages" / "2_tree_explorer.py")
-RUNS = str(ROOT / "pages" / "6_runs.py")
+EXPLORER = str(ROOT / "app_pages" / "2_tree_explorer.py")
+RUNS = str(ROOT / "app_pages" / "6_runs.py")
 TIMEOUT = 180
 
 
@@ -370,7 +370,7 @@ def test_bad_and_empty_stores(page, tmp_path, monkeypatch):
 def test_app_navigation_lists_the_pages():
     at = AppTest.from_file(str(ROOT / "app.py"), default_timeout=TIMEOUT).run()
     assert not at.exception
-    at.switch_page("pages/6_runs.py").run()
+    at.switch_page("app_pages/6_runs.py").run()
     assert not at.exception
     assert any("Runs" in t.value for t in at.title)
     assert any("`python -m dtree decode`" in c.value for c in at.caption)

@@ -17,7 +17,7 @@ from .charts import n_tree_markers as _n_tree_markers
 from .charts import title as _title
 
 ROOT = Path(__file__).resolve().parent.parent
-ARENA = str(ROOT / "pages" / "5_speedup_arena.py")
+ARENA = str(ROOT / "app_pages" / "5_speedup_arena.py")
 APP = str(ROOT / "app.py")
 TIMEOUT = 240
 
@@ -139,13 +139,13 @@ def test_prompt_helpers_reject_zero_and_empty():
 def _learn() -> AppTest:
     # through app.py, so the navigation resolves the page link to the Tree explorer
     at = AppTest.from_file(APP, default_timeout=TIMEOUT).run()
-    return at.switch_page("pages/7_learn.py").run()
+    return at.switch_page("app_pages/7_learn.py").run()
 
 
 def test_app_lists_arena_and_learn():
     at = AppTest.from_file(APP, default_timeout=TIMEOUT).run()
     assert not at.exception
-    at.switch_page("pages/5_speedup_arena.py").run()
+    at.switch_page("app_pages/5_speedup_arena.py").run()
     assert not at.exception, at.exception
     assert any("Speedup arena" in t.value for t in at.title)
 

@@ -15,8 +15,8 @@ import pytest
 from streamlit.testing.v1 import AppTest
 
 ROOT = Path(__file__).resolve().parent.parent
-COST = str(ROOT / "pages" / "3_cost_model.py")
-LAB = str(ROOT / "pages" / "4_budget_lab.py")
+COST = str(ROOT / "app_pages" / "3_cost_model.py")
+LAB = str(ROOT / "app_pages" / "4_budget_lab.py")
 TIMEOUT = 180
 
 
@@ -287,7 +287,7 @@ def test_pages_on_empty_and_corrupted_stores(tmp_path, monkeypatch):
 def test_pages_are_in_the_navigation(env):
     at = AppTest.from_file(str(ROOT / "app.py"), default_timeout=TIMEOUT).run()
     assert not at.exception
-    for page, title in (("pages/3_cost_model.py", "Cost model"), ("pages/4_budget_lab.py", "Budget lab")):
+    for page, title in (("app_pages/3_cost_model.py", "Cost model"), ("app_pages/4_budget_lab.py", "Budget lab")):
         at.switch_page(page).run()
         assert not at.exception, at.exception
         assert any(t.value == title for t in at.title)

@@ -102,7 +102,7 @@ if run is not None:
                    f"commit {rnd.commit_ms:.1f} ms.")
         st.plotly_chart(figures.tree_figure(rnd, decode), width="stretch")
         if run.run_id is not None:
-            st.page_link("pages/2_tree_explorer.py", label=f"Open round {rnd.index} in the Tree explorer",
+            st.page_link("app_pages/2_tree_explorer.py", label=f"Open round {rnd.index} in the Tree explorer",
                          query_params={"run": run.run_id, "round": rnd.index}, icon="🔎")
         if len(rnd.tree.theta_curve):
             st.plotly_chart(figures.theta_figure(rnd.tree), width="stretch")

@@ -82,7 +82,7 @@ st.caption(f"Method {run.method}, {run.dtype} on {run.device}. This round: draft
            + (f" Logged as run #{run.run_id} in the trace store ({st.session_state.get('learn_store')})."
               if run.run_id is not None else ""))
 if run.run_id is not None:
-    st.page_link("pages/2_tree_explorer.py", label="Open this round in the Tree explorer",
+    st.page_link("app_pages/2_tree_explorer.py", label="Open this round in the Tree explorer",
                  query_params={"run": run.run_id, "round": rnd.index}, icon="🔎")
 
 # ---------------------------------------------------------------------------------------------------------- 1
