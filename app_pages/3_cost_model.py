@@ -130,16 +130,22 @@ if cost is not None:
                 st.session_state["cm_analytic"] = False
                 st.session_state["cm_cd_scale"] = min(5.0, max(0.1, round(fit.weights.cd_scale / 0.05) * 0.05))
                 st.session_state["cm_cv_scale"] = min(5.0, max(0.1, round(fit.weights.cv_scale / 0.05) * 0.05))
+                factor = fit.weights.tree_scale / fit.weights.cv_scale if fit.weights.cv_scale > 0 else 1.0
+                st.session_state["cm_node_factor"] = min(5.0, max(0.1, round(factor / 0.05) * 0.05))
 
             st.button("Fit and set the scales", key="cm_fit_button", on_click=_fit)
             fit = st.session_state.get("cm_fit")
             if isinstance(fit, Exception):
                 ui.show_error(fit)
             elif fit is not None:
+                fw = fit.weights
+                tree = ("" if fw.cv_tree_scale is None else
+                        f" on the root-only forward and {fw.cv_tree_scale:.3f} on what the tree's nodes add "
+                        f"(tree-node factor {fw.tree_scale / max(fw.cv_scale, 1e-12):.2f})")
                 st.success(f"{fit.n_rounds} rounds: fixed cost per round {fit.live_cd_ms:.2f} ms live vs Cd "
-                           f"{fit.model_cd_ms:.2f} ms profiled -> Cd scale {fit.weights.cd_scale:.3f}; verify "
+                           f"{fit.model_cd_ms:.2f} ms profiled -> Cd scale {fw.cd_scale:.3f}; verify "
                            f"{fit.live_cv_ms:.2f} ms live vs {fit.model_cv_ms:.2f} ms profiled -> Cv scale "
-                           f"{fit.weights.cv_scale:.3f} (per-round ratio quartiles {fit.cv_ratio_p25:.2f} / "
+                           f"{fw.cv_scale:.3f}{tree} (per-round ratio quartiles {fit.cv_ratio_p25:.2f} / "
                            f"{fit.cv_ratio_p50:.2f} / {fit.cv_ratio_p75:.2f}). The sliders below are set to them "
                            "(rounded to 0.05).")
     weights = ui.cost_weight_widgets(cost, "cm")

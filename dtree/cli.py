@@ -47,8 +47,10 @@ def _add_decode_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--topk-log", type=int, default=32, help="drafter top-k marginals logged per depth (default 32)")
     p.add_argument("--cost-model", default=None, help="cost-model JSON file for caddtree (default: auto-profiled)")
     p.add_argument("--cost-weights", default=None,
-                   help="cost weights on the profile, e.g. 'cd=1.5,cv=0.8' (scales) or 'cv_a=0.05,cv_b=0.002,cv_c=0' "
-                        "(analytic Cv = a + b n + c n^2 seconds) and 'cd_s=0.004' (Cd override, seconds)")
+                   help="cost weights on the profile, e.g. 'cd=1.5,cv=0.8' (scales), 'cv_tree=1.3' (scale on what the "
+                        "tree adds to a root-only verify, Cv(n; L) - Cv(0; L); default: cv) or "
+                        "'cv_a=0.05,cv_b=0.002,cv_c=0' (analytic Cv = a + b n + c n^2 seconds) and 'cd_s=0.004' (Cd "
+                        "override, seconds)")
     p.add_argument("--calibration", default=None,
                    help="calibration JSON for -cal methods (from `python -m dtree calibrate`; default: fitted once on "
                         "the built-in demo prompts and cached per drafter)")
@@ -431,8 +433,11 @@ def cmd_fit_cost(args) -> int:
         print(f"{fit.n_rounds} rounds of {len(runs)} runs")
         print(f"fixed cost per round (draft + build + commit): live {fit.live_cd_ms:.2f} ms vs profiled Cd "
               f"{fit.model_cd_ms:.2f} ms -> cd_scale {w.cd_scale:.3f}")
+        scales = (f"cv_scale {w.cv_scale:.3f}" if w.cv_tree_scale is None else
+                  f"cv_scale {w.cv_scale:.3f} on the root-only forward Cv(0; L), cv_tree_scale {w.cv_tree_scale:.3f} "
+                  f"on what the tree adds, Cv(n; L) - Cv(0; L)")
         print(f"verify per round: live {fit.live_cv_ms:.2f} ms vs profiled Cv(n; L) {fit.model_cv_ms:.2f} ms -> "
-              f"cv_scale {w.cv_scale:.3f} (per-round ratio quartiles {fit.cv_ratio_p25:.2f} / {fit.cv_ratio_p50:.2f} "
+              f"{scales} (per-round ratio quartiles {fit.cv_ratio_p25:.2f} / {fit.cv_ratio_p50:.2f} "
               f"/ {fit.cv_ratio_p75:.2f})")
         import pandas as pd
 
@@ -441,9 +446,11 @@ def cmd_fit_cost(args) -> int:
             print("\nreplay vs live, fitted weights (in sample):")
             print(in_sample[cols].to_string(index=False, float_format=lambda v: f"{v:.3f}"))
             if cross is not None:
-                print("\nreplay vs live, 2-fold by prompt (weights fitted on the other half of the prompts):")
+                print("\nreplay vs live, 2-fold by prompt (weights fitted on the other half of the prompts, times "
+                      "from the profile's measured Cv curve):")
                 print(cross[cols].to_string(index=False, float_format=lambda v: f"{v:.3f}"))
-    print(f"saved cost model with weights cd={fit.weights.cd_scale:.4g},cv={fit.weights.cv_scale:.4g} to {path}",
+    tree = "" if fit.weights.cv_tree_scale is None else f",cv_tree={fit.weights.cv_tree_scale:.4g}"
+    print(f"saved cost model with weights cd={fit.weights.cd_scale:.4g},cv={fit.weights.cv_scale:.4g}{tree} to {path}",
           file=sys.stderr)
     return 0
 
@@ -697,7 +704,7 @@ def build_parser() -> argparse.ArgumentParser:
     cb.add_argument("--out", required=True, help="output calibration JSON")
     cb.add_argument("--json", action="store_true", help="print the calibration JSON instead of the table")
     cb.set_defaults(func=cmd_calibrate)
-    fc = sub.add_parser("fit-cost", help="fit cost weights (cd_scale, cv_scale) to the phase timings of logged runs "
+    fc = sub.add_parser("fit-cost", help="fit cost weights (cd_scale, cv_scale, cv_tree_scale) to the phase timings of logged runs "
                                          "and save the weighted cost model")
     _add_run_selection_args(fc)
     fc.add_argument("--cost-model", default=None, help="profile to rescale (default: the one stored with the runs)")

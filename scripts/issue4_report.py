@@ -237,13 +237,21 @@ def markdown(rep: dict) -> str:
                           [[m["method"], f"{m['n_replayed']}/{m['n_runs']}", _f(m["live_tok_s"]), _f(m["pred_tok_s"]),
                             _pct(m["median_rel_err"]), _f(m["pooled_ratio"], "{:.3f}"),
                             "yes" if m["within_tol"] else "no"] for m in cf["per_method"]]))
+        def _tree(w):
+            t = w.get("cv_tree_scale")
+            return "" if t is None else f", cv_tree_scale {t:.3f}"
+
         fits = "; ".join(f"fold {f['fold']}: cd_scale {f['weights']['cd_scale']:.3f}, cv_scale "
-                         f"{f['weights']['cv_scale']:.3f} ({f['n_rounds']} rounds of {f['n_prompts_fit']} prompts)"
-                         for f in cf["fits"])
+                         f"{f['weights']['cv_scale']:.3f}{_tree(f['weights'])} ({f['n_rounds']} rounds of "
+                         f"{f['n_prompts_fit']} prompts)" for f in cf["fits"])
         out += ["", f"**{cf['n_within']} of {cf['n_methods']} methods** within {100 * cf['tol']:.0f}%. The profile's "
-                "shape is kept and rescaled (`python -m dtree fit-cost`): cd_scale charges the logged draft + build + "
-                "commit time to Cd, cv_scale = logged verify time / profiled Cv(n; L) (ratio of sums), fitted on the "
-                f"other half of the prompts, so no run's own timings enter its prediction. Fits: {fits}."]
+                "curves are kept and rescaled (`python -m dtree fit-cost`, `dtree.cost.fit_live_weights`): cd_scale "
+                "charges the logged draft + build + commit time to Cd; the verify time is fitted as cv_scale x the "
+                "profiled root-only forward Cv(0; L) + cv_tree_scale x what the tree adds, Cv(n; L) - Cv(0; L) "
+                "(non-negative least squares on relative residuals; one ratio-of-sums cv_scale when the rounds have "
+                "a single tree size), on the other half of the prompts, so no run's own timings enter its "
+                "prediction. Times are read from the profile's measured Cv medians, not its convex fit (the trees "
+                f"are still the logged ones). Fits: {fits}."]
     else:
         out.append("Fewer than 2 prompts: no cross-fit.")
     u = rep["unimodal"]

@@ -252,6 +252,32 @@ def test_with_weights():
         cm.with_weights(cv_scale=-1)
 
 
+def test_tree_scale_weighs_what_the_tree_adds_to_the_root_only_forward(tmp_path):
+    """Cv' = cv_scale * Cv(0; L) + cv_tree_scale * (Cv(n; L) - Cv(0; L)) on the profile and on the analytic
+    override; stays monotone and convex; None means cv_scale; stored with the model; old weight dicts still load."""
+    rows = np.stack([0.05 + 1e-3 * NODES + 2e-6 * NODES ** 2, 0.08 + 2e-3 * NODES])
+    cm = model_from_rows(rows, [64, 1024])
+    for L in (10, 64, 500, 1024, 4000):
+        base = cm.cv(NODES, L)
+        w = cm.weighted(CostWeights.parse("cv=1.1,cv_tree=1.5"))
+        np.testing.assert_allclose(w.cv(NODES, L), 1.1 * base[0] + 1.5 * (base - base[0]))
+        assert is_monotone_convex(w.cv(NODES, L), NODES.astype(float))
+    same = cm.weighted(CostWeights(cv_scale=1.3, cv_tree_scale=1.3))
+    np.testing.assert_allclose(same.cv(NODES, 300), 1.3 * cm.cv(NODES, 300))
+    assert CostWeights(cv_scale=1.3).tree_scale == 1.3 and CostWeights(cv_tree_scale=1.0).is_identity
+    assert not CostWeights(cv_tree_scale=2.0).is_identity
+    ana = cm.weighted(CostWeights(cv_a=0.05, cv_b=0.002, cv_c=1e-5, cv_scale=2.0, cv_tree_scale=0.5))
+    n = NODES.astype(float)
+    np.testing.assert_allclose(ana.cv(NODES, 77), 2.0 * 0.05 + 0.5 * (0.002 * n + 1e-5 * n * n))
+    back = CostModel.load(w.save(tmp_path / "t.json"))
+    assert back.weights == w.weights and back.weights.cv_tree_scale == 1.5
+    old = {k: v for k, v in CostWeights(cd_scale=1.2).to_dict().items() if k != "cv_tree_scale"}
+    assert CostWeights.from_dict(old) == CostWeights(cd_scale=1.2)
+    with pytest.raises(InputError) as e:
+        CostWeights.parse("cv_tree=-0.5")
+    assert e.value.field == "cv_tree_scale" and "cv_tree (= cv_tree_scale)" in str(e.value)
+
+
 def test_measured_curve_reads_the_raw_medians_made_non_decreasing(tmp_path):
     """curve="measured": Cv on the grid is the running maximum of the raw row (concave data kept concave, a dip
     flattened), interpolated in L like the fit, weighted, stored and restored with the model; the convex default is

@@ -102,6 +102,45 @@ def test_weights_from_runs_skip_ar_and_need_a_profile():
     assert live_weights_from_runs([bare], cm).weights.cv_scale == pytest.approx(1.0)
 
 
+def two_size_runs(cm: CostModel, rng, root_scale: float = 1.0, tree_scale: float = 1.5, prompts: int = 4):
+    """ddtree:2 and ddtree:32 runs per prompt whose verify costs root_scale x the profiled root-only forward plus
+    tree_scale x the profiled tree increment (drafting exactly Cd)."""
+    runs = []
+    for i in range(prompts):
+        for b in (2, 32):
+            run = timed_run(rng, cm, 1.0, 1.0, f"p{i}", budget=b)
+            for r in run.rounds:
+                root = cm.cv(0, r.start) * 1e3
+                r.verify_ms = root_scale * root + tree_scale * (cm.cv(r.budget, r.start) * 1e3 - root)
+            run.decode_s = sum(r.round_ms for r in run.rounds) / 1e3
+            runs.append(run)
+    return runs
+
+
+def test_fit_cost_cli_fits_and_reports_the_tree_scale(tmp_path, capsys):
+    from dtree.cli import main
+    from dtree.store import TraceStore
+
+    cm = profile()
+    path = tmp_path / "runs.sqlite"
+    with TraceStore(path) as store:
+        for run in two_size_runs(cm, np.random.default_rng(9)):
+            store.save_run(run, tag="bench:x:two")
+    out = tmp_path / "fitted.json"
+    assert main(["fit-cost", "--store", str(path), "--out", str(out)]) == 0
+    text = capsys.readouterr().out
+    assert "cv_scale 1.000 on the root-only forward" in text and "cv_tree_scale 1.500" in text
+    w = CostModel.load(out).weights
+    assert w.cv_scale == pytest.approx(1.0, rel=1e-6) and w.cv_tree_scale == pytest.approx(1.5, rel=1e-6)
+    runs = two_size_runs(cm, np.random.default_rng(9))
+    per_run, _ = replay_vs_live(runs, timing_cost=CostModel.load(out))
+    np.testing.assert_allclose(per_run["pred_s"], [r.decode_s for r in runs], rtol=1e-6)  # every run's time exact
+    rounds = [r for run in runs for r in run.rounds]
+    one = sum(r.verify_ms for r in rounds) / sum(cm.cv(r.budget, r.start) * 1e3 for r in rounds)  # ratio of sums
+    per_run1, _ = replay_vs_live(runs, timing_cost=cm.with_weights(cv_scale=one))
+    assert np.abs(per_run1["pred_s"] / [r.decode_s for r in runs] - 1).max() > 0.05  # the best single scale is not
+
+
 def test_timing_cost_keeps_trees_and_changes_only_the_predicted_time():
     cm = profile()
     run = timed_run(np.random.default_rng(2), cm, 1.5, 2.0, "p")
@@ -138,6 +177,36 @@ def test_crossfit_predicts_each_fold_from_the_other_folds_only():
     ratio = (pr2["pred_s"] / pr2["live_s"]).to_numpy()
     np.testing.assert_allclose(ratio, [2.0 if int(r.prompt[1:]) % 2 == 0 else 0.5 for r in order], rtol=1e-6)
     assert not pm2["within_tol"].any()
+
+
+def test_crossfit_reads_times_from_the_measured_curve():
+    """On a profile whose measured Cv is concave (so the convex fit is off), rounds that cost 1.2x the MEASURED
+    curve are predicted exactly by default and not with curve="convex"; the trees stay the logged ones."""
+    x = NODES.astype(float)
+    concave = 0.07 + 0.03 * np.sqrt(x) / np.sqrt(64) + 0.0015 * x
+    cm = CostModel.from_measurements(0.005, [64, 1024], NODES, np.stack([concave, 1.5 * concave]),
+                                     {"target": "t", "dtype": "float32"})
+    measured = cm.with_curve("measured")
+    rng = np.random.default_rng(8)
+    runs = []
+    for i in range(4):
+        for b in (1, 4, 16, 64):  # more sizes than the two verify scales can bend a wrong curve to
+            run = synthetic_run(12, rng, k=64, method="ddtree", budget=b, cost=cm)
+            run.prompt = f"p{i}"
+            for r in run.rounds:
+                r.draft_ms, r.build_ms, r.commit_ms = cm.cd_s * 1e3, 0.0, 0.0
+                r.verify_ms = 1.2 * measured.cv(r.budget, r.start) * 1e3
+            run.decode_s = sum(r.round_ms for r in run.rounds) / 1e3
+            runs.append(run)
+    per_run, per_method, fits = replay_vs_live_crossfit(runs, folds=2)
+    np.testing.assert_allclose(per_run["pred_s"], per_run["live_s"], rtol=1e-6)
+    assert all(f["weights"]["cv_scale"] == pytest.approx(1.2) for f in fits)
+    assert (per_run["tau_match"] == per_run["n_rounds"]).all()
+    pr_c, _, _ = replay_vs_live_crossfit(runs, folds=2, curve="convex")
+    assert np.abs(pr_c["pred_s"] / pr_c["live_s"] - 1).max() > 0.02
+    with pytest.raises(InputError) as e:
+        replay_vs_live_crossfit(runs, folds=2, curve="wiggly")
+    assert e.value.field == "curve"
 
 
 def test_crossfit_needs_enough_prompts():
@@ -214,3 +283,60 @@ def test_replay_vs_live_names_methods_like_the_bench():
     per_run, per_method = replay_vs_live(runs)
     assert list(per_run["method"]) == ["caddtree", "caddtree:32", "ddtree:8"]
     assert set(per_method["method"]) == {"caddtree", "caddtree:32", "ddtree:8"}
+
+
+def _root_tree_ms(cm, n, L):
+    root = np.array([cm.cv(0, int(b)) for b in L]) * 1e3
+    full = np.array([cm.cv(int(a), int(b)) for a, b in zip(n, L)]) * 1e3
+    return root, full - root
+
+
+def test_fit_separates_root_and_tree_verify_scales():
+    """Rounds of several tree sizes whose verify costs 1.05x the profiled root-only forward plus 1.4x the profiled
+    tree increment: the fit recovers both scales, and the weighted model predicts every round (a single scale
+    cannot: it over-prices small trees and under-prices large ones)."""
+    cm = profile()
+    rng = np.random.default_rng(7)
+    n = rng.choice([1, 2, 4, 8, 32, 64], 120)
+    L = rng.integers(10, 3000, 120)
+    root, tree = _root_tree_ms(cm, n, L)
+    verify = 1.05 * root + 1.4 * tree
+    fit = fit_live_weights(cm, n, L, np.full(120, cm.cd_s * 1e3), verify)
+    w = fit.weights
+    assert w.cv_scale == pytest.approx(1.05, rel=1e-6) and w.cv_tree_scale == pytest.approx(1.4, rel=1e-6)
+    wm = cm.weighted(w)
+    pred = np.array([wm.cv(int(a), int(b)) for a, b in zip(n, L)]) * 1e3
+    np.testing.assert_allclose(pred, verify, rtol=1e-6)
+    one = cm.with_weights(cv_scale=float(verify.sum() / (root + tree).sum()))
+    pred1 = np.array([one.cv(int(a), int(b)) for a, b in zip(n, L)]) * 1e3
+    assert np.abs(pred1 / verify - 1).max() > 0.05  # what the single scale got wrong
+
+
+def test_fit_keeps_one_verify_scale_for_one_tree_size():
+    """Chain rounds or one fixed budget cannot tell the root part from the tree part: one ratio-of-sums scale."""
+    cm = profile()
+    n = np.array([8] * 30 + [2, 4])  # only one size with >= MIN_ROUNDS_PER_SIZE rounds
+    L = np.arange(100, 132)
+    root, tree = _root_tree_ms(cm, n, L)
+    verify = 1.05 * root + 1.4 * tree
+    w = fit_live_weights(cm, n, L, np.full(32, cm.cd_s * 1e3), verify).weights
+    assert w.cv_tree_scale is None and w.tree_scale == w.cv_scale
+    assert w.cv_scale == pytest.approx(verify.sum() / (root + tree).sum())
+
+
+def test_live_weights_from_runs_fits_the_tree_scale_of_caddtree_rounds():
+    cm = profile()
+    rng = np.random.default_rng(11)
+    runs = []
+    for i in range(3):
+        run = synthetic_run(20, rng, k=64, method="caddtree", budget=256, cost=cm)
+        run.prompt = f"p{i}"
+        for r in run.rounds:
+            r.draft_ms, r.build_ms, r.commit_ms = cm.cd_s * 1e3, 0.0, 0.0
+            root = cm.cv(0, r.start) * 1e3
+            r.verify_ms = 0.9 * root + 2.0 * (cm.cv(r.budget, r.start) * 1e3 - root)
+        runs.append(run)
+    sizes = {r.budget for run in runs for r in run.rounds}
+    assert len(sizes) >= 2  # caddtree budgets vary from round to round
+    w = live_weights_from_runs(runs).weights
+    assert w.cv_scale == pytest.approx(0.9, rel=1e-6) and w.cv_tree_scale == pytest.approx(2.0, rel=1e-6)

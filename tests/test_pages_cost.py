@@ -161,8 +161,11 @@ def test_cost_page_fits_the_scales_to_logged_runs(env):
         want = live_weights_from_runs([store.load_run(ids["ddtree"]), store.load_run(ids["chain"])],
                                       CostModel.load(cost_path)).weights
     assert at.success and f"Cv scale {want.cv_scale:.3f}" in at.success[0].value
-    for name, v in (("cm_cd_scale", want.cd_scale), ("cm_cv_scale", want.cv_scale)):
+    factor = want.tree_scale / want.cv_scale
+    for name, v in (("cm_cd_scale", want.cd_scale), ("cm_cv_scale", want.cv_scale), ("cm_node_factor", factor)):
         assert at.slider(key=name).value == pytest.approx(min(5.0, max(0.1, round(v / 0.05) * 0.05)))
+    if want.cv_tree_scale is not None:  # two tree sizes (ddtree's budget, chain's 15): root and tree scales
+        assert f"{want.cv_tree_scale:.3f} on what the tree's nodes add" in at.success[0].value
     at.multiselect(key=key).set_value([]).run()
     at.button(key="cm_fit_button").click().run()
     assert not at.exception and at.error and "at least one run" in at.error[0].value
