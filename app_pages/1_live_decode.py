@@ -38,6 +38,12 @@ raw_cv = c5.checkbox("measured Cv", key="rawcv", disabled=method != "caddtree",
                           "fit (the fit keeps theta(n) unimodal but misprices small trees where the measured cost is "
                           "concave, as on CPUs; see the Cost model page)")
 
+with st.expander("Cost weights (caddtree)", expanded=False):
+    st.caption("Scale this machine's profiled costs before CaDDTree chooses each round's budget: e.g. a larger Cv "
+               "scale or tree-node factor (dearer verify) gives smaller trees. The weighted cost model is stored with "
+               "the run; the Cost model page shows the curves and fits these scales to logged runs.")
+    weights = ui.cost_weight_widgets(None, "ld", analytic_override=False, disabled=method != "caddtree")
+
 with st.form("decode"):
     prompt = st.text_area("Prompt", key="prompt", value="Natalia sold clips to 48 of her friends in April, and then she sold half as many "
                           "clips in May. How many clips did Natalia sell altogether in April and May?", height=100)
@@ -71,7 +77,8 @@ if run_clicked:
                 bar.progress(done / total, text=f"profiling this machine's cost model (first caddtree run only): "
                                                 f"{done}/{total}")
 
-            run = backend.decode(prompt, cfg, store=store, on_round=on_round, cost_progress=on_profile)
+            run = backend.decode(prompt, cfg, store=store, on_round=on_round, cost_progress=on_profile,
+                                 cost_weights=weights if method == "caddtree" and not weights.is_identity else None)
             bar.empty()
             live.empty()
         st.session_state["live_run"] = run

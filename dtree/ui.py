@@ -238,28 +238,30 @@ def stored_cost_model(cost_dict):
         return None
 
 
-def cost_weight_widgets(cost, key: str):
+def cost_weight_widgets(cost, key: str, analytic_override: bool = True, disabled: bool = False):
     """Bounded widgets for :class:`dtree.cost.CostWeights` (Cd and Cv scales, a tree-node factor on what the nodes
     add to the verify cost, the optional analytic Cv override a + b n + c n^2 in ms); returns the weights. ``key`` prefixes the widget keys (one set per page).
 
     The analytic override's defaults approximate ``cost``'s fitted curve at its smallest context (a = Cv(0), b = mean
-    slope up to the largest profiled n, c = 0).
+    slope up to the largest profiled n, c = 0). ``analytic_override=False`` leaves that option out (then ``cost`` may
+    be None, e.g. before the first profile); ``disabled`` greys the widgets out.
     """
     from .cost import CostWeights
 
     c = st.columns(3)
     cd_scale = c[0].slider("Cd scale (drafter cost multiplier)", 0.1, 5.0, 1.0, 0.05, key=f"{key}_cd_scale",
-                           help="Cd' = scale x the profiled drafter cost per round")
+                           disabled=disabled, help="Cd' = scale x the profiled drafter cost per round")
     cv_scale = c[1].slider("Cv scale (verify cost multiplier)", 0.1, 5.0, 1.0, 0.05, key=f"{key}_cv_scale",
-                           help="Cv'(n; L) = scale x the verify cost (profiled or analytic)")
+                           disabled=disabled, help="Cv'(n; L) = scale x the verify cost (profiled or analytic)")
     node_factor = c[2].slider("Tree-node factor (extra on what the nodes add)", 0.1, 5.0, 1.0, 0.05,
-                              key=f"{key}_node_factor",
+                              key=f"{key}_node_factor", disabled=disabled,
                               help="Multiplies what the tree adds to a root-only verify, Cv(n; L) - Cv(0; L), on top "
                                    "of the Cv scale (cv_tree_scale = Cv scale x factor). Live loops pay more per node "
                                    "than a profile of bare forwards: 'Fit and set the scales' measures it")
     tree = None if node_factor == 1.0 else cv_scale * node_factor
-    analytic = st.checkbox("Analytic verify cost instead of the profile: Cv(n) = a + b n + c n² (ignores L)",
-                           key=f"{key}_analytic")
+    analytic = analytic_override and st.checkbox(
+        "Analytic verify cost instead of the profile: Cv(n) = a + b n + c n² (ignores L)", key=f"{key}_analytic",
+        disabled=disabled)
     if not analytic:
         return CostWeights(cd_scale=cd_scale, cv_scale=cv_scale, cv_tree_scale=tree)
     L0 = int(cost.contexts[0])

@@ -155,6 +155,35 @@ def test_live_decode_measured_cv(store_env, tiny_cost):
         assert s.load_run(int(runs["id"].iloc[0])).cost_model["curve"] == "measured"
 
 
+def test_live_decode_cost_weights_reach_the_run(store_env, tiny_cost):
+    """The Cost weights sliders apply to caddtree only: a steep Cv (scale 5, tree-node factor 5) is stored with the
+    run and keeps its trees no larger than the unweighted run's on the same prompt; other methods ignore them."""
+    from dtree.store import TraceStore
+
+    at = _live()
+    at.selectbox(key="method").select("ddtree").run()
+    assert at.slider(key="ld_cv_scale").disabled
+    at.selectbox(key="method").select("caddtree").run()
+    assert not at.slider(key="ld_cv_scale").disabled
+    at.text_area(key="prompt").input("What is 6 times 7?")
+    at.number_input(key="max_new").set_value(8)
+    at.button[0].click().run()
+    at.slider(key="ld_cv_scale").set_value(5.0)
+    at.slider(key="ld_node_factor").set_value(5.0)
+    at.button[0].click().run()
+    assert not at.exception, at.exception
+    assert not at.error, [e.value for e in at.error]
+    with TraceStore(store_env) as s:
+        ids = s.list_runs().sort_values("id")["id"].tolist()
+        plain, steep = (s.load_run(int(i)) for i in ids)
+    assert plain.cost_model.get("weights") is None
+    w = steep.cost_model["weights"]
+    assert (w["cv_scale"], w["cv_tree_scale"]) == (5.0, 25.0) and w["cd_scale"] == 1.0
+    assert max(r.budget for r in steep.rounds) <= max(r.budget for r in plain.rounds)
+    mean = [sum(r.budget for r in run.rounds) / len(run.rounds) for run in (plain, steep)]
+    assert mean[1] < mean[0]
+
+
 def test_live_decode_adaptive_calibration(store_env, fake_calibration):
     """ddtree with probabilities calibrated during the run: no calibration is fitted beforehand, the run is stored as
     ddtree-adapt with its online settings, and every round's reason says how many earlier rounds calibrated it."""
