@@ -704,8 +704,8 @@ def build_parser() -> argparse.ArgumentParser:
     cb.add_argument("--out", required=True, help="output calibration JSON")
     cb.add_argument("--json", action="store_true", help="print the calibration JSON instead of the table")
     cb.set_defaults(func=cmd_calibrate)
-    fc = sub.add_parser("fit-cost", help="fit cost weights (cd_scale, cv_scale, cv_tree_scale) to the phase timings of logged runs "
-                                         "and save the weighted cost model")
+    fc = sub.add_parser("fit-cost", help="fit cost weights (cd_scale, cv_scale, cv_tree_scale) to the phase timings "
+                                         "of logged runs and save the weighted cost model")
     _add_run_selection_args(fc)
     fc.add_argument("--cost-model", default=None, help="profile to rescale (default: the one stored with the runs)")
     fc.add_argument("--out", required=True, help="output cost-model JSON (use it with --cost-model)")

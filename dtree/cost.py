@@ -670,7 +670,7 @@ def fit_live_weights(cost: CostModel, n_nodes, context, draft_ms, verify_ms, oth
     cd_scale = float(fixed.sum() / (r * cd_ms))
     root_ms = np.array([base.cv(0, L) for L in arrays["context"]]) * 1e3
     tree_ms = cv_ms - root_ms
-    sizes, counts = np.unique(arrays["n_nodes"], return_counts=True)
+    _, counts = np.unique(arrays["n_nodes"], return_counts=True)  # rounds per tree size
     two = (int((counts >= MIN_ROUNDS_PER_SIZE).sum()) >= 2 and tree_ms.max() > 0 and root_ms.min() > 0
            and verify.min() > 0)
     w = None
