@@ -95,6 +95,15 @@ if go_clicked:
     except Exception as e:  # bad input or a failed run: message, app keeps running
         ui.show_error(e)
 
+def _with_interval_text(rows: list[dict]) -> pd.DataFrame:
+    """The summary rows as a table, the speedup interval [lo, hi] shown as text 'lo–hi'."""
+    df = pd.DataFrame(rows)
+    if "speedup_ci90" in df:
+        df["speedup_ci90"] = [f"{v[0]:.2f}–{v[1]:.2f}" if isinstance(v, (list, tuple)) else "" for v in
+                              df["speedup_ci90"]]
+    return df
+
+
 res = st.session_state.get("arena_result")
 if res is not None:
     rows = res["rows"]
@@ -106,10 +115,11 @@ if res is not None:
     if bad:
         st.warning(f"Output differs from {rows[0]['reference']}'s for {', '.join(bad)} on some prompts (exact only "
                    "in float32; bfloat16 kernels may break near-ties differently).")
-    st.dataframe(pd.DataFrame(rows), hide_index=True, column_config={
+    st.dataframe(_with_interval_text(rows), hide_index=True, column_config={
         "tok_s": st.column_config.NumberColumn("tokens/s (median)", format="%.2f"),
         "tpot_ms": st.column_config.NumberColumn("TPOT (ms/token, median)", format="%.1f"),
         "speedup_vs_ar": st.column_config.NumberColumn("speedup vs AR (x)", format="%.2f"),
+        "speedup_ci90": "90% interval (paired bootstrap over prompts)",
         "mean_tau": st.column_config.NumberColumn("mean tau (tokens/round)", format="%.2f"),
         "mean_budget": st.column_config.NumberColumn("mean budget (nodes/round)", format="%.1f"),
         "mismatches": f"outputs ≠ {rows[0]['reference'] or 'AR'} (prompts)", "reference": None})
@@ -138,6 +148,6 @@ if chosen:
         ui.show_error(e)
         st.stop()
     st.plotly_chart(figures.bench_compare_figure(table), width="stretch")
-    st.dataframe(pd.DataFrame([{"bench": k, **r} for k, rows in table.items() for r in rows]), hide_index=True)
+    st.dataframe(_with_interval_text([{"bench": k, **r} for k, rows in table.items() for r in rows]), hide_index=True)
     st.caption("Each bench was measured in its own process and moment: compare speedups (ratios within one bench) "
                "rather than raw tokens/s across benches.")

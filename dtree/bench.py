@@ -176,8 +176,9 @@ def _check_outputs(stats: dict[str, MethodStats], prompt: int, outputs: dict[str
 
 
 def summary_rows(stats: dict[str, MethodStats]) -> list[dict]:
-    """One row per method: median tokens/s, TPOT (ms/token), speedup vs AR (ratio of medians), mean tau, mean budget,
-    phase shares (% of round time), the number of prompts whose output differs from the reference method's
+    """One row per method: median tokens/s, TPOT (ms/token), speedup vs AR (ratio of medians) with its 90% paired
+    bootstrap interval over prompts (``speedup_ci90`` = [lo, hi], :func:`ratio_interval`; None for AR itself, without
+    AR, or with fewer than 2 prompts), mean tau, mean budget, phase shares (% of round time), the number of prompts whose output differs from the reference method's
     (``mismatches``; None when not checked, i.e. temperature > 0) and that ``reference`` (AR when benched, else the
     first method).
 
@@ -192,7 +193,10 @@ def summary_rows(stats: dict[str, MethodStats]) -> list[dict]:
         tot = sum(s.phase_ms.values()) or 1.0
         rows.append({
             "method": key, "tok_s": round(med, 3), "tpot_ms": round(statistics.median(s.tpot_ms), 2),
-            "speedup_vs_ar": round(med / base, 3) if base else None, "mean_tau": round(statistics.mean(s.tau), 3),
+            "speedup_vs_ar": round(med / base, 3) if base else None,
+            "speedup_ci90": (None if not base or key == "ar" else
+                             ratio_with_interval(stats, key, "ar")[1]),
+            "mean_tau": round(statistics.mean(s.tau), 3),
             "mean_budget": round(statistics.mean(s.budget), 2),
             **{f"{ph}_share_%": round(100 * v / tot, 1) for ph, v in s.phase_ms.items()},
             "build_ms_per_round": round(s.phase_ms["build"] / s.rounds, 3) if s.rounds else 0.0,

@@ -28,6 +28,12 @@ def test_bench_end_to_end_speedup_is_ratio_of_timings(backend32, two_prompts, tm
         assert r["speedup_vs_ar"] == pytest.approx(r["tok_s"] / rows["ar"]["tok_s"], rel=2e-3)
         assert r["mismatches"] == 0
         assert len(stats[key].run_ids) == 2
+        if key == "ar":
+            assert r["speedup_ci90"] is None
+        else:  # paired bootstrap over the 2 prompts: brackets the point estimate
+            lo, hi = r["speedup_ci90"]
+            assert lo - 1e-3 <= r["speedup_vs_ar"] <= hi + 1e-3
+            assert (lo, hi) == pytest.approx(tuple(bench.ratio_interval(stats[key], stats["ar"])), abs=1e-3)
     assert len(tmp_store.list_runs()) == 6
 
 

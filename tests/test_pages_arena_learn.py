@@ -59,6 +59,7 @@ def test_arena_runs_bench_table_charts_and_past(store_env):
     ar = df.loc[df["method"] == "ar", "tok_s"].iloc[0]
     for _, r in df.iterrows():
         assert r["speedup_vs_ar"] == pytest.approx(r["tok_s"] / ar, rel=2e-3)
+    assert df["speedup_ci90"].tolist() == ["", ""]  # one prompt: no interval
     figs = _charts(at)
     speed = next(f for f in figs if _title(f).startswith("Speedup vs AR"))
     bars = {t["x"][0]: t["y"][0] for t in speed["data"] if t["type"] == "bar" and t["xaxis"] == "x"}
