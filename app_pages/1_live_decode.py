@@ -4,7 +4,7 @@ import pandas as pd
 import streamlit as st
 
 from dtree import figures, ui
-from dtree.engine import MAX_BUDGET, DecodeConfig
+from dtree.engine import DEFAULT_BUDGET, MAX_BUDGET, DecodeConfig
 from dtree.records import METHODS, VARIANT_BASES
 
 st.title("Live decode")
@@ -22,8 +22,13 @@ method = c1.selectbox("Method", METHODS, index=METHODS.index("caddtree"), key="m
                       help="ar: plain decoding; chain: DFlash block; ddtree: fixed node budget; "
                            "caddtree: budget chosen per round from the cost model")
 tree_method = method in VARIANT_BASES
-budget = c2.number_input("Budget B (nodes)", 0, MAX_BUDGET, 16, key="budget", disabled=not tree_method,
-                         help="ddtree: node budget; caddtree: the maximum budget; unused for ar/chain")
+if method == "caddtree":  # its own box: CaDDTree picks each round's budget, this only caps it (engine default 256)
+    budget = c2.number_input("Max budget (nodes)", 0, MAX_BUDGET, DEFAULT_BUDGET["caddtree"], key="budget_caddtree",
+                             help="caddtree: the largest tree it may build; it chooses each round's budget from the "
+                                  "cost model below this cap")
+else:
+    budget = c2.number_input("Budget B (nodes)", 0, MAX_BUDGET, 16, key="budget", disabled=not tree_method,
+                             help="ddtree: node budget; unused for ar/chain")
 spine = c3.checkbox("spine guarantee", key="spine", disabled=not tree_method,
                     help="ddtree/caddtree: the drafter's top-1 chain is always in the tree")
 PROBS = {"drafter": "drafter's own", "cal": "calibrated (fitted once)", "adapt": "calibrated during the run"}

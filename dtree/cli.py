@@ -69,13 +69,26 @@ def _summary(run) -> dict:
                          for ph in ("draft", "build", "verify", "commit")}}
 
 
+def _extrapolation_note(cm, max_budget: int) -> str | None:
+    """A note when CaDDTree may build trees larger than the profile measured (Cv is then extrapolated), else None."""
+    n_hi = int(cm.nodes[-1])
+    if max_budget <= n_hi:
+        return None
+    L0 = int(cm.contexts[0])
+    slope_ms = (float(cm.cv(n_hi, L0)) - float(cm.cv(max(0, n_hi - 1), L0))) * 1e3
+    return (f"note: the cost model was profiled up to n = {n_hi} nodes, caddtree may build up to {max_budget}: beyond "
+            f"n = {n_hi} Cv(n; L) is extrapolated linearly with the last fitted slope ({slope_ms:.3f} ms/node at "
+            f"L = {L0}); profile with --max-nodes {max_budget} or cap caddtree with --budget {n_hi} to stay in the "
+            "measured range")
+
+
 def cmd_decode(args) -> int:
     from tqdm import tqdm
 
     from .backend import Backend, cost_model_mismatch
     from .cost import CostWeights
-    from .engine import DecodeConfig
-    from .records import parse_method_key
+    from .engine import DEFAULT_BUDGET, DecodeConfig
+    from .records import parse_method, parse_method_key
 
     weights = CostWeights.parse(args.cost_weights)  # bad weights exit 2 before any model is loaded
     method, key_budget = parse_method_key(args.method, "method") if ":" in args.method else (args.method, None)
@@ -98,10 +111,21 @@ def cmd_decode(args) -> int:
     backend = Backend(args.target, args.dtype, args.device, args.drafter)
     backend.prepare(args.prompt, cfg)  # against the model's context; before anything is profiled or stored
     backend.cost_weights = None if weights.is_identity else weights
+    caddtree = parse_method(cfg.method).base == "caddtree"
+    if not weights.is_identity and not caddtree:
+        print(f"note: --cost-weights change only the costs stored and shown with this {cfg.method} run; its tree "
+              "size does not depend on them (caddtree's does)", file=sys.stderr)
     if args.cost_model:
         cm = backend.cost_model(path=args.cost_model)
         for why in cost_model_mismatch(cm, backend.target, backend.drafter):
             print(f"warning: {why}; its predictions may be wrong for this run (proceeding)", file=sys.stderr)
+    if caddtree:  # profiled now (first use on this machine), with its own progress line, not inside the token bar
+        cm = backend.cost_model(progress=lambda d, t: print(f"\rprofiling this machine's cost model (first caddtree "
+                                                            f"run only) {d}/{t}", end="\n" if d == t else "",
+                                                            file=sys.stderr))
+        note = _extrapolation_note(cm, cfg.budget if cfg.budget is not None else DEFAULT_BUDGET["caddtree"])
+        if note:
+            print(note, file=sys.stderr)
     if calibrated:
         backend.calibration(path=args.calibration, progress=lambda d, t: print(
             f"\rcalibrating the drafter on demo prompts {d}/{t}", end="\n" if d == t else "", file=sys.stderr))
@@ -211,7 +235,14 @@ def cmd_profile(args) -> int:
         print(f"note: the convex fit is {100 * gap['rel_gap']:.0f}% off the measurement at n={gap['n']}, "
               f"L={gap['context']}: Cv is not convex in n on this machine, so caddtree (the paper's convex model) "
               "misprices small trees; the caddtree-rawcv methods stop on the measured curve instead")
-    print(f"saved cost model to {path}")
+    from .engine import DEFAULT_BUDGET
+
+    note = _extrapolation_note(cm, DEFAULT_BUDGET["caddtree"])
+    if note:
+        print(note.replace("caddtree may build up to", "caddtree's default maximum budget is"))
+    default = default_cost_model_path(backend.target, backend.drafter)
+    where = " (caddtree's default cost model on this machine from now on)" if Path(path) == default else ""
+    print(f"saved cost model to {path}{where}")
     return 0
 
 
@@ -481,7 +512,15 @@ def cmd_bench(args) -> int:
         backend.prepare(p, DecodeConfig("ar", max_new_tokens=args.max_new_tokens, temperature=args.temperature))
     specs = [parse_method(m) for m, _ in methods]
     if any(s.base == "caddtree" for s in specs):
-        backend.cost_model(progress=lambda d, t: print(f"\rprofiling cost model {d}/{t}", end="", file=sys.stderr))
+        cm = backend.cost_model(progress=lambda d, t: print(f"\rprofiling cost model {d}/{t}", end="",
+                                                            file=sys.stderr))
+        from .engine import DEFAULT_BUDGET
+
+        caps = [b if b is not None else DEFAULT_BUDGET["caddtree"] for (m, b), sp in zip(methods, specs)
+                if sp.base == "caddtree"]
+        note = _extrapolation_note(cm, max(caps))
+        if note:
+            print(note, file=sys.stderr)
     if any(s.calibrated for s in specs):  # loaded or fitted now, outside the timed runs
         backend.calibration(path=args.calibration, progress=lambda d, t: print(
             f"\rcalibrating the drafter on demo prompts {d}/{t}", end="\n" if d == t else "", file=sys.stderr))

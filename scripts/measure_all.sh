@@ -13,7 +13,12 @@ mkdir -p docs/bench
 b() { local name=$1; shift; echo "== $name" >&2; "$PY" -m dtree bench "${DR[@]}" --store "$STORE" --out "docs/bench/$name.json" "$@"; }
 # issue 2 (chain tau on the first 20 GSM8K test questions) and issue 3 (speed vs AR), float32
 b gsm8k20-fp32 --dataset gsm8k --limit 20 --methods ar,chain,ddtree:16,caddtree,caddtree-adapt-rawcv --max-new-tokens 128 --dtype float32
-# issue 3: chain tau on the other sets and speed vs AR
+# issue 3 at the issue's size: first 50 GSM8K test questions and first 50 HumanEval problems, 128 new tokens (about
+# 40 and 80 minutes; ddtree:16/32/64 left out for time, the issue-4 lines below sweep every fixed budget at 64 tokens)
+I3=ar,chain,ddtree:8,caddtree,caddtree-adapt-rawcv
+b issue3-gsm8k50-fp32 --dataset gsm8k --limit 50 --methods "$I3" --max-new-tokens 128 --dtype float32
+b issue3-humaneval50-fp32 --dataset humaneval --limit 50 --methods "$I3" --max-new-tokens 128 --dtype float32
+# issue 3: chain tau on the other sets and speed vs AR (the smaller, earlier benches)
 b humaneval10-fp32 --dataset humaneval --limit 10 --methods ar,chain,ddtree:16,caddtree,caddtree-adapt-rawcv --max-new-tokens 128 --dtype float32
 b mtbench10-fp32 --dataset mt-bench --limit 10 --methods ar,chain,caddtree --max-new-tokens 128 --dtype float32
 b gsm8k5-bf16 --dataset gsm8k --limit 5 --methods ar,chain,ddtree:16,caddtree --max-new-tokens 128 --dtype bfloat16

@@ -86,7 +86,8 @@ def test_live_decode_variant_spine(store_env, tiny_cost):
     assert not at.checkbox(key="spine").disabled and not at.selectbox(key="probs").disabled
     at.text_area(key="prompt").input("What is 6 times 7?")
     at.checkbox(key="spine").check()
-    at.number_input(key="budget").set_value(8)
+    assert at.number_input(key="budget_caddtree").value == 256  # caddtree's cap defaults to the engine's
+    at.number_input(key="budget_caddtree").set_value(8)
     at.number_input(key="max_new").set_value(8)
     at.button[0].click().run()
     assert not at.exception, at.exception

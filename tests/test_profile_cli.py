@@ -49,6 +49,9 @@ def test_profile_writes_a_loadable_cost_model(tmp_path, capsys, drafter_dir):
     assert str(out) in cap.out and "raw/fit" in cap.out
     # the table prints the stored values in ms
     assert f"{cm.cv_fit_s[0, 4] * 1e3:8.2f}" in cap.out
+    # a profile up to 4 nodes says caddtree's default maximum (256) lies beyond it; --out is not the default model
+    assert "profiled up to n = 4 nodes, caddtree's default maximum budget is 256" in cap.out
+    assert "default cost model" not in cap.out
 
 
 @pytest.mark.parametrize("args, field", [
@@ -89,7 +92,17 @@ def test_decode_with_weights_warns_on_foreign_cost_model_then_replay(tmp_path, c
     cap = capsys.readouterr()
     assert rc == 0, cap.err
     assert "warning" in cap.err and "dtype 'bfloat16'" in cap.err
+    assert "extrapolated" not in cap.err  # budget 8 <= the 16 profiled nodes
     run_id = json.loads(cap.out)["run_id"]
+    # a cap beyond the profiled nodes is said; weights on a fixed-budget method are said to change no tree
+    for extra, said in ((["--method", "caddtree", "--budget", "32"], "profiled up to n = 16 nodes, caddtree may "
+                                                                      "build up to 32"),
+                        (["--method", "ddtree", "--budget", "4", "--cost-weights", "cd=2"], "tree size does not "
+                                                                                             "depend on them")):
+        rc = main(["decode", *BASE, "--drafter", drafter_dir, "--prompt", "Count to ten.", "--max-new-tokens", "2",
+                   "--cost-model", str(path), "--no-store", *extra])
+        cap = capsys.readouterr()
+        assert rc == 0 and said in cap.err, cap.err
 
     from dtree.store import TraceStore
 
