@@ -17,7 +17,7 @@ from .engine import DecodeConfig
 from .errors import InputError, check_float, check_int
 from .store import DEFAULT_STORE_PATH, default_store_path
 
-STORE_HELP = f"%(default)s: $DTREE_STORE when set, else {DEFAULT_STORE_PATH}"  # argparse fills %(default)s
+STORE_HELP = f"$DTREE_STORE when set, else {DEFAULT_STORE_PATH}; here: %(default)s"  # argparse fills %(default)s
 
 
 def _add_model_args(p: argparse.ArgumentParser) -> None:
@@ -26,7 +26,7 @@ def _add_model_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--drafter", default=None, help="drafter checkpoint folder (default: the shipped one)")
     p.add_argument("--dtype", default=None, choices=["float32", "bfloat16", "float16"],
                    help="weights dtype (default: float32 on CPU, measured faster and exact; bfloat16 on CUDA)")
-    p.add_argument("--device", default=None, help="cpu or cuda (default: cuda when available)")
+    p.add_argument("--device", default=None, help="cpu, cuda or cuda:N (default: cuda when available)")
 
 
 def _add_decode_args(p: argparse.ArgumentParser) -> None:
