@@ -119,6 +119,7 @@ class MethodStats:
     reference: str | None = None  # method whose outputs ``mismatches`` compares against; None: not checked
     run_ids: list[int] = field(default_factory=list)
     rounds: int = 0
+    max_budget: int = 0  # largest tree (nodes) of any round
 
     def add(self, run) -> None:
         """Append one finished :class:`dtree.records.RunRecord` (one prompt) to these lists."""
@@ -130,6 +131,7 @@ class MethodStats:
         for ph in self.phase_ms:
             self.phase_ms[ph] += sum(getattr(r, f"{ph}_ms") for r in run.rounds)
         self.rounds += len(run.rounds)
+        self.max_budget = max([self.max_budget, *(int(r.budget) for r in run.rounds)])
         if run.run_id is not None:
             self.run_ids.append(int(run.run_id))
 

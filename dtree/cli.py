@@ -69,17 +69,18 @@ def _summary(run) -> dict:
                          for ph in ("draft", "build", "verify", "commit")}}
 
 
-def _extrapolation_note(cm, max_budget: int) -> str | None:
-    """A note when CaDDTree may build trees larger than the profile measured (Cv is then extrapolated), else None."""
+def _extrapolation_note(cm, max_budget: int, built: int | None = None) -> str | None:
+    """A note when CaDDTree may build (``built`` given: did build) trees larger than the profile measured, where Cv is
+    extrapolated; else None."""
     n_hi = int(cm.nodes[-1])
-    if max_budget <= n_hi:
+    if (built if built is not None else max_budget) <= n_hi:
         return None
     L0 = int(cm.contexts[0])
     slope_ms = (float(cm.cv(n_hi, L0)) - float(cm.cv(max(0, n_hi - 1), L0))) * 1e3
-    return (f"note: the cost model was profiled up to n = {n_hi} nodes, caddtree may build up to {max_budget}: beyond "
-            f"n = {n_hi} Cv(n; L) is extrapolated linearly with the last fitted slope ({slope_ms:.3f} ms/node at "
-            f"L = {L0}); profile with --max-nodes {max_budget} or cap caddtree with --budget {n_hi} to stay in the "
-            "measured range")
+    what = f"caddtree built trees of up to {built} nodes" if built is not None else f"caddtree may build up to {max_budget}"
+    return (f"note: the cost model was profiled up to n = {n_hi} nodes, {what}: beyond n = {n_hi} Cv(n; L) is "
+            f"extrapolated linearly with the last fitted slope ({slope_ms:.3f} ms/node at L = {L0}); profile with "
+            f"--max-nodes {max_budget} or cap caddtree with --budget {n_hi} to stay in the measured range")
 
 
 def cmd_decode(args) -> int:
@@ -123,9 +124,7 @@ def cmd_decode(args) -> int:
         cm = backend.cost_model(progress=lambda d, t: print(f"\rprofiling this machine's cost model (first caddtree "
                                                             f"run only) {d}/{t}", end="\n" if d == t else "",
                                                             file=sys.stderr))
-        note = _extrapolation_note(cm, cfg.budget if cfg.budget is not None else DEFAULT_BUDGET["caddtree"])
-        if note:
-            print(note, file=sys.stderr)
+        cad_cap = cfg.budget if cfg.budget is not None else DEFAULT_BUDGET["caddtree"]
     if calibrated:
         backend.calibration(path=args.calibration, progress=lambda d, t: print(
             f"\rcalibrating the drafter on demo prompts {d}/{t}", end="\n" if d == t else "", file=sys.stderr))
@@ -148,6 +147,10 @@ def cmd_decode(args) -> int:
             bar.close()
 
     run = run_one(cfg)
+    if caddtree and run.rounds:  # said only when a tree really went beyond the profiled node counts
+        note = _extrapolation_note(backend.cost_model(), cad_cap, built=max(r.budget for r in run.rounds))
+        if note:
+            print(note, file=sys.stderr)
     out = {"text": run.output_text, **_summary(run)}
     if args.compare_ar and cfg.method != "ar":
         ar = run_one(DecodeConfig("ar", None, cfg.max_new_tokens, cfg.temperature, cfg.seed, cfg.topk_log))
@@ -516,11 +519,8 @@ def cmd_bench(args) -> int:
                                                             file=sys.stderr))
         from .engine import DEFAULT_BUDGET
 
-        caps = [b if b is not None else DEFAULT_BUDGET["caddtree"] for (m, b), sp in zip(methods, specs)
-                if sp.base == "caddtree"]
-        note = _extrapolation_note(cm, max(caps))
-        if note:
-            print(note, file=sys.stderr)
+        cad_keys = {bench.method_key(m, b): (b if b is not None else DEFAULT_BUDGET["caddtree"])
+                    for (m, b), sp in zip(methods, specs) if sp.base == "caddtree"}
     if any(s.calibrated for s in specs):  # loaded or fitted now, outside the timed runs
         backend.calibration(path=args.calibration, progress=lambda d, t: print(
             f"\rcalibrating the drafter on demo prompts {d}/{t}", end="\n" if d == t else "", file=sys.stderr))
@@ -535,6 +535,11 @@ def cmd_bench(args) -> int:
     stats = bench.run_bench(backend, prompts, methods, args.max_new_tokens, args.temperature, store=store,
                             progress=lambda d, t: bar.update(d - bar.n))
     bar.close()
+    if any(s.base == "caddtree" for s in specs):  # said only when a tree really went beyond the profiled nodes
+        built = max((stats[k].max_budget for k in cad_keys if k in stats), default=0)
+        note = _extrapolation_note(cm, max(cad_keys.values()), built=built)
+        if note:
+            print(note, file=sys.stderr)
     rows = bench.summary_rows(stats)
     df = pd.DataFrame(rows)
     print(df.to_string(index=False))

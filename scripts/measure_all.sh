@@ -19,9 +19,8 @@ I3=ar,chain,ddtree:8,caddtree,caddtree-adapt-rawcv
 b issue3-gsm8k50-fp32 --dataset gsm8k --limit 50 --methods "$I3" --max-new-tokens 128 --dtype float32
 b issue3-humaneval50-fp32 --dataset humaneval --limit 50 --methods "$I3" --max-new-tokens 128 --dtype float32
 # issue 3: chain tau on the other sets and speed vs AR (the smaller, earlier benches)
-b humaneval10-fp32 --dataset humaneval --limit 10 --methods ar,chain,ddtree:16,caddtree,caddtree-adapt-rawcv --max-new-tokens 128 --dtype float32
-b mtbench10-fp32 --dataset mt-bench --limit 10 --methods ar,chain,caddtree --max-new-tokens 128 --dtype float32
-b gsm8k5-bf16 --dataset gsm8k --limit 5 --methods ar,chain,ddtree:16,caddtree --max-new-tokens 128 --dtype bfloat16
+b issue3-mtbench10-fp32 --dataset mt-bench --limit 10 --methods ar,chain,caddtree --max-new-tokens 128 --dtype float32
+b issue3-gsm8k5-bf16 --dataset gsm8k --limit 5 --methods ar,chain,caddtree --max-new-tokens 128 --dtype bfloat16
 # issue 4: caddtree and its calibrated variant against every fixed budget (oracle), replay vs live, unimodality
 # (the drafter-v2 GSM8K table in the README, docs/bench/issue4-gsm8k8*.json, also had caddtree-spine in --methods)
 # (drafter v3's benches, docs/bench/issue4-{gsm8k8-v3,humaneval8}*, had the same list without the -adapt and -rawcv variants)

@@ -94,13 +94,16 @@ def test_decode_with_weights_warns_on_foreign_cost_model_then_replay(tmp_path, c
     assert "warning" in cap.err and "dtype 'bfloat16'" in cap.err
     assert "extrapolated" not in cap.err  # budget 8 <= the 16 profiled nodes
     run_id = json.loads(cap.out)["run_id"]
-    # a cap beyond the profiled nodes is said; weights on a fixed-budget method are said to change no tree
-    for extra, said in ((["--method", "caddtree", "--budget", "32"], "profiled up to n = 16 nodes, caddtree may "
-                                                                      "build up to 32"),
+    # trees built beyond the profiled nodes are said (a flat 3-node profile: extra nodes look free, so caddtree fills
+    # its cap); weights on a fixed-budget method are said to change no tree
+    flat = CostModel.from_measurements(0.01, [32, 512], [0, 1, 2], np.full((2, 3), 0.05),
+                                       {"target": "embedded", "dtype": "float32"}).save(tmp_path / "flat.json")
+    for extra, said in ((["--method", "caddtree", "--budget", "12", "--cost-model", str(flat)],
+                         "profiled up to n = 2 nodes, caddtree built trees of up to 12 nodes"),
                         (["--method", "ddtree", "--budget", "4", "--cost-weights", "cd=2"], "tree size does not "
                                                                                              "depend on them")):
         rc = main(["decode", *BASE, "--drafter", drafter_dir, "--prompt", "Count to ten.", "--max-new-tokens", "2",
-                   "--cost-model", str(path), "--no-store", *extra])
+                   "--no-store", *extra])
         cap = capsys.readouterr()
         assert rc == 0 and said in cap.err, cap.err
 
