@@ -52,7 +52,7 @@ def test_live_decode_runs_and_draws_tree(store_env):
     at = _live()
     assert not at.exception
     at.text_area(key="prompt").input("What is 6 times 7?")
-    at.selectbox(key="method").select("ddtree")
+    at.selectbox(key="method").select("ddtree").run()  # ddtree's budget box replaces caddtree's cap
     at.number_input(key="budget").set_value(4)
     at.number_input(key="max_new").set_value(12)
     at.button[0].click().run()
