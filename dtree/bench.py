@@ -180,9 +180,9 @@ def _check_outputs(stats: dict[str, MethodStats], prompt: int, outputs: dict[str
 def summary_rows(stats: dict[str, MethodStats]) -> list[dict]:
     """One row per method: median tokens/s, TPOT (ms/token), speedup vs AR (ratio of medians) with its 90% paired
     bootstrap interval over prompts (``speedup_ci90`` = [lo, hi], :func:`ratio_interval`; None for AR itself, without
-    AR, or with fewer than 2 prompts), mean tau, mean budget, phase shares (% of round time), the number of prompts whose output differs from the reference method's
-    (``mismatches``; None when not checked, i.e. temperature > 0) and that ``reference`` (AR when benched, else the
-    first method).
+    AR, or with fewer than 2 prompts), mean tau, mean budget, phase shares (% of round time), the number of prompts
+    whose output differs from the reference method's (``mismatches``; None when not checked, i.e. temperature > 0)
+    and that ``reference`` (AR when benched, else the first method).
 
     Round time is draft + build + verify + commit as the engine times them (prefill excluded). ``build_share_%`` is the
     share spent building the tree, which includes every cost-model lookup, the calibration table and CaDDTree's

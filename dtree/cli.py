@@ -141,14 +141,13 @@ def cmd_decode(args) -> int:
             bar.update(min(n_done, c.max_new_tokens) - bar.n)
 
         try:
-            return backend.decode(args.prompt, c, store=store, on_round=on_round,
-                                  cost_progress=lambda d, t: bar.set_postfix_str(f"profiling cost model {d}/{t}"))
+            return backend.decode(args.prompt, c, store=store, on_round=on_round)  # caddtree's model: profiled above
         finally:
             bar.close()
 
     run = run_one(cfg)
     if caddtree and run.rounds:  # said only when a tree really went beyond the profiled node counts
-        note = _extrapolation_note(backend.cost_model(), cad_cap, built=max(r.budget for r in run.rounds))
+        note = _extrapolation_note(cm, cad_cap, built=max(r.budget for r in run.rounds))
         if note:
             print(note, file=sys.stderr)
     out = {"text": run.output_text, **_summary(run)}
