@@ -122,7 +122,11 @@ if res is not None:
         "speedup_ci90": "90% interval (paired bootstrap over prompts)",
         "mean_tau": st.column_config.NumberColumn("mean tau (tokens/round)", format="%.2f"),
         "mean_budget": st.column_config.NumberColumn("mean budget (nodes/round)", format="%.1f"),
-        "mismatches": f"outputs ≠ {rows[0]['reference'] or 'AR'} (prompts)", "reference": None})
+        "mismatches": f"outputs ≠ {rows[0]['reference'] or 'AR'} (prompts)", "reference": None,
+        "verify_vs_model": st.column_config.NumberColumn(
+            "verify time / model's Cv", format="%.2f",
+            help="logged verify time over the Cv(n; L) the run's cost model predicted for the same rounds (median "
+                 "over prompts); far from 1: the machine's speed changed since it was profiled")})
     st.plotly_chart(figures.speedup_figure(rows), width="stretch")
     st.plotly_chart(figures.bench_phase_figure(rows), width="stretch")
 

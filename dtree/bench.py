@@ -120,6 +120,8 @@ class MethodStats:
     run_ids: list[int] = field(default_factory=list)
     rounds: int = 0
     max_budget: int = 0  # largest tree (nodes) of any round
+    verify_vs_model: list[float] = field(default_factory=list)  # per prompt, :func:`verify_vs_model` (runs that
+    # stored a cost model only)
 
     def add(self, run) -> None:
         """Append one finished :class:`dtree.records.RunRecord` (one prompt) to these lists."""
@@ -132,8 +134,32 @@ class MethodStats:
             self.phase_ms[ph] += sum(getattr(r, f"{ph}_ms") for r in run.rounds)
         self.rounds += len(run.rounds)
         self.max_budget = max([self.max_budget, *(int(r.budget) for r in run.rounds)])
+        ratio = verify_vs_model(run)
+        if ratio is not None:
+            self.verify_vs_model.append(ratio)
         if run.run_id is not None:
             self.run_ids.append(int(run.run_id))
+
+
+def verify_vs_model(run) -> float | None:
+    """How fast this run's verify forwards really were against the cost model it decided with.
+
+    Returns sum_i verify_ms_i / sum_i 1000 Cv(n_i; L_i) over the run's speculative rounds, with n_i the round's node
+    budget, L_i its start (tokens before it) and Cv the cost model stored with the run (weights included,
+    :meth:`dtree.cost.CostModel.cv`): 1.0 when the profile priced these verifies right, 1.5 when they took half as
+    long again (the machine got slower since it was profiled, or the weights say so). None for a run without a
+    stored cost model (AR; a chain or ddtree run before any profile existed) or without speculative rounds.
+    """
+    if not run.cost_model:
+        return None
+    from .cost import CostModel
+
+    rounds = [r for r in run.rounds if r.marg_tokens.size]  # AR-like rounds carry no marginals and no draft
+    if not rounds:
+        return None
+    cost = CostModel.from_dict(run.cost_model)
+    predicted = sum(float(cost.cv(int(r.budget), int(r.start))) for r in rounds) * 1e3
+    return float(sum(r.verify_ms for r in rounds) / predicted) if predicted > 0 else None
 
 
 def run_bench(backend, prompts: list[str], methods: list[tuple[str, int | None]], max_new_tokens: int = 128,
@@ -182,7 +208,8 @@ def summary_rows(stats: dict[str, MethodStats]) -> list[dict]:
     bootstrap interval over prompts (``speedup_ci90`` = [lo, hi], :func:`ratio_interval`; None for AR itself, without
     AR, or with fewer than 2 prompts), mean tau, mean budget, phase shares (% of round time), the number of prompts
     whose output differs from the reference method's (``mismatches``; None when not checked, i.e. temperature > 0)
-    and that ``reference`` (AR when benched, else the first method).
+    and that ``reference`` (AR when benched, else the first method), and ``verify_vs_model``, the median over prompts
+    of :func:`verify_vs_model` (None when no run stored a cost model).
 
     Round time is draft + build + verify + commit as the engine times them (prefill excluded). ``build_share_%`` is the
     share spent building the tree, which includes every cost-model lookup, the calibration table and CaDDTree's
@@ -204,6 +231,7 @@ def summary_rows(stats: dict[str, MethodStats]) -> list[dict]:
             "build_ms_per_round": round(s.phase_ms["build"] / s.rounds, 3) if s.rounds else 0.0,
             "mismatches": len(s.mismatches) if s.reference is not None else None,
             "reference": s.reference,
+            "verify_vs_model": round(statistics.median(s.verify_vs_model), 3) if s.verify_vs_model else None,
         })
     return rows
 

@@ -45,12 +45,7 @@ def _add_decode_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--temperature", type=float, default=0.0, help="0 = greedy (default); > 0 samples losslessly")
     p.add_argument("--seed", type=int, default=0, help="sampling seed (temperature > 0)")
     p.add_argument("--topk-log", type=int, default=32, help="drafter top-k marginals logged per depth (default 32)")
-    p.add_argument("--cost-model", default=None, help="cost-model JSON file for caddtree (default: auto-profiled)")
-    p.add_argument("--cost-weights", default=None,
-                   help="cost weights on the profile, e.g. 'cd=1.5,cv=0.8' (scales), 'cv_tree=1.3' (scale on what the "
-                        "tree adds to a root-only verify, Cv(n; L) - Cv(0; L); default: cv) or "
-                        "'cv_a=0.05,cv_b=0.002,cv_c=0' (analytic Cv = a + b n + c n^2 seconds) and 'cd_s=0.004' (Cd "
-                        "override, seconds)")
+    _add_cost_args(p)
     p.add_argument("--calibration", default=None,
                    help="calibration JSON for -cal methods (from `python -m dtree calibrate`; default: fitted once on "
                         "the built-in demo prompts and cached per drafter)")
@@ -58,6 +53,35 @@ def _add_decode_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--json", action="store_true", help="print a JSON summary instead of text")
     p.add_argument("--store", default=default_store_path(), help=f"trace store file (default {STORE_HELP})")
     p.add_argument("--no-store", action="store_true", help="do not log the run")
+
+
+def _add_cost_args(p) -> None:
+    p.add_argument("--cost-model", default=None, help="cost-model JSON file for caddtree (default: auto-profiled)")
+    p.add_argument("--cost-weights", default=None,
+                   help="cost weights on the profile, e.g. 'cd=1.5,cv=0.8' (scales), 'cv_tree=1.3' (scale on what the "
+                        "tree adds to a root-only verify, Cv(n; L) - Cv(0; L); default: cv) or "
+                        "'cv_a=0.05,cv_b=0.002,cv_c=0' (analytic Cv = a + b n + c n^2 seconds) and 'cd_s=0.004' (Cd "
+                        "override, seconds)")
+
+
+DRIFT_BAND = (0.8, 1.25)  # verify time / the cost model's Cv outside this band: say the profile looks stale
+
+
+def _drift_note(ratios, cm, store_path: str | None = None, tag: str | None = None) -> str | None:
+    """A note when the verify forwards of these runs took a different time than the cost model they used predicted
+    (median of :func:`dtree.bench.verify_vs_model` outside :data:`DRIFT_BAND`); None otherwise or without ratios."""
+    if not ratios:
+        return None
+    r = float(statistics.median(ratios))
+    if DRIFT_BAND[0] <= r <= DRIFT_BAND[1]:
+        return None
+    when = (cm.meta.get("date") if cm is not None else None) or "an unknown date"
+    return (f"note: the verify forwards of these runs took {r:.2f}x the time their cost model predicts (profiled "
+            f"{when}): this machine's speed has changed since (a shared or throttled machine drifts by that much). "
+            "caddtree weighs Cd against Cv(n; L), so a stale profile moves its budgets: re-profile with `python -m "
+            "dtree profile`"
+            + (f", or fit weights to these runs (`python -m dtree fit-cost --store {store_path} --tag {tag} --out "
+               "fitted-cost.json`, then --cost-model fitted-cost.json)" if tag else ""))
 
 
 def _summary(run) -> dict:
@@ -495,11 +519,15 @@ def cmd_bench(args) -> int:
     from tqdm import tqdm
 
     from . import bench
-    from .backend import Backend
+    from .backend import Backend, cost_model_mismatch
+    from .cost import CostModel, CostWeights
     from .models import dtype_name
     from .records import parse_method
 
     methods = bench.parse_methods(args.methods)  # bad input fails before any model loads or anything is stored
+    weights = CostWeights.parse(args.cost_weights)
+    if args.cost_model:
+        CostModel.load(args.cost_model)
     if args.calibration:
         from .calibration import Calibration
 
@@ -513,6 +541,13 @@ def cmd_bench(args) -> int:
     for p in prompts:
         backend.prepare(p, DecodeConfig("ar", max_new_tokens=args.max_new_tokens, temperature=args.temperature))
     specs = [parse_method(m) for m, _ in methods]
+    backend.cost_weights = None if weights.is_identity else weights
+    if args.cost_model:
+        for why in cost_model_mismatch(backend.cost_model(path=args.cost_model), backend.target, backend.drafter):
+            print(f"warning: {why}; its predictions may be wrong for these runs (proceeding)", file=sys.stderr)
+    if not weights.is_identity and not any(s.base == "caddtree" for s in specs):
+        print("note: --cost-weights change only the costs stored and shown with these runs; no tree size here depends "
+              "on them (caddtree's does)", file=sys.stderr)
     if any(s.base == "caddtree" for s in specs):
         cm = backend.cost_model(progress=lambda d, t: print(f"\rprofiling cost model {d}/{t}", end="",
                                                             file=sys.stderr))
@@ -542,6 +577,10 @@ def cmd_bench(args) -> int:
     rows = bench.summary_rows(stats)
     df = pd.DataFrame(rows)
     print(df.to_string(index=False))
+    note = _drift_note([v for s in stats.values() for v in s.verify_vs_model], backend.current_cost_model(),
+                       store_path=args.store, tag=None if store is None else store.tag)
+    if note:
+        print(note, file=sys.stderr)
     if "ar" in stats:
         gbps = backend.target.weight_bytes * statistics.median(stats["ar"].tok_s) / 1e9
         print(f"AR reads the {backend.target.weight_bytes / 1e6:.0f} MB of weights once per token: "
@@ -558,6 +597,7 @@ def cmd_bench(args) -> int:
             out.write_text(json.dumps({"dataset": args.dataset, "limit": args.limit, "methods": args.methods,
                                        "max_new_tokens": args.max_new_tokens, "temperature": args.temperature,
                                        "dtype": dtype_name(backend.target.dtype),
+                                       "cost_model": args.cost_model or "auto", "cost_weights": weights.to_dict(),
                                        "store": None if store is None else str(args.store),
                                        "tag": None if store is None else store.tag, "summary": rows,
                                        "per_prompt": {k: vars(v) for k, v in stats.items()}}, indent=2))
@@ -686,6 +726,7 @@ def build_parser() -> argparse.ArgumentParser:
                         "caddtree-spine[:B], caddtree-cal-spine[:B], caddtree-adapt[:B], caddtree-adapt-spine[:B], "
                         "caddtree-rawcv[:B], caddtree-adapt-rawcv[:B], "
                         "ddtree-spine:B, ddtree-cal:B, ddtree-cal-spine:B, ddtree-adapt:B, ddtree-adapt-spine:B")
+    _add_cost_args(b)
     b.add_argument("--calibration", default=None,
                    help="calibration JSON for -cal methods (default: fitted once on the demo prompts and cached)")
     b.add_argument("--max-new-tokens", type=int, default=128)

@@ -119,7 +119,100 @@ def test_bad_datasets(tmp_path):
 
 def test_bench_cli_bad_input_exits_2_and_stores_nothing(tmp_path, capsys):
     store = tmp_path / "b.sqlite"
-    for args in (["--methods", "ddtree:abc"], ["--dataset", "nope"], ["--limit", "0"], ["--out", "x.txt"]):
+    corrupt = tmp_path / "cm.json"
+    corrupt.write_text("{not json")
+    for args in (["--methods", "ddtree:abc"], ["--dataset", "nope"], ["--limit", "0"], ["--out", "x.txt"],
+                 ["--cost-weights", "cd=-1"], ["--cost-weights", "cv=nan"], ["--cost-model", str(tmp_path / "no.json")],
+                 ["--cost-model", str(corrupt)]):
         assert main(["bench", "--store", str(store), *args]) == 2
         assert "error:" in capsys.readouterr().err
     assert not store.exists()
+
+
+def _cost_run(cost_model, rounds):
+    from dtree.records import RunRecord
+
+    run = RunRecord(method="caddtree", params={"seed": 0}, target="t", drafter="d", dtype="float32", device="cpu",
+                    prompt="p", prompt_ids=[1, 2, 3], cost_model=None if cost_model is None else cost_model.to_dict())
+    run.rounds = rounds
+    return run
+
+
+def test_verify_vs_model_is_logged_verify_time_over_the_stored_models_cv():
+    """The ratio reads each round's budget n and start L in the run's own (weighted) cost model; AR-like rounds (no
+    marginals) and runs without a cost model give nothing."""
+    import numpy as np
+
+    from dtree.cost import CostModel, CostWeights
+    from dtree.records import RoundRecord
+
+    nodes = np.array([0, 4, 8, 16])
+    cv = np.array([[0.02 + 1e-3 * n for n in nodes], [0.04 + 1e-3 * n for n in nodes]])  # linear: the fit is exact
+    cm = CostModel.from_measurements(0.01, [0, 1000], nodes, cv).weighted(CostWeights(cv_scale=2.0))
+    marg = (np.zeros((3, 2), np.int64), np.zeros((3, 2), np.float32))
+
+    def rnd(i, start, n, verify_ms, drafted=True):
+        m = marg if drafted else (np.zeros((0, 0), np.int64), np.zeros((0, 0), np.float32))
+        return RoundRecord(index=i, start=start, anchor=5, marg_tokens=m[0], marg_logprobs=m[1],
+                           tree=trees.root_only_tree(5), budget=n, budget_reason="test", accepted=[0], bonus=6,
+                           committed=[5], verify_ms=verify_ms)
+
+    # predicted (weighted, ms): L=500 is halfway, Cv = 2 * (30 + n); the logged verifies take 1.5x that
+    r0 = rnd(0, 500, 8, 1.5 * 2 * (30 + 8))
+    r1 = rnd(1, 1000, 0, 1.5 * 2 * 40)
+    ar_like = rnd(2, 1001, 0, 999.0, drafted=False)
+    assert bench.verify_vs_model(_cost_run(cm, [r0, r1, ar_like])) == pytest.approx(1.5, rel=1e-3)
+    assert bench.verify_vs_model(_cost_run(cm, [ar_like])) is None
+    assert bench.verify_vs_model(_cost_run(None, [r0, r1])) is None
+    s = bench.MethodStats()
+    s.add(_cost_run(cm, [r0, r1]))
+    s.add(_cost_run(None, [r0]))
+    assert s.verify_vs_model == [pytest.approx(1.5, rel=1e-3)]
+    assert bench.summary_rows({"caddtree": s})[0]["verify_vs_model"] == pytest.approx(1.5, abs=1e-3)
+
+
+def test_drift_note_only_outside_the_band():
+    from dtree.cli import DRIFT_BAND, _drift_note
+
+    class CM:
+        meta = {"date": "2026-11-29T23:25:13+00:00"}
+
+    assert _drift_note([], CM()) is None
+    assert _drift_note([DRIFT_BAND[0], 1.0, DRIFT_BAND[1]], CM()) is None
+    slow = _drift_note([1.6, 1.7, 0.9], CM(), store_path="s.sqlite", tag="bench:x")
+    assert "1.60x" in slow and "2026-11-29" in slow and "--tag bench:x" in slow and "dtree profile" in slow
+    assert "0.50x" in _drift_note([0.5], None)
+
+
+def test_bench_cli_uses_the_given_cost_model_and_weights(backend32, two_prompts, tmp_path, monkeypatch, capsys):
+    """--cost-model FILE and --cost-weights reach caddtree: the stored run carries that profile with those weights
+    (and so does the JSON summary); the backend's auto-profile is never used."""
+    import numpy as np
+
+    import dtree.backend
+    from dtree.cost import CostModel
+    from dtree.store import TraceStore
+
+    nodes = np.array([0, 2, 4, 8, 16])
+    cm = CostModel.from_measurements(0.01, [0, 1024], nodes,
+                                     np.array([[0.02 + 2e-3 * n + 4e-4 * n * n for n in nodes]] * 2),
+                                     meta={"model": "test profile"})
+    path = cm.save(tmp_path / "cm.json")
+    monkeypatch.setattr(dtree.backend, "Backend", lambda *a, **k: backend32)
+    monkeypatch.setattr(backend32, "_cost_model", None)
+    monkeypatch.setattr(backend32, "cost_weights", None)
+    monkeypatch.setattr(dtree.backend, "profile_cost_model", lambda *a, **k: pytest.fail("must not profile"))
+    store, out = tmp_path / "b.sqlite", tmp_path / "b.json"
+    assert main(["bench", "--dataset", str(two_prompts), "--limit", "1", "--methods", "caddtree:8",
+                 "--max-new-tokens", "8", "--cost-model", str(path), "--cost-weights", "cd=2,cv_tree=3",
+                 "--store", str(store), "--out", str(out)]) == 0
+    with TraceStore(store) as s:
+        (run_id,) = s.list_runs()["id"].tolist()
+        run = s.load_run(int(run_id))
+    used = CostModel.from_dict(run.cost_model)
+    assert used.meta["model"] == "test profile"
+    assert (used.weights.cd_scale, used.weights.cv_tree_scale) == (2.0, 3.0)
+    assert used.cd_s == pytest.approx(0.02)
+    summary = json.loads(out.read_text())
+    assert summary["cost_model"] == str(path) and summary["cost_weights"]["cd_scale"] == 2.0
+    assert summary["summary"][0]["verify_vs_model"] > 0
