@@ -29,8 +29,9 @@ if method == "caddtree":  # its own box: CaDDTree picks each round's budget, thi
 else:
     budget = c2.number_input("Budget B (nodes)", 0, MAX_BUDGET, 16, key="budget", disabled=not tree_method,
                              help="ddtree: node budget; unused for ar/chain")
-spine = c3.checkbox("spine guarantee", key="spine", disabled=not tree_method,
-                    help="ddtree/caddtree: the drafter's top-1 chain is always in the tree")
+spine = c3.checkbox("top-1 spine", key="spine", disabled=not tree_method,
+                    help="spine guarantee (ddtree/caddtree): the drafter's top-1 chain is always in the tree, up to "
+                         "the budget")
 PROBS = {"drafter": "drafter's own", "cal": "calibrated (fitted once)", "adapt": "calibrated during the run"}
 probs = c4.selectbox("Path probabilities", list(PROBS), key="probs", format_func=PROBS.get, disabled=not tree_method,
                      help="ddtree/caddtree: rank nodes (and, for caddtree, predict Phi(n)) by the drafter's path "
