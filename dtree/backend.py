@@ -14,7 +14,7 @@ import numpy as np
 import torch
 
 from . import engine
-from .cost import hardware_description, profile_quick
+from .cost import cost_model_from_profile, hardware_description, profile_verify
 from .errors import InputError
 from .models import Target, cache_dir, dtype_name, load_target
 from .records import RunRecord
@@ -23,35 +23,44 @@ QUICK_CONTEXTS = (64, 256, 1024)
 QUICK_NODES = (0, 1, 2, 4, 8, 16, 32, 64, 128)
 
 
-@torch.inference_mode()
-def measure_draft_cost(target: Target, drafter, repeats: int = 7, context: int = 256, new_tokens: int = 3) -> float:
-    """Steady-state draft cost Cd in seconds (median over ``repeats``).
+class DraftStepTimer:
+    """Times one steady-state drafter round: ingest ``new_tokens`` new context features (about tau, as in a real
+    round, not a full re-ingest: spec 3.4's note on the official profiler), draft one block and take the top-32
+    marginals, exactly like the engine's draft phase. Calling the object runs one such step and returns its seconds.
 
-    Each call ingests ``new_tokens`` new context features (about tau, as in a real round, not a full re-ingest: spec
-    3.4's note on the official profiler) after ``context`` cached ones, drafts one block and takes the top-k
-    marginals, exactly like the engine's draft phase.
+    The drafter's cache starts with ``context`` random feature rows; once it holds 64 more, it is rebuilt (untimed),
+    so every timed step sees a context of ``context`` .. ``context + 64`` rows.
     """
-    from .trees import topk_marginals
 
-    gen = torch.Generator().manual_seed(0)
-    n_feat = drafter.extract_features(tuple(torch.zeros(1, 1, target.hidden_size, dtype=target.dtype,
-                                                        device=target.device) for _ in range(target.n_layers + 1)))
-    width = n_feat.shape[-1]
-    feats = torch.randn(1, context, width, generator=gen).to(target.device, target.dtype)
-    cache = drafter.new_cache()
-    drafter.draft_logits(target.model, cache, feats, 1, context)
-    times = []
-    start = context
-    for _ in range(repeats):
-        new = torch.randn(1, new_tokens, width, generator=gen).to(target.device, target.dtype)
-        start += new_tokens
-        engine._sync(target.device)
+    def __init__(self, target: Target, drafter, context: int = 256, new_tokens: int = 3, seed: int = 0):
+        self.target, self.drafter, self.context, self.new_tokens = target, drafter, context, new_tokens
+        self.gen = torch.Generator().manual_seed(seed)
+        zeros = tuple(torch.zeros(1, 1, target.hidden_size, dtype=target.dtype, device=target.device)
+                      for _ in range(target.n_layers + 1))
+        self.width = drafter.extract_features(zeros).shape[-1]
+        self._reset()
+
+    @torch.inference_mode()
+    def _reset(self) -> None:
+        feats = torch.randn(1, self.context, self.width, generator=self.gen).to(self.target.device, self.target.dtype)
+        self.cache = self.drafter.new_cache()
+        self.drafter.draft_logits(self.target.model, self.cache, feats, 1, self.context)
+        self.start = self.context
+
+    @torch.inference_mode()
+    def __call__(self) -> float:
+        from .trees import topk_marginals
+
+        if self.start + self.new_tokens > self.context + 64:
+            self._reset()
+        new = torch.randn(1, self.new_tokens, self.width, generator=self.gen).to(self.target.device, self.target.dtype)
+        self.start += self.new_tokens
+        engine._sync(self.target.device)
         t0 = time.perf_counter()
-        logp = drafter.draft_logits(target.model, cache, new, 1, start)
+        logp = self.drafter.draft_logits(self.target.model, self.cache, new, 1, self.start)
         topk_marginals(logp, 32)
-        engine._sync(target.device)
-        times.append(time.perf_counter() - t0)
-    return float(np.median(times))
+        engine._sync(self.target.device)
+        return time.perf_counter() - t0
 
 
 def default_cost_model_path(target: Target, drafter) -> Path:
@@ -95,13 +104,22 @@ def fit_warmup_calibration(target: Target, drafter, n_prompts: int = 6, max_new_
 
 def profile_cost_model(target: Target, drafter, contexts=QUICK_CONTEXTS, nodes=QUICK_NODES, repeats: int = 3,
                        progress=None):
-    """Measure Cd (:func:`measure_draft_cost`) and Cv(n; L) (tree-shaped masks) on this machine and fit the cost
-    model (monotone convex in n). ``progress`` is an optional callable ``(done, total)``. Returns a CostModel.
+    """Measure Cd and Cv(n; L) (tree-shaped masks) on this machine and fit the cost model (monotone convex in n).
+
+    Cd is the median of one :class:`DraftStepTimer` step run after EVERY timed verify forward of
+    :func:`dtree.cost.profile_verify` (as drafting alternates with verifying in a real round), so Cd and Cv are sampled
+    over the same minutes: a shared machine whose speed drifts while the profile runs shifts both alike and their
+    ratio, which CaDDTree's budget rule weighs, stays right. ``progress`` is an optional callable ``(done, total)``.
+    Returns a CostModel (``meta["cd_samples"]``: how many steps Cd is the median of).
     """
-    cd = measure_draft_cost(target, drafter)
-    meta = {"target": target.name, "drafter": getattr(drafter, "name", None), "dtype": dtype_name(target.dtype)}
-    return profile_quick(target.model, cd, target.dtype, target.device, contexts=contexts, nodes=nodes,
-                         repeats=repeats, progress=progress, meta=meta)
+    step = DraftStepTimer(target, drafter)
+    cd_times: list[float] = []
+    raw = profile_verify(target.model, contexts, nodes, repeats, target.dtype, target.device, progress=progress,
+                         between=lambda: cd_times.append(step()))
+    meta = {"target": target.name, "drafter": getattr(drafter, "name", None), "dtype": dtype_name(target.dtype),
+            "cd_samples": len(cd_times)}
+    return cost_model_from_profile(target.model, float(np.median(cd_times)), raw, contexts, nodes, repeats,
+                                   target.dtype, target.device, meta)
 
 
 def cost_model_mismatch(cost, target: Target, drafter=None) -> list[str]:

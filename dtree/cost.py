@@ -10,7 +10,7 @@ theta(n) = (1 + Phi(n)) / (Cd + Cv(n; L)) tokens/s. Here:
 - The fit (:func:`fit_monotone_convex`) is the least-squares curve that is non-decreasing and convex in n, which
   makes theta unimodal so CaDDTree's greedy stop is the global optimum (spec 3.3).
 
-Pure numpy/scipy except :func:`profile_verify` / :func:`profile_quick`, which run the target model.
+Pure numpy/scipy except :func:`profile_verify`, which runs the target model.
 """
 
 from __future__ import annotations
@@ -748,10 +748,6 @@ def _package_version() -> str:
 # Profiling on a real target
 # ----------------------------------------------------------------------------------------------------------------------
 
-QUICK_CONTEXTS = (64, 256, 1024)
-QUICK_NODES = (0, 1, 2, 4, 8, 16, 32, 64)
-QUICK_REPEATS = 3
-
 
 def hardware_description(device) -> str:
     """One line naming the machine: the CUDA device name, or the CPU and its thread count."""
@@ -773,6 +769,7 @@ def profile_verify(
     device,
     progress: Callable[[int, int], None] | None = None,
     seed: int = 0,
+    between: Callable[[], Any] | None = None,
 ) -> np.ndarray:
     """Measure Cv(n; L): seconds of one target forward verifying a random tree of n nodes over L cached tokens.
 
@@ -794,6 +791,8 @@ def profile_verify(
         device: the model's device.
         progress: called as ``progress(done, total)`` after each timed forward.
         seed: seeds the random tokens and trees.
+        between: called (untimed here) after each timed forward, e.g. to time a drafter step in the same minutes
+            (:func:`dtree.backend.profile_cost_model` does, for Cd).
 
     Returns:
         float64 ``[len(contexts), len(nodes)]`` median seconds.
@@ -852,6 +851,8 @@ def profile_verify(
             for r in range(repeats):
                 for j in rng.permutation(len(nodes_a)):
                     samples[j, r] = verify(cache, L, int(nodes_a[j]))
+                    if between is not None:
+                        between()
                     done += 1
                     if progress is not None:
                         progress(done, total)
@@ -860,27 +861,15 @@ def profile_verify(
     return out
 
 
-def profile_quick(
-    model,
-    cd_s: float,
-    dtype,
-    device,
-    contexts: Sequence[int] = QUICK_CONTEXTS,
-    nodes: Sequence[int] = QUICK_NODES,
-    repeats: int = QUICK_REPEATS,
-    progress: Callable[[int, int], None] | None = None,
-    meta: dict[str, Any] | None = None,
-) -> CostModel:
-    """Profile with small defaults and fit: a :class:`CostModel` in well under a minute on 2 CPU cores.
-
-    Defaults: contexts (64, 256, 1024) tokens, nodes (0, 1, 2, 4, 8, 16, 32, 64), 3 repeats. ``cd_s`` (s) is the
-    drafter cost per round measured by the caller. ``meta`` gains ``dtype``, ``device``, ``hardware``, ``repeats``.
+def cost_model_from_profile(model, cd_s: float, raw: np.ndarray, contexts: Sequence[int], nodes: Sequence[int],
+                            repeats: int, dtype, device, meta: dict[str, Any] | None = None) -> CostModel:
+    """Fit a measured profile (``raw`` ``[len(contexts), len(nodes)]`` seconds from :func:`profile_verify`, ``cd_s``
+    seconds) into a :class:`CostModel`; ``meta`` gains ``model``, ``dtype``, ``device``, ``hardware``, ``repeats``.
 
     Raises:
-        InputError: as :func:`profile_verify` and :meth:`CostModel.from_measurements`.
+        InputError: as :meth:`CostModel.from_measurements`.
     """
     cd_s = check_float("cd_s", cd_s, lo=0.0)
-    raw = profile_verify(model, contexts, nodes, repeats, dtype, device, progress=progress)
     meta = dict(meta or {})
     meta.setdefault("model", getattr(getattr(model, "config", None), "_name_or_path", "") or type(model).__name__)
     meta.setdefault("dtype", str(dtype).replace("torch.", ""))

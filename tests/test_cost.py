@@ -409,15 +409,45 @@ def test_profile_verify_on_embedded_model():
     from dtree.models import load_target
 
     target = load_target("embedded", dtype="float32", device="cpu")
-    calls = []
+    calls, between = [], []
     out = profile_verify(target.model, (0, 16), (0, 3), 2, torch.float32, "cpu",
-                         progress=lambda done, total: calls.append((done, total)))
+                         progress=lambda done, total: calls.append((done, total)),
+                         between=lambda: between.append(len(calls)))
     assert out.shape == (2, 2) and out.dtype == np.float64
     assert np.isfinite(out).all() and (out > 0).all()
     assert calls[-1] == (8, 8) and len(calls) == 8
+    assert between == list(range(8))  # once after every timed forward (before its progress call)
     cm = CostModel.from_measurements(0.01, (0, 16), (0, 3), out, {"model": "embedded"})
     assert cm.cv(1, 8) > 0
     with pytest.raises(InputError):
         profile_verify(target.model, (16, 0), (0, 3), 1, torch.float32, "cpu")
     with pytest.raises(InputError):
         profile_verify(target.model, (16,), (0, 3), 0, torch.float32, "cpu")
+
+
+def test_profile_cost_model_times_cd_between_the_verify_forwards(backend32, monkeypatch):
+    """Cd is the median of drafter steps interleaved with the timed verifies (one after each), not a separate run."""
+    import dtree.backend as backend_mod
+
+    events = []
+
+    class FakeStep:
+        times = iter([0.005, 0.009, 0.007, 0.100])
+
+        def __init__(self, *a, **k):
+            pass
+
+        def __call__(self):
+            events.append("draft")
+            return next(self.times)
+
+    real = backend_mod.DraftStepTimer
+    monkeypatch.setattr(backend_mod, "DraftStepTimer", FakeStep)
+    cm = backend_mod.profile_cost_model(backend32.target, backend32.drafter, contexts=(32,), nodes=(0, 2), repeats=2,
+                                        progress=lambda d, t: events.append("verify"))
+    assert events == ["draft", "verify"] * 4
+    assert cm.cd_s == pytest.approx(0.008) and cm.meta["cd_samples"] == 4
+    # the real step: a drafter round of a few ms to a second on any machine
+    monkeypatch.setattr(backend_mod, "DraftStepTimer", real)
+    cm = backend_mod.profile_cost_model(backend32.target, backend32.drafter, contexts=(32,), nodes=(0, 2), repeats=2)
+    assert cm.meta["cd_samples"] == 4 and 1e-4 < cm.cd_s < 1.0
