@@ -13,6 +13,7 @@ from pathlib import Path
 
 import numpy as np
 
+from .bench import verify_vs_model
 from .engine import DecodeConfig
 from .errors import InputError, check_float, check_int
 from .store import DEFAULT_STORE_PATH, default_store_path
@@ -90,7 +91,12 @@ def _summary(run) -> dict:
             "mean_tau": round(run.mean_tau, 3), "mean_budget": round(run.mean_budget, 2),
             "decode_s": round(run.decode_s, 3), "prefill_ms": round(run.prefill_ms, 1),
             "phase_ms": {ph: round(sum(getattr(r, f"{ph}_ms") for r in run.rounds), 1)
-                         for ph in ("draft", "build", "verify", "commit")}}
+                         for ph in ("draft", "build", "verify", "commit")},
+            "verify_vs_model": _round_or_none(verify_vs_model(run), 3)}
+
+
+def _round_or_none(v, nd: int):
+    return None if v is None else round(v, nd)
 
 
 def _extrapolation_note(cm, max_budget: int, built: int | None = None) -> str | None:
@@ -191,6 +197,10 @@ def cmd_decode(args) -> int:
         if "ar" in out:
             print(f"ar: {out['ar']['tokens_per_s']:.2f} tok/s; speedup {out['speedup_vs_ar']}x; "
                   f"identical output: {out['identical_to_ar']}", file=sys.stderr)
+    note = _drift_note([out["verify_vs_model"]] if out["verify_vs_model"] is not None else [],
+                       backend.current_cost_model())
+    if note:
+        print(note, file=sys.stderr)
     return 0
 
 

@@ -26,6 +26,8 @@ def test_decode_json_with_compare_ar(tmp_path, capsys, backend32):
     assert out["method"] == "ddtree" and out["new_tokens"] >= 1 and out["identical_to_ar"] is True
     assert out["speedup_vs_ar"] == pytest.approx(out["tokens_per_s"] / out["ar"]["tokens_per_s"], rel=1e-2)
     assert _n_runs(store) == 2
+    assert out["ar"]["verify_vs_model"] is None  # AR runs store no cost model
+    assert out["verify_vs_model"] is None or out["verify_vs_model"] > 0  # ddtree: only when a profile exists here
     # the budget may also ride on the method key, as in bench (ddtree-adapt:4 == --method ddtree-adapt --budget 4)
     rc = main(["decode", "--prompt", "What is 3 + 4?", "--method", "ddtree-adapt:4", "--max-new-tokens", "8",
                "--dtype", "float32", "--device", "cpu", "--json", "--store", str(store)])
