@@ -602,11 +602,12 @@ class LiveFit:
 def fit_live_weights(cost: CostModel, n_nodes, context, draft_ms, verify_ms, other_ms=None) -> LiveFit:
     """Fit cost weights so the profiled cost model reproduces the round times live runs logged.
 
-    The profiler times each phase alone (spec 3.4); inside a decoding loop the same forwards run slower (the drafter
-    and the target alternate, caches are cold, the verify also returns hidden states), and each round has a small
-    fixed overhead (tree build, KV compaction). On the 2-core dev CPU the slowdown is not uniform in n: a verify of
-    0-2 nodes runs at about its profiled time, one of 4-64 nodes 1.1-1.15x, i.e. each tree node costs 1.2-1.5x its
-    profiled increment. This fit keeps the profile's curves and rescales them:
+    A profile is a snapshot of the machine (spec 3.4); live runs often cost something else, and each round has a
+    small fixed overhead (tree build, KV compaction). In the session-6 benches on the shared 2-core dev VM the gap was
+    not uniform in n: a verify of 0-2 nodes ran at about its profiled time, one of 4-64 nodes 1.1-1.15x, i.e. each
+    tree node cost 1.2-1.5x its profiled increment. The loop itself is not the cause (``scripts/verify_in_loop_ab.py``:
+    back to back, with hidden states, after a drafter step or a pause, within about 10%); the machine's speed drifts
+    (2.6x within two hours there). This fit keeps the profile's curves and rescales them:
 
     - ``cd_scale = sum(draft_ms + other_ms) / (R * Cd)``: every cost that does not grow with the tree is charged to
       the fixed per-round cost, as CaDDTree's Cd is (spec 3.1);
