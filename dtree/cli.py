@@ -586,7 +586,7 @@ def cmd_bench(args) -> int:
             print(note, file=sys.stderr)
     rows = bench.summary_rows(stats)
     df = pd.DataFrame(rows)
-    print(df.to_string(index=False))
+    print(df.to_string(index=False, na_rep="-"))
     note = _drift_note([v for s in stats.values() for v in s.verify_vs_model], backend.current_cost_model(),
                        store_path=args.store, tag=None if store is None else store.tag)
     if note:
