@@ -77,7 +77,8 @@ def _drift_note(ratios, cm, store_path: str | None = None, tag: str | None = Non
     if DRIFT_BAND[0] <= r <= DRIFT_BAND[1]:
         return None
     when = (cm.meta.get("date") if cm is not None else None) or "an unknown date"
-    return (f"note: the verify forwards of these runs took {r:.2f}x the time their cost model predicts (profiled "
+    return (f"note: the verify forwards of these runs took {r:.2f}x the time their cost model predicts (median over "
+            f"{'the speculative runs' if len(ratios) > 1 else 'the run'}; profiled "
             f"{when}): this machine's speed has changed since (a shared or throttled machine drifts by that much). "
             "caddtree weighs Cd against Cv(n; L), so a stale profile moves its budgets: re-profile with `python -m "
             "dtree profile`"
