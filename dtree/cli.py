@@ -100,15 +100,17 @@ def _round_or_none(v, nd: int):
     return None if v is None else round(v, nd)
 
 
-def _extrapolation_note(cm, max_budget: int, built: int | None = None) -> str | None:
+def _extrapolation_note(cm, max_budget: int, built: int | None = None, what: str | None = None) -> str | None:
     """A note when CaDDTree may build (``built`` given: did build) trees larger than the profile measured, where Cv is
-    extrapolated; else None."""
+    extrapolated; else None. ``what`` replaces the clause saying how large the trees may be or were."""
     n_hi = int(cm.nodes[-1])
     if (built if built is not None else max_budget) <= n_hi:
         return None
     L0 = int(cm.contexts[0])
     slope_ms = (float(cm.cv(n_hi, L0)) - float(cm.cv(max(0, n_hi - 1), L0))) * 1e3
-    what = f"caddtree built trees of up to {built} nodes" if built is not None else f"caddtree may build up to {max_budget}"
+    if what is None:
+        what = (f"caddtree built trees of up to {built} nodes" if built is not None
+                else f"caddtree may build up to {max_budget}")
     return (f"note: the cost model was profiled up to n = {n_hi} nodes, {what}: beyond n = {n_hi} Cv(n; L) is "
             f"extrapolated linearly with the last fitted slope ({slope_ms:.3f} ms/node at L = {L0}); profile with "
             f"--max-nodes {max_budget} or cap caddtree with --budget {n_hi} to stay in the measured range")
@@ -274,9 +276,10 @@ def cmd_profile(args) -> int:
               "misprices small trees; the caddtree-rawcv methods stop on the measured curve instead")
     from .engine import DEFAULT_BUDGET
 
-    note = _extrapolation_note(cm, DEFAULT_BUDGET["caddtree"])
+    cap = DEFAULT_BUDGET["caddtree"]
+    note = _extrapolation_note(cm, cap, what=f"caddtree's default maximum budget is {cap}")
     if note:
-        print(note.replace("caddtree may build up to", "caddtree's default maximum budget is"))
+        print(note)
     default = default_cost_model_path(backend.target, backend.drafter)
     where = " (caddtree's default cost model on this machine from now on)" if Path(path) == default else ""
     print(f"saved cost model to {path}{where}")
@@ -552,14 +555,15 @@ def cmd_bench(args) -> int:
     for p in prompts:
         backend.prepare(p, DecodeConfig("ar", max_new_tokens=args.max_new_tokens, temperature=args.temperature))
     specs = [parse_method(m) for m, _ in methods]
+    has_caddtree = any(s.base == "caddtree" for s in specs)
     backend.cost_weights = None if weights.is_identity else weights
     if args.cost_model:
         for why in cost_model_mismatch(backend.cost_model(path=args.cost_model), backend.target, backend.drafter):
             print(f"warning: {why}; its predictions may be wrong for these runs (proceeding)", file=sys.stderr)
-    if not weights.is_identity and not any(s.base == "caddtree" for s in specs):
+    if not weights.is_identity and not has_caddtree:
         print("note: --cost-weights change only the costs stored and shown with these runs; no tree size here depends "
               "on them (caddtree's does)", file=sys.stderr)
-    if any(s.base == "caddtree" for s in specs):
+    if has_caddtree:
         cm = backend.cost_model(progress=lambda d, t: print(f"\rprofiling cost model {d}/{t}", end="",
                                                             file=sys.stderr))
         from .engine import DEFAULT_BUDGET
@@ -580,7 +584,7 @@ def cmd_bench(args) -> int:
     stats = bench.run_bench(backend, prompts, methods, args.max_new_tokens, args.temperature, store=store,
                             progress=lambda d, t: bar.update(d - bar.n))
     bar.close()
-    if any(s.base == "caddtree" for s in specs):  # said only when a tree really went beyond the profiled nodes
+    if has_caddtree:  # said only when a tree really went beyond the profiled nodes
         built = max((stats[k].max_budget for k in cad_keys if k in stats), default=0)
         note = _extrapolation_note(cm, max(cad_keys.values()), built=built)
         if note:
