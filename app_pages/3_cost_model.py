@@ -87,9 +87,9 @@ if cost is not None:
 
     st.subheader("Cost weights")
     with st.expander("Fit the scales to logged runs (live round timings of this machine)"):
-        st.caption("The profiler times each forward alone; inside the decoding loop the same forwards usually run "
-                   "slower (drafter and target alternate, caches are cold) and each round adds tree build and KV "
-                   "compaction. This fit keeps the profile's curves and sets Cd scale = logged (draft + build + "
+        st.caption("A profile is a snapshot of this machine: a shared or throttled machine's speed drifts (the dev "
+                   "VM's by 2.6x within two hours), so live runs often cost something else, and each round adds tree "
+                   "build and KV compaction. This fit keeps the profile's curves and sets Cd scale = logged (draft + build + "
                    "commit) / Cd, and fits the logged verify time as Cv scale x the root-only Cv(0; L) + Cv scale x "
                    "tree-node factor x what the nodes add, Cv(n; L) - Cv(0; L) (one Cv scale, factor 1, when the runs "
                    "have a single tree size), over the chosen runs' rounds (`python -m dtree fit-cost` does the same). "
