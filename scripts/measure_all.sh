@@ -18,6 +18,11 @@ b gsm8k20-fp32 --dataset gsm8k --limit 20 --methods ar,chain,ddtree:16,caddtree,
 I3=ar,chain,ddtree:8,caddtree,caddtree-adapt-rawcv
 b issue3-gsm8k50-fp32 --dataset gsm8k --limit 50 --methods "$I3" --max-new-tokens 128 --dtype float32
 b issue3-humaneval50-fp32 --dataset humaneval --limit 50 --methods "$I3" --max-new-tokens 128 --dtype float32
+# issue 3, every fixed budget at 128 tokens (session 7; ddtree:4 in a second bench beside caddtree; HumanEval without
+# ddtree:32/64, for time)
+b issue3-gsm8k50-fixed-fp32 --dataset gsm8k --limit 50 --methods ar,ddtree:8,ddtree:16,ddtree:32,ddtree:64,caddtree --max-new-tokens 128 --dtype float32
+b issue3-gsm8k50-b4-fp32 --dataset gsm8k --limit 50 --methods ddtree:4,caddtree --max-new-tokens 128 --dtype float32
+b issue3-humaneval50-fixed-fp32 --dataset humaneval --limit 50 --methods ar,ddtree:4,ddtree:8,ddtree:16,caddtree --max-new-tokens 128 --dtype float32
 # issue 3: chain tau on the other sets and speed vs AR (the smaller, earlier benches)
 b issue3-mtbench10-fp32 --dataset mt-bench --limit 10 --methods ar,chain,caddtree --max-new-tokens 128 --dtype float32
 b issue3-gsm8k5-bf16 --dataset gsm8k --limit 5 --methods ar,chain,caddtree --max-new-tokens 128 --dtype bfloat16

@@ -25,7 +25,7 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from dtree.backend import Backend  # noqa: E402
+from dtree.backend import Backend, DraftStepTimer  # noqa: E402
 from dtree.trees import random_tree, tree_attention_inputs  # noqa: E402
 
 CONDITIONS = ("b2b", "b2b+hidden", "after-draft", "after-sleep")
@@ -47,13 +47,9 @@ def main() -> None:
     vocab = int(model.get_input_embeddings().num_embeddings)
     L = args.context
     cache = DynamicCache(config=model.config)
-    state = {"start": L}
+    draft = DraftStepTimer(target, drafter, context=L)  # about tau new context rows, then one block, as in a round
     with torch.inference_mode():
-        out = model(input_ids=torch.randint(0, vocab, (1, L), generator=gen), cache=cache, use_cache=True,
-                    output_hidden_states=True)
-        feats = drafter.extract_features(out.hidden_states)
-        dcache = drafter.new_cache()
-        drafter.draft_logits(model, dcache, feats, 1, L)
+        model(input_ids=torch.randint(0, vocab, (1, L), generator=gen), cache=cache, use_cache=True)
 
         def verify(n: int, hidden: bool) -> float:
             ids, pos, mask = tree_attention_inputs(random_tree(n, rng, vocab), L, target.dtype, target.device)
@@ -63,10 +59,6 @@ def main() -> None:
             dt = time.perf_counter() - t0
             cache.crop(-(n + 1))
             return dt
-
-        def draft() -> None:  # about tau new context rows, then one block, as in a round
-            state["start"] += 3
-            drafter.draft_logits(model, dcache, torch.randn(1, 3, feats.shape[-1], generator=gen), 1, state["start"])
 
         for _ in range(2):  # warm-up: every shape once
             for n in nodes:
