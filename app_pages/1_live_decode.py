@@ -17,7 +17,7 @@ with st.sidebar:
 ui.store_box()  # where runs are logged
 
 # method settings outside the form, so the budget and the tree options follow the chosen method at once
-c1, c2, c3, c4, c5 = st.columns([3, 3, 2, 3, 2], vertical_alignment="bottom")
+c1, c2, c3, c4, c5, c6 = st.columns([3, 3, 2, 3, 2, 2], vertical_alignment="bottom")
 method = c1.selectbox("Method", METHODS, index=METHODS.index("caddtree"), key="method",
                       help="ar: plain decoding; chain: DFlash block; ddtree: fixed node budget; "
                            "caddtree: budget chosen per round from the cost model")
@@ -43,6 +43,11 @@ raw_cv = c5.checkbox("measured Cv", key="rawcv", disabled=method != "caddtree",
                      help="caddtree: stop the greedy rule on the measured verify cost Cv(n; L) instead of its convex "
                           "fit (the fit keeps theta(n) unimodal but misprices small trees where the measured cost is "
                           "concave, as on CPUs; see the Cost model page)")
+fallback = c6.checkbox("AR fallback", key="fallback", disabled=method != "caddtree",
+                       help="caddtree: after a round whose best tree is predicted slower than a plain target step "
+                            "(theta(n*) < 1/Cv(0; L)), skip the drafter for 1, then 2, 4, ... up to 16 rounds "
+                            "(plain target steps) until a drafted round pays again (dtree's extension, "
+                            "method suffix -fallback)")
 
 with st.expander("Cost weights (caddtree)", expanded=False):
     st.caption("Scale this machine's profiled costs before CaDDTree chooses each round's budget: e.g. a larger Cv "
@@ -64,7 +69,7 @@ if run_clicked:
         cfg = DecodeConfig(method=method, budget=int(budget) if tree_method else None, max_new_tokens=int(max_new),
                            temperature=float(temperature), spine=spine and tree_method,
                            calibrated=calibrated and tree_method, adaptive=adaptive and tree_method,
-                           raw_cv=raw_cv and method == "caddtree")
+                           raw_cv=raw_cv and method == "caddtree", fallback=fallback and method == "caddtree")
         backend.prepare(prompt, cfg)  # bad input: st.error, nothing stored
         store = ui.get_store()
         with ui.model_slot():  # one decode/profile at a time per server; later requests wait

@@ -71,6 +71,9 @@ left.plotly_chart(figures.tree_figure(rnd, decode, upto=step, collapse_rejected=
                   width="stretch")
 if len(tree.theta_curve):
     right.plotly_chart(figures.theta_figure(tree, step=step), width="stretch")
+elif not rnd.marg_tokens.size:
+    right.info("A plain target step: nothing was drafted this round (an AR run, or a -fallback run skipping the "
+               "drafter), so there is no tree to grow and no theta(n) curve.")
 else:
     right.info("No theta(n) curve: this round was built without a cost model.")
 if step:

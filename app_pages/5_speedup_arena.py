@@ -11,13 +11,14 @@ MAX_PROMPTS = 50
 METHOD_CHOICES = ["ar", "chain", "ddtree:4", "ddtree:8", "ddtree:16", "ddtree:32", "ddtree:64", "ddtree:128",
                   "caddtree", "ddtree-spine:16", "ddtree-cal:16", "ddtree-cal-spine:16", "caddtree-spine",
                   "caddtree-cal", "caddtree-cal-spine", "ddtree-adapt:16", "ddtree-adapt-spine:16", "caddtree-adapt",
-                  "caddtree-adapt-spine", "caddtree-rawcv", "caddtree-adapt-rawcv"]
+                  "caddtree-adapt-spine", "caddtree-rawcv", "caddtree-adapt-rawcv", "caddtree-fallback",
+                  "caddtree-adapt-rawcv-fallback"]
 UPLOAD = "JSONL file (upload or path)"
 TYPED = "typed prompts (one per line)"
 SET_HELP = {"demo": "demo (8 built-in short prompts)", UPLOAD: UPLOAD, TYPED: TYPED}
 
 st.title("Speedup arena")
-st.caption("Runs AR, DFlash chain, DDTree at fixed budgets and CaDDTree (and their -spine / -cal / -adapt / -rawcv variants) on the "
+st.caption("Runs AR, DFlash chain, DDTree at fixed budgets and CaDDTree (and their -spine / -cal / -adapt / -rawcv / -fallback variants) on the "
            "same prompts, methods interleaved per prompt, and logs every run to the trace store. Speedups are "
            "measured **on this machine, in this server process**: speedup = median tokens/s over prompts ÷ AR's "
            "median tokens/s (prefill excluded).")
@@ -47,7 +48,9 @@ with st.form("arena"):
                                                     "nodes ordered by calibrated path probabilities (a calibration "
                                                     "is fitted on first use, about a minute); -adapt: calibrated "
                                                     "from the run's own earlier rounds; -rawcv: CaDDTree's stop on "
-                                                    "the measured verify cost instead of its convex fit")
+                                                    "the measured verify cost instead of its convex fit; -fallback: "
+                                                    "plain target steps (no drafting) after a round whose best tree "
+                                                    "is predicted slower than one")
     max_new = c2.number_input("Max new tokens", 1, 512, 64, key="arena_max_new")
     go_clicked = st.form_submit_button("Run the bench", type="primary")
 

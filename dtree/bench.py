@@ -119,6 +119,7 @@ class MethodStats:
     reference: str | None = None  # method whose outputs ``mismatches`` compares against; None: not checked
     run_ids: list[int] = field(default_factory=list)
     rounds: int = 0
+    drafted_rounds: int = 0  # rounds that ran the drafter (all but AR's and a -fallback run's plain target steps)
     max_budget: int = 0  # largest tree (nodes) of any round
     verify_vs_model: list[float] = field(default_factory=list)  # per prompt, :func:`verify_vs_model` (runs that
     # stored a cost model only)
@@ -133,6 +134,7 @@ class MethodStats:
         for ph in self.phase_ms:
             self.phase_ms[ph] += sum(getattr(r, f"{ph}_ms") for r in run.rounds)
         self.rounds += len(run.rounds)
+        self.drafted_rounds += sum(1 for r in run.rounds if r.marg_tokens.size)
         self.max_budget = max([self.max_budget, *(int(r.budget) for r in run.rounds)])
         ratio = verify_vs_model(run)
         if ratio is not None:
@@ -209,7 +211,9 @@ def summary_rows(stats: dict[str, MethodStats]) -> list[dict]:
     AR, or with fewer than 2 prompts), mean tau, mean budget, phase shares (% of round time), the number of prompts
     whose output differs from the reference method's (``mismatches``; None when not checked, i.e. temperature > 0)
     and that ``reference`` (AR when benched, else the first method), and ``verify_vs_model``, the median over prompts
-    of :func:`verify_vs_model` (None when no run stored a cost model).
+    of :func:`verify_vs_model` (None when no run stored a cost model). ``drafted_%`` is the share of rounds that ran
+    the drafter (100 for chain / ddtree / caddtree, less for ``-fallback`` methods, None for AR); their mean tau
+    counts the plain target steps as tau 1.
 
     Round time is draft + build + verify + commit as the engine times them (prefill excluded). ``build_share_%`` is the
     share spent building the tree, which includes every cost-model lookup, the calibration table and CaDDTree's
@@ -232,6 +236,7 @@ def summary_rows(stats: dict[str, MethodStats]) -> list[dict]:
             "mismatches": len(s.mismatches) if s.reference is not None else None,
             "reference": s.reference,
             "verify_vs_model": round(statistics.median(s.verify_vs_model), 3) if s.verify_vs_model else None,
+            "drafted_%": round(100 * s.drafted_rounds / s.rounds, 1) if s.rounds and key != "ar" else None,
         })
     return rows
 

@@ -361,6 +361,8 @@ def fit_calibration(runs: Iterable, rank_bins: int = DEFAULT_RANK_BINS,
     for run in runs:
         stream, offsets = known_path(run)
         for rnd, off in zip(run.rounds, offsets):
+            if np.size(rnd.marg_tokens) == 0:  # a plain target step of a -fallback run: nothing was drafted
+                continue
             marg = round_marginals(rnd)
             n_rounds += 1
             count_round(marg, stream[off: off + marg.gamma + 1], O, P)
@@ -434,7 +436,8 @@ class OnlineCalibration:
 
         Args:
             marg: the round's :class:`dtree.trees.Marginals` ``[gamma, K]`` as logged (the replay rebuilds the same
-                counts from the logged marginals, so pass those).
+                counts from the logged marginals, so pass those); None for a round that drafted nothing (a plain
+                target step of the ``-fallback`` variants): its tokens extend the known path, it adds no trials.
             committed: the tokens the round committed, its anchor first (``RoundRecord.committed``).
             bonus: the target's token after them (the next round's anchor).
 
@@ -448,7 +451,8 @@ class OnlineCalibration:
             raise InputError("committed", "does not start with the previous round's bonus token")
         if self._stream:
             self._stream.pop()  # the bonus placeholder: the round's anchor is the same token
-        self._pending.append(_PendingWalk(marg, len(self._stream)))
+        if marg is not None:
+            self._pending.append(_PendingWalk(marg, len(self._stream)))
         self._stream.extend(committed)
         self._stream.append(int(bonus))
         self._rounds += 1

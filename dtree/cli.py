@@ -38,8 +38,9 @@ def _add_decode_args(p: argparse.ArgumentParser) -> None:
                         "(ddtree:8 = --method ddtree --budget 8), or a variant of the last two: "
                         "<ddtree|caddtree>-cal (calibrated path probabilities), -adapt (calibrated during the run "
                         "from its own earlier rounds), -spine (top-1 chain always in the tree), -cal-spine, "
-                        "-adapt-spine; caddtree also -rawcv (greedy stop on the measured Cv, not its convex fit), "
-                        "e.g. caddtree-adapt-rawcv")
+                        "-adapt-spine; caddtree also -rawcv (greedy stop on the measured Cv, not its convex fit) "
+                        "and -fallback (skip the drafter, with a doubling back-off, after a round whose best tree is "
+                        "predicted slower than a plain target step), e.g. caddtree-adapt-rawcv-fallback")
     p.add_argument("--budget", type=int, default=None,
                    help="ddtree: node budget B (default 16); caddtree: maximum budget (default 256); 0..1024")
     p.add_argument("--max-new-tokens", type=int, default=128, help="tokens to generate (default 128)")
@@ -739,8 +740,8 @@ def build_parser() -> argparse.ArgumentParser:
     b.add_argument("--methods", default="ar,chain,ddtree:16,caddtree",
                    help="comma list: ar, chain, ddtree:B, caddtree[:B], and the variants caddtree-cal[:B], "
                         "caddtree-spine[:B], caddtree-cal-spine[:B], caddtree-adapt[:B], caddtree-adapt-spine[:B], "
-                        "caddtree-rawcv[:B], caddtree-adapt-rawcv[:B], "
-                        "ddtree-spine:B, ddtree-cal:B, ddtree-cal-spine:B, ddtree-adapt:B, ddtree-adapt-spine:B")
+                        "caddtree-rawcv[:B], caddtree-adapt-rawcv[:B], any of these with -fallback appended "
+                        "(e.g. caddtree-adapt-rawcv-fallback), ddtree-spine:B, ddtree-cal:B, ddtree-cal-spine:B, ddtree-adapt:B, ddtree-adapt-spine:B")
     _add_cost_args(b)
     b.add_argument("--calibration", default=None,
                    help="calibration JSON for -cal methods (default: fitted once on the demo prompts and cached)")

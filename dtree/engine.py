@@ -33,6 +33,7 @@ from .records import (  # noqa: F401
 from .trees import DraftTree
 
 MAX_BUDGET = 1024
+FALLBACK_MAX_SKIP = 16  # -fallback: the longest run of plain target steps between two drafted rounds
 DEFAULT_BUDGET = {"chain": None, "ddtree": 16, "caddtree": 256, "ar": None}
 
 
@@ -44,7 +45,7 @@ class DecodeConfig:
         method: ``ar`` (plain target decoding), ``chain`` (DFlash: the drafter's top-1 block), ``ddtree`` (best-first
             tree with a fixed node budget) or ``caddtree`` (per-round greedy budget from the cost model); ddtree and
             caddtree also accept the variant names ``<base>-cal``, ``<base>-adapt``, ``<base>-spine``,
-            ``<base>-cal-spine`` and ``<base>-adapt-spine``, and caddtree ``-rawcv`` combined with those
+            ``<base>-cal-spine`` and ``<base>-adapt-spine``, and caddtree ``-rawcv`` and ``-fallback`` combined with those
             (:func:`dtree.records.parse_method`), which :meth:`validated` turns into the base method plus the flags.
         budget: ddtree: node budget B (non-root nodes, 0..1024; default 16). caddtree: the largest budget the greedy
             rule may reach (default 256). Ignored for ar and chain.
@@ -60,6 +61,11 @@ class DecodeConfig:
             from its own earlier rounds (:class:`dtree.calibration.OnlineCalibration`; no calibration needed).
         raw_cv: caddtree: the greedy stop uses the measured verify cost (the profile's medians made non-decreasing)
             instead of its convex fit (``CostModel.with_curve("measured")``); the run stores that cost model.
+        fallback: caddtree: after a drafted round whose chosen tree is predicted slower than a plain target step
+            (theta(n*) < 1 / Cv(0; L), both from the run's cost model), skip drafting for the next k rounds (plain
+            target steps, logged as root-only rounds without marginals), k = 1, 2, 4, ... up to
+            :data:`FALLBACK_MAX_SKIP` while consecutive drafted rounds keep failing, back to 1 once one pays. A dtree
+            extension (not in the CaDDTree paper): the greedy rule may stop at "no draft" as well as at n nodes.
     """
 
     method: str = "caddtree"
@@ -72,6 +78,7 @@ class DecodeConfig:
     calibrated: bool = False
     adaptive: bool = False
     raw_cv: bool = False
+    fallback: bool = False
 
     @property
     def name(self) -> str:
@@ -79,12 +86,13 @@ class DecodeConfig:
         spec = parse_method(self.method)
         if spec.base in ("ddtree", "caddtree"):
             return MethodSpec(spec.base, spec.calibrated or bool(self.calibrated), spec.spine or bool(self.spine),
-                              spec.adaptive or bool(self.adaptive), spec.raw_cv or bool(self.raw_cv)).name
+                              spec.adaptive or bool(self.adaptive), spec.raw_cv or bool(self.raw_cv),
+                              spec.fallback or bool(self.fallback)).name
         return spec.base
 
     def validated(self, max_context: int, prompt_len: int, block_size: int) -> DecodeConfig:
         """Return a copy with defaults filled in and ``method`` reduced to its base (the variant's options moved to
-        ``spine`` / ``calibrated`` / ``adaptive`` / ``raw_cv``); raise :class:`InputError` naming the bad field and
+        ``spine`` / ``calibrated`` / ``adaptive`` / ``raw_cv`` / ``fallback``); raise :class:`InputError` naming the bad field and
         its range."""
         spec = parse_method(self.method)
         method = spec.base
@@ -100,6 +108,9 @@ class DecodeConfig:
         raw_cv = spec.raw_cv or bool(self.raw_cv)
         if raw_cv and method != "caddtree":
             raise InputError("raw_cv", f"applies to caddtree only (its cost curve), not {method}")
+        fallback = spec.fallback or bool(self.fallback)
+        if fallback and method != "caddtree":
+            raise InputError("fallback", f"applies to caddtree only (its predicted throughput), not {method}")
         budget = self.budget if self.budget is not None else DEFAULT_BUDGET[method]
         if budget is not None:
             budget = check_int("budget", budget, 0, MAX_BUDGET)
@@ -111,7 +122,8 @@ class DecodeConfig:
         temperature = check_float("temperature", self.temperature, 0.0, 100.0)
         seed = check_int("seed", self.seed, 0, 2**63 - 1)
         topk = check_int("topk_log", self.topk_log, 1, MAX_BUDGET)
-        return DecodeConfig(method, budget, max_new, temperature, seed, topk, spine, calibrated, adaptive, raw_cv)
+        return DecodeConfig(method, budget, max_new, temperature, seed, topk, spine, calibrated, adaptive, raw_cv,
+                            fallback)
 
 
 # ----------------------------------------------------------------------------------------------------------- steps
@@ -229,6 +241,33 @@ def build_tree(method: str, marg: trees.Marginals, anchor: int, budget: int | No
             why = f"{why} (the {s} spine nodes are always kept)"
         return tree, opts + why
     raise InputError("method", f"no tree builder for {method!r}")
+
+
+def fallback_decision(tree: DraftTree, cost_model, start: int, skip_next: int) -> tuple[int, int, str]:
+    """The ``-fallback`` rule after a drafted round: draft again next round, or take plain target steps first.
+
+    A plain target step commits one token in Cv(0; L) seconds, i.e. theta_AR = 1 / Cv(0; L) tokens/s; the round's
+    tree promised theta(n*) = (1 + Phi(n*)) / (Cd + Cv(n*; L)) (CaDDTree, spec 3.2, with the probabilities the method
+    ranks by). When theta(n*) < theta_AR no tree of this round paid for its draft, and the drafter is skipped for
+    ``skip_next`` rounds; the next back-off doubles (capped at :data:`FALLBACK_MAX_SKIP`). When the tree pays the
+    back-off returns to 1.
+
+    Args:
+        tree: the round's caddtree (``theta_curve`` filled by :func:`dtree.trees.build_caddtree`).
+        cost_model: the run's cost model (its ``cv`` in seconds).
+        start: context length L of the round.
+        skip_next: the back-off in force (rounds to skip if this round fails).
+    Returns:
+        ``(skip, next_skip_next, note)``: plain steps to take now (0 or ``skip_next``), the back-off for the next
+        failure, and a clause for the round's budget reason (starts with ``"; "``).
+    """
+    theta_tree = float(tree.theta_curve[tree.n_nodes])
+    theta_ar = 1.0 / float(cost_model.cv(0, start))
+    if theta_tree < theta_ar:
+        return (skip_next, min(2 * skip_next, FALLBACK_MAX_SKIP),
+                f"; theta {theta_tree:.2f} < a plain step's {theta_ar:.2f} tok/s: the next {skip_next} "
+                f"round{'s' if skip_next != 1 else ''} skip the drafter")
+    return 0, 1, ""
 
 
 # ------------------------------------------------------------------------------------------------------- generate
@@ -349,11 +388,28 @@ def _decode(target, prompt_ids, cfg: DecodeConfig, drafter, cost_model, run: Run
     start = len(prompt_ids)
     generated: list[int] = []
     sink_s = 0.0
+    skip_left, skip_next, skip_why = 0, 1, ""  # -fallback: plain target steps still to take, the next back-off
     t_decode = time.perf_counter()
     done = False
     while len(generated) < cfg.max_new_tokens and not done:
         clock.lap()
-        if not speculative:
+        if speculative and skip_left > 0:
+            # -fallback: a plain target step (root-only verify); its features feed the drafter's next round
+            tree = trees.root_only_tree(anchor)
+            logits, hidden = verify_tree(model, tree, start, cache, target.dtype)
+            bonus = int(sample_tokens(logits, cfg.temperature, gen)[0])
+            verify_ms = clock.lap()
+            feats = drafter.extract_features(hidden)
+            new_features = torch.cat([new_features, feats[:, :1].to(new_features.dtype)], dim=1)
+            commit_ms = clock.lap()
+            skip_left -= 1
+            if cfg.adaptive:  # the plain step's token extends the path the earlier rounds are scored against
+                calibration.observe_round(None, [anchor], bonus)
+            rnd = RoundRecord(index=len(run.rounds), start=start, anchor=anchor,
+                              marg_tokens=np.zeros((0, 0), np.int64), marg_logprobs=np.zeros((0, 0), np.float32),
+                              tree=tree, budget=0, budget_reason=skip_why, accepted=[0], bonus=bonus,
+                              committed=[anchor], verify_ms=verify_ms, commit_ms=commit_ms)
+        elif not speculative:
             logits = decode_one_token(model, anchor, start, cache)
             bonus = int(sample_tokens(logits[None], cfg.temperature, gen)[0])
             verify_ms = clock.lap()
@@ -389,6 +445,10 @@ def _decode(target, prompt_ids, cfg: DecodeConfig, drafter, cost_model, run: Run
                               draft_ms=draft_ms, build_ms=build_ms, verify_ms=verify_ms, commit_ms=commit_ms)
             if cfg.adaptive:  # counted from the logged marginals, as a replay of this run will
                 calibration.observe_round(trees.Marginals(rnd.marg_tokens, rnd.marg_logprobs), rnd.committed, rnd.bonus)
+            if cfg.fallback:
+                skip_left, skip_next, note = fallback_decision(tree, cost_model, start, skip_next)
+                rnd.budget_reason += note
+                skip_why = f"fallback: plain target step ({note[2:]})" if skip_left else ""
         run.rounds.append(rnd)
         generated.extend(rnd.committed)
         start += rnd.tau

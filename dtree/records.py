@@ -18,12 +18,14 @@ METHODS = ("ar", "chain", "ddtree", "caddtree")
 # Variants of the heap builders (dtree.trees): "-cal" ranks by calibrated path probabilities (dtree.calibration, a
 # calibration fitted beforehand), "-adapt" by path probabilities calibrated online from the run's own earlier rounds
 # (dtree.calibration.OnlineCalibration), "-spine" always puts the top-1 chain in the tree (spec 5 item 12);
-# caddtree only: "-rawcv" runs the greedy stop on the measured Cv(n; L) instead of its convex fit (CostModel.curve).
-# Canonical order: base, -cal or -adapt, -spine, -rawcv.
+# caddtree only: "-rawcv" runs the greedy stop on the measured Cv(n; L) instead of its convex fit (CostModel.curve),
+# "-fallback" skips drafting (plain target steps, with a doubling back-off) after a round whose best tree is predicted
+# slower than a plain target step (dtree.engine). Canonical order: base, -cal or -adapt, -spine, -rawcv, -fallback.
 VARIANT_BASES = ("ddtree", "caddtree")
 VARIANTS = tuple(f"{b}{v}" for b in VARIANT_BASES
                  for v in ("-cal", "-spine", "-cal-spine", "-adapt", "-adapt-spine")) + (
-    "caddtree-rawcv", "caddtree-adapt-rawcv")
+    "caddtree-rawcv", "caddtree-adapt-rawcv", "caddtree-fallback", "caddtree-adapt-fallback",
+    "caddtree-rawcv-fallback", "caddtree-adapt-rawcv-fallback")
 ALL_METHODS = METHODS + VARIANTS
 
 
@@ -36,12 +38,15 @@ class MethodSpec:
     spine: bool = False
     adaptive: bool = False
     raw_cv: bool = False
+    fallback: bool = False
 
     @property
     def name(self) -> str:
-        """The canonical name: base, then ``-cal`` or ``-adapt``, then ``-spine``, then ``-rawcv``."""
+        """The canonical name: base, then ``-cal`` or ``-adapt``, then ``-spine``, then ``-rawcv``, then
+        ``-fallback``."""
         return (self.base + ("-cal" if self.calibrated else "") + ("-adapt" if self.adaptive else "")
-                + ("-spine" if self.spine else "") + ("-rawcv" if self.raw_cv else ""))
+                + ("-spine" if self.spine else "") + ("-rawcv" if self.raw_cv else "")
+                + ("-fallback" if self.fallback else ""))
 
     @property
     def uses_calibration(self) -> bool:
@@ -51,12 +56,12 @@ class MethodSpec:
 
 def parse_method(name: str, field: str = "method") -> MethodSpec:
     """Split a method name (``ar``, ``chain``, ``ddtree``, ``caddtree``, or ``ddtree``/``caddtree`` followed by
-    ``-cal`` or ``-adapt`` and/or ``-spine`` in any order, and ``caddtree`` also by ``-rawcv``) into a
-    :class:`MethodSpec`.
+    ``-cal`` or ``-adapt`` and/or ``-spine`` in any order, and ``caddtree`` also by ``-rawcv`` and ``-fallback``)
+    into a :class:`MethodSpec`.
 
     Raises:
-        InputError (``field``): unknown base, unknown or repeated modifier, ``-cal`` with ``-adapt``, ``-rawcv`` on
-            ddtree, or a modifier on ar / chain.
+        InputError (``field``): unknown base, unknown or repeated modifier, ``-cal`` with ``-adapt``, ``-rawcv`` or
+            ``-fallback`` on ddtree, or a modifier on ar / chain.
     """
     parts = str(name).strip().split("-")
     base, mods = parts[0], parts[1:]
@@ -65,15 +70,18 @@ def parse_method(name: str, field: str = "method") -> MethodSpec:
     if mods and base not in VARIANT_BASES:
         raise InputError(field, f"{base} takes no modifier ({name!r}); -cal, -adapt and -spine apply to ddtree and "
                                 "caddtree")
-    if any(m not in ("cal", "adapt", "spine", "rawcv") for m in mods) or len(set(mods)) != len(mods):
+    if any(m not in ("cal", "adapt", "spine", "rawcv", "fallback") for m in mods) or len(set(mods)) != len(mods):
         raise InputError(field, f"unknown method {name!r}: modifiers are -cal or -adapt, -spine and (caddtree) "
-                                "-rawcv, each at most once")
+                                "-rawcv and -fallback, each at most once")
     if "rawcv" in mods and base != "caddtree":
         raise InputError(field, f"{name!r}: -rawcv changes CaDDTree's cost curve; ddtree does not use one")
+    if "fallback" in mods and base != "caddtree":
+        raise InputError(field, f"{name!r}: -fallback compares CaDDTree's predicted throughput with a plain target "
+                                "step; ddtree predicts none")
     if "cal" in mods and "adapt" in mods:
         raise InputError(field, f"{name!r}: use -cal (a calibration fitted beforehand) or -adapt (calibrated "
                                 "during the run), not both")
-    return MethodSpec(base, "cal" in mods, "spine" in mods, "adapt" in mods, "rawcv" in mods)
+    return MethodSpec(base, "cal" in mods, "spine" in mods, "adapt" in mods, "rawcv" in mods, "fallback" in mods)
 
 
 def parse_method_key(item: str, field: str = "methods", max_budget: int = 1024) -> tuple[str, int | None]:

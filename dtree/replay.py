@@ -132,6 +132,16 @@ class ReplaySummary:
 # ----------------------------------------------------------------------------------------------------------------------
 
 
+def _drafted(rnd: RoundRecord) -> bool:
+    """True when the round drafted (logged marginals); False for AR rounds and a ``-fallback`` run's plain steps."""
+    return rnd.marg_tokens is not None and np.size(rnd.marg_tokens) > 0
+
+
+def _kmin(runs: list[RunRecord]) -> int:
+    """The smallest logged top-k width over the drafted rounds of ``runs`` (0 when none drafted)."""
+    return min((int(np.size(r.marg_tokens, 1)) for run in runs for r in run.rounds if _drafted(r)), default=0)
+
+
 def round_marginals(rnd: RoundRecord) -> Marginals:
     """The logged top-k drafter marginals of a round as :class:`~dtree.trees.Marginals` (float64 log-probs).
 
@@ -139,7 +149,8 @@ def round_marginals(rnd: RoundRecord) -> Marginals:
         InputError: the round has no marginals (an AR round).
     """
     if rnd.marg_tokens is None or np.size(rnd.marg_tokens) == 0:
-        raise InputError("run", f"round {rnd.index} has no drafter marginals (AR rounds cannot be replayed as trees)")
+        raise InputError("run", f"round {rnd.index} has no drafter marginals (an AR round, or a plain target step of "
+                                "a -fallback run: nothing was drafted there to rebuild a tree from)")
     return Marginals(np.asarray(rnd.marg_tokens), np.asarray(rnd.marg_logprobs, dtype=np.float64))
 
 
@@ -296,6 +307,7 @@ class _Prepared:
     adaptive: bool = False    # ... calibrated per round from the run's earlier rounds (-adapt)
     raw_cv: bool = False      # costs read the measured Cv curve (caddtree-rawcv), not the convex fit
     run_ids: list = field(default_factory=list)  # per run: run_id
+    drafted: np.ndarray = field(default_factory=lambda: np.zeros(0, bool))  # bool [R]; False: a plain target step
 
 
 def _as_runs(runs) -> list[RunRecord]:
@@ -330,12 +342,14 @@ def adaptive_calibrations(run: RunRecord, settings: dict | None = None) -> list[
     stored = run.params.get("adaptive_calibration") if isinstance(run.params, dict) else None
     s = dict(settings or stored or {})
     if "depths" not in s:
-        s["depths"] = max(int(np.shape(round_marginals(r).tokens)[0]) for r in run.rounds)
+        s["depths"] = max((int(np.shape(r.marg_tokens)[0]) for r in run.rounds if _drafted(r)), default=0)
+        if s["depths"] == 0:
+            raise InputError("run", f"run {run.run_id} has no drafted rounds")
     online = OnlineCalibration(**{k: s[k] for k in ("depths", "rank_bins", "prior_strength") if k in s})
     out = []
     for rnd in run.rounds:
         out.append(online.calibration())
-        online.observe_round(round_marginals(rnd), rnd.committed, rnd.bonus)
+        online.observe_round(round_marginals(rnd) if _drafted(rnd) else None, rnd.committed, rnd.bonus)
     return out
 
 
@@ -369,6 +383,11 @@ def prepare(runs: RunRecord | Iterable[RunRecord], max_nodes: int, cost: CostMod
         temp_pos |= float(run.params.get("temperature", 0.0) or 0.0) > 0.0
         stream, offsets = _known_path(run)
         for i, (rnd, off) in enumerate(zip(run.rounds, offsets)):
+            if not _drafted(rnd):  # a -fallback run's plain target step: kept as logged (tau 1, no Cd) by any replay
+                rows.append((rnd.start, 0, 0, np.full(M, -np.inf), np.ones(M + 1, np.int64), np.zeros(M + 1, bool), 1,
+                             0, False, rnd.tau, rnd.budget, (rnd.build_ms + rnd.commit_ms) / 1e3, ri, 0, rnd.index,
+                             False))
+                continue
             marg = round_marginals(rnd)
             g = stream[off: off + marg.gamma + 1]
             m = min(M, marg.width)
@@ -387,7 +406,7 @@ def prepare(runs: RunRecord | Iterable[RunRecord], max_nodes: int, cost: CostMod
             cmd = int(matched_depths(chain, g).max())
             rows.append((rnd.start, marg.width, n, lp, tau_at, trunc, 1 + cmd, chain.n_nodes,
                          (1 + cmd == len(g)) and len(g) < marg.gamma + 1, rnd.tau, rnd.budget,
-                         (rnd.build_ms + rnd.commit_ms) / 1e3, ri, marg.gamma, rnd.index))
+                         (rnd.build_ms + rnd.commit_ms) / 1e3, ri, marg.gamma, rnd.index, True))
     if not rows:
         raise InputError("runs", "no rounds to replay (empty trace)")
     col = list(zip(*rows))
@@ -399,11 +418,13 @@ def prepare(runs: RunRecord | Iterable[RunRecord], max_nodes: int, cost: CostMod
         recorded_budget=np.asarray(col[10], np.int64), overhead_s=np.asarray(col[11], np.float64),
         run_of=np.asarray(col[12], np.int64), costs=costs, temperature_positive=temp_pos,
         gamma=np.asarray(col[13], np.int64), round_index=np.asarray(col[14], np.int64), spine=bool(spine),
-        calibrated=bool(calibrated), adaptive=bool(adaptive), raw_cv=bool(raw_cv), run_ids=[run.run_id for run in runs])
+        calibrated=bool(calibrated), adaptive=bool(adaptive), raw_cv=bool(raw_cv), run_ids=[run.run_id for run in runs],
+        drafted=np.asarray(col[15], bool))
 
 
 def _cost_tables(p: _Prepared, costs: list | None = None, n_max: int | None = None) -> tuple[np.ndarray, np.ndarray]:
-    """``cd [R]`` and ``cv [R, n_max + 1]`` (seconds) for every round under each run's cost model."""
+    """``cd [R]`` and ``cv [R, n_max + 1]`` (seconds) for every round under each run's cost model (Cd = 0 for the plain
+    target steps of ``-fallback`` runs: they drafted nothing)."""
     costs = p.costs if costs is None else costs
     n_max = p.M if n_max is None else n_max
     R = len(p.starts)
@@ -414,7 +435,7 @@ def _cost_tables(p: _Prepared, costs: list | None = None, n_max: int | None = No
     for r in range(R):
         ri = int(p.run_of[r])
         c = costs[ri]
-        cd[r] = float(c.cd_s)
+        cd[r] = float(c.cd_s) if p.drafted[r] else 0.0
         key = (id(c), int(p.starts[r]))
         if key not in cache:
             cache[key] = np.asarray(c.cv(grid, int(p.starts[r])), dtype=np.float64)
@@ -488,6 +509,13 @@ def _replay_prepared(p: _Prepared, method: str, budget: int | None, cd: np.ndarr
     R = len(p.starts)
     rows = np.arange(R)
     notes: list[str] = []
+    plain = int((~p.drafted).sum())
+    if spec.fallback:
+        notes.append("-fallback is not simulated: replay rebuilds the drafted rounds with the base method and never "
+                     "adds plain target steps of its own")
+    if plain:
+        notes.append(f"{plain} logged plain target steps (a -fallback run skipped the drafter there) are kept as "
+                     "logged: tau 1, time Cv(0; L); replay does not re-decide when to skip")
     exact, capped = True, 0
     if base == "ar":
         n = np.zeros(R, np.int64)
@@ -503,9 +531,9 @@ def _replay_prepared(p: _Prepared, method: str, budget: int | None, cd: np.ndarr
         if b > p.M:
             raise InputError("budget", f"must be <= {p.M} (the replay was prepared up to {p.M} nodes)")
         n = np.minimum(b, p.n_avail)
-        if (b > p.k).any():
+        if (b > p.k[p.drafted]).any():
             exact = False
-            notes.append(f"budget {b} exceeds the logged top-k ({int(p.k.min())}); ranks beyond k are unknown")
+            notes.append(f"budget {b} exceeds the logged top-k ({int(p.k[p.drafted].min())}); ranks beyond k are unknown")
         taus = p.tau_at[rows, n]
         trunc = p.trunc_at[rows, n]
         round_s = cd + cv[rows, n] if cv is not None else np.full(R, np.nan)
@@ -515,11 +543,11 @@ def _replay_prepared(p: _Prepared, method: str, budget: int | None, cd: np.ndarr
         b = check_int("budget", DEFAULT_CADDTREE_MAX if budget is None else budget, 0, MAX_REPLAY_BUDGET)
         n = _caddtree_choice(p, cd, cv, b)
         cap = np.minimum(np.minimum(b, p.k), p.M)
-        hit = (n >= cap) & (cap < b)
+        hit = (n >= cap) & (cap < b) & p.drafted
         capped = int(hit.sum())
         if capped:
             exact = False
-            notes.append(f"{capped} rounds chose the top-k cap ({int(cap.min())} nodes): their true caddtree budget "
+            notes.append(f"{capped} rounds chose the top-k cap ({int(cap[hit].min())} nodes): their true caddtree budget "
                          "may be larger (log a larger --topk-log)")
         taus = p.tau_at[rows, n]
         trunc = p.trunc_at[rows, n]
@@ -637,8 +665,7 @@ def sweep_budgets(runs: RunRecord | Iterable[RunRecord], budgets: Iterable[int] 
     runs = _as_runs(runs)
     asked = _parse_budgets(budgets)
     extra = [parse_method_key(v, "variants", MAX_REPLAY_BUDGET) for v in variants]
-    kmin = min(int(np.size(r.marg_tokens, 1)) if np.ndim(r.marg_tokens) == 2 else 0 for run in runs for r in run.rounds) \
-        if any(run.rounds for run in runs) else 0
+    kmin = _kmin(runs)
     keep = [b for b in asked if b <= kmin]
     dropped = [b for b in asked if b > kmin]
     cmax = check_int("caddtree_max_budget", DEFAULT_CADDTREE_MAX if caddtree_max_budget is None else caddtree_max_budget,
@@ -716,7 +743,7 @@ def sweep_weights(runs: RunRecord | Iterable[RunRecord], cd_scales: Iterable[flo
     if not grid:
         raise InputError("cd_scales", "the weight grid is empty")
     cmax = check_int("max_budget", DEFAULT_CADDTREE_MAX if max_budget is None else max_budget, 0, MAX_REPLAY_BUDGET)
-    kmin = min(int(np.size(r.marg_tokens, 1)) for run in runs for r in run.rounds) if any(run.rounds for run in runs) else 0
+    kmin = _kmin(runs)
     p = prepare(runs, min(cmax, kmin), cost)
     base = [c.weighted(None) for c in p.costs]
     cd0, cv0 = _cost_tables(p, base)
@@ -789,8 +816,7 @@ def check_unimodal(runs: RunRecord | Iterable[RunRecord], cost: CostModel | None
     rtol = check_float("rtol", rtol, 0.0, 1.0)
     runs = _as_runs(runs)
     cmax = check_int("max_budget", DEFAULT_CADDTREE_MAX if max_budget is None else max_budget, 0, MAX_REPLAY_BUDGET)
-    kmin = min((int(np.size(r.marg_tokens, 1)) for run in runs for r in run.rounds if np.ndim(r.marg_tokens) == 2),
-               default=0)
+    kmin = _kmin(runs)
     M = min(cmax, kmin)
     p = prepare(runs, M, cost, spine=spec.spine, calibrated=spec.calibrated, calibration=calibration,
                 adaptive=spec.adaptive, raw_cv=spec.raw_cv)
@@ -801,6 +827,8 @@ def check_unimodal(runs: RunRecord | Iterable[RunRecord], cost: CostModel | None
     greedy = _caddtree_choice(p, cd, cv, M)
     rows = []
     for r in range(len(p.starts)):
+        if not p.drafted[r]:  # a -fallback plain step: no tree, no theta curve to check
+            continue
         n_hi = int(cap[r])
         seg = theta[r, int(lo[r]): n_hi + 1]
         top = float(seg.max())
@@ -837,7 +865,7 @@ def logged_method(run: RunRecord) -> tuple[str, int | None]:
         return spec.name, None
     spec = MethodSpec(spec.base, spec.calibrated or bool(params.get("calibrated")),
                       spec.spine or bool(params.get("spine")), spec.adaptive or bool(params.get("adaptive")),
-                      spec.raw_cv or bool(params.get("raw_cv")))
+                      spec.raw_cv or bool(params.get("raw_cv")), spec.fallback or bool(params.get("fallback")))
     budget = params.get("budget")
     if budget is None:
         budget = 16 if spec.base == "ddtree" else DEFAULT_CADDTREE_MAX
@@ -890,7 +918,7 @@ def live_weights_from_runs(runs: RunRecord | Iterable[RunRecord], cost: CostMode
                 spec.append(r)
         except InputError:
             continue
-    rounds = [rnd for r in spec for rnd in r.rounds]
+    rounds = [rnd for r in spec for rnd in r.rounds if _drafted(rnd)]  # a -fallback run's plain steps drafted nothing
     if not rounds:
         raise InputError("runs", "no logged speculative round (chain / ddtree / caddtree) to fit cost weights on")
     if cost is None:
@@ -908,7 +936,8 @@ def _timed_s(timing: CostModel, run: RunRecord, n_nodes: np.ndarray) -> float:
     starts = [x.start for x in run.rounds]
     if len(starts) != len(n_nodes):
         return float("nan")
-    return float(sum(timing.cd_s + timing.cv(int(n), L) for n, L in zip(n_nodes, starts)))
+    return float(sum((timing.cd_s if _drafted(x) else 0.0) + timing.cv(int(n), L)
+                     for x, n, L in zip(run.rounds, n_nodes, starts)))
 
 
 def replay_vs_live(runs: Iterable[RunRecord], key=None, fallback_cost: CostModel | None = None,

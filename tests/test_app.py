@@ -156,6 +156,30 @@ def test_live_decode_measured_cv(store_env, tiny_cost):
         assert s.load_run(int(runs["id"].iloc[0])).cost_model["curve"] == "measured"
 
 
+def test_live_decode_ar_fallback(store_env, tiny_cost):
+    """caddtree with "AR fallback": stored as caddtree-fallback (its params say so), every round is either drafted or
+    a plain target step saying why; the option is off for other methods."""
+    from dtree.store import TraceStore
+
+    at = _live()
+    at.selectbox(key="method").select("ddtree").run()
+    assert at.checkbox(key="fallback").disabled
+    at.selectbox(key="method").select("caddtree").run()
+    assert not at.checkbox(key="fallback").disabled
+    at.text_area(key="prompt").input("What is 6 times 7?")
+    at.checkbox(key="fallback").check()
+    at.number_input(key="max_new").set_value(6)
+    at.button[0].click().run()
+    assert not at.exception, at.exception
+    assert not at.error, [e.value for e in at.error]
+    with TraceStore(store_env) as s:
+        runs = s.list_runs()
+        assert runs["method"].tolist() == ["caddtree-fallback"]
+        run = s.load_run(int(runs["id"].iloc[0]))
+    assert run.params["fallback"] and run.rounds[0].marg_tokens.size
+    assert all(r.marg_tokens.size or r.budget_reason.startswith("fallback: plain target step") for r in run.rounds)
+
+
 def test_live_decode_cost_weights_reach_the_run(store_env, tiny_cost):
     """The Cost weights sliders apply to caddtree only: a steep Cv (scale 5, tree-node factor 5) is stored with the
     run and keeps its trees no larger than the unweighted run's on the same prompt; other methods ignore them."""

@@ -169,6 +169,11 @@ def test_verify_vs_model_is_logged_verify_time_over_the_stored_models_cv():
     s.add(_cost_run(None, [r0]))
     assert s.verify_vs_model == [pytest.approx(1.5, rel=1e-3)]
     assert bench.summary_rows({"caddtree": s})[0]["verify_vs_model"] == pytest.approx(1.5, abs=1e-3)
+    # drafted_%: the share of rounds that ran the drafter (a -fallback run's plain steps do not)
+    fb = bench.MethodStats()
+    fb.add(_cost_run(cm, [r0, r1, ar_like, ar_like]))
+    rows = bench.summary_rows({"caddtree": s, "caddtree-fallback": fb})
+    assert [r["drafted_%"] for r in rows] == [100.0, 50.0]
 
 
 def test_drift_note_only_outside_the_band():

@@ -238,10 +238,12 @@ def test_method_names_and_keys():
     assert parse_method("caddtree-spine-adapt").name == "caddtree-adapt-spine"
     assert parse_method("caddtree-rawcv-spine-adapt").name == "caddtree-adapt-spine-rawcv"
     assert parse_method("caddtree-rawcv").raw_cv and not parse_method("caddtree").raw_cv
+    assert parse_method("caddtree-fallback-rawcv-adapt").name == "caddtree-adapt-rawcv-fallback"
+    assert parse_method("caddtree-fallback").fallback and not parse_method("caddtree-rawcv").fallback
     assert parse_method("ddtree-adapt").uses_calibration and not parse_method("ddtree-spine").uses_calibration
     for bad in ("chain-spine", "ar-cal", "caddtree-cal-cal", "caddtree-fast", "ddtree-spine", "caddtree-", "beam",
                 "caddtree-cal-adapt", "chain-adapt", "ddtree-adapt", "ddtree-rawcv:8", "chain-rawcv",
-                "caddtree-rawcv-rawcv"):
+                "caddtree-rawcv-rawcv", "ddtree-fallback:8", "chain-fallback", "caddtree-fallback-fallback"):
         with pytest.raises(InputError):
             parse_method_key(bad)
     assert bench.parse_methods("ar,caddtree-cal,caddtree-spine:64,ddtree-cal-spine:8") == [

@@ -210,3 +210,74 @@ def test_run_logged_round_by_round_and_interruption_kept(backend32, tmp_store):
     part = tmp_store.load_run(int(cut["id"].iloc[0]))
     assert len(part.rounds) == 2
     assert [r.committed for r in part.rounds] == [r.committed for r in done.rounds[:2]]
+
+
+# ------------------------------------------------------------------------------------------------------ -fallback
+
+
+class _Curve:
+    """A stand-in cost model for :func:`engine.fallback_decision`: Cv(0; L) = ``cv0`` seconds."""
+
+    def __init__(self, cv0: float):
+        self.cv0 = cv0
+
+    def cv(self, n, L):
+        return self.cv0 + 0.001 * n
+
+
+def test_fallback_decision_compares_theta_with_a_plain_step_and_doubles_the_backoff():
+    tree = trees.root_only_tree(5)
+    tree.theta_curve = np.array([8.0, 9.5, 9.0])
+    # a plain step of 0.1 s gives 10 tok/s > 8: skip; the back-off doubles and is capped
+    assert engine.fallback_decision(tree, _Curve(0.1), 64, 1)[:2] == (1, 2)
+    assert engine.fallback_decision(tree, _Curve(0.1), 64, 4)[:2] == (4, 8)
+    skip, nxt, note = engine.fallback_decision(tree, _Curve(0.1), 64, engine.FALLBACK_MAX_SKIP)
+    assert (skip, nxt) == (engine.FALLBACK_MAX_SKIP, engine.FALLBACK_MAX_SKIP)
+    assert "8.00 < a plain step's 10.00 tok/s" in note and note.startswith("; ")
+    # a plain step of 0.2 s gives 5 tok/s < 8: draft again next round, back-off reset
+    assert engine.fallback_decision(tree, _Curve(0.2), 64, 8) == (0, 1, "")
+
+
+def test_fallback_is_lossless_and_skips_the_drafter_with_a_doubling_backoff(backend32, small_cost):
+    """caddtree-fallback, fp32 greedy: the output equals AR's whatever it decides. With a drafter step priced at 1 s
+    no tree pays, so the rounds run drafted, 1 plain step, drafted, 2 plain, drafted, 4, 8, 16, 16...; with a free
+    drafter step every tree pays (theta(n*) >= theta(0) = a plain step's) and no round is skipped."""
+    from dtree.cost import CostWeights
+
+    prompt = dataset_prompts(1)[1]  # HumanEval/0
+    ids = backend32.target.encode_prompt(prompt)
+    ar = backend32.decode_ids(ids, DecodeConfig("ar", max_new_tokens=48))
+    dear = small_cost.weighted(CostWeights(cd_s=1.0))
+    for method in ("caddtree-fallback", "caddtree-adapt-rawcv-fallback"):
+        run = backend32.decode_ids(ids, DecodeConfig(method, max_new_tokens=48), cost=dear)
+        assert run.method == method and run.params["fallback"]
+        assert run.output_ids == ar.output_ids, f"{method} diverged from AR"
+        drafted = [bool(r.marg_tokens.size) for r in run.rounds]
+        gaps, n = [], 0
+        for d in drafted[1:]:
+            if d:
+                gaps.append(n)
+                n = 0
+            else:
+                n += 1
+        assert drafted[0] and gaps[:4] == [1, 2, 4, 8], "".join("D" if d else "." for d in drafted)
+        for r in run.rounds:
+            if not r.marg_tokens.size:
+                assert r.budget == 0 and r.tau == 1 and r.draft_ms == 0 and r.verify_ms > 0
+                assert r.budget_reason.startswith("fallback: plain target step")
+            else:
+                assert "skip the drafter" in r.budget_reason
+        for prev, nxt in zip(run.rounds, run.rounds[1:]):
+            assert nxt.start == prev.start + prev.tau and nxt.anchor == prev.bonus
+    free = backend32.decode_ids(ids, DecodeConfig("caddtree-fallback", max_new_tokens=48),
+                                cost=small_cost.weighted(CostWeights(cd_s=0.0)))
+    assert free.output_ids == ar.output_ids
+    assert all(r.marg_tokens.size for r in free.rounds)
+
+
+def test_fallback_applies_to_caddtree_only(backend32):
+    from dtree.errors import InputError
+
+    with pytest.raises(InputError) as e:
+        backend32.decode("Hi", DecodeConfig("ddtree", budget=4, fallback=True, max_new_tokens=4))
+    assert e.value.field == "fallback"

@@ -535,3 +535,39 @@ def test_issue4_report_end_to_end_on_a_synthetic_bench(tmp_path, capsys):
     assert "no trace store" in capsys.readouterr().err
     assert not (tmp_path / "missing.sqlite").exists()
     assert report.main(["--store", str(path), "--latest", "--out", str(tmp_path / "r.csv")]) == 2
+
+
+def test_replay_of_a_fallback_run_keeps_its_plain_steps(target32, rand_drafter, tmp_store):
+    """A -fallback run mixes drafted rounds and plain target steps (no marginals). Replay at the logged config
+    reproduces every tau and budget (the -adapt calibrations see the plain steps' tokens as the engine did), prices a
+    plain step at Cv(0; L) without Cd under every method, and the budget sweep, the unimodality check and the live
+    weight fit skip the plain steps instead of reading their empty marginals."""
+    from dtree.engine import DecodeConfig, generate
+    from dtree.replay import check_unimodal, live_weights_from_runs, replay_as_logged
+
+    cm = cost_model(cd=0.5, b=1e-3)  # a drafter step dearer than any tree of 16 nodes can pay for
+    ids = target32.encode_prompt("List the numbers from 1 to 20, separated by commas.")
+    for method in ("caddtree-fallback", "caddtree-adapt-fallback"):
+        live = generate(target32, ids, DecodeConfig(method, budget=16, max_new_tokens=24, topk_log=16),
+                        drafter=rand_drafter,
+                        cost_model=cm, sink=tmp_store)
+        run = tmp_store.load_run(live.run_id)
+        plain = np.array([r.marg_tokens.size == 0 for r in run.rounds])
+        assert plain.any() and not plain.all(), [r.budget_reason for r in run.rounds]
+        s = replay_as_logged(run)
+        np.testing.assert_array_equal(s.taus, [r.tau for r in live.rounds])
+        np.testing.assert_array_equal(s.n_nodes, [r.budget for r in live.rounds])
+        assert any("plain target steps" in n for n in s.notes) and s.exact
+        starts = np.array([r.start for r in run.rounds])
+        expect = np.where(plain, 0.0, cm.cd_s) + np.array([float(cm.cv(int(n), int(L)))
+                                                           for n, L in zip(s.n_nodes, starts)])
+        np.testing.assert_allclose(s.round_s, expect)
+        for other, b in (("ddtree", 4), ("chain", None), ("ar", None)):
+            o = replay_run(run, other, b)
+            assert (o.taus[plain] == 1).all() and (o.n_nodes[plain] == 0).all()
+            np.testing.assert_allclose(o.round_s[plain], [float(cm.cv(0, int(L))) for L in starts[plain]])
+        df = sweep_budgets(run, [1, 2, 4, 8])
+        assert df[df.method == "ddtree"]["exact"].all() and len(df[df.method == "ddtree"]) == 4
+        u = check_unimodal(run, method=method.removesuffix("-fallback"))
+        assert u.attrs["n_rounds"] == int((~plain).sum())
+        assert live_weights_from_runs(run).n_rounds == int((~plain).sum())
