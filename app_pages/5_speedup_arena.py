@@ -12,7 +12,7 @@ METHOD_CHOICES = ["ar", "chain", "ddtree:4", "ddtree:8", "ddtree:16", "ddtree:32
                   "caddtree", "ddtree-spine:16", "ddtree-cal:16", "ddtree-cal-spine:16", "caddtree-spine",
                   "caddtree-cal", "caddtree-cal-spine", "ddtree-adapt:16", "ddtree-adapt-spine:16", "caddtree-adapt",
                   "caddtree-adapt-spine", "caddtree-rawcv", "caddtree-adapt-rawcv", "caddtree-fallback",
-                  "caddtree-adapt-rawcv-fallback"]
+                  "caddtree-adapt-fallback", "caddtree-rawcv-fallback", "caddtree-adapt-rawcv-fallback"]
 UPLOAD = "JSONL file (upload or path)"
 TYPED = "typed prompts (one per line)"
 SET_HELP = {"demo": "demo (8 built-in short prompts)", UPLOAD: UPLOAD, TYPED: TYPED}
