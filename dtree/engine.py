@@ -1,8 +1,9 @@
 """The decoding engine: prefill -> draft -> build tree -> verify -> walk -> commit, one record per round.
 
 Read top to bottom like gpt-fast: one small function per step, state passed explicitly. :func:`generate` runs one
-prompt with one method (``ar``, ``chain``, ``ddtree``, ``caddtree``, or a ``-cal`` / ``-spine`` variant of the last
-two) and returns a :class:`~dtree.records.RunRecord`; every round goes to an optional sink (the trace store) as soon
+prompt with one method (``ar``, ``chain``, ``ddtree``, ``caddtree``, or a variant of the last two: ``-cal``,
+``-adapt``, ``-spine``, and for caddtree ``-rawcv`` and ``-fallback``, whose plain target steps skip the drafter) and
+returns a :class:`~dtree.records.RunRecord`; every round goes to an optional sink (the trace store) as soon
 as it completes.
 
 Losslessness: the tree is fixed before the target runs; the target then draws one token per node (argmax at
@@ -45,8 +46,8 @@ class DecodeConfig:
         method: ``ar`` (plain target decoding), ``chain`` (DFlash: the drafter's top-1 block), ``ddtree`` (best-first
             tree with a fixed node budget) or ``caddtree`` (per-round greedy budget from the cost model); ddtree and
             caddtree also accept the variant names ``<base>-cal``, ``<base>-adapt``, ``<base>-spine``,
-            ``<base>-cal-spine`` and ``<base>-adapt-spine``, and caddtree ``-rawcv`` and ``-fallback`` combined with those
-            (:func:`dtree.records.parse_method`), which :meth:`validated` turns into the base method plus the flags.
+            ``<base>-cal-spine`` and ``<base>-adapt-spine``, and caddtree ``-rawcv`` and ``-fallback`` combined with
+            those (:func:`dtree.records.parse_method`), which :meth:`validated` turns into the base method plus the flags.
         budget: ddtree: node budget B (non-root nodes, 0..1024; default 16). caddtree: the largest budget the greedy
             rule may reach (default 256). Ignored for ar and chain.
         max_new_tokens: tokens to generate (>= 1; prompt + new tokens + one block must fit the model's context).
@@ -92,8 +93,8 @@ class DecodeConfig:
 
     def validated(self, max_context: int, prompt_len: int, block_size: int) -> DecodeConfig:
         """Return a copy with defaults filled in and ``method`` reduced to its base (the variant's options moved to
-        ``spine`` / ``calibrated`` / ``adaptive`` / ``raw_cv`` / ``fallback``); raise :class:`InputError` naming the bad field and
-        its range."""
+        ``spine`` / ``calibrated`` / ``adaptive`` / ``raw_cv`` / ``fallback``); raise :class:`InputError` naming the
+        bad field and its range."""
         spec = parse_method(self.method)
         method = spec.base
         spine = spec.spine or bool(self.spine)

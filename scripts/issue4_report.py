@@ -31,6 +31,7 @@ os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
 import argparse
 import json
 import math
+import re
 import sys
 from pathlib import Path
 
@@ -218,14 +219,18 @@ def markdown(rep: dict) -> str:
     fb = sorted({r["method"] for r in rv["per_run"] if r["cost_source"] == "fallback"})
     if fb:
         out.append(f"\n- no stored cost model, timed with the bench's first stored one: {', '.join(fb)}")
-    notes: dict[str, list[str]] = {}
+    notes: dict[str, dict[str, list[int]]] = {}  # method -> note with its leading count as {n} -> counts per run
     for r in rv["per_run"]:
         for n in r.get("notes") or []:
-            notes.setdefault(r["method"], [])
-            if n not in notes[r["method"]]:
-                notes[r["method"]].append(n)
+            m = re.match(r"(\d+) (.*)", n)
+            text, count = (m.group(2), int(m.group(1))) if m else (n, None)
+            notes.setdefault(r["method"], {}).setdefault(text, []).append(count)
     for method, ns in notes.items():
-        out += [f"\n- {method}: {n}" for n in ns[:5]]
+        for text, counts in list(ns.items())[:5]:
+            if counts[0] is None:
+                out.append(f"\n- {method}: {text}")
+            else:  # e.g. "55 logged plain target steps ..." from each run: one line with the total
+                out.append(f"\n- {method}: {sum(counts)} (over {len(counts)} runs) {text}")
     out.append("\nPredicted time is Cd + Cv(n; L) per round (the paper's model: no drafting-loop, build or commit "
                "overhead); the 'pooled pred + build/commit' column adds the logged build and commit time. Predicted "
                "tokens are the replayed taus (not trimmed to max_new_tokens).")

@@ -41,3 +41,9 @@ b issue4-gsm8k50-v4 --dataset gsm8k --limit 50 --methods "$I50" --max-new-tokens
 "$PY" scripts/issue4_report.py --store "$STORE" --latest --out docs/bench/issue4-gsm8k50-v4-report.json > docs/bench/issue4-gsm8k50-v4-report.md
 b issue4-humaneval50-v4 --dataset humaneval --limit 50 --methods "$I50" --max-new-tokens 64 --dtype float32
 "$PY" scripts/issue4_report.py --store "$STORE" --latest --out docs/bench/issue4-humaneval50-v4-report.json > docs/bench/issue4-humaneval50-v4-report.md
+# issue 4, the -fallback variant (session 8): 128 new tokens, AR and the best fixed budget of the session-7 benches beside it
+IF=caddtree,caddtree-adapt-rawcv,caddtree-adapt-rawcv-fallback
+b issue4-humaneval50-fallback-fp32 --dataset humaneval --limit 50 --methods "ar,ddtree:4,$IF" --max-new-tokens 128 --dtype float32
+"$PY" scripts/issue4_report.py --store "$STORE" --latest --out docs/bench/issue4-humaneval50-fallback-report.json > docs/bench/issue4-humaneval50-fallback-report.md
+b issue4-gsm8k50-fallback-fp32 --dataset gsm8k --limit 50 --methods "ar,ddtree:8,$IF" --max-new-tokens 128 --dtype float32
+"$PY" scripts/issue4_report.py --store "$STORE" --latest --out docs/bench/issue4-gsm8k50-fallback-report.json > docs/bench/issue4-gsm8k50-fallback-report.md
