@@ -4,7 +4,8 @@ For every drafted round of the selected runs: did its tree promise less than a p
 (theta(n*) < 1 / Cv(0; L) under the run's stored cost model, dtree.engine.fallback_decision's test)? Prints, per
 method and prompt set, the rounds checked, the share that would have fallen back and their mean logged tau.
 
-Usage: .venv/bin/python scripts/fallback_would_fire.py [--store docs/bench/measure.sqlite] [--last 20]
+Usage: .venv/bin/python scripts/fallback_would_fire.py [--store docs/bench/measure.sqlite] [--sets TAG1,TAG2]
+(each of --sets is a substring of the bench tags, e.g. a whole tag ``bench:20261130T080933.273083Z:humaneval``)
 """
 
 from __future__ import annotations
@@ -20,7 +21,6 @@ from dtree.store import TraceStore
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--store", default="docs/bench/measure.sqlite")
-    ap.add_argument("--last", type=int, default=20, help="the last N runs of each method and set (default 20)")
     ap.add_argument("--sets", default="humaneval,gsm8k", help="substrings of the bench tags (default humaneval,gsm8k)")
     ap.add_argument("--methods", default="caddtree,caddtree-adapt-rawcv")
     a = ap.parse_args()
@@ -28,7 +28,7 @@ def main() -> None:
         runs = st.list_runs()
         for tag in a.sets.split(","):
             for method in a.methods.split(","):
-                sel = runs[(runs.method == method) & runs.tag.fillna("").str.contains(tag)].tail(a.last)
+                sel = runs[(runs.method == method) & runs.tag.fillna("").str.contains(tag, regex=False)]
                 checked, taus = 0, []
                 for rid in sel.id:
                     run = st.load_run(int(rid))
@@ -41,7 +41,7 @@ def main() -> None:
                         if r.tree.theta_curve[n] < 1.0 / float(cm.cv(0, r.start)):
                             taus.append(r.tau)
                 share = len(taus) / checked if checked else float("nan")
-                print(f"{tag:10s} {method:22s} runs {len(sel):3d}  rounds {checked:5d}  would fall back "
+                print(f"{tag} {method:22s} runs {len(sel):3d}  rounds {checked:5d}  would fall back "
                       f"{len(taus):5d} ({share:.1%})  mean tau there {np.mean(taus) if taus else float('nan'):.2f}")
 
 
