@@ -8,6 +8,7 @@ from __future__ import annotations
 import hashlib
 import json
 import time
+import warnings
 from pathlib import Path
 
 import numpy as np
@@ -174,17 +175,29 @@ class Backend:
         self.cost_weights = None  # optional dtree.cost.CostWeights applied to every run's cost model
 
     def cost_model(self, progress=None, path: str | Path | None = None):
-        """The cost model used by caddtree: ``path`` if given, else the cached auto-profile (profiled on first use)."""
+        """The cost model used by caddtree: ``path`` if given, else the cached auto-profile (profiled on first use).
+
+        A first-use profile that looks disturbed (:meth:`dtree.cost.CostModel.disturbances`) is measured once more;
+        if it still does, it is used for this process with a warning (``warnings.warn``) and not cached."""
         from .cost import CostModel
 
         if path is not None:
             self._cost_model = CostModel.load(path)
             return self._cost_model
         if self.current_cost_model() is None:  # none loaded, none cached (or the cached file is unusable): profile
-            self._cost_model = profile_cost_model(self.target, self.drafter, progress=progress)
-            auto = default_cost_model_path(self.target, self.drafter)
-            auto.parent.mkdir(parents=True, exist_ok=True)
-            self._cost_model.save(auto)
+            cm = profile_cost_model(self.target, self.drafter, progress=progress)
+            if cm.disturbances():  # another job on the cores: measure once more
+                cm = profile_cost_model(self.target, self.drafter, progress=progress)
+            self._cost_model = cm
+            problems = cm.disturbances()
+            if problems:  # used for this process only: a later run profiles afresh instead of inheriting it
+                warnings.warn("the automatic cost profile looks disturbed (another job using the CPU?): "
+                              + "; ".join(problems) + ". It is used in this process but not cached; profile an idle "
+                              "machine with `python -m dtree profile`.", stacklevel=2)
+            else:
+                auto = default_cost_model_path(self.target, self.drafter)
+                auto.parent.mkdir(parents=True, exist_ok=True)
+                cm.save(auto)
         return self._cost_model
 
     def calibration(self, path: str | Path | None = None, progress=None):

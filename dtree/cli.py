@@ -94,7 +94,8 @@ def _summary(run) -> dict:
             "decode_s": round(run.decode_s, 3), "prefill_ms": round(run.prefill_ms, 1),
             "phase_ms": {ph: round(sum(getattr(r, f"{ph}_ms") for r in run.rounds), 1)
                          for ph in ("draft", "build", "verify", "commit")},
-            "verify_vs_model": _round_or_none(verify_vs_model(run), 3)}
+            "verify_vs_model": _round_or_none(verify_vs_model(run), 3),
+            "drafted_rounds": sum(1 for r in run.rounds if r.marg_tokens.size)}
 
 
 def _round_or_none(v, nd: int):
@@ -197,6 +198,8 @@ def cmd_decode(args) -> int:
         print("---", file=sys.stderr)
         print(f"{run.method}: {run.n_new_tokens} tokens in {run.decode_s:.2f} s = {run.tokens_per_s:.2f} tok/s, "
               f"mean tau {run.mean_tau:.2f}, mean budget {run.mean_budget:.1f}, {len(run.rounds)} rounds"
+              + (f" ({out['drafted_rounds']} drafted, {len(run.rounds) - out['drafted_rounds']} plain target steps "
+                 "counted as tau 1, budget 0)" if run.params.get("fallback") else "")
               + (f", run #{run.run_id} in {args.store}" if run.run_id else ""), file=sys.stderr)
         if "ar" in out:
             print(f"ar: {out['ar']['tokens_per_s']:.2f} tok/s; speedup {out['speedup_vs_ar']}x; "
@@ -785,7 +788,8 @@ def build_parser() -> argparse.ArgumentParser:
     rp.add_argument("--variants", default="",
                     help="extra rows, comma list of method keys: caddtree-cal, caddtree-spine, caddtree-cal-spine, "
                          "caddtree-adapt, caddtree-adapt-spine, caddtree-rawcv, caddtree-adapt-rawcv (optional :B "
-                         "maximum), ddtree-spine:B, ddtree-cal:B, ddtree-cal-spine:B, ddtree-adapt:B, "
+                         "maximum; a -fallback name replays as its base, the logged run's plain steps kept), "
+                         "ddtree-spine:B, ddtree-cal:B, ddtree-cal-spine:B, ddtree-adapt:B, "
                          "ddtree-adapt-spine:B")
     rp.add_argument("--calibration", default=None,
                     help="calibration JSON for -cal variants, or 'fit' to fit one on the replayed runs themselves "

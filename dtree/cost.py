@@ -34,6 +34,8 @@ from .errors import InputError, check_float, check_int
 FORMAT = "dtree-cost-model"
 VERSION = 1
 CURVES = ("convex", "measured")  # CostModel.curve: the table Cv(n; L) is read from
+DISTURBED_FIT_GAP = 1.0  # CostModel.disturbances: a convex fit this far off the medians means a disturbed profile
+DISTURBED_CONTEXT_DROP = 0.25  # ... as does Cv(0; L) falling by more than this share from one context to a longer one
 FIT_GAP_WARN = 0.1  # CostModel.fit_gap above this (well beyond a profile's noise): the measured Cv is not convex
 MIN_ROUNDS_PER_SIZE = 5  # fit_live_weights: tree sizes with this many rounds identify the root and tree verify scales
 
@@ -382,6 +384,29 @@ class CostModel:
             InputError: a scale or ``cd_s`` that is negative, NaN or infinite.
         """
         return self.weighted(CostWeights(cd_scale=cd_scale, cv_scale=cv_scale, cd_s=cd_s))
+
+    def disturbances(self) -> list[str]:
+        """Signs that the profile was measured on a disturbed machine (another job on the cores), one line each.
+
+        Two checks on the measured medians, both far beyond a quiet profile's noise (a few %) and beyond the CPU's
+        concave shape at small n (quiet profiles here: up to 43%): the convex fit is more than
+        :data:`DISTURBED_FIT_GAP` (100%) off them
+        somewhere, or the root-only verify Cv(0; L) of a longer context is more than :data:`DISTURBED_CONTEXT_DROP`
+        (25%) below a shorter one's (attention over more tokens cannot be that much cheaper). An empty list: nothing
+        looks wrong.
+        """
+        out = []
+        gap = self.fit_gap()
+        if gap["rel_gap"] > DISTURBED_FIT_GAP:
+            out.append(f"the convex fit is {100 * gap['rel_gap']:.0f}% off the measured Cv at n={gap['n']}, "
+                       f"L={gap['context']}")
+        root = self.cv_raw_s[:, 0]
+        for i in range(1, len(root)):
+            if root[i] < (1.0 - DISTURBED_CONTEXT_DROP) * root[:i].max():
+                out.append(f"Cv(0; L={int(self.contexts[i])}) = {root[i] * 1e3:.1f} ms is below a shorter context's "
+                           f"{root[:i].max() * 1e3:.1f} ms")
+                break
+        return out
 
     def fit_gap(self, n_max: int | None = None) -> dict[str, Any]:
         """How far the convex fit is from the measured medians (profile values, no weights), over nodes <= ``n_max``.

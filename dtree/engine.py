@@ -266,8 +266,9 @@ def fallback_decision(tree: DraftTree, cost_model, start: int, skip_next: int) -
     theta_ar = 1.0 / float(cost_model.cv(0, start))
     if theta_tree < theta_ar:
         return (skip_next, min(2 * skip_next, FALLBACK_MAX_SKIP),
-                f"; theta {theta_tree:.2f} < a plain step's {theta_ar:.2f} tok/s: the next {skip_next} "
-                f"round{'s' if skip_next != 1 else ''} skip the drafter")
+                f"; theta {theta_tree:.2f} < a plain step's {theta_ar:.2f} tok/s: "
+                + ("the next round skips the drafter" if skip_next == 1 else
+                   f"the next {skip_next} rounds skip the drafter"))
     return 0, 1, ""
 
 

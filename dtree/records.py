@@ -69,7 +69,7 @@ def parse_method(name: str, field: str = "method") -> MethodSpec:
         raise InputError(field, f"unknown method {name!r}: use one of {', '.join(ALL_METHODS)}")
     if mods and base not in VARIANT_BASES:
         raise InputError(field, f"{base} takes no modifier ({name!r}); -cal, -adapt and -spine apply to ddtree and "
-                                "caddtree")
+                                "caddtree, -rawcv and -fallback to caddtree")
     if any(m not in ("cal", "adapt", "spine", "rawcv", "fallback") for m in mods) or len(set(mods)) != len(mods):
         raise InputError(field, f"unknown method {name!r}: modifiers are -cal or -adapt, -spine and (caddtree) "
                                 "-rawcv and -fallback, each at most once")

@@ -362,7 +362,7 @@ def prepare(runs: RunRecord | Iterable[RunRecord], max_nodes: int, cost: CostMod
     (:func:`dtree.trees.best_first_order`); calibrated orders use ``calibration``, else each run's stored one, adaptive
     orders each round's :func:`adaptive_calibrations` entry, and ``path_lp`` then holds log q~. ``raw_cv``: every
     cost model reads its measured Cv curve (``CostModel.with_curve("measured")``), for the caddtree ``-rawcv``
-    variants, both for the choice and for the predicted time.
+    variants, both for the choice and for the predicted time; otherwise its convex fit, whatever curve the run used.
 
     Raises:
         InputError: empty trace, an AR run, a run without rounds or with non-contiguous rounds, a bad ``max_nodes``,
@@ -371,8 +371,8 @@ def prepare(runs: RunRecord | Iterable[RunRecord], max_nodes: int, cost: CostMod
     runs = _as_runs(runs)
     M = check_int("max_nodes", max_nodes, 0, MAX_REPLAY_BUDGET)
     costs = [(run_cost_model(run, cost) if need_cost else (cost if cost is not None else None)) for run in runs]
-    if raw_cv:
-        costs = [c.with_curve("measured") if c is not None else None for c in costs]
+    # the curve is the method's, not the run's: a -rawcv run stores "measured", its plain caddtree replay reads the fit
+    costs = [c.with_curve("measured" if raw_cv else "convex") if c is not None else None for c in costs]
     if calibrated and adaptive:
         raise InputError("method", "a method is calibrated beforehand (-cal) or during the run (-adapt), not both")
     cals = [run_calibration(run, calibration) if calibrated else None for run in runs]

@@ -451,3 +451,42 @@ def test_profile_cost_model_times_cd_between_the_verify_forwards(backend32, monk
     monkeypatch.setattr(backend_mod, "DraftStepTimer", real)
     cm = backend_mod.profile_cost_model(backend32.target, backend32.drafter, contexts=(32,), nodes=(0, 2), repeats=2)
     assert cm.meta["cd_samples"] == 4 and 1e-4 < cm.cd_s < 1.0
+
+
+def test_disturbances_flag_a_profile_measured_beside_another_job():
+    """A quiet CPU-shaped profile (concave at small n, rising with L) passes; a profile whose root-only verify is
+    cheaper at a longer context (208 ms at L=64, 43 ms at L=256, as one auto-profile beside a CI run measured) is
+    flagged, as is one no convex curve comes within 100% of (a 40 ms root then 400 ms)."""
+    nodes = np.array([0, 1, 2, 4, 8, 16])
+    quiet = np.array([[77.9, 84.8, 92.2, 105.7, 118.2, 138.7], [90.0, 97.0, 105.0, 118.0, 131.0, 152.0]]) / 1e3
+    assert CostModel.from_measurements(0.02, [64, 512], nodes, quiet).disturbances() == []
+    noisy = np.array([[208.0, 300.0, 290.0, 310.0, 280.0, 320.0], [43.0, 45.0, 260.0, 48.0, 50.0, 55.0]]) / 1e3
+    problems = CostModel.from_measurements(0.02, [64, 256], nodes, noisy).disturbances()
+    assert len(problems) == 1 and "Cv(0; L=256) = 43.0 ms" in problems[0]
+    jump = np.array([[40.0, 400.0, 420.0, 440.0, 460.0, 480.0]]) / 1e3
+    problems = CostModel.from_measurements(0.02, [64], nodes, jump).disturbances()
+    assert len(problems) == 1 and "convex fit is" in problems[0]
+
+
+def test_backend_does_not_cache_a_disturbed_auto_profile(backend32, tmp_path, monkeypatch):
+    """First use: a disturbed profile is measured once more; still disturbed, it is used with a warning and not
+    cached; a quiet one is cached."""
+    from dtree import backend as backend_mod
+
+    nodes = np.array([0, 1, 2, 4])
+    noisy = CostModel.from_measurements(0.02, [64, 256], nodes, np.array([[0.2, 0.3, 0.29, 0.31],
+                                                                          [0.04, 0.045, 0.26, 0.05]]))
+    quiet = CostModel.from_measurements(0.02, [64, 256], nodes, np.array([[0.08, 0.085, 0.09, 0.1],
+                                                                          [0.09, 0.095, 0.1, 0.11]]))
+    monkeypatch.setenv("DTREE_CACHE", str(tmp_path))
+    monkeypatch.setattr(backend32, "_cost_model", None)
+    queue = [noisy, noisy]
+    monkeypatch.setattr(backend_mod, "profile_cost_model", lambda *a, **k: queue.pop(0))
+    auto = backend_mod.default_cost_model_path(backend32.target, backend32.drafter)
+    with pytest.warns(UserWarning, match="looks disturbed"):
+        assert backend32.cost_model() is noisy
+    assert queue == [] and not auto.exists()
+    monkeypatch.setattr(backend32, "_cost_model", None)
+    queue = [noisy, quiet]
+    assert backend32.cost_model() is quiet and queue == [] and auto.exists()
+    monkeypatch.setattr(backend32, "_cost_model", None)

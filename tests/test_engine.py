@@ -266,7 +266,7 @@ def test_fallback_is_lossless_and_skips_the_drafter_with_a_doubling_backoff(back
                 assert r.budget == 0 and r.tau == 1 and r.draft_ms == 0 and r.verify_ms > 0
                 assert r.budget_reason.startswith("fallback: plain target step")
             else:
-                assert "skip the drafter" in r.budget_reason
+                assert "skips the drafter" in r.budget_reason or "skip the drafter" in r.budget_reason
         for prev, nxt in zip(run.rounds, run.rounds[1:]):
             assert nxt.start == prev.start + prev.tau and nxt.anchor == prev.bonus
     free = backend32.decode_ids(ids, DecodeConfig("caddtree-fallback", max_new_tokens=48),

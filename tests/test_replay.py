@@ -571,3 +571,15 @@ def test_replay_of_a_fallback_run_keeps_its_plain_steps(target32, rand_drafter, 
         u = check_unimodal(run, method=method.removesuffix("-fallback"))
         assert u.attrs["n_rounds"] == int((~plain).sum())
         assert live_weights_from_runs(run).n_rounds == int((~plain).sum())
+
+
+def test_replay_reads_the_methods_curve_not_the_runs():
+    """A -rawcv run stores its cost model with the measured curve; replaying it as plain caddtree reads the convex
+    fit (so that row is the paper's CaDDTree), as -rawcv it reads the measured curve."""
+    from dtree.replay import prepare
+
+    cm = cost_model(cd=0.01, b=1e-3)
+    run = synthetic_run(10, np.random.default_rng(5), k=16, method="caddtree", budget=16, cost=cm)
+    run.cost_model = cm.with_curve("measured").to_dict()
+    assert prepare(run, 8).costs[0].curve == "convex"
+    assert prepare(run, 8, raw_cv=True).costs[0].curve == "measured"
