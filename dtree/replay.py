@@ -372,7 +372,8 @@ def prepare(runs: RunRecord | Iterable[RunRecord], max_nodes: int, cost: CostMod
     M = check_int("max_nodes", max_nodes, 0, MAX_REPLAY_BUDGET)
     costs = [(run_cost_model(run, cost) if need_cost else (cost if cost is not None else None)) for run in runs]
     # the curve is the method's, not the run's: a -rawcv run stores "measured", its plain caddtree replay reads the fit
-    costs = [c.with_curve("measured" if raw_cv else "convex") if c is not None else None for c in costs]
+    # (cost models without curves, e.g. an analytic stand-in with only cd_s and cv, are used as given)
+    costs = [c.with_curve("measured" if raw_cv else "convex") if hasattr(c, "with_curve") else c for c in costs]
     if calibrated and adaptive:
         raise InputError("method", "a method is calibrated beforehand (-cal) or during the run (-adapt), not both")
     cals = [run_calibration(run, calibration) if calibrated else None for run in runs]
