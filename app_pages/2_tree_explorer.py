@@ -71,7 +71,7 @@ left.plotly_chart(figures.tree_figure(rnd, decode, upto=step, collapse_rejected=
                   width="stretch")
 if len(tree.theta_curve):
     right.plotly_chart(figures.theta_figure(tree, step=step), width="stretch")
-elif not rnd.marg_tokens.size:
+elif not rnd.drafted:
     right.info("A plain target step: nothing was drafted this round (an AR run, or a -fallback run skipping the "
                "drafter), so there is no tree to grow and no theta(n) curve.")
 else:

@@ -134,7 +134,7 @@ class MethodStats:
         for ph in self.phase_ms:
             self.phase_ms[ph] += sum(getattr(r, f"{ph}_ms") for r in run.rounds)
         self.rounds += len(run.rounds)
-        self.drafted_rounds += sum(1 for r in run.rounds if r.marg_tokens.size)
+        self.drafted_rounds += sum(1 for r in run.rounds if r.drafted)
         self.max_budget = max([self.max_budget, *(int(r.budget) for r in run.rounds)])
         ratio = verify_vs_model(run)
         if ratio is not None:
@@ -156,7 +156,7 @@ def verify_vs_model(run) -> float | None:
         return None
     from .cost import CostModel
 
-    rounds = [r for r in run.rounds if r.marg_tokens.size]  # AR-like rounds carry no marginals and no draft
+    rounds = [r for r in run.rounds if r.drafted]  # AR-like rounds carry no marginals and no draft
     if not rounds:
         return None
     cost = CostModel.from_dict(run.cost_model)

@@ -361,7 +361,7 @@ def fit_calibration(runs: Iterable, rank_bins: int = DEFAULT_RANK_BINS,
     for run in runs:
         stream, offsets = known_path(run)
         for rnd, off in zip(run.rounds, offsets):
-            if np.size(rnd.marg_tokens) == 0:  # a plain target step of a -fallback run: nothing was drafted
+            if not rnd.drafted:  # a plain target step of a -fallback run: nothing was drafted
                 continue
             marg = round_marginals(rnd)
             n_rounds += 1

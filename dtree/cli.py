@@ -95,7 +95,7 @@ def _summary(run) -> dict:
             "phase_ms": {ph: round(sum(getattr(r, f"{ph}_ms") for r in run.rounds), 1)
                          for ph in ("draft", "build", "verify", "commit")},
             "verify_vs_model": _round_or_none(verify_vs_model(run), 3),
-            "drafted_rounds": sum(1 for r in run.rounds if r.marg_tokens.size)}
+            "drafted_rounds": sum(1 for r in run.rounds if r.drafted)}
 
 
 def _round_or_none(v, nd: int):
@@ -744,7 +744,8 @@ def build_parser() -> argparse.ArgumentParser:
                    help="comma list: ar, chain, ddtree:B, caddtree[:B], and the variants caddtree-cal[:B], "
                         "caddtree-spine[:B], caddtree-cal-spine[:B], caddtree-adapt[:B], caddtree-adapt-spine[:B], "
                         "caddtree-rawcv[:B], caddtree-adapt-rawcv[:B], any of these with -fallback appended "
-                        "(e.g. caddtree-adapt-rawcv-fallback), ddtree-spine:B, ddtree-cal:B, ddtree-cal-spine:B, ddtree-adapt:B, ddtree-adapt-spine:B")
+                        "(e.g. caddtree-adapt-rawcv-fallback), ddtree-spine:B, ddtree-cal:B, ddtree-cal-spine:B, "
+                        "ddtree-adapt:B, ddtree-adapt-spine:B")
     _add_cost_args(b)
     b.add_argument("--calibration", default=None,
                    help="calibration JSON for -cal methods (default: fitted once on the demo prompts and cached)")

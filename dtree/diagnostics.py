@@ -35,7 +35,7 @@ CALIBRATION_COLUMNS = ["bin", "q_lo", "q_hi", "nodes", "accepted", "mean_q", "ra
 
 
 def _speculative(rounds: list[RoundRecord]) -> list[RoundRecord]:
-    return [r for r in rounds if r.marg_tokens.ndim == 2 and r.marg_tokens.shape[0] > 0]
+    return [r for r in rounds if r.drafted]
 
 
 def target_tokens(rnd: RoundRecord) -> list[int]:

@@ -151,6 +151,12 @@ class RoundRecord:
         return len(self.accepted)
 
     @property
+    def drafted(self) -> bool:
+        """True when the drafter ran this round (marginals logged); False for AR rounds and the plain target steps of
+        a ``-fallback`` run."""
+        return self.marg_tokens is not None and np.size(self.marg_tokens) > 0
+
+    @property
     def round_ms(self) -> float:
         return self.draft_ms + self.build_ms + self.verify_ms + self.commit_ms
 

@@ -132,14 +132,9 @@ class ReplaySummary:
 # ----------------------------------------------------------------------------------------------------------------------
 
 
-def _drafted(rnd: RoundRecord) -> bool:
-    """True when the round drafted (logged marginals); False for AR rounds and a ``-fallback`` run's plain steps."""
-    return rnd.marg_tokens is not None and np.size(rnd.marg_tokens) > 0
-
-
 def _kmin(runs: list[RunRecord]) -> int:
     """The smallest logged top-k width over the drafted rounds of ``runs`` (0 when none drafted)."""
-    return min((int(np.size(r.marg_tokens, 1)) for run in runs for r in run.rounds if _drafted(r)), default=0)
+    return min((int(np.size(r.marg_tokens, 1)) for run in runs for r in run.rounds if r.drafted), default=0)
 
 
 def round_marginals(rnd: RoundRecord) -> Marginals:
@@ -148,7 +143,7 @@ def round_marginals(rnd: RoundRecord) -> Marginals:
     Raises:
         InputError: the round has no marginals (an AR round).
     """
-    if rnd.marg_tokens is None or np.size(rnd.marg_tokens) == 0:
+    if not rnd.drafted:
         raise InputError("run", f"round {rnd.index} has no drafter marginals (an AR round, or a plain target step of "
                                 "a -fallback run: nothing was drafted there to rebuild a tree from)")
     return Marginals(np.asarray(rnd.marg_tokens), np.asarray(rnd.marg_logprobs, dtype=np.float64))
@@ -342,14 +337,14 @@ def adaptive_calibrations(run: RunRecord, settings: dict | None = None) -> list[
     stored = run.params.get("adaptive_calibration") if isinstance(run.params, dict) else None
     s = dict(settings or stored or {})
     if "depths" not in s:
-        s["depths"] = max((int(np.shape(r.marg_tokens)[0]) for r in run.rounds if _drafted(r)), default=0)
+        s["depths"] = max((int(np.shape(r.marg_tokens)[0]) for r in run.rounds if r.drafted), default=0)
         if s["depths"] == 0:
             raise InputError("run", f"run {run.run_id} has no drafted rounds")
     online = OnlineCalibration(**{k: s[k] for k in ("depths", "rank_bins", "prior_strength") if k in s})
     out = []
     for rnd in run.rounds:
         out.append(online.calibration())
-        online.observe_round(round_marginals(rnd) if _drafted(rnd) else None, rnd.committed, rnd.bonus)
+        online.observe_round(round_marginals(rnd) if rnd.drafted else None, rnd.committed, rnd.bonus)
     return out
 
 
@@ -384,7 +379,7 @@ def prepare(runs: RunRecord | Iterable[RunRecord], max_nodes: int, cost: CostMod
         temp_pos |= float(run.params.get("temperature", 0.0) or 0.0) > 0.0
         stream, offsets = _known_path(run)
         for i, (rnd, off) in enumerate(zip(run.rounds, offsets)):
-            if not _drafted(rnd):  # a -fallback run's plain target step: kept as logged (tau 1, no Cd) by any replay
+            if not rnd.drafted:  # a -fallback run's plain target step: kept as logged (tau 1, no Cd) by any replay
                 rows.append((rnd.start, 0, 0, np.full(M, -np.inf), np.ones(M + 1, np.int64), np.zeros(M + 1, bool), 1,
                              0, False, rnd.tau, rnd.budget, (rnd.build_ms + rnd.commit_ms) / 1e3, ri, 0, rnd.index,
                              False))
@@ -919,7 +914,7 @@ def live_weights_from_runs(runs: RunRecord | Iterable[RunRecord], cost: CostMode
                 spec.append(r)
         except InputError:
             continue
-    rounds = [rnd for r in spec for rnd in r.rounds if _drafted(rnd)]  # a -fallback run's plain steps drafted nothing
+    rounds = [rnd for r in spec for rnd in r.rounds if rnd.drafted]  # a -fallback run's plain steps drafted nothing
     if not rounds:
         raise InputError("runs", "no logged speculative round (chain / ddtree / caddtree) to fit cost weights on")
     if cost is None:
@@ -937,7 +932,7 @@ def _timed_s(timing: CostModel, run: RunRecord, n_nodes: np.ndarray) -> float:
     starts = [x.start for x in run.rounds]
     if len(starts) != len(n_nodes):
         return float("nan")
-    return float(sum((timing.cd_s if _drafted(x) else 0.0) + timing.cv(int(n), L)
+    return float(sum((timing.cd_s if x.drafted else 0.0) + timing.cv(int(n), L)
                      for x, n, L in zip(run.rounds, n_nodes, starts)))
 
 

@@ -35,7 +35,7 @@ def main() -> None:
                     cm = CostModel.from_dict(run.cost_model)
                     for r in run.rounds:
                         n = r.tree.n_nodes
-                        if not r.marg_tokens.size or len(r.tree.theta_curve) <= n:
+                        if not r.drafted or len(r.tree.theta_curve) <= n:
                             continue
                         checked += 1
                         if r.tree.theta_curve[n] < 1.0 / float(cm.cv(0, r.start)):
