@@ -186,10 +186,11 @@ class Backend:
             return self._cost_model
         if self.current_cost_model() is None:  # none loaded, none cached (or the cached file is unusable): profile
             cm = profile_cost_model(self.target, self.drafter, progress=progress)
-            if cm.disturbances():  # another job on the cores: measure once more
-                cm = profile_cost_model(self.target, self.drafter, progress=progress)
-            self._cost_model = cm
             problems = cm.disturbances()
+            if problems:  # another job on the cores: measure once more
+                cm = profile_cost_model(self.target, self.drafter, progress=progress)
+                problems = cm.disturbances()
+            self._cost_model = cm
             if problems:  # used for this process only: a later run profiles afresh instead of inheriting it
                 warnings.warn("the automatic cost profile looks disturbed (another job using the CPU?): "
                               + "; ".join(problems) + ". It is used in this process but not cached; profile an idle "
