@@ -44,6 +44,9 @@ class TrainConfig:
     data_dir: str = "data/drafter"      # scratch folder (git-ignored): responses.jsonl, features/, state.pt
     n_prompts: int = 3000               # prompts to answer (the first n_heldout of the shuffled order are held out)
     n_heldout: int = 48
+    extra_data: str = ""                # comma list of further data folders, each made by --phase gen with its own
+                                        # --prompts (read back from <folder>/source.json); trained on together
+    extra_share: float = 0.3            # share of each step's sequences drawn from the extra folders (when given)
     max_new_tokens: int = 192
     gen_batch: int = 192
     gen_dtype: str = "float32"
@@ -198,6 +201,8 @@ def generate(cfg: TrainConfig) -> None:
     layer_ids = layer_ids_for(cfg, target.n_layers)
     fdir = features_dir(cfg, layer_ids)
     fdir.mkdir(parents=True, exist_ok=True)
+    src = {"prompts": str(Path(cfg.prompts).resolve()), "seed": cfg.seed, "n_heldout": cfg.n_heldout}
+    (Path(cfg.data_dir) / "source.json").write_text(json.dumps(src, indent=1))
     done = {i for i, d in read_responses(cfg.data_dir).items() if (fdir / d["shard"]).exists()}
     todo = [(i, q) for i, q in load_prompts(cfg.prompts, cfg.n_prompts, cfg.seed) if i not in done]
     eos = set(target.eos_ids)
@@ -240,11 +245,14 @@ class Sample:
     prompt_len: int
 
 
-def load_samples(cfg: TrainConfig, layer_ids: list[int], skip_shards: set[str] | None = None) -> list[Sample]:
-    """Generated sequences with features on disk, except those in ``skip_shards`` (shard file names; the names of
-    the shards read are added to it, so a later call only picks up new data)."""
-    rows = read_responses(cfg.data_dir)
-    fdir = features_dir(cfg, layer_ids)
+def load_samples(cfg: TrainConfig, layer_ids: list[int], skip_shards: set[str] | None = None,
+                 data_dir: str | Path | None = None) -> list[Sample]:
+    """Generated sequences with features on disk in ``data_dir`` (default ``cfg.data_dir``), except those in
+    ``skip_shards`` (shard file names; the names of the shards read are added to it, so a later call only picks up
+    new data)."""
+    data_dir = Path(data_dir or cfg.data_dir)
+    rows = read_responses(data_dir)
+    fdir = data_dir / features_dir(cfg, layer_ids).name
     by_shard: dict[str, list[dict]] = {}
     for d in rows.values():
         by_shard.setdefault(d["shard"], []).append(d)
@@ -261,6 +269,70 @@ def load_samples(cfg: TrainConfig, layer_ids: list[int], skip_shards: set[str] |
                 continue
             toks = torch.tensor(d["prompt_ids"] + d["response_ids"], dtype=torch.long)
             out.append(Sample(d["idx"], toks, blob["feats"][pos[d["idx"]]], len(d["prompt_ids"])))
+    return out
+
+
+@dataclass
+class DataSet:
+    """One folder of generated data: training sequences and held-out ones (the first ``n_heldout`` prompts of the
+    folder's seeded shuffle, never trained on)."""
+
+    name: str
+    data_dir: Path
+    prompts: str
+    held_idx: set[int]
+    trn: list[Sample]
+    held: list[Sample]
+    shards: set[str]
+    n_tok: int = 0
+
+    def refresh(self, cfg: TrainConfig, layer_ids: list[int]) -> int:
+        """Add the sequences of shards written since the last call (a generator running alongside); returns how many
+        training sequences were added."""
+        new = load_samples(cfg, layer_ids, self.shards, self.data_dir)
+        self.held.extend(s for s in new if s.idx in self.held_idx)
+        add = [s for s in new if s.idx not in self.held_idx]
+        self.trn.extend(add)
+        self.n_tok += sum(s.tokens.shape[0] - s.prompt_len for s in add)
+        return len(add)
+
+
+def open_datasets(cfg: TrainConfig, layer_ids: list[int]) -> list[DataSet]:
+    """``cfg.data_dir`` (prompts ``cfg.prompts``) followed by every ``cfg.extra_data`` folder, whose prompts file,
+    seed and held-out count are read from the ``source.json`` its generation wrote.
+
+    Raises InputError for an extra folder without ``source.json`` or a bad ``extra_share``.
+    """
+    from .errors import InputError
+
+    if not 0.0 <= cfg.extra_share <= 1.0 or math.isnan(cfg.extra_share):
+        raise InputError("extra_share", f"must be in [0, 1], got {cfg.extra_share}")
+    specs = [(Path(cfg.data_dir), cfg.prompts, cfg.seed, cfg.n_heldout)]
+    for folder in filter(None, (x.strip() for x in cfg.extra_data.split(","))):
+        src = Path(folder) / "source.json"
+        if not src.exists():
+            raise InputError("extra_data", f"{folder} has no source.json: generate it with --phase gen "
+                                           f"--data-dir {folder} --prompts FILE first")
+        meta = json.loads(src.read_text())
+        specs.append((Path(folder), meta["prompts"], int(meta["seed"]), int(meta["n_heldout"])))
+    sets = []
+    for folder, prompts, seed, n_held in specs:
+        held_idx = {i for i, _ in load_prompts(prompts, n_held, seed)}
+        d = DataSet(folder.name, folder, prompts, held_idx, [], [], set())
+        d.refresh(cfg, layer_ids)
+        sets.append(d)
+    return sets
+
+
+def draw_batch(sets: list[DataSet], n: int, extra_share: float, gen: torch.Generator) -> list[Sample]:
+    """``n`` training sequences: each from the extra folders (``sets[1:]``, pooled) with probability
+    ``extra_share``, else from the main folder; uniform within the chosen pool (the other pool when one is empty)."""
+    main = sets[0].trn
+    extra = [s for d in sets[1:] for s in d.trn]
+    out = []
+    for u in torch.rand(n, generator=gen).tolist():
+        pool = extra if (u < extra_share and extra) or not main else main
+        out.append(pool[int(torch.randint(len(pool), (1,), generator=gen))])
     return out
 
 
@@ -476,15 +548,11 @@ def train(cfg: TrainConfig) -> dict:
     torch.manual_seed(cfg.seed)
     target = load_target(cfg.target, dtype="float32", device="cpu")
     layer_ids = layer_ids_for(cfg, target.n_layers)
-    shards: set[str] = set()
-    samples = load_samples(cfg, layer_ids, shards)
-    held_idx = {i for i, _ in load_prompts(cfg.prompts, cfg.n_heldout, cfg.seed)}
-    held = [s for s in samples if s.idx in held_idx]
-    trn = [s for s in samples if s.idx not in held_idx]
-    if not trn:
+    sets = open_datasets(cfg, layer_ids)
+    trn = [s for d in sets for s in d.trn]
+    if not sets[0].trn:
         from .errors import InputError
         raise InputError("data_dir", f"no generated training data in {cfg.data_dir}: run --phase gen first")
-    n_tok = sum(s.tokens.shape[0] - s.prompt_len for s in trn)
     state_path = Path(cfg.state or Path(cfg.data_dir) / "state.pt")
     state = torch.load(state_path, weights_only=False) if state_path.exists() else None
     if state is not None and state["cfg"]["num_layers"] == cfg.num_layers and state["cfg"]["qk_norm"] == cfg.qk_norm:
@@ -499,7 +567,9 @@ def train(cfg: TrainConfig) -> dict:
         draft_vocab = None
     elif cfg.draft_vocab == "responses+questions" and draft_vocab is not None:  # may widen a resumed vocabulary
         # (a draft vocabulary only indexes rows of the target's lm_head: widening it adds no parameters)
-        q_ids = question_tokens(target.tokenizer, cfg.prompts, held_idx, cfg.vocab_min_count)
+        q_ids: set[int] = set()
+        for d in sets:
+            q_ids |= question_tokens(target.tokenizer, d.prompts, d.held_idx, cfg.vocab_min_count)
         wide = torch.tensor(sorted(set(build_draft_vocab(trn, target.eos_ids).tolist()) | q_ids |
                                    set(draft_vocab.tolist() if draft_vocab is not None else [])), dtype=torch.long)
         if draft_vocab is None or len(wide) > len(draft_vocab):
@@ -518,9 +588,11 @@ def train(cfg: TrainConfig) -> dict:
         step, train_s, best = state["step"], state["train_s"], state["best_tau"]
         print(f"[train] resumed at step {step} ({train_s / 60:.1f} min trained, best held-out tau {best:.3f})")
     lookup = drafter_lookup(drafter, target.model)
-    print(f"[train] {len(trn)} train sequences ({n_tok} response tokens), {len(held)} held out; draft vocab "
-          f"{'full' if draft_vocab is None else len(draft_vocab)}; {sum(p.numel() for p in drafter.parameters())/1e6:.2f}M params",
-          flush=True)
+    for d in sets:
+        print(f"[train] {d.name}: {len(d.trn)} train sequences ({d.n_tok} response tokens), {len(d.held)} held out",
+              flush=True)
+    print(f"[train] draft vocab {'full' if draft_vocab is None else len(draft_vocab)}; "
+          f"{sum(p.numel() for p in drafter.parameters())/1e6:.2f}M params", flush=True)
     gen = torch.Generator().manual_seed(cfg.seed + step)
     out_dir = Path(cfg.out or Path(cfg.data_dir) / "checkpoint")
     limit_s = cfg.time_limit_min * 60
@@ -532,32 +604,36 @@ def train(cfg: TrainConfig) -> dict:
         os.replace(tmp, state_path)
 
     def refresh():  # pick up shards written by a generator running alongside (draft vocab stays fixed)
-        nonlocal n_tok
-        new = [s for s in load_samples(cfg, layer_ids, shards) if s.idx not in held_idx]
-        if new:
-            trn.extend(new)
-            n_tok += sum(s.tokens.shape[0] - s.prompt_len for s in new)
-            print(f"[train] +{len(new)} new sequences: {len(trn)} ({n_tok} response tokens)", flush=True)
+        for d in sets:
+            n = d.refresh(cfg, layer_ids)
+            if n:
+                print(f"[train] {d.name}: +{n} new sequences: {len(d.trn)} ({d.n_tok} response tokens)", flush=True)
 
     def evaluate():
         nonlocal best
         refresh()
         drafter.eval()
-        r = heldout_tau(drafter, target.model, held) if held else {"tau": float("nan"), "acc": []}
+        rs = {d.name: heldout_tau(drafter, target.model, d.held) for d in sets if d.held}
         drafter.train()
-        improved = held and r["tau"] > best
+        score = sum(r["tau"] for r in rs.values()) / len(rs) if rs else float("nan")
+        improved = bool(rs) and score > best
         if improved:
-            best = r["tau"]
+            best = score
             if out_dir is not None:
                 drafter.config.vocab_size = target.vocab_size
                 save_drafter(drafter, out_dir)
-                meta = {"heldout_tau": best, "step": step, "train_minutes": train_s / 60, "train_sequences": len(trn),
-                        "train_response_tokens": n_tok, "heldout_prompts": len(held), "acc_per_depth": r["acc"],
-                        "config": asdict(cfg)}
+                meta = {"heldout_tau": best, "heldout_tau_per_set": {k: r["tau"] for k, r in rs.items()},
+                        "step": step, "train_minutes": train_s / 60,
+                        "train_sequences": {d.name: len(d.trn) for d in sets},
+                        "train_response_tokens": {d.name: d.n_tok for d in sets},
+                        "heldout_prompts": {d.name: len(d.held) for d in sets},
+                        "acc_per_depth": {k: r["acc"] for k, r in rs.items()}, "config": asdict(cfg)}
                 (Path(cfg.data_dir) / "best_checkpoint.json").write_text(json.dumps(meta, indent=1))
-        print(f"[eval] step {step} held-out tau {r['tau']:.3f} (best {best:.3f}{', saved' if improved and out_dir else ''})"
-              f" acc@1..4 {' '.join(f'{a:.2f}' for a in r['acc'][:4])}", flush=True)
-        return r
+        per = " ".join(f"{k} {r['tau']:.3f}" for k, r in rs.items())
+        acc = next(iter(rs.values()))["acc"][:4] if rs else []
+        print(f"[eval] step {step} held-out tau {score:.3f} ({per}; best {best:.3f}"
+              f"{', saved' if improved and out_dir else ''}) acc@1..4 {' '.join(f'{a:.2f}' for a in acc)}", flush=True)
+        return {"tau": score, "tau_per_set": {k: r["tau"] for k, r in rs.items()}}
 
     stop = []  # SIGTERM/SIGINT: finish the step, save the state, exit cleanly (resume later)
     import signal
@@ -573,7 +649,7 @@ def train(cfg: TrainConfig) -> dict:
         lr = lr_at(cfg, step, progress)
         for g in opt.param_groups:
             g["lr"] = lr
-        batch = [trn[i] for i in torch.randint(len(trn), (cfg.batch_seqs,), generator=gen).tolist()]
+        batch = draw_batch(sets, cfg.batch_seqs, cfg.extra_share, gen)
         feats, tokens, anchors, ok, labels = make_batch(batch, cfg.anchors_per_seq, cfg.block_size, gen)
         h = drafter_hidden(drafter, target.model, feats, tokens, anchors)
         loss = decayed_ce(drafter, target.model, h, to_draft_ids(labels, lookup), cfg.gamma_w)

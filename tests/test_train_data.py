@@ -1,0 +1,115 @@
+"""Training on several generated-data folders (dtree.train --extra-data) and the code-prompt harvester
+(scripts/code_prompts.py); the end-to-end test runs the real embedded target for a few tokens."""
+
+from __future__ import annotations
+
+import importlib.util
+import json
+from pathlib import Path
+
+import pytest
+import torch
+
+from dtree import train as T
+from dtree.errors import InputError
+
+ROOT = Path(__file__).resolve().parent.parent
+
+
+def _sample(idx: int) -> T.Sample:
+    return T.Sample(idx, torch.zeros(3, dtype=torch.long), torch.zeros(2, 4), 1)
+
+
+def _set(name: str, ids) -> T.DataSet:
+    return T.DataSet(name, Path(name), "p.jsonl", set(), [_sample(i) for i in ids], [], set())
+
+
+def test_draw_batch_share_of_extra_folders():
+    main, extra = _set("main", range(10)), _set("code", range(100, 110))
+    gen = torch.Generator().manual_seed(0)
+    batch = T.draw_batch([main, extra], 4000, 0.3, gen)
+    share = sum(s.idx >= 100 for s in batch) / len(batch)
+    assert 0.27 < share < 0.33
+    assert all(s.idx < 100 for s in T.draw_batch([main, extra], 200, 0.0, gen))
+    assert all(s.idx >= 100 for s in T.draw_batch([main, extra], 200, 1.0, gen))
+    # an empty pool falls back to the other one
+    assert all(s.idx >= 100 for s in T.draw_batch([_set("main", []), extra], 50, 0.0, gen))
+    assert all(s.idx < 100 for s in T.draw_batch([main, _set("code", [])], 50, 1.0, gen))
+
+
+def test_extra_folder_without_source_and_bad_share_are_rejected(tmp_path):
+    (tmp_path / "main").mkdir()
+    (tmp_path / "code").mkdir()
+    prompts = tmp_path / "p.jsonl"
+    prompts.write_text(json.dumps({"prompt": "x"}) + "\n")
+    cfg = T.TrainConfig(data_dir=str(tmp_path / "main"), prompts=str(prompts), extra_data=str(tmp_path / "code"))
+    with pytest.raises(InputError, match="source.json"):
+        T.open_datasets(cfg, [1])
+    for bad in (-0.1, 1.5, float("nan")):
+        cfg = T.TrainConfig(data_dir=str(tmp_path / "main"), prompts=str(prompts), extra_share=bad)
+        with pytest.raises(InputError, match="extra_share"):
+            T.open_datasets(cfg, [1])
+
+
+def test_training_on_two_folders_end_to_end(tmp_path):
+    """Generate a few answers into two folders, train 2 steps on both: each folder's held-out tau is reported and
+    the draft vocabulary covers both folders' answers."""
+    math_p, code_p = tmp_path / "math.jsonl", tmp_path / "code.jsonl"
+    math_p.write_text("".join(json.dumps({"question": q}) + "\n" for q in
+                              ["What is 2 + 3?", "Tom has 4 apples and eats 1. How many are left?", "What is 6 * 7?"]))
+    code_p.write_text("".join(json.dumps({"prompt": q}) + "\n" for q in
+                              ['def add(a, b):\n    """ Return a + b.\n    """\n',
+                               'def is_even(n):\n    """ Return True if n is even.\n    """\n',
+                               'def first(xs):\n    """ Return the first item of xs.\n    """\n']))
+    common = dict(n_prompts=3, n_heldout=1, max_new_tokens=10, gen_batch=3, threads=2, num_layers=1)
+    T.generate(T.TrainConfig(prompts=str(math_p), data_dir=str(tmp_path / "math"), **common))
+    T.generate(T.TrainConfig(prompts=str(code_p), data_dir=str(tmp_path / "code"), **common))
+    src = json.loads((tmp_path / "code" / "source.json").read_text())
+    assert src["prompts"] == str(code_p.resolve()) and src["n_heldout"] == 1
+    cfg = T.TrainConfig(prompts=str(math_p), data_dir=str(tmp_path / "math"), extra_data=str(tmp_path / "code"),
+                        extra_share=0.5, steps=2, batch_seqs=2, anchors_per_seq=2, eval_every=1000, warmup=1,
+                        out=str(tmp_path / "ck"), draft_vocab="responses", **common)
+    res = T.train(cfg)
+    assert res["step"] == 2 and set(res["tau_per_set"]) == {"math", "code"}
+    assert all(t >= 1.0 for t in res["tau_per_set"].values())
+    meta = json.loads((tmp_path / "math" / "best_checkpoint.json").read_text())
+    assert meta["train_sequences"] == {"math": 2, "code": 2} and meta["heldout_prompts"] == {"math": 1, "code": 1}
+    vocab = set(torch.load(tmp_path / "math" / "state.pt", weights_only=False)["draft_vocab"].tolist())
+    for folder, prompts in (("math", math_p), ("code", code_p)):
+        held = {i for i, _ in T.load_prompts(str(prompts), 1, 0)}
+        rows = T.read_responses(tmp_path / folder).values()
+        assert all(set(r["response_ids"]) <= vocab for r in rows if r["idx"] not in held)  # training answers only
+
+
+def _harvester():
+    spec = importlib.util.spec_from_file_location("code_prompts", ROOT / "scripts" / "code_prompts.py")
+    mod = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(mod)
+    return mod
+
+
+def test_code_prompt_harvester(tmp_path):
+    src = tmp_path / "pkg"
+    src.mkdir()
+    (src / "m.py").write_text(
+        'from typing import List\n\n'
+        'def mean(xs: List[float]) -> float:\n    """Return the arithmetic mean of a non-empty list of numbers.\n\n'
+        '    Raises ValueError for an empty list.\n    """\n    return sum(xs) / len(xs)\n\n'
+        'def _private(x):\n    """A private helper that is long enough to count as documented."""\n\n'
+        'def undocumented(x):\n    return x\n\n'
+        'def short(x):\n    """Too short."""\n')
+    (src / "tests").mkdir()
+    (src / "tests" / "t.py").write_text('def in_tests(x):\n    """A function in a test folder, never harvested."""\n')
+    out = tmp_path / "out.jsonl"
+    h = _harvester()
+    assert h.main(["--out", str(out), "--roots", str(src)]) == 0
+    rows = [json.loads(line) for line in out.read_text().splitlines()]
+    assert [r["source"] for r in rows] == ["m:mean"]
+    p = rows[0]["prompt"]
+    assert p.startswith("from typing import List\n\n\ndef mean(xs: List[float]) -> float:\n")
+    assert "Raises ValueError" in p and "return sum" not in p  # header + docstring, no body
+    assert h.main(["--out", str(out), "--roots", str(tmp_path / "missing")]) == 2
+    empty = tmp_path / "empty"
+    empty.mkdir()
+    (empty / "u.py").write_text("def undocumented(x):\n    return x\n")
+    assert h.main(["--out", str(out), "--roots", str(empty)]) == 2  # nothing harvestable
