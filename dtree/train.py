@@ -643,6 +643,8 @@ def train(cfg: TrainConfig) -> dict:
     drafter.train()
     bar = tqdm(total=cfg.steps, initial=step, desc="train", unit="step", mininterval=30)
     last_state, ema = time.perf_counter(), None
+    if src is not None:  # the starting point's held-out tau (a continued run must beat it to save a checkpoint)
+        evaluate()
     while step < cfg.steps and not (limit_s and train_s >= limit_s) and not stop:
         t0 = time.perf_counter()
         progress = train_s / limit_s if limit_s else step / cfg.steps
