@@ -318,7 +318,8 @@ def open_datasets(cfg: TrainConfig, layer_ids: list[int]) -> list[DataSet]:
     sets = []
     for folder, prompts, seed, n_held in specs:
         held_idx = {i for i, _ in load_prompts(prompts, n_held, seed)}
-        d = DataSet(folder.name, folder, prompts, held_idx, [], [], set())
+        name = folder.name if sum(f.name == folder.name for f, *_ in specs) == 1 else str(folder)  # unique labels
+        d = DataSet(name, folder, prompts, held_idx, [], [], set())
         d.refresh(cfg, layer_ids)
         sets.append(d)
     return sets
