@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
 # Re-measure the figures quoted in README "Measured results" (issues 2-4) on this machine, one bench after another.
-# Usage: scripts/measure_all.sh [DRAFTER]   (default: the shipped drafter). Writes docs/bench/*.json and a store
+# Usage: scripts/measure_all.sh [DRAFTER]   (default: the shipped drafter; the lines before the session-9 ones were
+# measured with drafter v4, earlier checkpoints in git history). Writes docs/bench/*.json and a store
 # docs/bench/measure.sqlite (git-ignored). Takes about three hours on a 2-core CPU; run it on an otherwise idle machine.
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -47,3 +48,9 @@ b issue4-humaneval50-fallback-fp32 --dataset humaneval --limit 50 --methods "ar,
 "$PY" scripts/issue4_report.py --store "$STORE" --latest --out docs/bench/issue4-humaneval50-fallback-report.json > docs/bench/issue4-humaneval50-fallback-report.md
 b issue4-gsm8k50-fallback-fp32 --dataset gsm8k --limit 50 --methods "ar,ddtree:8,$IF" --max-new-tokens 128 --dtype float32
 "$PY" scripts/issue4_report.py --store "$STORE" --latest --out docs/bench/issue4-gsm8k50-fallback-report.json > docs/bench/issue4-gsm8k50-fallback-report.md
+# drafter v5 (session 9: GSM8K + code answers): issue 3's speed and chain tau, HumanEval with the best fixed budget of
+# the session-7 benches beside it (issue 4's oracle check); GSM8K on 20 questions without a fixed budget (for time)
+b issue3-humaneval50-v5-fp32 --dataset humaneval --limit 50 --methods ar,chain,ddtree:4,caddtree,caddtree-adapt-rawcv-fallback --max-new-tokens 128 --dtype float32
+"$PY" scripts/issue4_report.py --store "$STORE" --latest --out docs/bench/issue3-humaneval50-v5-report.json > docs/bench/issue3-humaneval50-v5-report.md
+b issue3-gsm8k20-v5-fp32 --dataset gsm8k --limit 20 --methods ar,chain,caddtree,caddtree-adapt-rawcv --max-new-tokens 128 --dtype float32
+"$PY" scripts/issue4_report.py --store "$STORE" --latest --out docs/bench/issue3-gsm8k20-v5-report.json > docs/bench/issue3-gsm8k20-v5-report.md
