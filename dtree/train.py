@@ -91,13 +91,25 @@ class TrainConfig:
 
 
 def load_prompts(path: str, n: int, seed: int) -> list[tuple[int, str]]:
-    """(line index, question) of the first ``n`` prompts of a seeded shuffle of the JSONL file."""
+    """(line index, question) of the first ``n`` prompts of a seeded shuffle of the JSONL file.
+
+    Raises InputError when the file is missing, or a line is not JSON or has no "question"/"prompt" text."""
+    from .errors import InputError
+
+    if not Path(path).is_file():
+        raise InputError("prompts", f"{path} is not a file (a JSONL file with a \"question\" or \"prompt\" field)")
     rows = []
     with open(path) as f:
         for i, line in enumerate(f):
             if line.strip():
-                d = json.loads(line)
-                rows.append((i, d.get("question") or d.get("prompt")))
+                try:
+                    d = json.loads(line)
+                except json.JSONDecodeError as e:
+                    raise InputError("prompts", f"{path} line {i + 1} is not JSON ({e.msg})") from None
+                q = (d.get("question") or d.get("prompt")) if isinstance(d, dict) else None
+                if not isinstance(q, str) or not q.strip():
+                    raise InputError("prompts", f"{path} line {i + 1} has no \"question\" or \"prompt\" text")
+                rows.append((i, q))
     random.Random(seed).shuffle(rows)
     return rows[:n]
 

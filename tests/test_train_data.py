@@ -51,6 +51,18 @@ def test_extra_folder_without_source_and_bad_share_are_rejected(tmp_path):
             T.open_datasets(cfg, [1])
 
 
+def test_bad_prompts_files_are_rejected(tmp_path):
+    with pytest.raises(InputError, match="not a file"):
+        T.load_prompts(str(tmp_path / "missing.jsonl"), 3, 0)
+    bad = tmp_path / "bad.jsonl"
+    bad.write_text('{"question": "ok?"}\nnot json\n')
+    with pytest.raises(InputError, match="line 2 is not JSON"):
+        T.load_prompts(str(bad), 3, 0)
+    bad.write_text('{"question": "ok?"}\n{"text": "no prompt field"}\n')
+    with pytest.raises(InputError, match="line 2 has no"):
+        T.load_prompts(str(bad), 3, 0)
+
+
 def test_training_on_two_folders_end_to_end(tmp_path):
     """Generate a few answers into two folders, train 2 steps on both: each folder's held-out tau is reported and
     the draft vocabulary covers both folders' answers."""
