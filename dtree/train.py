@@ -40,7 +40,8 @@ class TrainConfig:
 
     # data
     target: str = "embedded"
-    prompts: str = GSM8K_TRAIN          # JSONL with a "question" (or "prompt") field; GSM8K TRAIN only
+    prompts: str = GSM8K_TRAIN          # JSONL with a "question" (or "prompt") field (never evaluation prompts); a
+                                        # --data-dir that has a source.json keeps the prompts it was generated from
     data_dir: str = "data/drafter"      # scratch folder (git-ignored): responses.jsonl, features/, state.pt
     n_prompts: int = 3000               # prompts to answer (the first n_heldout of the shuffled order are held out)
     n_heldout: int = 48
@@ -319,12 +320,19 @@ def open_datasets(cfg: TrainConfig, layer_ids: list[int]) -> list[DataSet]:
 
     if not 0.0 <= cfg.extra_share <= 1.0 or math.isnan(cfg.extra_share):
         raise InputError("extra_share", f"must be in [0, 1], got {cfg.extra_share}")
-    specs = [(Path(cfg.data_dir), cfg.prompts, cfg.seed, cfg.n_heldout)]
+    main_src = Path(cfg.data_dir) / "source.json"
+    if main_src.exists():  # the prompts this folder was generated from decide its held-out set, not --prompts
+        meta = json.loads(main_src.read_text())
+        specs = [(Path(cfg.data_dir), meta["prompts"], int(meta["seed"]), int(meta["n_heldout"]))]
+    else:  # folders generated before source.json existed
+        specs = [(Path(cfg.data_dir), cfg.prompts, cfg.seed, cfg.n_heldout)]
     for folder in filter(None, (x.strip() for x in cfg.extra_data.split(","))):
         src = Path(folder) / "source.json"
         if not src.exists():
             raise InputError("extra_data", f"{folder} has no source.json: generate it with --phase gen "
                                            f"--data-dir {folder} --prompts FILE first")
+        if any(Path(folder).resolve() == f.resolve() for f, *_ in specs):
+            raise InputError("extra_data", f"{folder} is named twice (as --data-dir or in --extra-data)")
         meta = json.loads(src.read_text())
         specs.append((Path(folder), meta["prompts"], int(meta["seed"]), int(meta["n_heldout"])))
     sets = []
@@ -714,8 +722,10 @@ def _field_help() -> dict[str, str]:
         if m:
             last = m.group(1)
             helps[last] = m.group(2) or ""
-        elif last and line.strip().startswith("#"):
+        elif last and line.strip().startswith("#") and len(line) - len(line.lstrip()) > 8:  # continuation
             helps[last] += " " + line.strip()[1:].strip()
+        elif line.strip().startswith("#"):  # a section comment ("# model") ends the previous field's help
+            last = None
     return helps
 
 

@@ -1,7 +1,7 @@
 """Harvest HumanEval-style code prompts (function header + docstring) from Python source files, for drafter training.
 
-The drafter shipped with dtree was trained on GSM8K answers only; on code its acceptance is poor (issue 3). This script
-turns documented top-level functions of the Python standard library (and optionally other source trees) into prompts
+Drafter v4 was trained on GSM8K answers only and accepted little on code (issue 3); v5 added answers to these prompts.
+This script turns documented top-level functions of the Python standard library (and optionally other source trees) into prompts
 shaped like HumanEval's: imports the header needs, ``def name(args) -> ret:`` and the docstring, nothing else. The
 target then writes the body (``python -m dtree.train --phase gen --prompts <out>``): self-distillation data for code.
 

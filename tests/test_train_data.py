@@ -45,6 +45,15 @@ def test_extra_folder_without_source_and_bad_share_are_rejected(tmp_path):
     cfg = T.TrainConfig(data_dir=str(tmp_path / "main"), prompts=str(prompts), extra_data=str(tmp_path / "code"))
     with pytest.raises(InputError, match="source.json"):
         T.open_datasets(cfg, [1])
+    (tmp_path / "code" / "source.json").write_text(json.dumps({"prompts": str(prompts), "seed": 3, "n_heldout": 1}))
+    cfg = T.TrainConfig(data_dir=str(tmp_path / "code"), prompts=str(tmp_path / "other.jsonl"),
+                        extra_data=str(tmp_path / "code"))
+    with pytest.raises(InputError, match="named twice"):
+        T.open_datasets(cfg, [1])
+    # a --data-dir with a source.json keeps the prompts (hence the held-out set) it was generated from
+    (main,) = T.open_datasets(T.TrainConfig(data_dir=str(tmp_path / "code"), prompts=str(tmp_path / "other.jsonl"),
+                                            n_heldout=48), [1])
+    assert main.prompts == str(prompts) and main.held_idx == {0}
     for bad in (-0.1, 1.5, float("nan")):
         cfg = T.TrainConfig(data_dir=str(tmp_path / "main"), prompts=str(prompts), extra_share=bad)
         with pytest.raises(InputError, match="extra_share"):
