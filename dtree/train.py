@@ -311,10 +311,11 @@ class DataSet:
 
 
 def open_datasets(cfg: TrainConfig, layer_ids: list[int]) -> list[DataSet]:
-    """``cfg.data_dir`` (prompts ``cfg.prompts``) followed by every ``cfg.extra_data`` folder, whose prompts file,
-    seed and held-out count are read from the ``source.json`` its generation wrote.
+    """``cfg.data_dir`` followed by every ``cfg.extra_data`` folder. A folder's prompts file, seed and held-out count
+    (hence its held-out set) are read from the ``source.json`` its generation wrote; only ``cfg.data_dir`` may lack
+    one (data generated before it existed: ``cfg.prompts``, ``cfg.seed`` and ``cfg.n_heldout`` are used).
 
-    Raises InputError for an extra folder without ``source.json`` or a bad ``extra_share``.
+    Raises InputError for an extra folder without ``source.json``, a folder named twice or a bad ``extra_share``.
     """
     from .errors import InputError
 
@@ -607,6 +608,10 @@ def train(cfg: TrainConfig) -> dict:
         assert set(missing) <= {"draft_vocab"} and not unexpected, (missing, unexpected)
         opt.load_state_dict(state["opt"])
         step, train_s, best = state["step"], state["train_s"], state["best_tau"]
+        if state.get("best_sets", [sets[0].name]) != [d.name for d in sets]:  # best = mean over other folders
+            print(f"[train] data folders differ from the saved state's ({state.get('best_sets')}): best held-out "
+                  f"tau {best:.3f} is not comparable, reset", flush=True)
+            best = -1.0
         print(f"[train] resumed at step {step} ({train_s / 60:.1f} min trained, best held-out tau {best:.3f})")
     lookup = drafter_lookup(drafter, target.model)
     for d in sets:
@@ -621,7 +626,8 @@ def train(cfg: TrainConfig) -> dict:
     def save_state():
         tmp = state_path.with_suffix(".tmp")
         torch.save({"model": drafter.state_dict(), "opt": opt.state_dict(), "step": step, "train_s": train_s,
-                    "best_tau": best, "cfg": asdict(cfg), "draft_vocab": draft_vocab}, tmp)
+                    "best_tau": best, "best_sets": [d.name for d in sets], "cfg": asdict(cfg),
+                    "draft_vocab": draft_vocab}, tmp)
         os.replace(tmp, state_path)
 
     def refresh():  # pick up shards written by a generator running alongside (draft vocab stays fixed)

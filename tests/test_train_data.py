@@ -100,6 +100,16 @@ def test_training_on_two_folders_end_to_end(tmp_path):
         held = {i for i, _ in T.load_prompts(str(prompts), 1, 0)}
         rows = T.read_responses(tmp_path / folder).values()
         assert all(set(r["response_ids"]) <= vocab for r in rows if r["idx"] not in held)  # training answers only
+    # resuming the state on the main folder alone: the saved best (a mean over two folders) is not comparable, so the
+    # math-only evaluation is saved as the new best
+    meta["heldout_tau"] = 99.0
+    (tmp_path / "math" / "best_checkpoint.json").write_text(json.dumps(meta))
+    state = torch.load(tmp_path / "math" / "state.pt", weights_only=False)
+    state["best_tau"] = 99.0
+    torch.save(state, tmp_path / "math" / "state.pt")
+    res = T.train(T.TrainConfig(**{**cfg.__dict__, "extra_data": "", "steps": 3}))
+    meta = json.loads((tmp_path / "math" / "best_checkpoint.json").read_text())
+    assert res["step"] == 3 and set(meta["heldout_tau_per_set"]) == {"math"} and meta["heldout_tau"] < 99.0
 
 
 def _harvester():
