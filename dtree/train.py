@@ -310,6 +310,16 @@ class DataSet:
         return len(add)
 
 
+def read_source(folder: str | Path) -> tuple[Path, str, int, int] | None:
+    """``(folder, prompts file, seed, n_heldout)`` from the ``source.json`` that ``--phase gen`` wrote there, or None
+    when the folder has none."""
+    src = Path(folder) / "source.json"
+    if not src.exists():
+        return None
+    meta = json.loads(src.read_text())
+    return Path(folder), meta["prompts"], int(meta["seed"]), int(meta["n_heldout"])
+
+
 def open_datasets(cfg: TrainConfig, layer_ids: list[int]) -> list[DataSet]:
     """``cfg.data_dir`` followed by every ``cfg.extra_data`` folder. A folder's prompts file, seed and held-out count
     (hence its held-out set) are read from the ``source.json`` its generation wrote; only ``cfg.data_dir`` may lack
@@ -321,21 +331,17 @@ def open_datasets(cfg: TrainConfig, layer_ids: list[int]) -> list[DataSet]:
 
     if not 0.0 <= cfg.extra_share <= 1.0 or math.isnan(cfg.extra_share):
         raise InputError("extra_share", f"must be in [0, 1], got {cfg.extra_share}")
-    main_src = Path(cfg.data_dir) / "source.json"
-    if main_src.exists():  # the prompts this folder was generated from decide its held-out set, not --prompts
-        meta = json.loads(main_src.read_text())
-        specs = [(Path(cfg.data_dir), meta["prompts"], int(meta["seed"]), int(meta["n_heldout"]))]
-    else:  # folders generated before source.json existed
-        specs = [(Path(cfg.data_dir), cfg.prompts, cfg.seed, cfg.n_heldout)]
+    # the prompts a folder was generated from decide its held-out set, not --prompts; only the main folder may
+    # predate source.json
+    specs = [read_source(cfg.data_dir) or (Path(cfg.data_dir), cfg.prompts, cfg.seed, cfg.n_heldout)]
     for folder in filter(None, (x.strip() for x in cfg.extra_data.split(","))):
-        src = Path(folder) / "source.json"
-        if not src.exists():
+        spec = read_source(folder)
+        if spec is None:
             raise InputError("extra_data", f"{folder} has no source.json: generate it with --phase gen "
                                            f"--data-dir {folder} --prompts FILE first")
         if any(Path(folder).resolve() == f.resolve() for f, *_ in specs):
             raise InputError("extra_data", f"{folder} is named twice (as --data-dir or in --extra-data)")
-        meta = json.loads(src.read_text())
-        specs.append((Path(folder), meta["prompts"], int(meta["seed"]), int(meta["n_heldout"])))
+        specs.append(spec)
     sets = []
     for folder, prompts, seed, n_held in specs:
         held_idx = {i for i, _ in load_prompts(prompts, n_held, seed)}
