@@ -208,13 +208,21 @@ def generate(cfg: TrainConfig) -> None:
 
     from .models import load_target
 
+    from .errors import InputError
+
+    src = {"prompts": str(Path(cfg.prompts).resolve()), "seed": cfg.seed, "n_heldout": cfg.n_heldout}
+    old = read_source(cfg.data_dir)
+    if old is not None and (old[1], old[2], old[3]) != (src["prompts"], src["seed"], src["n_heldout"]):
+        # answers are keyed by line number in the prompts file: another file, seed or held-out count would mix them
+        raise InputError("data_dir", f"{cfg.data_dir} was generated from --prompts {old[1]} --seed {old[2]} "
+                                     f"--n-heldout {old[3]}: continue with those, or use another --data-dir")
+    load_prompts(cfg.prompts, 1, cfg.seed)  # a bad prompts file fails before the model loads
     torch.set_num_threads(cfg.threads)
     target = load_target(cfg.target, dtype=cfg.gen_dtype, device="cpu")
     tok = target.tokenizer
     layer_ids = layer_ids_for(cfg, target.n_layers)
     fdir = features_dir(cfg, layer_ids)
     fdir.mkdir(parents=True, exist_ok=True)
-    src = {"prompts": str(Path(cfg.prompts).resolve()), "seed": cfg.seed, "n_heldout": cfg.n_heldout}
     (Path(cfg.data_dir) / "source.json").write_text(json.dumps(src, indent=1))
     done = {i for i, d in read_responses(cfg.data_dir).items() if (fdir / d["shard"]).exists()}
     todo = [(i, q) for i, q in load_prompts(cfg.prompts, cfg.n_prompts, cfg.seed) if i not in done]

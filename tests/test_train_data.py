@@ -87,6 +87,12 @@ def test_training_on_two_folders_end_to_end(tmp_path):
     T.generate(T.TrainConfig(prompts=str(code_p), data_dir=str(tmp_path / "code"), **common))
     src = json.loads((tmp_path / "code" / "source.json").read_text())
     assert src["prompts"] == str(code_p.resolve()) and src["n_heldout"] == 1
+    # continuing a folder with another prompts file would mix answers keyed by line number: refused, nothing changed
+    n_rows = len(T.read_responses(tmp_path / "code"))
+    with pytest.raises(InputError, match="was generated from --prompts"):
+        T.generate(T.TrainConfig(prompts=str(math_p), data_dir=str(tmp_path / "code"), **common))
+    assert json.loads((tmp_path / "code" / "source.json").read_text()) == src
+    assert len(T.read_responses(tmp_path / "code")) == n_rows
     cfg = T.TrainConfig(prompts=str(math_p), data_dir=str(tmp_path / "math"), extra_data=str(tmp_path / "code"),
                         extra_share=0.5, steps=2, batch_seqs=2, anchors_per_seq=2, eval_every=1000, warmup=1,
                         out=str(tmp_path / "ck"), draft_vocab="responses", **common)
