@@ -119,6 +119,33 @@ def default_dtype(device: torch.device) -> str:
     return DEFAULT_CPU_DTYPE if device.type == "cpu" else "bfloat16"
 
 
+CPU_FP32_MIN_VERIFY_TOKENS = 5
+"""Narrowest fp32 verify forward on CPU. The CPU matmul library (MKL, torch 2.13) runs products with 2-4 rows as
+repeated matrix-vector passes over the weights, so on the 2-core machine a forward of 2, 3 or 4 tokens costs
+88 / 111 / 79 ms and one of 5 tokens 72 ms (1 token: 56 ms; SmolLM2-135M, 200 cached tokens; see
+``scripts/verify_pad_ab.py``). Padding such verifies to 5 tokens is faster and exact."""
+
+
+def min_verify_tokens(device: torch.device, dtype: torch.dtype) -> int:
+    """How wide a tree verify forward is padded at least (:attr:`Target.verify_min_tokens`):
+    :data:`CPU_FP32_MIN_VERIFY_TOKENS` for float32 on CPU, where it was measured; 1 (no padding) elsewhere (bf16 on
+    CPU and CUDA showed no such step). ``DTREE_VERIFY_MIN_TOKENS`` (an integer >= 1) overrides it, for A/B runs.
+
+    Raises:
+        InputError: a ``DTREE_VERIFY_MIN_TOKENS`` that is not an integer >= 1.
+    """
+    env = os.environ.get("DTREE_VERIFY_MIN_TOKENS")
+    if env not in (None, ""):
+        try:
+            value = int(env)
+        except ValueError:
+            value = 0
+        if value < 1:
+            raise InputError("DTREE_VERIFY_MIN_TOKENS", f"must be an integer >= 1, got {env!r}")
+        return value
+    return CPU_FP32_MIN_VERIFY_TOKENS if (device.type == "cpu" and dtype == torch.float32) else 1
+
+
 @dataclass
 class Target:
     """A loaded target LM.
@@ -129,6 +156,9 @@ class Target:
         tokenizer: its tokenizer (with the model's chat template when it has one).
         name: what the user asked for (``"embedded"``, a hub id or a folder), for the trace.
         dtype, device: where the weights live.
+        verify_min_tokens: tree verifies narrower than this many tokens are padded up to it
+            (:func:`dtree.engine.verify_tree`); :func:`min_verify_tokens` picks it at load. The cost profile pads
+            alike, so Cv(n; L) prices what the engine runs.
     """
 
     model: torch.nn.Module
@@ -136,6 +166,7 @@ class Target:
     name: str
     dtype: torch.dtype
     device: torch.device
+    verify_min_tokens: int = 1
 
     @property
     def config(self):
@@ -303,7 +334,8 @@ def load_target(spec: str = EMBEDDED, dtype: str | torch.dtype | None = None, de
     model.to(dev).eval()
     for p in model.parameters():
         p.requires_grad_(False)
-    target = Target(model=model, tokenizer=tok, name=spec or EMBEDDED, dtype=dt, device=dev)
+    target = Target(model=model, tokenizer=tok, name=spec or EMBEDDED, dtype=dt, device=dev,
+                    verify_min_tokens=min_verify_tokens(dev, dt))
     target.load_s = time.perf_counter() - t0  # type: ignore[attr-defined]
     if cache:
         _LOADED[key] = target

@@ -555,8 +555,15 @@ def visibility(tree: DraftTree) -> np.ndarray:
     return vis
 
 
+def verify_width(n_tokens: int, min_tokens: int) -> int:
+    """Tokens in the forward that verifies ``n_tokens`` (root + nodes): ``min_tokens`` when 2 <= ``n_tokens`` <
+    ``min_tokens``, else ``n_tokens``. A single-token forward is never padded: it runs the matrix-vector path, the
+    cheapest of all (:data:`dtree.models.CPU_FP32_MIN_VERIFY_TOKENS`)."""
+    return min_tokens if 2 <= n_tokens < min_tokens else n_tokens
+
+
 def tree_attention_inputs(
-    tree: DraftTree, start: int, dtype: torch.dtype, device: torch.device | str | None = None
+    tree: DraftTree, start: int, dtype: torch.dtype, device: torch.device | str | None = None, width: int | None = None
 ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     """Inputs of the one target forward that verifies the whole tree over a cache of ``start`` tokens (spec 2.4).
 
@@ -565,25 +572,41 @@ def tree_attention_inputs(
         start: L, number of tokens already in the target's KV cache; the root sits at position ``start``.
         dtype: floating dtype of the target (the mask's dtype).
         device: where to put the tensors.
+        width: pad the forward to this many tokens W (None or <= n + 1: no padding). Pad tokens repeat the root
+            token at the root's position, see the context and themselves only, and no tree node sees them, so the
+            first n + 1 outputs are exactly the unpadded ones; their n + 1 .. W - 1 cache entries must be cropped
+            after the forward (:func:`dtree.engine.verify_tree` does). Used where a wider matmul is faster than a
+            narrower one (fp32 on CPU: 2-4 tokens cost more than 5, :data:`dtree.models.CPU_FP32_MIN_VERIFY_TOKENS`).
 
     Returns:
-        ``input_ids`` long ``[1, n + 1]`` (the node tokens), ``position_ids`` long ``[1, n + 1]`` = ``start + depth``
-        (positions follow depth, not index), and ``attention_mask`` ``[1, 1, n + 1, start + n + 1]`` additive in
-        ``dtype``: 0 where visible, ``torch.finfo(dtype).min`` where hidden. All ``start`` context columns are
-        visible; the tree block is :func:`visibility`. Pass them with the ``cache=`` of length ``start``.
+        ``input_ids`` long ``[1, W]`` (the node tokens, then the pads), ``position_ids`` long ``[1, W]`` =
+        ``start + depth`` (positions follow depth, not index), and ``attention_mask`` ``[1, 1, W, start + W]``
+        additive in ``dtype``: 0 where visible, ``torch.finfo(dtype).min`` where hidden, with W = max(n + 1,
+        width). All ``start`` context columns are visible; the tree block is :func:`visibility`. Pass them with
+        the ``cache=`` of length ``start``.
 
     Raises:
-        InputError: ``start`` < 0. ValueError: ``dtype`` not floating or a malformed tree.
+        InputError: ``start`` < 0 or ``width`` < 1. ValueError: ``dtype`` not floating or a malformed tree.
     """
     start = check_int("start", start, lo=0)
     if not dtype.is_floating_point:
         raise ValueError(f"dtype must be a floating dtype, got {dtype}")
-    vis = torch.from_numpy(visibility(tree)).to(device)
-    n1 = vis.shape[0]
-    ids = torch.as_tensor(tree.tokens, dtype=torch.long).view(1, n1).to(device)
-    pos = (torch.as_tensor(tree.depths, dtype=torch.long) + start).view(1, n1).to(device)
-    # Built on the target device: only the [n+1, n+1] visibility bits cross from the host.
-    mask = torch.zeros((1, 1, n1, start + n1), dtype=dtype, device=vis.device)
+    vis_np = visibility(tree)
+    n1 = vis_np.shape[0]
+    w = n1 if width is None else max(n1, check_int("width", width, lo=1))
+    tokens, depths = np.asarray(tree.tokens, dtype=np.int64), np.asarray(tree.depths, dtype=np.int64)
+    if w > n1:  # pads: copies of the root, each seeing only itself in the block
+        tokens = np.concatenate([tokens, np.full(w - n1, tokens[0])])
+        depths = np.concatenate([depths, np.zeros(w - n1, np.int64)])
+        padded = np.zeros((w, w), dtype=bool)
+        padded[:n1, :n1] = vis_np
+        padded[np.arange(n1, w), np.arange(n1, w)] = True
+        vis_np = padded
+    vis = torch.from_numpy(vis_np).to(device)
+    ids = torch.from_numpy(tokens).view(1, w).to(device)
+    pos = (torch.from_numpy(depths) + start).view(1, w).to(device)
+    # Built on the target device: only the [W, W] visibility bits cross from the host.
+    mask = torch.zeros((1, 1, w, start + w), dtype=dtype, device=vis.device)
     mask[0, 0, :, start:].masked_fill_(~vis, torch.finfo(dtype).min)
     return ids, pos, mask
 

@@ -602,3 +602,33 @@ def test_identity_calibration_gives_the_plain_trees():
             np.testing.assert_array_equal(x.parents, y.parents)
             np.testing.assert_array_equal(x.thetas, y.thetas)
             np.testing.assert_array_equal(x.theta_curve, y.theta_curve)
+
+
+def test_verify_width_pads_only_two_to_min_minus_one_tokens():
+    from dtree.trees import verify_width
+
+    assert [verify_width(n, 5) for n in range(1, 8)] == [1, 5, 5, 5, 5, 6, 7]  # one token: never padded
+    assert [verify_width(n, 1) for n in range(1, 4)] == [1, 2, 3]
+
+
+def test_tree_attention_inputs_padding_is_inert():
+    """Pads repeat the root at the root's position, see the context and themselves only, and no node sees them."""
+    rng = np.random.default_rng(5)
+    tree = random_tree(2, rng, 100)
+    n1, start, w = tree.n_nodes + 1, 4, 7
+    ref_ids, ref_pos, ref_mask = tree_attention_inputs(tree, start, torch.float32, "cpu")
+    ids, pos, mask = tree_attention_inputs(tree, start, torch.float32, "cpu", width=w)
+    assert ids.shape == (1, w) and pos.shape == (1, w) and mask.shape == (1, 1, w, start + w)
+    assert torch.equal(ids[:, :n1], ref_ids) and torch.equal(pos[:, :n1], ref_pos)
+    assert (ids[0, n1:] == tree.tokens[0]).all() and (pos[0, n1:] == start).all()
+    assert torch.equal(mask[0, 0, :n1, :start + n1], ref_mask[0, 0])  # the tree's own rows are unchanged...
+    hidden = torch.finfo(torch.float32).min
+    assert (mask[0, 0, :n1, start + n1:] == hidden).all()  # ...and never see a pad
+    for i in range(n1, w):  # a pad sees all context and itself, nothing else
+        row = mask[0, 0, i]
+        visible = set(torch.nonzero(row == 0).flatten().tolist())
+        assert visible == set(range(start)) | {start + i}
+    for narrow in (None, 1, n1):  # no padding asked, or not narrower than the tree
+        assert torch.equal(tree_attention_inputs(tree, start, torch.float32, "cpu", width=narrow)[2], ref_mask)
+    with pytest.raises(InputError):
+        tree_attention_inputs(tree, start, torch.float32, "cpu", width=0)
