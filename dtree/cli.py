@@ -135,7 +135,7 @@ def cmd_decode(args) -> int:
                        temperature=args.temperature, seed=args.seed, topk_log=args.topk_log)
     if not args.prompt.strip():
         raise InputError("prompt", "must be a non-empty string")
-    calibrated = cfg.validated(max_context=2**31, prompt_len=0, block_size=1).calibrated  # ranges, before the model
+    calibrated = cfg.validated(max_context=None, prompt_len=0, block_size=1).calibrated  # ranges, before the model
     if calibrated and args.calibration:
         from .calibration import Calibration
 

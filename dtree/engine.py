@@ -91,10 +91,10 @@ class DecodeConfig:
                               spec.fallback or bool(self.fallback)).name
         return spec.base
 
-    def validated(self, max_context: int, prompt_len: int, block_size: int) -> DecodeConfig:
+    def validated(self, max_context: int | None, prompt_len: int, block_size: int) -> DecodeConfig:
         """Return a copy with defaults filled in and ``method`` reduced to its base (the variant's options moved to
         ``spine`` / ``calibrated`` / ``adaptive`` / ``raw_cv`` / ``fallback``); raise :class:`InputError` naming the
-        bad field and its range."""
+        bad field and its range. ``max_context`` None (model not loaded yet) checks ``max_new_tokens`` >= 1 only."""
         spec = parse_method(self.method)
         method = spec.base
         spine = spec.spine or bool(self.spine)
@@ -115,8 +115,8 @@ class DecodeConfig:
         budget = self.budget if self.budget is not None else DEFAULT_BUDGET[method]
         if budget is not None:
             budget = check_int("budget", budget, 0, MAX_BUDGET)
-        room = max_context - prompt_len - block_size
-        if room < 1:
+        room = None if max_context is None else max_context - prompt_len - block_size
+        if room is not None and room < 1:
             raise InputError("prompt", f"is {prompt_len} tokens; with one block of {block_size} it must stay below "
                                        f"the model's context of {max_context} tokens")
         max_new = check_int("max_new_tokens", self.max_new_tokens, 1, room)

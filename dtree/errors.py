@@ -23,7 +23,7 @@ def check_int(field: str, value, lo: int | None = None, hi: int | None = None) -
         raise InputError(field, f"must be an integer, got {value!r}")
     v = int(value)
     if (lo is not None and v < lo) or (hi is not None and v > hi):
-        raise InputError(field, f"must be in [{lo if lo is not None else '-inf'}, {hi if hi is not None else 'inf'}], got {v}")
+        raise InputError(field, f"must be {_range_text(lo, hi)}, got {v}")
     return v
 
 
@@ -36,5 +36,14 @@ def check_float(field: str, value, lo: float | None = None, hi: float | None = N
     if not math.isfinite(v):
         raise InputError(field, f"must be a finite number, got {value!r}")
     if (lo is not None and v < lo) or (hi is not None and v > hi):
-        raise InputError(field, f"must be in [{lo if lo is not None else '-inf'}, {hi if hi is not None else 'inf'}], got {v}")
+        raise InputError(field, f"must be {_range_text(lo, hi)}, got {v}")
     return v
+
+
+def _range_text(lo, hi) -> str:
+    """``">= lo"``, ``"<= hi"`` or ``"in [lo, hi]"``: the allowed range in words (an open end is not printed)."""
+    if hi is None:
+        return f">= {lo}"
+    if lo is None:
+        return f"<= {hi}"
+    return f"in [{lo}, {hi}]"

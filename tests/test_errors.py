@@ -1,0 +1,31 @@
+"""Input checks: messages name the field and the allowed range in words (no 'inf' bounds)."""
+
+from __future__ import annotations
+
+import pytest
+
+from dtree.engine import DecodeConfig
+from dtree.errors import InputError, check_float, check_int
+
+
+@pytest.mark.parametrize("call, message", [
+    (lambda: check_int("limit", 0, lo=1), "limit: must be >= 1, got 0"),
+    (lambda: check_int("depth", 9, hi=8), "depth: must be <= 8, got 9"),
+    (lambda: check_int("budget", 300, 0, 256), "budget: must be in [0, 256], got 300"),
+    (lambda: check_float("cd_scale", -0.5, lo=0.0), "cd_scale: must be >= 0.0, got -0.5"),
+    (lambda: check_float("cd_scale", float("nan"), lo=0.0), "cd_scale: must be a finite number, got nan"),
+    (lambda: check_int("seed", True), "seed: must be an integer, got True"),
+])
+def test_range_messages(call, message):
+    with pytest.raises(InputError) as err:
+        call()
+    assert str(err.value) == message
+
+
+def test_config_check_before_the_model_loads_states_no_made_up_upper_bound():
+    with pytest.raises(InputError) as err:
+        DecodeConfig("ddtree", budget=4, max_new_tokens=0).validated(None, 0, 1)
+    assert str(err.value) == "max_new_tokens: must be >= 1, got 0"
+    assert DecodeConfig("ddtree", budget=4, max_new_tokens=10**9).validated(None, 0, 1).max_new_tokens == 10**9
+    with pytest.raises(InputError, match=r"max_new_tokens: must be in \[1, 100\]"):  # a loaded model's room
+        DecodeConfig("ddtree", budget=4, max_new_tokens=200).validated(120, 4, 16)
