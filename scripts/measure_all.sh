@@ -54,3 +54,11 @@ b issue3-humaneval50-v5-fp32 --dataset humaneval --limit 50 --methods ar,chain,d
 "$PY" scripts/issue4_report.py --store "$STORE" --latest --out docs/bench/issue3-humaneval50-v5-report.json > docs/bench/issue3-humaneval50-v5-report.md
 b issue3-gsm8k20-v5-fp32 --dataset gsm8k --limit 20 --methods ar,chain,caddtree,caddtree-adapt-rawcv --max-new-tokens 128 --dtype float32
 "$PY" scripts/issue4_report.py --store "$STORE" --latest --out docs/bench/issue3-gsm8k20-v5-report.json > docs/bench/issue3-gsm8k20-v5-report.md
+# session 10: 2-4 token verifies padded to 5 tokens on CPU fp32 (A/B in one process, same trees, outputs compared),
+# then issue 4's whole oracle sweep (B = 4..128) with drafter v5 and padded verifies, at 64 new tokens like session 7's
+"$PY" scripts/verify_pad_ab.py --out docs/bench/verify-pad-ab.json
+IP=ar,ddtree:4,ddtree:8,ddtree:16,ddtree:32,ddtree:64,ddtree:128,caddtree,caddtree-adapt-rawcv-fallback
+b issue4-humaneval50-pad-fp32 --dataset humaneval --limit 50 --methods "$IP" --max-new-tokens 64 --dtype float32
+"$PY" scripts/issue4_report.py --store "$STORE" --latest --out docs/bench/issue4-humaneval50-pad-report.json > docs/bench/issue4-humaneval50-pad-report.md
+b issue4-gsm8k50-pad-fp32 --dataset gsm8k --limit 50 --methods "$IP" --max-new-tokens 64 --dtype float32
+"$PY" scripts/issue4_report.py --store "$STORE" --latest --out docs/bench/issue4-gsm8k50-pad-report.json > docs/bench/issue4-gsm8k50-pad-report.md
