@@ -70,7 +70,7 @@ def default_cost_model_path(target: Target, drafter) -> Path:
                       dtype_name(target.dtype), str(target.device),
                       hardware_description(target.device),
                       getattr(target.model.config, "_attn_implementation", None),  # the verify kernel path
-                      int(target.verify_min_tokens)])  # verifies padded alike
+                      list(target.verify_widths)])  # verifies padded alike
     return cache_dir() / "costs" / f"cost-{hashlib.sha1(key.encode()).hexdigest()[:12]}.json"
 
 
@@ -117,9 +117,9 @@ def profile_cost_model(target: Target, drafter, contexts=QUICK_CONTEXTS, nodes=Q
     step = DraftStepTimer(target, drafter)
     cd_times: list[float] = []
     raw = profile_verify(target.model, contexts, nodes, repeats, target.dtype, target.device, progress=progress,
-                         between=lambda: cd_times.append(step()), min_tokens=target.verify_min_tokens)
+                         between=lambda: cd_times.append(step()), widths=target.verify_widths)
     meta = {"target": target.name, "drafter": getattr(drafter, "name", None), "dtype": dtype_name(target.dtype),
-            "cd_samples": len(cd_times), "verify_min_tokens": int(target.verify_min_tokens)}
+            "cd_samples": len(cd_times), "verify_widths": list(target.verify_widths)}
     return cost_model_from_profile(target.model, float(np.median(cd_times)), raw, contexts, nodes, repeats,
                                    target.dtype, target.device, meta)
 
@@ -133,7 +133,7 @@ def cost_model_mismatch(cost, target: Target, drafter=None) -> list[str]:
     """
     meta = getattr(cost, "meta", None) or {}
     here = {"target": target.name, "dtype": dtype_name(target.dtype), "hardware": hardware_description(target.device),
-            "verify_min_tokens": int(target.verify_min_tokens)}
+            "verify_widths": list(target.verify_widths)}
     if drafter is not None and getattr(drafter, "name", None):
         here["drafter"] = drafter.name
     out = []

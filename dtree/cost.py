@@ -796,7 +796,7 @@ def profile_verify(
     progress: Callable[[int, int], None] | None = None,
     seed: int = 0,
     between: Callable[[], Any] | None = None,
-    min_tokens: int = 1,
+    widths=(),
 ) -> np.ndarray:
     """Measure Cv(n; L): seconds of one target forward verifying a random tree of n nodes over L cached tokens.
 
@@ -820,8 +820,8 @@ def profile_verify(
         seed: seeds the random tokens and trees.
         between: called (untimed here) after each timed forward, e.g. to time a drafter step in the same minutes
             (:func:`dtree.backend.profile_cost_model` does, for Cd).
-        min_tokens: pad forwards as the engine does (:func:`dtree.trees.verify_width`,
-            :attr:`dtree.models.Target.verify_min_tokens`), so Cv(n; L) is the time of the forward the engine runs
+        widths: pad forwards as the engine does (:func:`dtree.trees.verify_width`,
+            :attr:`dtree.models.Target.verify_widths`), so Cv(n; L) is the time of the forward the engine runs
             for n nodes.
 
     Returns:
@@ -838,7 +838,7 @@ def profile_verify(
     contexts_a = _as_grid("contexts", contexts, integer=True)
     nodes_a = _as_grid("nodes", nodes, integer=True)
     repeats = check_int("repeats", repeats, lo=1)
-    min_tokens = check_int("min_tokens", min_tokens, lo=1)
+    widths = tuple(check_int("widths", w, lo=2) for w in widths)
     if isinstance(dtype, str):
         names = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
         if dtype not in names:
@@ -856,7 +856,7 @@ def profile_verify(
 
     def verify(cache, L: int, n: int) -> float:
         tree = random_tree(n, rng, vocab)
-        ids, pos, mask = tree_attention_inputs(tree, L, dtype, device, width=verify_width(n + 1, min_tokens))
+        ids, pos, mask = tree_attention_inputs(tree, L, dtype, device, width=verify_width(n + 1, widths))
         sync()
         t0 = time.perf_counter()
         model(input_ids=ids, attention_mask=mask, position_ids=pos, cache=cache, use_cache=True)

@@ -168,21 +168,21 @@ def decode_one_token(model, token: int, position: int, cache: DynamicCache) -> t
 
 
 @torch.inference_mode()
-def verify_tree(model, tree: DraftTree, start: int, cache: DynamicCache, dtype: torch.dtype, min_tokens: int = 1):
+def verify_tree(model, tree: DraftTree, start: int, cache: DynamicCache, dtype: torch.dtype, widths=()):
     """ONE target forward over the whole tree with tree attention.
 
     Token ids are ``[anchor, node tokens...]``, positions ``start + depth`` and an additive float mask (0 where a node
     may attend: all context and its ancestors and itself; ``finfo(dtype).min`` elsewhere) (DDTree, spec 2.4).
-    A forward of 2 .. ``min_tokens`` - 1 tokens is padded to ``min_tokens`` with inert tokens
-    (:func:`dtree.trees.verify_width`, :func:`dtree.trees.tree_attention_inputs` ``width``), whose cache entries are cropped
-    again here: where the matmul library is slower on 2-4 rows than on 5 (fp32 on CPU,
-    :attr:`dtree.models.Target.verify_min_tokens`), the padded forward is faster and gives the same logits.
+    A forward of 2 or more tokens is padded to the next of ``widths`` with inert tokens
+    (:func:`dtree.trees.verify_width`, :func:`dtree.trees.tree_attention_inputs` ``width``), whose cache entries are
+    cropped again here: where the matmul library is slower on some narrow widths than on wider ones (fp32 on CPU,
+    :attr:`dtree.models.Target.verify_widths`), the padded forward is faster and gives the same logits.
     Appends ``n_nodes + 1`` entries to ``cache``.
 
     Returns ``(logits [n+1, V], hidden_states)`` (HF tuple of ``[1, n+1, H]``).
     """
     n1 = tree.n_nodes + 1
-    ids, pos, mask = trees.tree_attention_inputs(tree, start, dtype, model.device, width=trees.verify_width(n1, min_tokens))
+    ids, pos, mask = trees.tree_attention_inputs(tree, start, dtype, model.device, width=trees.verify_width(n1, widths))
     out = model(input_ids=ids, position_ids=pos, attention_mask=mask, cache=cache, use_cache=True,
                 output_hidden_states=True)
     pad = ids.shape[1] - n1
@@ -355,7 +355,7 @@ def generate(target, prompt_ids: list[int], cfg: DecodeConfig, drafter=None, cos
     from .models import dtype_name
 
     params = cfg.__dict__.copy()
-    params["verify_min_tokens"] = int(getattr(target, "verify_min_tokens", 1))  # how its verifies were padded
+    params["verify_widths"] = list(getattr(target, "verify_widths", ()))  # how its verifies were padded
     if cfg.adaptive:
         params["adaptive_calibration"] = calibration.settings()
     elif calibration is not None:
@@ -439,7 +439,7 @@ def _decode(target, prompt_ids, cfg: DecodeConfig, drafter, cost_model, run: Run
             cal = calibration.calibration() if cfg.adaptive else calibration
             tree, reason = build_tree(cfg.method, marg, anchor, cfg.budget, cost_model, start, cfg.spine, cal)
             build_ms = clock.lap()
-            logits, hidden = verify_tree(model, tree, start, cache, target.dtype, target.verify_min_tokens)
+            logits, hidden = verify_tree(model, tree, start, cache, target.dtype, target.verify_widths)
             verify_ms = clock.lap()
             post = sample_tokens(logits, cfg.temperature, gen).cpu().numpy()
             accepted, bonus = trees.walk(tree, post)

@@ -119,31 +119,37 @@ def default_dtype(device: torch.device) -> str:
     return DEFAULT_CPU_DTYPE if device.type == "cpu" else "bfloat16"
 
 
-CPU_FP32_MIN_VERIFY_TOKENS = 5
-"""Narrowest fp32 verify forward on CPU. The CPU matmul library (MKL, torch 2.13) runs products with 2-4 rows as
-repeated matrix-vector passes over the weights, so on the 2-core machine a forward of 2, 3 or 4 tokens costs
-88 / 111 / 79 ms and one of 5 tokens 72 ms (1 token: 56 ms; SmolLM2-135M, 200 cached tokens; see
-``scripts/verify_pad_ab.py``). Padding such verifies to 5 tokens is faster and exact."""
+CPU_FP32_VERIFY_WIDTHS = (5, 8)
+"""Widths (tokens) fp32 tree verifies on CPU are padded to. The CPU matmul library (MKL, torch 2.13) is slow on
+some narrow products: it runs 2-4 rows as repeated matrix-vector passes over the weights, so on the 2-core machine a
+forward of 2, 3 or 4 tokens took 88 / 111 / 79 ms and one of 5 tokens 72 ms (1 token: 56 ms; SmolLM2-135M, 200 cached
+tokens, ``scripts/verify_pad_ab.py``), and in live decoding (session 10 benches, L = 100-300) 7 tokens took 117 ms
+against 91 ms for 8. A verify of 2-5 tokens therefore runs 5 wide and one of 6-8 tokens 8 wide; wider ones as they
+are."""
 
 
-def min_verify_tokens(device: torch.device, dtype: torch.dtype) -> int:
-    """How wide a tree verify forward is padded at least (:attr:`Target.verify_min_tokens`):
-    :data:`CPU_FP32_MIN_VERIFY_TOKENS` for float32 on CPU, where it was measured; 1 (no padding) elsewhere (bf16 on
-    CPU and CUDA showed no such step). ``DTREE_VERIFY_MIN_TOKENS`` (an integer >= 1) overrides it, for A/B runs.
+def default_verify_widths(device: torch.device, dtype: torch.dtype) -> tuple[int, ...]:
+    """The widths tree verifies are padded to (:attr:`Target.verify_widths`, :func:`dtree.trees.verify_width`):
+    :data:`CPU_FP32_VERIFY_WIDTHS` for float32 on CPU, where they were measured; none elsewhere (bf16 on CPU and
+    CUDA showed no such steps). ``DTREE_VERIFY_WIDTHS`` overrides them, for A/B runs: a comma list of integers >= 2
+    (e.g. ``5,8``), or ``none`` for no padding.
 
     Raises:
-        InputError: a ``DTREE_VERIFY_MIN_TOKENS`` that is not an integer >= 1.
+        InputError: a ``DTREE_VERIFY_WIDTHS`` that is neither ``none`` nor a comma list of integers >= 2.
     """
-    env = os.environ.get("DTREE_VERIFY_MIN_TOKENS")
-    if env not in (None, ""):
+    env = os.environ.get("DTREE_VERIFY_WIDTHS")
+    if env is not None and env.strip() != "":
+        if env.strip().lower() == "none":
+            return ()
         try:
-            value = int(env)
+            values = sorted({int(v) for v in env.split(",")})
         except ValueError:
-            value = 0
-        if value < 1:
-            raise InputError("DTREE_VERIFY_MIN_TOKENS", f"must be an integer >= 1, got {env!r}")
-        return value
-    return CPU_FP32_MIN_VERIFY_TOKENS if (device.type == "cpu" and dtype == torch.float32) else 1
+            values = [0]
+        if not values or values[0] < 2:
+            raise InputError("DTREE_VERIFY_WIDTHS", f"must be 'none' or a comma list of integers >= 2 (e.g. 5,8), "
+                                                    f"got {env!r}")
+        return tuple(values)
+    return CPU_FP32_VERIFY_WIDTHS if (device.type == "cpu" and dtype == torch.float32) else ()
 
 
 @dataclass
@@ -156,8 +162,8 @@ class Target:
         tokenizer: its tokenizer (with the model's chat template when it has one).
         name: what the user asked for (``"embedded"``, a hub id or a folder), for the trace.
         dtype, device: where the weights live.
-        verify_min_tokens: tree verifies narrower than this many tokens are padded up to it
-            (:func:`dtree.engine.verify_tree`); :func:`min_verify_tokens` picks it at load. The cost profile pads
+        verify_widths: tree verifies are padded to the next of these widths (:func:`dtree.trees.verify_width`,
+            :func:`dtree.engine.verify_tree`); :func:`default_verify_widths` picks them at load. The cost profile pads
             alike, so Cv(n; L) prices what the engine runs.
     """
 
@@ -166,7 +172,7 @@ class Target:
     name: str
     dtype: torch.dtype
     device: torch.device
-    verify_min_tokens: int = 1
+    verify_widths: tuple[int, ...] = ()
 
     @property
     def config(self):
@@ -335,7 +341,7 @@ def load_target(spec: str = EMBEDDED, dtype: str | torch.dtype | None = None, de
     for p in model.parameters():
         p.requires_grad_(False)
     target = Target(model=model, tokenizer=tok, name=spec or EMBEDDED, dtype=dt, device=dev,
-                    verify_min_tokens=min_verify_tokens(dev, dt))
+                    verify_widths=default_verify_widths(dev, dt))
     target.load_s = time.perf_counter() - t0  # type: ignore[attr-defined]
     if cache:
         _LOADED[key] = target

@@ -555,11 +555,14 @@ def visibility(tree: DraftTree) -> np.ndarray:
     return vis
 
 
-def verify_width(n_tokens: int, min_tokens: int) -> int:
-    """Tokens in the forward that verifies ``n_tokens`` (root + nodes): ``min_tokens`` when 2 <= ``n_tokens`` <
-    ``min_tokens``, else ``n_tokens``. A single-token forward is never padded: it runs the matrix-vector path, the
-    cheapest of all (:data:`dtree.models.CPU_FP32_MIN_VERIFY_TOKENS`)."""
-    return min_tokens if 2 <= n_tokens < min_tokens else n_tokens
+def verify_width(n_tokens: int, widths=()) -> int:
+    """Tokens in the forward that verifies ``n_tokens`` (root + nodes): the smallest of ``widths`` (the widths the
+    matmul library runs fast, :data:`dtree.models.CPU_FP32_VERIFY_WIDTHS`) that is >= ``n_tokens``; ``n_tokens``
+    itself when it is above them all, or 1 (a single-token forward runs the matrix-vector path, the cheapest of all,
+    and is never padded)."""
+    if n_tokens < 2:
+        return n_tokens
+    return min((w for w in widths if w >= n_tokens), default=n_tokens)
 
 
 def tree_attention_inputs(
@@ -576,7 +579,7 @@ def tree_attention_inputs(
             token at the root's position, see the context and themselves only, and no tree node sees them, so the
             first n + 1 outputs are exactly the unpadded ones; their n + 1 .. W - 1 cache entries must be cropped
             after the forward (:func:`dtree.engine.verify_tree` does). Used where a wider matmul is faster than a
-            narrower one (fp32 on CPU: 2-4 tokens cost more than 5, :data:`dtree.models.CPU_FP32_MIN_VERIFY_TOKENS`).
+            narrower one (fp32 on CPU: 2-4 tokens cost more than 5, :data:`dtree.models.CPU_FP32_VERIFY_WIDTHS`).
 
     Returns:
         ``input_ids`` long ``[1, W]`` (the node tokens, then the pads), ``position_ids`` long ``[1, W]`` =

@@ -493,7 +493,7 @@ def test_backend_does_not_cache_a_disturbed_auto_profile(backend32, tmp_path, mo
 
 
 def test_profile_verify_pads_like_the_engine(monkeypatch):
-    """With min_tokens the profile times the padded forwards the engine runs (2-4 tokens -> 5, 1 token unpadded)
+    """With widths the profile times the padded forwards the engine runs (2-5 tokens -> 5, 6-8 -> 8, 1 unpadded)
     and crops the pads again (each context's cache is back at L after every forward)."""
     import dtree.trees as trees_mod
     from dtree.models import load_target
@@ -507,9 +507,9 @@ def test_profile_verify_pads_like_the_engine(monkeypatch):
         return out
 
     monkeypatch.setattr(trees_mod, "tree_attention_inputs", spy)
-    out = profile_verify(target.model, (8,), (0, 1, 3, 5), 1, torch.float32, "cpu", min_tokens=5)
-    assert out.shape == (1, 4) and (out > 0).all()
-    assert {n: w for n, _, w in widths} == {0: 1, 1: 5, 3: 5, 5: 6}
+    out = profile_verify(target.model, (8,), (0, 1, 3, 5, 8), 1, torch.float32, "cpu", widths=(5, 8))
+    assert out.shape == (1, 5) and (out > 0).all()
+    assert {n: w for n, _, w in widths} == {0: 1, 1: 5, 3: 5, 5: 8, 8: 9}
     assert {s for _, s, _ in widths} == {8}  # every forward starts from the same L: pads were cropped
     with pytest.raises(InputError):
-        profile_verify(target.model, (8,), (0, 1), 1, torch.float32, "cpu", min_tokens=0)
+        profile_verify(target.model, (8,), (0, 1), 1, torch.float32, "cpu", widths=(1, 5))

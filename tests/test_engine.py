@@ -283,29 +283,29 @@ def test_fallback_applies_to_caddtree_only(backend32):
     assert e.value.field == "fallback"
 
 
-@pytest.mark.parametrize("n_nodes", [1, 2, 3])
+@pytest.mark.parametrize("n_nodes", [1, 3, 5])
 def test_padded_verify_equals_unpadded(target32, n_nodes):
-    """A 2-4 token verify padded to 5 (the CPU fp32 default) gives the unpadded logits and hidden states and leaves
-    exactly n + 1 new cache entries, which then hold the same keys as after the unpadded verify."""
-    assert target32.verify_min_tokens == 5  # CPU float32: the engine's default here pads
+    """A verify padded to the next of (5, 8) (the CPU fp32 default) gives the unpadded logits and hidden states and
+    leaves exactly n + 1 new cache entries, which then hold the same keys as after the unpadded verify."""
+    assert target32.verify_widths == (5, 8)  # CPU float32: the engine's default here pads
     model = target32.model
     prompt = target32.encode_prompt("Name three primes.")
     tree = trees.random_tree(n_nodes, np.random.default_rng(n_nodes), 49152)
     out = {}
-    for min_tokens in (1, 5):
+    for widths in ((), (5, 8)):
         cache = DynamicCache(config=model.config)
         engine.prefill(model, prompt, cache, want_hidden=False)
-        logits, hidden = engine.verify_tree(model, tree, len(prompt), cache, target32.dtype, min_tokens)
+        logits, hidden = engine.verify_tree(model, tree, len(prompt), cache, target32.dtype, widths)
         assert cache.get_seq_length() == len(prompt) + n_nodes + 1
         assert logits.shape[0] == n_nodes + 1 and all(h.shape[1] == n_nodes + 1 for h in hidden)
-        out[min_tokens] = (logits, hidden[-1], cache.layers[-1].keys.clone())
-    for a, b in zip(out[1], out[5]):
+        out[widths] = (logits, hidden[-1], cache.layers[-1].keys.clone())
+    for a, b in zip(out[()], out[(5, 8)]):
         torch.testing.assert_close(a, b, rtol=0, atol=1e-4)
 
 
 def test_decode_pads_small_verifies_and_stays_lossless(backend32, monkeypatch):
-    """ddtree:1/2 runs (2-3 token verifies) go through the padded forward and still reproduce AR; the run records
-    the padding it used."""
+    """ddtree:1/2/6 runs (2, 3, 7 token verifies) go through the padded forward and still reproduce AR; the run
+    records the padding it used."""
     widths = []
     real = trees.tree_attention_inputs
 
@@ -317,9 +317,9 @@ def test_decode_pads_small_verifies_and_stays_lossless(backend32, monkeypatch):
     monkeypatch.setattr(trees, "tree_attention_inputs", spy)
     prompt = "What is 7 times 8?"
     ar = backend32.decode(prompt, DecodeConfig("ar", max_new_tokens=24))
-    for budget in (1, 2):
+    for budget in (1, 2, 6):
         widths.clear()
         run = backend32.decode(prompt, DecodeConfig("ddtree", budget=budget, max_new_tokens=24))
         assert run.output_ids == ar.output_ids
-        assert run.params["verify_min_tokens"] == 5
-        assert widths and all(w == 5 for n, w in widths if n >= 2) and any(n >= 2 for n, _ in widths)
+        assert run.params["verify_widths"] == [5, 8]
+        assert widths and all(w == (5 if n <= 5 else 8) for n, w in widths if n >= 2) and any(n >= 2 for n, _ in widths)

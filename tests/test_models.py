@@ -8,16 +8,17 @@ import torch
 from dtree.errors import InputError
 
 
-def test_min_verify_tokens_defaults_and_override(monkeypatch):
-    from dtree.models import CPU_FP32_MIN_VERIFY_TOKENS, min_verify_tokens
+def test_verify_widths_defaults_and_override(monkeypatch):
+    from dtree.models import CPU_FP32_VERIFY_WIDTHS, default_verify_widths
 
     cpu, cuda = torch.device("cpu"), torch.device("cuda")
-    monkeypatch.delenv("DTREE_VERIFY_MIN_TOKENS", raising=False)
-    assert min_verify_tokens(cpu, torch.float32) == CPU_FP32_MIN_VERIFY_TOKENS == 5
-    assert min_verify_tokens(cpu, torch.bfloat16) == 1 and min_verify_tokens(cuda, torch.float32) == 1
-    monkeypatch.setenv("DTREE_VERIFY_MIN_TOKENS", "1")
-    assert min_verify_tokens(cpu, torch.float32) == 1
-    for bad in ("0", "-2", "five"):
-        monkeypatch.setenv("DTREE_VERIFY_MIN_TOKENS", bad)
-        with pytest.raises(InputError, match="DTREE_VERIFY_MIN_TOKENS"):
-            min_verify_tokens(cpu, torch.float32)
+    monkeypatch.delenv("DTREE_VERIFY_WIDTHS", raising=False)
+    assert default_verify_widths(cpu, torch.float32) == CPU_FP32_VERIFY_WIDTHS == (5, 8)
+    assert default_verify_widths(cpu, torch.bfloat16) == () and default_verify_widths(cuda, torch.float32) == ()
+    for text, want in (("none", ()), ("NONE", ()), ("8,5", (5, 8)), ("12", (12,)), ("", (5, 8))):
+        monkeypatch.setenv("DTREE_VERIFY_WIDTHS", text)
+        assert default_verify_widths(cpu, torch.float32) == want, text
+    for bad in ("0", "1,5", "-2", "five", "5,,8"):
+        monkeypatch.setenv("DTREE_VERIFY_WIDTHS", bad)
+        with pytest.raises(InputError, match="DTREE_VERIFY_WIDTHS"):
+            default_verify_widths(cpu, torch.float32)

@@ -604,11 +604,12 @@ def test_identity_calibration_gives_the_plain_trees():
             np.testing.assert_array_equal(x.theta_curve, y.theta_curve)
 
 
-def test_verify_width_pads_only_two_to_min_minus_one_tokens():
+def test_verify_width_pads_to_the_next_listed_width():
     from dtree.trees import verify_width
 
-    assert [verify_width(n, 5) for n in range(1, 8)] == [1, 5, 5, 5, 5, 6, 7]  # one token: never padded
-    assert [verify_width(n, 1) for n in range(1, 4)] == [1, 2, 3]
+    assert [verify_width(n, (5, 8)) for n in range(1, 11)] == [1, 5, 5, 5, 5, 8, 8, 8, 9, 10]  # 1 token: never padded
+    assert [verify_width(n, ()) for n in range(1, 4)] == [1, 2, 3]
+    assert [verify_width(n, (8, 5)) for n in (2, 6)] == [5, 8]  # any order
 
 
 def test_tree_attention_inputs_padding_is_inert():
