@@ -831,6 +831,11 @@ def main(argv: list[str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
     try:
+        import torch
+
+        from .models import default_verify_widths
+
+        default_verify_widths(torch.device("cpu"), torch.float32)  # a bad DTREE_VERIFY_WIDTHS fails before any load
         return int(args.func(args) or 0)
     except InputError as e:
         print(f"error: {e}", file=sys.stderr)

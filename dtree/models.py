@@ -128,6 +128,10 @@ against 91 ms for 8. A verify of 2-5 tokens therefore runs 5 wide and one of 6-8
 are."""
 
 
+MAX_VERIFY_WIDTH = 64
+"""Widest padding width :func:`default_verify_widths` accepts: padding only pays for narrow verifies."""
+
+
 def default_verify_widths(device: torch.device, dtype: torch.dtype) -> tuple[int, ...]:
     """The widths tree verifies are padded to (:attr:`Target.verify_widths`, :func:`dtree.trees.verify_width`):
     :data:`CPU_FP32_VERIFY_WIDTHS` for float32 on CPU, where they were measured; none elsewhere (bf16 on CPU and
@@ -145,9 +149,9 @@ def default_verify_widths(device: torch.device, dtype: torch.dtype) -> tuple[int
             values = sorted({int(v) for v in env.split(",")})
         except ValueError:
             values = [0]
-        if not values or values[0] < 2:
-            raise InputError("DTREE_VERIFY_WIDTHS", f"must be 'none' or a comma list of integers >= 2 (e.g. 5,8), "
-                                                    f"got {env!r}")
+        if not values or values[0] < 2 or values[-1] > MAX_VERIFY_WIDTH:
+            raise InputError("DTREE_VERIFY_WIDTHS", f"must be 'none' or a comma list of integers in "
+                                                    f"2..{MAX_VERIFY_WIDTH} (e.g. 5,8), got {env!r}")
         return tuple(values)
     return CPU_FP32_VERIFY_WIDTHS if (device.type == "cpu" and dtype == torch.float32) else ()
 

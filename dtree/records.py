@@ -102,7 +102,9 @@ def parse_method_key(item: str, field: str = "methods", max_budget: int = 1024) 
     if b and not b.isdigit():
         raise InputError(field, f"malformed budget in {item!r}: expected {spec.name}:B with B an integer in "
                                 f"0..{max_budget}")
-    budget = check_int(field, int(b), 0, max_budget) if b else None
+    if b and int(b) > max_budget:
+        raise InputError(field, f"budget {int(b)} in {item!r} is too large: B must be an integer in 0..{max_budget}")
+    budget = int(b) if b else None
     if spec.base == "ddtree" and budget is None:
         raise InputError(field, f"{spec.name} needs a budget: {spec.name}:B")
     return spec.name, budget

@@ -95,15 +95,18 @@ def decode_ab(backend, prompts: list[str], methods, pad: tuple[int, ...], max_ne
 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    ap.add_argument("--context", type=int, default=200)
-    ap.add_argument("--widths", default="1,2,3,4,5,6,7,8,9")
-    ap.add_argument("--repeats", type=int, default=9)
-    ap.add_argument("--pad-widths", default="5,8")
-    ap.add_argument("--dataset", default="humaneval")
-    ap.add_argument("--limit", type=int, default=6)
-    ap.add_argument("--methods", default="ddtree:1,ddtree:2,ddtree:3,ddtree:5,ddtree:6")
-    ap.add_argument("--max-new-tokens", type=int, default=64)
-    ap.add_argument("--out", default=None)
+    ap.add_argument("--context", type=int, default=200, help="cached tokens before each timed forward (default 200)")
+    ap.add_argument("--widths", default="1,2,3,4,5,6,7,8,9",
+                    help="forward widths (tokens = nodes + 1) timed in part 1 (default 1,...,9)")
+    ap.add_argument("--repeats", type=int, default=9, help="timed passes over the widths in part 1 (default 9)")
+    ap.add_argument("--pad-widths", default="5,8",
+                    help="the padded arm pads to the next of these widths (default 5,8, dtree's CPU fp32 default)")
+    ap.add_argument("--dataset", default="humaneval", help="prompt set of part 2, as for bench (default humaneval)")
+    ap.add_argument("--limit", type=int, default=6, help="prompts decoded in part 2; 0 skips it (default 6)")
+    ap.add_argument("--methods", default="ddtree:1,ddtree:2,ddtree:3,ddtree:5,ddtree:6",
+                    help="fixed-budget methods decoded in both arms in part 2")
+    ap.add_argument("--max-new-tokens", type=int, default=64, help="new tokens per decode in part 2 (default 64)")
+    ap.add_argument("--out", default=None, help="also write the results as JSON to this file")
     args = ap.parse_args()
     pad = tuple(sorted(int(v) for v in args.pad_widths.split(",")))
     backend = Backend("embedded", "float32", "cpu")

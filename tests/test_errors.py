@@ -29,3 +29,12 @@ def test_config_check_before_the_model_loads_states_no_made_up_upper_bound():
     assert DecodeConfig("ddtree", budget=4, max_new_tokens=10**9).validated(None, 0, 1).max_new_tokens == 10**9
     with pytest.raises(InputError, match=r"max_new_tokens: must be in \[1, 100\]"):  # a loaded model's room
         DecodeConfig("ddtree", budget=4, max_new_tokens=200).validated(120, 4, 16)
+
+
+def test_method_budget_too_large_names_the_budget():
+    from dtree.records import parse_method_key
+
+    with pytest.raises(InputError) as err:
+        parse_method_key("ddtree:2000", "method")
+    assert str(err.value) == "method: budget 2000 in 'ddtree:2000' is too large: B must be an integer in 0..1024"
+    assert parse_method_key("ddtree:1024", "method") == ("ddtree", 1024)

@@ -22,3 +22,21 @@ def test_verify_widths_defaults_and_override(monkeypatch):
         monkeypatch.setenv("DTREE_VERIFY_WIDTHS", bad)
         with pytest.raises(InputError, match="DTREE_VERIFY_WIDTHS"):
             default_verify_widths(cpu, torch.float32)
+
+
+def test_verify_widths_upper_bound_and_cli_checks_before_loading(monkeypatch, capsys):
+    """A huge width is refused (it would allocate the padded mask), and the CLI says so before any model load."""
+    from dtree import backend, cli
+    from dtree.models import MAX_VERIFY_WIDTH, default_verify_widths
+
+    monkeypatch.setenv("DTREE_VERIFY_WIDTHS", str(MAX_VERIFY_WIDTH + 1))
+    with pytest.raises(InputError, match=f"2..{MAX_VERIFY_WIDTH}"):
+        default_verify_widths(torch.device("cpu"), torch.float32)
+    monkeypatch.setenv("DTREE_VERIFY_WIDTHS", "999999999999")
+
+    def no_load(*a, **k):
+        raise AssertionError("the model must not load with a bad DTREE_VERIFY_WIDTHS")
+
+    monkeypatch.setattr(backend, "load_target", no_load)  # what the CLI's Backend calls
+    assert cli.main(["decode", "--prompt", "hi", "--method", "ddtree:2", "--max-new-tokens", "4", "--no-store"]) == 2
+    assert "DTREE_VERIFY_WIDTHS" in capsys.readouterr().err
