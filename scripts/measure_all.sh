@@ -2,7 +2,7 @@
 # Re-measure the figures quoted in README "Measured results" (issues 2-4) on this machine, one bench after another.
 # Usage: scripts/measure_all.sh [DRAFTER]   (default: the shipped drafter; the lines before the session-9 ones were
 # measured with drafter v4, earlier checkpoints in git history). Writes docs/bench/*.json and a store
-# docs/bench/measure.sqlite (git-ignored). Takes about three hours on a 2-core CPU; run it on an otherwise idle machine.
+# docs/bench/measure.sqlite (git-ignored). Takes about five hours on a 2-core CPU; run it on an otherwise idle machine.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 PY=.venv/bin/python
@@ -62,3 +62,9 @@ b issue4-humaneval50-pad-fp32 --dataset humaneval --limit 50 --methods "$IP" --m
 "$PY" scripts/issue4_report.py --store "$STORE" --latest --out docs/bench/issue4-humaneval50-pad-report.json > docs/bench/issue4-humaneval50-pad-report.md
 b issue4-gsm8k50-pad-fp32 --dataset gsm8k --limit 50 --methods "$IP" --max-new-tokens 64 --dtype float32
 "$PY" scripts/issue4_report.py --store "$STORE" --latest --out docs/bench/issue4-gsm8k50-pad-report.json > docs/bench/issue4-gsm8k50-pad-report.md
+# session 10, after the second padding width (6-8 tokens run 8 wide): caddtree against the oracle of the sweep above
+# (ddtree:4 on both sets; no fixed budget of the sweep has a 6-8 token verify, so the sweep's ranking stands)
+b issue4-humaneval50-pad8-fp32 --dataset humaneval --limit 50 --methods ddtree:4,caddtree --max-new-tokens 64 --dtype float32
+"$PY" scripts/issue4_report.py --store "$STORE" --latest --out docs/bench/issue4-humaneval50-pad8-report.json > docs/bench/issue4-humaneval50-pad8-report.md
+b issue4-gsm8k50-pad8-fp32 --dataset gsm8k --limit 50 --methods ddtree:4,caddtree --max-new-tokens 64 --dtype float32
+"$PY" scripts/issue4_report.py --store "$STORE" --latest --out docs/bench/issue4-gsm8k50-pad8-report.json > docs/bench/issue4-gsm8k50-pad8-report.md
