@@ -666,9 +666,15 @@ def cmd_diagnose(args) -> int:
     out = Path(args.out) if args.out else None
     if out is not None and out.suffix != ".json":
         raise InputError("out", f"must end in .json, got {args.out!r}")
+    decode_opts = {"dataset": args.dataset, "limit": args.limit, "method": args.method,
+                   "max_new_tokens": args.max_new_tokens}
     if args.run:
         from .store import TraceStore
 
+        given = [f"--{k.replace('_', '-')}" for k, v in decode_opts.items() if v is not None]
+        if given:
+            raise InputError("run", f"--run reads stored runs; {', '.join(given)} only apply when decoding fresh "
+                                    f"prompts (drop --run, or drop {', '.join(given)})")
         ids = _int_list("run", args.run)
         if not Path(args.store).exists():
             raise InputError("store", f"no trace store at {args.store!r}")
@@ -676,6 +682,10 @@ def cmd_diagnose(args) -> int:
             diag = diagnostics.diagnose_store(store, ids, n_bins=bins)
         diag.meta.update({"store": str(args.store)})
     else:
+        args.dataset = args.dataset if args.dataset is not None else "gsm8k"
+        args.limit = args.limit if args.limit is not None else 5
+        args.method = args.method if args.method is not None else "chain"
+        args.max_new_tokens = args.max_new_tokens if args.max_new_tokens is not None else 128
         methods = bench.parse_methods(args.method, field="method")  # bad input fails before any model loads
         if len(methods) != 1 or methods[0][0] == "ar":
             raise InputError("method", f"give one speculative method (chain, ddtree:B, caddtree[:B]), "
@@ -765,10 +775,10 @@ def build_parser() -> argparse.ArgumentParser:
     ps.set_defaults(func=cmd_prompts)
     dg = sub.add_parser("diagnose", help="drafter diagnostics: per-depth top-1 agreement and q calibration, as JSON")
     _add_model_args(dg)
-    dg.add_argument("--dataset", default="gsm8k", help="prompt set name or JSONL file (as for bench; default gsm8k)")
-    dg.add_argument("--limit", type=int, default=5, help="first N prompts (default 5)")
-    dg.add_argument("--method", default="chain", help="chain (default), ddtree:B or caddtree[:B]; greedy decoding")
-    dg.add_argument("--max-new-tokens", type=int, default=128, help="tokens per prompt (default 128)")
+    dg.add_argument("--dataset", default=None, help="prompt set name or JSONL file (as for bench; default gsm8k)")
+    dg.add_argument("--limit", type=int, default=None, help="first N prompts (default 5)")
+    dg.add_argument("--method", default=None, help="chain (default), ddtree:B or caddtree[:B]; greedy decoding")
+    dg.add_argument("--max-new-tokens", type=int, default=None, help="tokens per prompt (default 128)")
     dg.add_argument("--run", default=None, help="diagnose these stored run ids (comma-separated) instead; no model")
     dg.add_argument("--bins", type=int, default=10, help="log-spaced q bins of the calibration table, 1..100 "
                                                           "(default 10)")

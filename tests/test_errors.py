@@ -38,3 +38,16 @@ def test_method_budget_too_large_names_the_budget():
         parse_method_key("ddtree:2000", "method")
     assert str(err.value) == "method: budget 2000 in 'ddtree:2000' is too large: B must be an integer in 0..1024"
     assert parse_method_key("ddtree:1024", "method") == ("ddtree", 1024)
+
+
+def test_diagnose_run_refuses_decode_options(capsys, tmp_path):
+    """`diagnose --run` reads stored runs: a --dataset (or --limit/--method/--max-new-tokens) given with it would be
+    silently ignored, so it is an error that names them."""
+    from dtree import cli
+
+    rc = cli.main(["diagnose", "--run", "1", "--dataset", "humaneval", "--limit", "3",
+                   "--store", str(tmp_path / "none.sqlite")])
+    assert rc == 2
+    err = capsys.readouterr().err
+    assert "--dataset, --limit only apply when decoding fresh prompts" in err
+    assert not (tmp_path / "none.sqlite").exists()
