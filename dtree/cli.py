@@ -656,6 +656,10 @@ def cmd_prompts(args) -> int:
     return 0
 
 
+DIAGNOSE_DECODE_DEFAULTS = {"dataset": "gsm8k", "limit": 5, "method": "chain", "max_new_tokens": 128}
+"""``diagnose`` options that only apply when it decodes fresh prompts (no ``--run``), with their defaults."""
+
+
 def cmd_diagnose(args) -> int:
     """Per-depth agreement and q calibration (dtree.diagnostics) of fresh runs on a prompt set, or of stored runs."""
     from tqdm import tqdm
@@ -666,12 +670,10 @@ def cmd_diagnose(args) -> int:
     out = Path(args.out) if args.out else None
     if out is not None and out.suffix != ".json":
         raise InputError("out", f"must end in .json, got {args.out!r}")
-    decode_opts = {"dataset": args.dataset, "limit": args.limit, "method": args.method,
-                   "max_new_tokens": args.max_new_tokens}
+    given = [f"--{k.replace('_', '-')}" for k in DIAGNOSE_DECODE_DEFAULTS if getattr(args, k) is not None]
     if args.run:
         from .store import TraceStore
 
-        given = [f"--{k.replace('_', '-')}" for k, v in decode_opts.items() if v is not None]
         if given:
             raise InputError("run", f"--run reads stored runs; {', '.join(given)} only apply when decoding fresh "
                                     f"prompts (drop --run, or drop {', '.join(given)})")
@@ -682,10 +684,9 @@ def cmd_diagnose(args) -> int:
             diag = diagnostics.diagnose_store(store, ids, n_bins=bins)
         diag.meta.update({"store": str(args.store)})
     else:
-        args.dataset = args.dataset if args.dataset is not None else "gsm8k"
-        args.limit = args.limit if args.limit is not None else 5
-        args.method = args.method if args.method is not None else "chain"
-        args.max_new_tokens = args.max_new_tokens if args.max_new_tokens is not None else 128
+        for key, default in DIAGNOSE_DECODE_DEFAULTS.items():
+            if getattr(args, key) is None:
+                setattr(args, key, default)
         methods = bench.parse_methods(args.method, field="method")  # bad input fails before any model loads
         if len(methods) != 1 or methods[0][0] == "ar":
             raise InputError("method", f"give one speculative method (chain, ddtree:B, caddtree[:B]), "

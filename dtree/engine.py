@@ -355,7 +355,7 @@ def generate(target, prompt_ids: list[int], cfg: DecodeConfig, drafter=None, cos
     from .models import dtype_name
 
     params = cfg.__dict__.copy()
-    params["verify_widths"] = list(getattr(target, "verify_widths", ()))  # how its verifies were padded
+    params["verify_widths"] = list(target.verify_widths)  # how its verifies were padded
     if cfg.adaptive:
         params["adaptive_calibration"] = calibration.settings()
     elif calibration is not None:

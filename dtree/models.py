@@ -135,11 +135,11 @@ MAX_VERIFY_WIDTH = 64
 def default_verify_widths(device: torch.device, dtype: torch.dtype) -> tuple[int, ...]:
     """The widths tree verifies are padded to (:attr:`Target.verify_widths`, :func:`dtree.trees.verify_width`):
     :data:`CPU_FP32_VERIFY_WIDTHS` for float32 on CPU, where they were measured; none elsewhere (bf16 on CPU and
-    CUDA showed no such steps). ``DTREE_VERIFY_WIDTHS`` overrides them, for A/B runs: a comma list of integers >= 2
-    (e.g. ``5,8``), or ``none`` for no padding.
+    CUDA showed no such steps). ``DTREE_VERIFY_WIDTHS`` overrides them, for A/B runs: a comma list of integers in
+    2..:data:`MAX_VERIFY_WIDTH` (e.g. ``5,8``), or ``none`` for no padding.
 
     Raises:
-        InputError: a ``DTREE_VERIFY_WIDTHS`` that is neither ``none`` nor a comma list of integers >= 2.
+        InputError: a ``DTREE_VERIFY_WIDTHS`` that is neither ``none`` nor such a list.
     """
     env = os.environ.get("DTREE_VERIFY_WIDTHS")
     if env is not None and env.strip() != "":
