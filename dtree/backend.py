@@ -70,7 +70,8 @@ def default_cost_model_path(target: Target, drafter) -> Path:
                       dtype_name(target.dtype), str(target.device),
                       hardware_description(target.device),
                       getattr(target.model.config, "_attn_implementation", None),  # the verify kernel path
-                      list(target.verify_widths)])  # verifies padded alike
+                      list(target.verify_widths),  # verifies padded alike
+                      getattr(target, "linear_kernels", "off")])  # and run with the same matmul kernels
     return cache_dir() / "costs" / f"cost-{hashlib.sha1(key.encode()).hexdigest()[:12]}.json"
 
 
@@ -119,7 +120,8 @@ def profile_cost_model(target: Target, drafter, contexts=QUICK_CONTEXTS, nodes=Q
     raw = profile_verify(target.model, contexts, nodes, repeats, target.dtype, target.device, progress=progress,
                          between=lambda: cd_times.append(step()), widths=target.verify_widths)
     meta = {"target": target.name, "drafter": getattr(drafter, "name", None), "dtype": dtype_name(target.dtype),
-            "cd_samples": len(cd_times), "verify_widths": list(target.verify_widths)}
+            "cd_samples": len(cd_times), "verify_widths": list(target.verify_widths),
+            "linear_kernels": target.linear_kernels}
     return cost_model_from_profile(target.model, float(np.median(cd_times)), raw, contexts, nodes, repeats,
                                    target.dtype, target.device, meta)
 
@@ -127,13 +129,14 @@ def profile_cost_model(target: Target, drafter, contexts=QUICK_CONTEXTS, nodes=Q
 def cost_model_mismatch(cost, target: Target, drafter=None) -> list[str]:
     """Reasons why ``cost`` (a CostModel) may not describe this target/drafter/dtype/machine, one line each.
 
-    Compares the model's ``meta`` (``target``, ``drafter``, ``dtype``, ``hardware``, as written by
+    Compares the model's ``meta`` (``target``, ``drafter``, ``dtype``, ``hardware``, ``verify_widths``,
+    ``linear_kernels``, as written by
     :func:`profile_cost_model`) with the loaded models; keys missing from ``meta`` are not compared. An empty list
     means nothing looks wrong. The caller warns and lets the user proceed.
     """
     meta = getattr(cost, "meta", None) or {}
     here = {"target": target.name, "dtype": dtype_name(target.dtype), "hardware": hardware_description(target.device),
-            "verify_widths": list(target.verify_widths)}
+            "verify_widths": list(target.verify_widths), "linear_kernels": target.linear_kernels}
     if drafter is not None and getattr(drafter, "name", None):
         here["drafter"] = drafter.name
     out = []

@@ -844,9 +844,11 @@ def main(argv: list[str] | None = None) -> int:
     try:
         import torch
 
+        from .kernels import kernels_mode
         from .models import default_verify_widths
 
         default_verify_widths(torch.device("cpu"), torch.float32)  # a bad DTREE_VERIFY_WIDTHS fails before any load
+        kernels_mode()  # so does a bad DTREE_LINEAR_KERNELS
         return int(args.func(args) or 0)
     except InputError as e:
         print(f"error: {e}", file=sys.stderr)

@@ -356,6 +356,7 @@ def generate(target, prompt_ids: list[int], cfg: DecodeConfig, drafter=None, cos
 
     params = cfg.__dict__.copy()
     params["verify_widths"] = list(target.verify_widths)  # how its verifies were padded
+    params["linear_kernels"] = getattr(target, "linear_kernels", "off")  # which matmul kernels ran them
     if cfg.adaptive:
         params["adaptive_calibration"] = calibration.settings()
     elif calibration is not None:

@@ -18,6 +18,7 @@ from pathlib import Path
 import torch
 
 from .errors import InputError
+from .kernels import install_linear_kernels, kernels_mode, load_or_tune
 
 EMBEDDED = "embedded"
 EMBEDDED_NAME = "SmolLM2-135M-Instruct"
@@ -169,6 +170,8 @@ class Target:
         verify_widths: tree verifies are padded to the next of these widths (:func:`dtree.trees.verify_width`,
             :func:`dtree.engine.verify_tree`); :func:`default_verify_widths` picks them at load. The cost profile pads
             alike, so Cv(n; L) prices what the engine runs.
+        linear_kernels: ``"off"`` (plain ``F.linear``) or ``"tuned:<fingerprint>"``: the per-machine few-row matmul
+            kernels installed at load (:mod:`dtree.kernels`); part of the cost-model cache key and of every run's params.
     """
 
     model: torch.nn.Module
@@ -177,6 +180,7 @@ class Target:
     dtype: torch.dtype
     device: torch.device
     verify_widths: tuple[int, ...] = ()
+    linear_kernels: str = "off"
 
     @property
     def config(self):
@@ -321,8 +325,10 @@ def load_target(spec: str = EMBEDDED, dtype: str | torch.dtype | None = None, de
 
     Args:
         spec: ``"embedded"`` (default, offline), a local HF model folder, or a hub id.
-        dtype: ``"float32"``, ``"bfloat16"`` or ``"float16"``; default ``bfloat16``.
+        dtype: ``"float32"``, ``"bfloat16"`` or ``"float16"``; default float32 on CPU, bfloat16 on CUDA.
         device: ``"cpu"``, ``"cuda"``...; default CUDA when available.
+    On CPU in float32 the few-row matmul kernels of :mod:`dtree.kernels` are tuned (first load on a machine, about
+    20 s, cached) and installed unless ``DTREE_LINEAR_KERNELS=off``.
     Raises:
         InputError: unknown dtype, missing path, or a model that cannot be loaded (message says why).
     """
@@ -344,8 +350,15 @@ def load_target(spec: str = EMBEDDED, dtype: str | torch.dtype | None = None, de
     model.to(dev).eval()
     for p in model.parameters():
         p.requires_grad_(False)
+    kernels, widths = "off", default_verify_widths(dev, dt)
+    if dev.type == "cpu" and dt == torch.float32 and kernels_mode() == "auto":
+        table = load_or_tune(model, spec or EMBEDDED)  # ~30 s once per machine, then read from the cache
+        install_linear_kernels(model, table)
+        kernels = f"tuned:{table.fingerprint}"
+        if not os.environ.get("DTREE_VERIFY_WIDTHS", "").strip():
+            widths = table.verify_widths() or widths  # padding read from the measured forward widths
     target = Target(model=model, tokenizer=tok, name=spec or EMBEDDED, dtype=dt, device=dev,
-                    verify_widths=default_verify_widths(dev, dt))
+                    verify_widths=widths, linear_kernels=kernels)
     target.load_s = time.perf_counter() - t0  # type: ignore[attr-defined]
     if cache:
         _LOADED[key] = target

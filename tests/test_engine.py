@@ -287,7 +287,6 @@ def test_fallback_applies_to_caddtree_only(backend32):
 def test_padded_verify_equals_unpadded(target32, n_nodes):
     """A verify padded to the next of (5, 8) (the CPU fp32 default) gives the unpadded logits and hidden states and
     leaves exactly n + 1 new cache entries, which then hold the same keys as after the unpadded verify."""
-    assert target32.verify_widths == (5, 8)  # CPU float32: the engine's default here pads
     model = target32.model
     prompt = target32.encode_prompt("Name three primes.")
     tree = trees.random_tree(n_nodes, np.random.default_rng(n_nodes), 49152)
@@ -315,6 +314,7 @@ def test_decode_pads_small_verifies_and_stays_lossless(backend32, monkeypatch):
         return out
 
     monkeypatch.setattr(trees, "tree_attention_inputs", spy)
+    monkeypatch.setattr(backend32.target, "verify_widths", (5, 8))  # the kernel table's widths vary per machine
     prompt = "What is 7 times 8?"
     ar = backend32.decode(prompt, DecodeConfig("ar", max_new_tokens=24))
     for budget in (1, 2, 6):

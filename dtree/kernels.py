@@ -1,0 +1,319 @@
+"""Per-machine choice of the matrix-product kernel for the target's linear layers on few rows (decode and verify).
+
+A decode step multiplies each weight ``W [out, in]`` by only a few rows ``x [M, in]`` (M = 1 for plain decoding, M =
+n + 1 for a verify of an n-node tree). On the 2-core dev CPU (torch 2.13, MKL) ``torch.nn.functional.linear`` is far
+from the memory-bandwidth bound there: measured over SmolLM2-135M's own weights, a forward of 2-8 tokens took 85-95 ms
+against 56 ms for one token, although both must read the same 540 MB of weights. Two algebraically equal ways to
+form ``y = x W^T`` call the library with the operands in other roles and are often much faster on few rows:
+
+* ``linear``: ``F.linear(x, W)`` (the default path);
+* ``w_xt``: ``(W @ x^T)^T`` (copied back to row-major) -- the weight is the left operand, x^T the small right one (e.g. 3-4x faster for the
+  49152-row ``lm_head`` at 2-11 rows on the dev CPU);
+* ``x_wt``: ``x @ W_t`` with a stored contiguous copy ``W_t = W^T [in, out]``;
+* ``w_xt2``: ``w_xt``, but a single row is run as two copies of it: on the dev CPU the library's matrix-vector path
+  for one row is slower than its path for two columns.
+
+Which one wins depends on M and the machine, so dtree measures it: :func:`tune_linear_kernels` times whole verify
+forwards of the model with each kernel for M = 1 .. ``max_rows`` and keeps the fastest per M;
+:func:`install_linear_kernels` makes every ``nn.Linear`` of the model dispatch on its row count (more rows than the
+table covers, autograd, or a dtype mismatch: ``linear``). The table is cached per machine (:func:`load_or_tune`), and
+its forward times give the CPU verify padding widths (:meth:`KernelTable.verify_widths`). Measured on the dev CPU
+(session 11, ``scripts/linear_kernels_ab.py``): one token 58 -> 32 ms (``w_xt2``), 2-5 tokens 88-110 -> 31-50 ms,
+8 tokens 91 -> 61 ms, 16 tokens 108 -> 84 ms. Results differ from ``linear`` only by float rounding (a different summation
+order); the engine's losslessness is defined against plain decoding with the same kernels.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import platform
+import statistics
+import time
+import types
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import torch
+import torch.nn.functional as F
+
+from .errors import InputError
+
+KERNELS = ("linear", "w_xt", "x_wt", "w_xt2")
+DEFAULT_MAX_ROWS = 16
+"""Rows the tuner covers by default: verifies of up to 15 nodes; wider forwards use ``linear`` (within a few % of the
+best there on the dev CPU)."""
+
+ENV = "DTREE_LINEAR_KERNELS"
+PAD_MARGIN = 0.03
+"""A verify is padded to a wider measured width only when that forward is at least this much (relative) cheaper: the
+pad rows' attention and cache work is not free, and nearby widths differ by less than the measurement noise."""
+
+
+def kernels_mode() -> str:
+    """``DTREE_LINEAR_KERNELS``: ``auto`` (default: tune and install on CPU float32) or ``off`` (plain ``F.linear``).
+
+    Raises:
+        InputError: any other value.
+    """
+    value = os.environ.get(ENV, "").strip().lower() or "auto"
+    if value not in ("auto", "off"):
+        raise InputError(ENV, f"must be 'auto' or 'off', got {os.environ.get(ENV)!r}")
+    return value
+
+
+def _shape_key(weight: torch.Tensor) -> str:
+    return f"{weight.shape[0]}x{weight.shape[1]}"
+
+
+@dataclass
+class KernelTable:
+    """Fastest kernel per weight shape and row count.
+
+    Attributes:
+        choice: ``{"OUTxIN": [kernel for M = 1, 2, ..., max_rows]}``, kernels from :data:`KERNELS`; the key ``"*"``
+            covers every other shape (:func:`tune_linear_kernels` writes only that key: one kernel per width).
+        timings_ms: ``{"forward": {kernel: [median ms for M = 1 ..]}}``: one whole forward of M tokens with that
+            kernel in every layer (:func:`tune_linear_kernels`).
+        forward_ms: median ms of one whole tree-verify forward of the model, kernels installed, for widths 1, 2, ...
+            (tokens): the fastest kernel's median per width, or empty when not measured.
+        meta: where and how it was measured (cpu, torch version, threads, dtype, reps).
+    """
+
+    choice: dict[str, list[str]]
+    timings_ms: dict[str, dict[str, list[float]]] = field(default_factory=dict)
+    meta: dict = field(default_factory=dict)
+    forward_ms: list[float] = field(default_factory=list)
+
+    def verify_widths(self, margin: float = PAD_MARGIN) -> tuple[int, ...]:
+        """Padding widths read from :attr:`forward_ms` (:attr:`dtree.models.Target.verify_widths`): every width w >= 2
+        for which no wider measured forward is more than ``margin`` (relative) cheaper. A verify of n tokens is padded
+        to the smallest of them >= n (:func:`dtree.trees.verify_width`), so it runs at the cheapest measured width,
+        e.g. 12-15 tokens as 16 where 16 rows hit a faster kernel. Empty when nothing was measured.
+        """
+        f = self.forward_ms
+        if len(f) < 2:
+            return ()
+        return tuple(w for w in range(2, len(f) + 1) if not any(f[v - 1] < (1.0 - margin) * f[w - 1]
+                                                                  for v in range(w + 1, len(f) + 1)))
+
+    @property
+    def max_rows(self) -> int:
+        return max((len(v) for v in self.choice.values()), default=0)
+
+    def kernel(self, shape_key: str, rows: int) -> str:
+        """The kernel for ``rows`` rows through a weight of ``shape_key`` (``linear`` outside the table)."""
+        picks = self.choice.get(shape_key, self.choice.get("*"))
+        if picks is None or rows < 1 or rows > len(picks):
+            return "linear"
+        return picks[rows - 1]
+
+    @property
+    def fingerprint(self) -> str:
+        """Short hash of the choices (goes into cost-model cache keys and run params)."""
+        return hashlib.sha1(json.dumps(self.choice, sort_keys=True).encode()).hexdigest()[:10]
+
+    def to_json(self) -> dict:
+        return {"choice": self.choice, "timings_ms": self.timings_ms, "meta": self.meta, "forward_ms": self.forward_ms}
+
+    @classmethod
+    def from_json(cls, d: dict) -> "KernelTable":
+        """Raises InputError for a malformed table (unknown kernel names, wrong types)."""
+        try:
+            choice = {str(k): [str(x) for x in v] for k, v in d["choice"].items()}
+        except (KeyError, TypeError, AttributeError) as e:
+            raise InputError("kernel table", f"is malformed ({e})") from None
+        bad = sorted({x for v in choice.values() for x in v} - set(KERNELS))
+        if bad:
+            raise InputError("kernel table", f"names unknown kernels {bad} (known: {', '.join(KERNELS)})")
+        try:
+            forward = [float(v) for v in d.get("forward_ms") or []]
+        except (TypeError, ValueError) as e:
+            raise InputError("kernel table", f"has a malformed forward_ms ({e})") from None
+        return cls(choice=choice, timings_ms=d.get("timings_ms") or {}, meta=d.get("meta") or {}, forward_ms=forward)
+
+
+def _run_kernel(kernel: str, x2: torch.Tensor, weight: torch.Tensor, weight_t: torch.Tensor | None) -> torch.Tensor:
+    if kernel == "w_xt2" and x2.shape[0] == 1:  # one row run as two (the library's 2-column path beats its gemv)
+        return torch.mm(weight, torch.cat([x2, x2]).t())[:, :1].t().contiguous()
+    if kernel in ("w_xt", "w_xt2"):  # made row-major again: later ops (and the next layer's kernel) see the usual layout
+        return torch.mm(weight, x2.t()).t().contiguous()
+    if kernel == "x_wt" and weight_t is not None:
+        return torch.mm(x2, weight_t)
+    return F.linear(x2, weight)
+
+
+def linear_modules(model: torch.nn.Module) -> list[torch.nn.Linear]:
+    """All ``nn.Linear`` modules of ``model`` (including a tied ``lm_head``)."""
+    return [m for m in model.modules() if isinstance(m, torch.nn.Linear)]
+
+
+def machine_description() -> str:
+    """CPU model, torch version and intra-op threads: what a kernel table is valid for."""
+    cpu = platform.processor() or platform.machine()
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                cpu = line.split(":", 1)[1].strip()
+                break
+    except OSError:
+        pass
+    return f"{cpu} | torch {torch.__version__} | {torch.get_num_threads()} threads"
+
+
+@torch.inference_mode()
+def tune_linear_kernels(model: torch.nn.Module, max_rows: int = DEFAULT_MAX_ROWS, reps: int = 5, context: int = 128,
+                        progress=None, seed: int = 0) -> KernelTable:
+    """Time whole verify forwards of ``model`` with each kernel of :data:`KERNELS` and keep the fastest per width.
+
+    For each kernel (the same kernel in every linear layer: measured on the dev CPU, a kernel chosen per layer shape
+    from isolated products lost up to 15 ms per forward to layout changes between layers) and each width M = 1 ..
+    ``max_rows`` tokens, one sample is one forward with a random tree of M - 1 nodes and its tree-attention mask over
+    ``context`` cached random tokens (:func:`dtree.trees.tree_attention_inputs`), as in the engine's verify. Each of
+    ``reps`` passes (after one untimed warm-up pass) runs the kernels in a random order and the widths in a random
+    order within each, so a shared machine's drift hits all alike; the median decides. The fastest medians become
+    :attr:`KernelTable.forward_ms`. About 25 s for SmolLM2-135M at ``max_rows`` = 16 on the dev CPU.
+    ``progress(done, total)`` is called per pass. The model is left with the kernels it had before.
+
+    Raises:
+        InputError: ``max_rows`` or ``reps`` < 1, or a model without linear layers.
+    """
+    import numpy as np
+    from transformers import DynamicCache
+
+    from .trees import random_tree, tree_attention_inputs
+
+    if max_rows < 1 or reps < 1:
+        raise InputError("tune_linear_kernels", f"max_rows and reps must be >= 1, got {max_rows} and {reps}")
+    shapes = sorted({_shape_key(m.weight) for m in linear_modules(model)})
+    if not shapes:
+        raise InputError("tune_linear_kernels", "the model has no nn.Linear layers")
+    rng = np.random.default_rng(seed)
+    vocab = int(model.get_input_embeddings().num_embeddings)
+    param = next(model.parameters())
+    cache = DynamicCache(config=model.config)
+    model(input_ids=torch.as_tensor(rng.integers(0, vocab, (1, context)), device=param.device), cache=cache,
+          use_cache=True)
+    uniform = {k: KernelTable(choice={s: [k] * max_rows for s in shapes}) for k in KERNELS}
+    previous = installed_table(model)
+    samples = {(k, w): [] for k in KERNELS for w in range(1, max_rows + 1)}
+    try:
+        for rep in range(reps + 1):  # pass 0 warms every (kernel, width) up, untimed
+            for ki in rng.permutation(len(KERNELS)):
+                kernel = KERNELS[int(ki)]
+                install_linear_kernels(model, uniform[kernel])
+                for w in rng.permutation(max_rows) + 1:
+                    if kernel == "w_xt2" and w > 1:
+                        continue  # the same products as w_xt there
+                    ids, pos, mask = tree_attention_inputs(random_tree(int(w) - 1, rng, vocab), context,
+                                                           param.dtype, param.device)
+                    t0 = time.perf_counter()
+                    model(input_ids=ids, attention_mask=mask, position_ids=pos, cache=cache, use_cache=True,
+                          output_hidden_states=True)
+                    dt = time.perf_counter() - t0
+                    cache.crop(-ids.shape[1])
+                    if rep:
+                        samples[(kernel, int(w))].append(dt)
+            if progress is not None:
+                progress(rep + 1, reps + 1)
+    finally:
+        remove_linear_kernels(model)
+        if previous is not None:
+            install_linear_kernels(model, previous)  # leave the model as it was
+    for w in range(2, max_rows + 1):
+        samples[("w_xt2", w)] = samples[("w_xt", w)]
+    med = {key: statistics.median(v) * 1e3 for key, v in samples.items()}
+    best = [min(KERNELS, key=lambda k: med[(k, w)]) for w in range(1, max_rows + 1)]
+    timings = {k: [round(med[(k, w)], 3) for w in range(1, max_rows + 1)] for k in KERNELS}
+    meta = {"machine": machine_description(), "dtype": str(param.dtype).replace("torch.", ""), "reps": reps,
+            "context": context, "method": "whole verify forwards, one kernel in every layer"}
+    return KernelTable(choice={"*": best}, timings_ms={"forward": timings}, meta=meta,
+                       forward_ms=[round(med[(best[w - 1], w)], 3) for w in range(1, max_rows + 1)])
+
+
+def _dispatching_forward(self: torch.nn.Linear, x: torch.Tensor) -> torch.Tensor:
+    table: KernelTable = self._dtree_kernels
+    rows = x.numel() // x.shape[-1] if x.shape[-1] else 0
+    if rows == 0 or torch.is_grad_enabled() and (x.requires_grad or self.weight.requires_grad):
+        return F.linear(x, self.weight, self.bias)
+    kernel = table.kernel(self._dtree_shape, rows)
+    if kernel == "linear" or x.dtype != self.weight.dtype:
+        return F.linear(x, self.weight, self.bias)
+    y = _run_kernel(kernel, x.reshape(rows, x.shape[-1]), self.weight, self._dtree_weight_t)
+    if self.bias is not None:
+        y = y + self.bias
+    return y.reshape(*x.shape[:-1], y.shape[-1])
+
+
+def install_linear_kernels(model: torch.nn.Module, table: KernelTable) -> int:
+    """Make every ``nn.Linear`` of ``model`` use ``table``'s kernel for its row count; returns how many were patched.
+
+    A weight whose shape picks ``x_wt`` for some row count gets a transposed copy (``_dtree_weight_t``; extra memory
+    equal to that weight). Idempotent; undo with :func:`remove_linear_kernels`. The weights themselves are untouched.
+    """
+    n = 0
+    for mod in linear_modules(model):
+        key = _shape_key(mod.weight)
+        mod._dtree_kernels = table
+        mod._dtree_shape = key
+        needs_t = "x_wt" in table.choice.get(key, table.choice.get("*", []))
+        current = getattr(mod, "_dtree_weight_t", None)
+        if needs_t and (current is None or current.shape != mod.weight.t().shape):
+            with torch.no_grad():
+                mod._dtree_weight_t = mod.weight.detach().t().contiguous()
+        elif not needs_t:
+            mod._dtree_weight_t = None
+        mod.forward = types.MethodType(_dispatching_forward, mod)
+        n += 1
+    return n
+
+
+def remove_linear_kernels(model: torch.nn.Module) -> int:
+    """Undo :func:`install_linear_kernels` (plain ``F.linear`` again, transposed copies freed); returns how many."""
+    n = 0
+    for mod in linear_modules(model):
+        if "forward" in mod.__dict__:
+            del mod.forward
+            n += 1
+        for attr in ("_dtree_kernels", "_dtree_shape", "_dtree_weight_t"):
+            if attr in mod.__dict__:
+                delattr(mod, attr)
+    return n
+
+
+def installed_table(model: torch.nn.Module) -> KernelTable | None:
+    """The table installed on ``model`` (None when plain ``F.linear``)."""
+    for mod in linear_modules(model):
+        table = mod.__dict__.get("_dtree_kernels")
+        if table is not None:
+            return table
+    return None
+
+
+def table_path(model: torch.nn.Module, name: str, max_rows: int = DEFAULT_MAX_ROWS) -> Path:
+    """Cache file of the kernel table of this model (name, weight shapes, dtype) on this machine."""
+    from .models import cache_dir
+
+    shapes = sorted({(_shape_key(m.weight), str(m.weight.dtype)) for m in linear_modules(model)})
+    key = json.dumps([name, shapes, machine_description(), max_rows])
+    return cache_dir() / "kernels" / f"kernels-{hashlib.sha1(key.encode()).hexdigest()[:12]}.json"
+
+
+def load_or_tune(model: torch.nn.Module, name: str, max_rows: int = DEFAULT_MAX_ROWS, progress=None) -> KernelTable:
+    """The cached table for this model and machine (:func:`table_path`), tuning and caching it on first use.
+
+    A cache file that cannot be read is re-tuned and overwritten (it holds nothing but measurements).
+    """
+    path = table_path(model, name, max_rows)
+    if path.exists():
+        try:
+            return KernelTable.from_json(json.loads(path.read_text()))
+        except (OSError, ValueError, InputError):
+            pass
+    table = tune_linear_kernels(model, max_rows=max_rows, progress=progress)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_suffix(f".tmp{os.getpid()}")
+    tmp.write_text(json.dumps(table.to_json()))
+    tmp.replace(path)
+    return table

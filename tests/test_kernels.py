@@ -1,0 +1,162 @@
+"""Few-row matmul kernels (dtree.kernels): equal results to F.linear, dispatch rules, the table, padding widths."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+import torch
+import torch.nn.functional as F
+
+from dtree.errors import InputError
+from dtree.kernels import (KERNELS, KernelTable, install_linear_kernels, installed_table, kernels_mode, load_or_tune,
+                           remove_linear_kernels, table_path, tune_linear_kernels)
+
+
+def uniform(model, kernel: str, rows: int = 16) -> KernelTable:
+    shapes = {f"{m.weight.shape[0]}x{m.weight.shape[1]}" for m in model.modules() if isinstance(m, torch.nn.Linear)}
+    return KernelTable(choice={s: [kernel] * rows for s in shapes})
+
+
+@pytest.mark.parametrize("kernel", KERNELS)
+def test_each_kernel_gives_linear_results_on_the_real_target(target32, kernel):
+    """A whole forward of the embedded target with every linear layer on one kernel equals the plain F.linear forward
+    (float rounding only) at 1, 2, 5 and 16 rows, and taking the kernels out again restores the plain forward exactly."""
+    model = target32.model
+    before = installed_table(model)
+    ids = torch.as_tensor([target32.encode_prompt("Name three primes.")])
+    try:
+        remove_linear_kernels(model)
+        with torch.inference_mode():
+            plain = model(input_ids=ids).logits
+            install_linear_kernels(model, uniform(model, kernel))
+            assert installed_table(model) is not None
+            for rows in (1, 2, 5, 16):
+                got = model(input_ids=ids[:, :rows]).logits
+                torch.testing.assert_close(got, plain[:, :rows], rtol=0, atol=2e-4)
+                assert torch.equal(got.argmax(-1), plain[:, :rows].argmax(-1))
+            remove_linear_kernels(model)
+            assert installed_table(model) is None
+            assert torch.equal(model(input_ids=ids).logits, plain)
+    finally:
+        remove_linear_kernels(model)
+        if before is not None:
+            install_linear_kernels(model, before)
+
+
+def test_dispatch_rules():
+    """The table's kernel runs only for rows it covers; more rows, autograd or a dtype mismatch take F.linear; the
+    bias is added; the output keeps the input's leading shape."""
+    torch.manual_seed(0)
+    lin = torch.nn.Linear(8, 6)
+    calls = []
+    real_mm = torch.mm
+
+    table = KernelTable(choice={"6x8": ["w_xt", "x_wt"]})
+    assert table.kernel("6x8", 1) == "w_xt" and table.kernel("6x8", 2) == "x_wt"
+    assert table.kernel("6x8", 3) == "linear" and table.kernel("9x9", 1) == "linear" and table.kernel("6x8", 0) == "linear"
+    install_linear_kernels(lin, table)
+    assert lin._dtree_weight_t is not None and lin._dtree_weight_t.shape == (8, 6)  # x_wt is used: copy kept
+    x = torch.randn(1, 2, 8)
+    with torch.no_grad():
+        torch.mm = lambda *a: calls.append(a[0].shape) or real_mm(*a)
+        try:
+            y = lin(x)
+            y3 = lin(torch.randn(3, 8))
+        finally:
+            torch.mm = real_mm
+        assert y.shape == (1, 2, 6)
+        torch.testing.assert_close(y, F.linear(x, lin.weight, lin.bias))
+        assert calls == [(2, 8)]  # 2 rows: x @ W_t; 3 rows: F.linear, no torch.mm
+        assert y3.shape == (3, 6)
+    # autograd: the plain path, so gradients reach the weight
+    x1 = torch.randn(1, 8)
+    lin(x1).sum().backward()
+    assert lin.weight.grad is not None and torch.allclose(lin.weight.grad, x1.expand(6, 8))
+    assert remove_linear_kernels(lin) == 1 and "forward" not in lin.__dict__
+
+
+def test_verify_widths_from_forward_times():
+    """Widths >= 2 that no wider measured forward beats by more than 3%: 3 -> 4, 7 -> 8, 10-15 -> 16."""
+    forward = [50, 30, 45, 40, 48, 58, 66, 60, 80, 88, 97, 97, 104, 105, 108, 84]
+    table = KernelTable(choice={}, forward_ms=forward)
+    assert table.verify_widths() == (2, 4, 5, 6, 8, 9, 16)
+    # within the margin: 2 % cheaper is not worth padding, 4 % is
+    assert KernelTable(choice={}, forward_ms=[50, 50, 49]).verify_widths() == (2, 3)
+    assert KernelTable(choice={}, forward_ms=[50, 50, 48]).verify_widths() == (3,)
+    assert KernelTable(choice={}, forward_ms=[40]).verify_widths() == ()
+
+
+def test_table_json_round_trip_and_errors():
+    table = KernelTable(choice={"6x8": ["w_xt", "linear"]}, meta={"machine": "m"}, forward_ms=[1.5, 2.5])
+    again = KernelTable.from_json(json.loads(json.dumps(table.to_json())))
+    assert again.choice == table.choice and again.forward_ms == table.forward_ms
+    assert again.fingerprint == table.fingerprint and len(table.fingerprint) == 10
+    assert KernelTable(choice={"6x8": ["linear", "linear"]}).fingerprint != table.fingerprint
+    with pytest.raises(InputError, match="unknown kernels"):
+        KernelTable.from_json({"choice": {"6x8": ["fast"]}})
+    with pytest.raises(InputError, match="malformed"):
+        KernelTable.from_json({"choices": {}})
+    with pytest.raises(InputError, match="forward_ms"):
+        KernelTable.from_json({"choice": {}, "forward_ms": ["x"]})
+
+
+def test_kernels_mode_env(monkeypatch, capsys):
+    monkeypatch.delenv("DTREE_LINEAR_KERNELS", raising=False)
+    assert kernels_mode() == "auto"
+    monkeypatch.setenv("DTREE_LINEAR_KERNELS", "OFF")
+    assert kernels_mode() == "off"
+    monkeypatch.setenv("DTREE_LINEAR_KERNELS", "fastest")
+    with pytest.raises(InputError, match="DTREE_LINEAR_KERNELS"):
+        kernels_mode()
+    from dtree import backend, cli
+
+    def no_load(*a, **k):
+        raise AssertionError("the model must not load with a bad DTREE_LINEAR_KERNELS")
+
+    monkeypatch.setattr(backend, "load_target", no_load)  # what the CLI's Backend calls
+    assert cli.main(["decode", "--prompt", "hi", "--method", "ar", "--max-new-tokens", "2", "--no-store"]) == 2
+    assert "DTREE_LINEAR_KERNELS" in capsys.readouterr().err
+
+
+def test_tune_measures_and_restores(target32):
+    """A small real tuning run: every width gets a kernel and a forward time, the fastest kernel's; the target keeps
+    the kernels it had."""
+    before = installed_table(target32.model)
+    table = tune_linear_kernels(target32.model, max_rows=3, reps=1, context=16)
+    assert installed_table(target32.model) is before
+    assert len(table.forward_ms) == 3 and all(t > 0 for t in table.forward_ms)
+    assert list(table.choice) == ["*"] and len(table.choice["*"]) == 3 and set(table.choice["*"]) <= set(KERNELS)
+    assert table.kernel("123x45", 2) == table.choice["*"][1]  # one kernel per width, every shape
+    runs = table.timings_ms["forward"]
+    for w in range(3):
+        assert table.forward_ms[w] == pytest.approx(min(runs[k][w] for k in KERNELS))
+    with pytest.raises(InputError):
+        tune_linear_kernels(target32.model, max_rows=0)
+
+
+def test_load_or_tune_replaces_a_corrupt_cache(target32, tmp_path, monkeypatch):
+    monkeypatch.setenv("DTREE_CACHE", str(tmp_path))
+    path = table_path(target32.model, "probe", max_rows=2)
+    path.parent.mkdir(parents=True)
+    path.write_text("{not json")
+    table = load_or_tune(target32.model, "probe", max_rows=2)
+    assert json.loads(path.read_text())["choice"] == table.choice
+    assert load_or_tune(target32.model, "probe", max_rows=2).choice == table.choice  # read back, not re-tuned
+
+
+def test_target_and_runs_record_the_kernels(target32, backend32):
+    from dtree.backend import cost_model_mismatch
+    from dtree.engine import DecodeConfig
+
+    table = installed_table(target32.model)
+    assert table is not None and target32.linear_kernels == f"tuned:{table.fingerprint}"
+    assert target32.verify_widths == table.verify_widths()
+    run = backend32.decode("What is 2 + 3?", DecodeConfig("ddtree", budget=3, max_new_tokens=6))
+    assert run.params["linear_kernels"] == target32.linear_kernels
+    assert run.params["verify_widths"] == list(target32.verify_widths)
+
+    class Cost:
+        meta = {"linear_kernels": "off"}
+
+    assert any("linear_kernels" in line for line in cost_model_mismatch(Cost(), target32))
