@@ -50,16 +50,13 @@ class DraftStepTimer:
 
     @torch.inference_mode()
     def __call__(self) -> float:
-        from .trees import topk_marginals
-
         if self.start + self.new_tokens > self.context + 64:
             self._reset()
         new = torch.randn(1, self.new_tokens, self.width, generator=self.gen).to(self.target.device, self.target.dtype)
         self.start += self.new_tokens
         engine._sync(self.target.device)
         t0 = time.perf_counter()
-        logp = self.drafter.draft_logits(self.target.model, self.cache, new, 1, self.start)
-        topk_marginals(logp, 32)
+        self.drafter.draft_marginals(self.target.model, self.cache, new, 1, self.start, 32)
         engine._sync(self.target.device)
         return time.perf_counter() - t0
 

@@ -329,6 +329,7 @@ class DFlashDrafter(nn.Module):
             self.draft_vocab = None
         self._head_key = None
         self._head = None
+        self._vocab_np = None
         self.reset_parameters()
 
     def reset_parameters(self, std: float = 0.02) -> None:
@@ -442,6 +443,35 @@ class DFlashDrafter(nn.Module):
         Side effect: the cache then holds exactly ``start`` context entries (block K/V are never stored).
         Raises ValueError when the feature count does not match ``start - cache.length``.
         """
+        logp = torch.log_softmax(self._draft_head_logits(target_model, cache, new_features, anchor, start), dim=-1)
+        if self.draft_vocab is None:
+            return logp
+        V = target_model.get_output_embeddings().weight.shape[0]
+        full = torch.full((logp.shape[0], V), float("-inf"), device=logp.device)
+        full[:, self.draft_vocab.to(logp.device)] = logp
+        return full
+
+    @torch.no_grad()
+    def draft_marginals(self, target_model, cache: DrafterCache, new_features: torch.Tensor, anchor: int, start: int,
+                        k: int):
+        """One draft round straight to its top-``k`` marginals: what ``dtree.trees.topk_marginals(draft_logits(...),
+        k)`` gives (same ids and log-probs, up to the order of exactly tied candidates), without spreading the draft
+        vocabulary's log-probs over the whole target vocabulary first (a ``[gamma, V]`` fill, scatter, second softmax
+        and top-k over V rows the drafter can never pick). Arguments as :meth:`draft_logits`; ``k`` >= 1, capped at
+        the draft vocabulary's size. Returns a :class:`dtree.trees.Marginals` ``[gamma, k]`` with target token ids.
+        """
+        from .trees import Marginals, topk_marginals
+
+        marg = topk_marginals(self._draft_head_logits(target_model, cache, new_features, anchor, start), k)
+        if self.draft_vocab is None:
+            return marg
+        if self._vocab_np is None or len(self._vocab_np) != len(self.draft_vocab):
+            self._vocab_np = self.draft_vocab.cpu().numpy()  # host copy, once (the buffer never changes in serving)
+        return Marginals(tokens=self._vocab_np[marg.tokens], logprobs=marg.logprobs)
+
+    def _draft_head_logits(self, target_model, cache: DrafterCache, new_features: torch.Tensor, anchor: int,
+                           start: int) -> torch.Tensor:
+        """Float32 logits ``[gamma, Vd]`` over the draft vocabulary (``[gamma, V]`` without one); updates ``cache``."""
         T_new = new_features.shape[1]
         if new_features.dim() != 3 or new_features.shape[0] != 1 or cache.length + T_new != start:
             raise ValueError(f"new_features {tuple(new_features.shape)} must be [1, start - cache.length, k*H] "
@@ -452,14 +482,7 @@ class DFlashDrafter(nn.Module):
         block_pos = torch.arange(start, start + self.block_size, device=dev)[None, None]
         x = self.block_embeddings(target_model, torch.tensor([[anchor]], device=dev))
         h = self.run_layers(x, ctx, ctx_pos, block_pos, None, cache)[0, 0, 1:]  # [gamma, H]
-        logits = F.linear(h, self.head_weight(target_model)).float()
-        logp = torch.log_softmax(logits, dim=-1)
-        if self.draft_vocab is None:
-            return logp
-        V = target_model.get_output_embeddings().weight.shape[0]
-        full = torch.full((logp.shape[0], V), float("-inf"), device=logp.device)
-        full[:, self.draft_vocab.to(logp.device)] = logp
-        return full
+        return F.linear(h, self.head_weight(target_model)).float()
 
 
 # ----------------------------------------------------------------------------------------------------------------
@@ -517,8 +540,9 @@ def save_drafter(drafter: DFlashDrafter, path: str | Path, dtype: torch.dtype | 
 def load_drafter(path: str | Path, target, dtype: torch.dtype | str | None = None) -> DFlashDrafter:
     """Load a drafter folder (``config.json`` + ``model.safetensors``) for ``target`` (a :class:`dtree.models.Target`
     or an HF causal LM), on the target's device, in the target's dtype unless ``dtype`` is given, eval mode, no
-    gradients, with the target's few-row matmul kernels when it has them (:mod:`dtree.kernels`). (On CPUs without bf16 instructions a float32 drafter next to a bf16 target is about 2x faster per
-    round; features and embeddings are cast on the way in, the output is float32 either way.)
+    gradients, with the target's few-row matmul kernels when it has them (:mod:`dtree.kernels`). (On CPUs without bf16
+    instructions a float32 drafter next to a bf16 target is about 2x faster per round; features and embeddings are
+    cast on the way in, the output is float32 either way.)
 
     Accepts dtree and z-lab layouts (a leading ``model.`` in parameter names is stripped).
     Raises :class:`dtree.errors.InputError` (field ``"drafter"``) when the folder or a file is missing or corrupt,

@@ -432,9 +432,8 @@ def _decode(target, prompt_ids, cfg: DecodeConfig, drafter, cost_model, run: Run
                               accepted=[0], bonus=bonus, committed=[anchor], verify_ms=verify_ms)
         else:
             # draft: one drafter forward gives the per-depth marginals q_1..q_gamma
-            logp = drafter.draft_logits(model, dcache, new_features, anchor, start)
-            k = max(cfg.topk_log, cfg.budget or 1, 1)
-            marg = trees.topk_marginals(logp, min(k, logp.shape[-1]))
+            marg = drafter.draft_marginals(model, dcache, new_features, anchor, start,
+                                           max(cfg.topk_log, cfg.budget or 1, 1))
             draft_ms = clock.lap()
             # -adapt: the calibration of the rounds so far (fitted here, so its cost counts as build time)
             cal = calibration.calibration() if cfg.adaptive else calibration

@@ -1,26 +1,25 @@
-"""Per-machine choice of the matrix-product kernel for the target's linear layers on few rows (decode and verify).
+"""Per-machine choice of the matrix-product kernel for linear layers on few rows (decode and verify steps).
 
 A decode step multiplies each weight ``W [out, in]`` by only a few rows ``x [M, in]`` (M = 1 for plain decoding, M =
 n + 1 for a verify of an n-node tree). On the 2-core dev CPU (torch 2.13, MKL) ``torch.nn.functional.linear`` is far
-from the memory-bandwidth bound there: measured over SmolLM2-135M's own weights, a forward of 2-8 tokens took 85-95 ms
-against 56 ms for one token, although both must read the same 540 MB of weights. Two algebraically equal ways to
-form ``y = x W^T`` call the library with the operands in other roles and are often much faster on few rows:
+from the memory-bandwidth bound there: a SmolLM2-135M forward of 2-8 tokens took 88-117 ms and one of 1 token 58 ms,
+although all of them read the same 540 MB of weights. Algebraically equal ways to form ``y = x W^T`` call the
+library with the operands in other roles, and some are much faster on few rows:
 
 * ``linear``: ``F.linear(x, W)`` (the default path);
-* ``w_xt``: ``(W @ x^T)^T`` (copied back to row-major) -- the weight is the left operand, x^T the small right one (e.g. 3-4x faster for the
-  49152-row ``lm_head`` at 2-11 rows on the dev CPU);
+* ``w_xt``: ``(W @ x^T)^T`` (copied back to row-major) -- the weight is the left operand, x^T the small right one;
 * ``x_wt``: ``x @ W_t`` with a stored contiguous copy ``W_t = W^T [in, out]``;
 * ``w_xt2``: ``w_xt``, but a single row is run as two copies of it: on the dev CPU the library's matrix-vector path
   for one row is slower than its path for two columns.
 
 Which one wins depends on M and the machine, so dtree measures it: :func:`tune_linear_kernels` times whole verify
 forwards of the model with each kernel for M = 1 .. ``max_rows`` and keeps the fastest per M;
-:func:`install_linear_kernels` makes every ``nn.Linear`` of the model dispatch on its row count (more rows than the
+:func:`install_linear_kernels` makes every ``nn.Linear`` of a model dispatch on its row count (more rows than the
 table covers, autograd, or a dtype mismatch: ``linear``). The table is cached per machine (:func:`load_or_tune`), and
 its forward times give the CPU verify padding widths (:meth:`KernelTable.verify_widths`). Measured on the dev CPU
-(session 11, ``scripts/linear_kernels_ab.py``): one token 58 -> 32 ms (``w_xt2``), 2-5 tokens 88-110 -> 31-50 ms,
-8 tokens 91 -> 61 ms, 16 tokens 108 -> 84 ms. Results differ from ``linear`` only by float rounding (a different summation
-order); the engine's losslessness is defined against plain decoding with the same kernels.
+(session 11, ``scripts/linear_kernels_ab.py``): one token 58 -> 32 ms (``w_xt2``), 2-5 tokens 88-110 -> 31-50 ms
+(``w_xt``), 8 tokens 91 -> 61 ms, 16 tokens 108 -> 84 ms. Results differ from ``linear`` only by float rounding (a
+different summation order); the engine's losslessness is defined against plain decoding with the same kernels.
 """
 
 from __future__ import annotations
@@ -137,7 +136,7 @@ class KernelTable:
 def _run_kernel(kernel: str, x2: torch.Tensor, weight: torch.Tensor, weight_t: torch.Tensor | None) -> torch.Tensor:
     if kernel == "w_xt2" and x2.shape[0] == 1:  # one row run as two (the library's 2-column path beats its gemv)
         return torch.mm(weight, torch.cat([x2, x2]).t())[:, :1].t().contiguous()
-    if kernel in ("w_xt", "w_xt2"):  # made row-major again: later ops (and the next layer's kernel) see the usual layout
+    if kernel in ("w_xt", "w_xt2"):  # made row-major again: later ops and layers see the usual layout
         return torch.mm(weight, x2.t()).t().contiguous()
     if kernel == "x_wt" and weight_t is not None:
         return torch.mm(x2, weight_t)

@@ -18,7 +18,8 @@ from .store import default_store_path
 DEFAULT_STORE = default_store_path()  # read once at server start: $DTREE_STORE, else runs/dtree.sqlite
 
 
-@st.cache_resource(show_spinner="Loading the target and the drafter (once per server)...")
+@st.cache_resource(show_spinner="Loading the target and the drafter (once per server; the first time on a machine "
+                                "it also times this CPU's matmul kernels, about 35 s)...")
 def get_backend(target: str = "embedded", dtype: str | None = None):
     """One :class:`dtree.backend.Backend` per (target, dtype) per server process."""
     from .backend import Backend

@@ -68,3 +68,12 @@ b issue4-humaneval50-pad8-fp32 --dataset humaneval --limit 50 --methods ddtree:4
 "$PY" scripts/issue4_report.py --store "$STORE" --latest --out docs/bench/issue4-humaneval50-pad8-report.json > docs/bench/issue4-humaneval50-pad8-report.md
 b issue4-gsm8k50-pad8-fp32 --dataset gsm8k --limit 50 --methods ddtree:4,caddtree --max-new-tokens 64 --dtype float32
 "$PY" scripts/issue4_report.py --store "$STORE" --latest --out docs/bench/issue4-gsm8k50-pad8-report.json > docs/bench/issue4-gsm8k50-pad8-report.md
+# session 11: few-row matmul kernels tuned per machine (dtree/kernels.py; A/B in one process, outputs compared), then
+# issue 3's speed and chain tau at 128 tokens with them (fp32), and issue 4's oracle check among the fixed budgets run
+"$PY" scripts/linear_kernels_ab.py --skip-forward --dataset gsm8k --limit 6 --methods ar,ddtree:1,ddtree:3,ddtree:4,ddtree:7 \
+    --max-new-tokens 64 --pad-off 5,8 --pad-on 2,4,5,6,8,9,16 --out docs/bench/linear-kernels-ab-gsm8k6.json
+I3=ar,chain,ddtree:3,ddtree:8,caddtree
+b issue3-gsm8k50-kernels-fp32 --dataset gsm8k --limit 50 --methods "$I3" --max-new-tokens 128 --dtype float32
+"$PY" scripts/issue4_report.py --store "$STORE" --latest --out docs/bench/issue3-gsm8k50-kernels-report.json > docs/bench/issue3-gsm8k50-kernels-report.md
+b issue3-humaneval50-kernels-fp32 --dataset humaneval --limit 50 --methods "$I3" --max-new-tokens 128 --dtype float32
+"$PY" scripts/issue4_report.py --store "$STORE" --latest --out docs/bench/issue3-humaneval50-kernels-report.json > docs/bench/issue3-humaneval50-kernels-report.md

@@ -181,3 +181,27 @@ def test_shipped_checkpoint_loads_for_embedded_target(target, sequence):
     lp = d.draft_logits(target.model, d.new_cache(), s.feats[None, :s.prompt_len].float(), int(s.tokens[s.prompt_len]),
                         s.prompt_len)
     assert lp.shape == (15, target.vocab_size) and torch.isfinite(lp.max(-1).values).all()
+
+
+def test_draft_marginals_equal_topk_of_draft_logits(target32, drafter32):
+    """The engine's direct top-k over the draft vocabulary gives the ids and log-probs of the full-vocabulary path,
+    and leaves the cache in the same state."""
+    import numpy as np
+
+    from dtree.trees import topk_marginals
+
+    t, d = target32, drafter32
+    ids = t.encode_prompt("What is 12 times 7? Explain.")
+    with torch.inference_mode():
+        out = t.model(input_ids=torch.tensor([ids]), output_hidden_states=True)
+    feats = d.extract_features(out.hidden_states)
+    P = len(ids) - 1
+    for k in (1, 8, 64):
+        c1, c2 = d.new_cache(), d.new_cache()
+        a = topk_marginals(d.draft_logits(t.model, c1, feats[:, :P], ids[P], P), k)
+        b = d.draft_marginals(t.model, c2, feats[:, :P], ids[P], P, k)
+        assert b.tokens.shape == (d.block_size - 1, k)
+        assert (a.tokens == b.tokens).all()
+        np.testing.assert_allclose(a.logprobs, b.logprobs, atol=1e-5)
+        assert c1.length == c2.length == P
+        assert set(b.tokens.ravel().tolist()) <= set(d.draft_vocab.tolist())
