@@ -42,7 +42,8 @@ calibrated, adaptive = probs == "cal", probs == "adapt"
 raw_cv = c5.checkbox("measured Cv", key="rawcv", disabled=method != "caddtree",
                      help="caddtree: stop the greedy rule on the measured verify cost Cv(n; L) instead of its convex "
                           "fit (the fit keeps theta(n) unimodal but misprices small trees where the measured cost is "
-                          "concave, as on CPUs; see the Cost model page)")
+                          "concave, as on CPUs; see the Cost model page). Plain caddtree already does so when the fit "
+                          "is more than 10% off the profile; then this box changes nothing")
 fallback = c6.checkbox("AR fallback", key="fallback", disabled=method != "caddtree",
                        help="caddtree: after a round whose best tree is predicted slower than a plain target step "
                             "(theta(n*) < 1/Cv(0; L)), skip the drafter for 1, then 2, 4, ... up to 16 rounds "

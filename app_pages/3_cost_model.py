@@ -190,6 +190,26 @@ if cost is not None:
 else:
     weighted = None
 
+if backend is not None:
+    from dtree.kernels import installed_table
+
+    with st.expander("Matmul kernels of this machine (few-row products of decode and verify steps)"):
+        table = installed_table(backend.target.model)
+        if table is None:
+            st.caption(f"Off for this target ({backend.target.linear_kernels}): dtree tunes them for float32 on CPU "
+                       "unless DTREE_LINEAR_KERNELS=off. Every linear layer runs F.linear.")
+        else:
+            st.caption("A decode step multiplies every weight by 1 row (AR) or n + 1 rows (a tree verify). The first "
+                       "load on this machine timed whole verify forwards with each of these algebraically equal "
+                       "kernels and installed the fastest per width (in the target and the drafter). Verifies are "
+                       f"padded to the widths {', '.join(map(str, table.verify_widths())) or 'none'} (tokens): the "
+                       "cheapest measured width at or above their size. The cost profile above was measured with "
+                       f"them ({backend.target.linear_kernels}).")
+            try:
+                st.plotly_chart(figures.kernels_figure(table), width="stretch")
+            except ValueError as e:
+                st.caption(str(e))
+
 st.subheader("A logged round under these weights")
 store, runs, labels = ui.pick_speculative_runs(
     "The trace store has no chain, ddtree or caddtree run yet: run one on the Live decode page.")

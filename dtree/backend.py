@@ -21,7 +21,10 @@ from .models import Target, cache_dir, dtype_name, load_target
 from .records import RunRecord
 
 QUICK_CONTEXTS = (64, 256, 1024)
-QUICK_NODES = (0, 1, 2, 4, 8, 16, 32, 64, 128)
+QUICK_NODES = (0, 1, 2, 3, 4, 5, 6, 7, 8, 12, 16, 32, 64, 128)
+"""Node counts of the automatic profile: every n up to 8, where on CPUs the verify time steps with the width (the
+matmul kernels and padding widths of :mod:`dtree.kernels`, e.g. 5 nodes 59 ms but 7 nodes 65 ms and 8 nodes 79 ms in
+session 11's live rounds), then a coarser grid."""
 
 
 class DraftStepTimer:
@@ -68,7 +71,8 @@ def default_cost_model_path(target: Target, drafter) -> Path:
                       hardware_description(target.device),
                       getattr(target.model.config, "_attn_implementation", None),  # the verify kernel path
                       list(target.verify_widths),  # verifies padded alike
-                      getattr(target, "linear_kernels", "off")])  # and run with the same matmul kernels
+                      getattr(target, "linear_kernels", "off"),  # and run with the same matmul kernels
+                      list(QUICK_CONTEXTS), list(QUICK_NODES)])  # on the current default grid
     return cache_dir() / "costs" / f"cost-{hashlib.sha1(key.encode()).hexdigest()[:12]}.json"
 
 

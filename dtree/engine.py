@@ -306,6 +306,32 @@ def _finish_output(tokens: list[int], max_new: int, eos_ids: set[int]) -> list[i
     return out
 
 
+def auto_cv_curve(cost_model) -> str | None:
+    """Whether plain caddtree should read the measured Cv(n; L) instead of its convex fit, and why (None: keep the fit).
+
+    The paper's greedy stop assumes Cv convex in n (CaDDTree spec 3.3-3.4), which holds on GPUs. On a CPU with the
+    few-row kernels of :mod:`dtree.kernels` the measured curve is concave (session 11, 2-core machine: 31 ms for the
+    root alone, 37 / 45 / 70 / 92 ms for 2 / 4 / 8 / 16 nodes at L = 64), no convex curve fits it (the fit said 43 ms
+    for the root) and caddtree under the fit ran at 0.84x the best fixed budget on GSM8K, against 1.01x with the
+    measured curve (20 prompts, side by side). So when :meth:`dtree.cost.CostModel.fit_gap` exceeds
+    :data:`dtree.cost.FIT_GAP_WARN`, caddtree uses the measured medians (made non-decreasing in n), as the ``-rawcv``
+    variants always do; a profile the fit describes keeps the fit. Cost models that are not table-based, already read
+    the measured curve, or carry analytic weights (which replace the table) are left alone.
+    """
+    from .cost import FIT_GAP_WARN
+
+    if cost_model is None or not hasattr(cost_model, "fit_gap") or getattr(cost_model, "curve", None) != "convex":
+        return None
+    weights = getattr(cost_model, "weights", None)
+    if weights is not None and getattr(weights, "analytic", False):
+        return None
+    gap = cost_model.fit_gap()
+    if gap["rel_gap"] <= FIT_GAP_WARN:
+        return None
+    return (f"measured: the convex fit of Cv is {100 * gap['rel_gap']:.0f}% off the profile at n = {gap['n']}, "
+            f"L = {gap['context']} ({1e3 * gap['fit_s']:.1f} vs {1e3 * gap['raw_s']:.1f} ms)")
+
+
 def generate(target, prompt_ids: list[int], cfg: DecodeConfig, drafter=None, cost_model=None,
              sink=None, on_round: Callable[[RoundRecord, int], None] | None = None, prompt_text: str = "",
              cost_model_dict: dict | None = None, calibration=None) -> RunRecord:
@@ -339,7 +365,10 @@ def generate(target, prompt_ids: list[int], cfg: DecodeConfig, drafter=None, cos
         raise InputError("drafter", f"method {cfg.method} needs a drafter")
     if cfg.method == "caddtree" and cost_model is None:
         raise InputError("cost_model", "caddtree needs a cost model")
-    if cfg.raw_cv:  # the greedy stop on the measured Cv; the run stores the cost model it really used
+    cv_curve = None
+    if cfg.method == "caddtree" and not cfg.raw_cv:
+        cv_curve = auto_cv_curve(cost_model)
+    if cfg.raw_cv or cv_curve is not None:  # the greedy stop on the measured Cv; the run stores the model it used
         cost_model = cost_model.with_curve("measured")
         if cost_model_dict is not None:
             cost_model_dict = {**cost_model_dict, "curve": "measured"}
@@ -357,6 +386,8 @@ def generate(target, prompt_ids: list[int], cfg: DecodeConfig, drafter=None, cos
     params = cfg.__dict__.copy()
     params["verify_widths"] = list(target.verify_widths)  # how its verifies were padded
     params["linear_kernels"] = getattr(target, "linear_kernels", "off")  # which matmul kernels ran them
+    if cv_curve is not None:
+        params["cv_curve"] = cv_curve  # why plain caddtree read the measured Cv
     if cfg.adaptive:
         params["adaptive_calibration"] = calibration.settings()
     elif calibration is not None:

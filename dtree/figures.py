@@ -328,6 +328,36 @@ def cost_curves_figure(cost: "CostModel", weighted: "CostModel | None" = None) -
     return fig
 
 
+def kernels_figure(table) -> go.Figure:
+    """One verify forward's time (ms) against its width in tokens, one line per matmul kernel of a
+    :class:`dtree.kernels.KernelTable` (``timings_ms["forward"]``), with the kernel installed per width (the fastest)
+    as filled markers and the verify padding widths (:meth:`dtree.kernels.KernelTable.verify_widths`) as dotted
+    vertical lines. Raises ValueError for a table without forward timings.
+    """
+    runs = (table.timings_ms or {}).get("forward") or {}
+    if not runs or not table.forward_ms:
+        raise ValueError("this kernel table has no forward timings (made by an older dtree?)")
+    names = {"linear": "F.linear (default)", "w_xt": "(W x^T)^T", "x_wt": "x W_t (transposed copy)",
+             "w_xt2": "(W x^T)^T, one row as two"}
+    fig = go.Figure()
+    for i, (kernel, ms) in enumerate(runs.items()):
+        widths = np.arange(1, len(ms) + 1)
+        fig.add_trace(go.Scatter(x=widths, y=ms, mode="lines", name=names.get(kernel, kernel),
+                                 line=dict(color=OKABE_ITO[i % len(OKABE_ITO)], width=2)))
+    widths = np.arange(1, len(table.forward_ms) + 1)
+    picks = [table.kernel("*", int(w)) for w in widths]
+    fig.add_trace(go.Scatter(x=widths, y=table.forward_ms, mode="markers", name="installed (fastest per width)",
+                             text=picks, hovertemplate="%{x} tokens: %{y:.1f} ms with %{text}<extra></extra>",
+                             marker=dict(color="#000000", size=8)))
+    for w in table.verify_widths():
+        fig.add_vline(x=w, line=dict(color="#999999", dash="dot", width=1))
+    fig.update_layout(title="One verify forward per matmul kernel (dotted: widths verifies are padded to)",
+                      xaxis_title="tokens in the forward (nodes + 1)",
+                      yaxis=dict(title="ms per forward", rangemode="tozero"), height=380,
+                      margin=dict(l=40, r=20, t=50, b=40))
+    return fig
+
+
 def cost_table(cost: "CostModel", weighted: "CostModel | None" = None) -> "pandas.DataFrame":  # noqa: F821
     """One row per profiled (L, n): measured median, fit and (with ``weighted``) weighted Cv, all in ms."""
     import pandas as pd

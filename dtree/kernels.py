@@ -51,7 +51,7 @@ pad rows' attention and cache work is not free, and nearby widths differ by less
 
 
 def kernels_mode() -> str:
-    """``DTREE_LINEAR_KERNELS``: ``auto`` (default: tune and install on CPU float32) or ``off`` (plain ``F.linear``).
+    """``DTREE_LINEAR_KERNELS``: ``auto`` (default: tune and install on CPU) or ``off`` (plain ``F.linear``).
 
     Raises:
         InputError: any other value.

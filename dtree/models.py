@@ -327,8 +327,9 @@ def load_target(spec: str = EMBEDDED, dtype: str | torch.dtype | None = None, de
         spec: ``"embedded"`` (default, offline), a local HF model folder, or a hub id.
         dtype: ``"float32"``, ``"bfloat16"`` or ``"float16"``; default float32 on CPU, bfloat16 on CUDA.
         device: ``"cpu"``, ``"cuda"``...; default CUDA when available.
-    On CPU in float32 the few-row matmul kernels of :mod:`dtree.kernels` are tuned (first load on a machine, about
-    20 s, cached) and installed unless ``DTREE_LINEAR_KERNELS=off``.
+    On CPU the few-row matmul kernels of :mod:`dtree.kernels` are tuned (first load on a machine and dtype, about
+    35 s, cached) and installed unless ``DTREE_LINEAR_KERNELS=off``; the verify padding widths then come from their
+    measured forward times.
     Raises:
         InputError: unknown dtype, missing path, or a model that cannot be loaded (message says why).
     """
@@ -351,7 +352,7 @@ def load_target(spec: str = EMBEDDED, dtype: str | torch.dtype | None = None, de
     for p in model.parameters():
         p.requires_grad_(False)
     kernels, widths = "off", default_verify_widths(dev, dt)
-    if dev.type == "cpu" and dt == torch.float32 and kernels_mode() == "auto":
+    if dev.type == "cpu" and kernels_mode() == "auto":
         table = load_or_tune(model, spec or EMBEDDED)  # ~30 s once per machine, then read from the cache
         install_linear_kernels(model, table)
         kernels = f"tuned:{table.fingerprint}"

@@ -323,3 +323,33 @@ def test_decode_pads_small_verifies_and_stays_lossless(backend32, monkeypatch):
         assert run.output_ids == ar.output_ids
         assert run.params["verify_widths"] == [5, 8]
         assert widths and all(w == (5 if n <= 5 else 8) for n, w in widths if n >= 2) and any(n >= 2 for n, _ in widths)
+
+
+def test_caddtree_reads_the_measured_cv_when_the_convex_fit_is_off(backend32):
+    """A concave profile (like a CPU's with the few-row kernels) makes plain caddtree stop on the measured Cv, says
+    so in the run's params, the stored cost model and every drafted round's reason, and stays lossless; a profile the
+    convex fit describes, a model already on the measured curve and analytic weights keep their curve."""
+    from dtree.cost import CostModel, CostWeights
+    from dtree.engine import auto_cv_curve
+
+    nodes = [0, 1, 2, 4, 8, 16, 32]  # the session-11 CPU profile at L = 64 (ms): concave beyond 8 nodes
+    concave = CostModel.from_measurements(0.014, [64], nodes, np.array([[31, 30, 37, 45, 70, 92, 121]]) * 1e-3)
+    convex = CostModel.from_measurements(0.014, [64], nodes, np.array([[30, 31, 33, 37, 45, 61, 93]]) * 1e-3)
+    assert convex.fit_gap()["rel_gap"] <= 0.1 and auto_cv_curve(convex) is None
+    why = auto_cv_curve(concave)
+    assert why is not None and why.startswith("measured: the convex fit of Cv is")
+    assert auto_cv_curve(concave.with_curve("measured")) is None
+    assert auto_cv_curve(concave.weighted(CostWeights(cv_a=0.03, cv_b=0.001))) is None
+    assert auto_cv_curve(None) is None
+
+    ids = backend32.target.encode_prompt("What is 7 times 8?")
+    ar = backend32.decode_ids(ids, DecodeConfig("ar", max_new_tokens=16))
+    run = backend32.decode_ids(ids, DecodeConfig("caddtree", max_new_tokens=16), cost=concave)
+    assert run.output_ids == ar.output_ids
+    assert run.params["cv_curve"] == why and run.cost_model["curve"] == "measured"
+    drafted = [r for r in run.rounds if r.marg_tokens.size]
+    assert drafted and all("measured Cv" in r.budget_reason for r in drafted)
+    kept = backend32.decode_ids(ids, DecodeConfig("caddtree", max_new_tokens=16), cost=convex)
+    assert kept.output_ids == ar.output_ids
+    assert "cv_curve" not in kept.params and kept.cost_model.get("curve", "convex") == "convex"
+    assert not any("measured Cv" in r.budget_reason for r in kept.rounds)

@@ -161,3 +161,18 @@ def test_target_and_runs_record_the_kernels(target32, backend32):
         meta = {"linear_kernels": "off"}
 
     assert any("linear_kernels" in line for line in cost_model_mismatch(Cost(), target32))
+
+
+def test_kernels_figure():
+    from dtree.figures import kernels_figure
+
+    runs = {"linear": [60.0, 90.0, 110.0, 88.0], "w_xt": [58.0, 31.0, 43.0, 41.0], "w_xt2": [32.0, 31.0, 43.0, 41.0]}
+    table = KernelTable(choice={"*": ["w_xt2", "w_xt", "w_xt", "w_xt"]}, timings_ms={"forward": runs},
+                        forward_ms=[32.0, 31.0, 43.0, 41.0])
+    fig = kernels_figure(table)
+    assert [t.name for t in fig.data][-1] == "installed (fastest per width)"
+    assert len(fig.data) == len(runs) + 1
+    assert list(fig.data[-1].text) == ["w_xt2", "w_xt", "w_xt", "w_xt"]
+    assert len(fig.layout.shapes) == len(table.verify_widths()) == 2  # widths 2 and 4 (3 pads to 4)
+    with pytest.raises(ValueError, match="no forward timings"):
+        kernels_figure(KernelTable(choice={"*": ["linear"]}))

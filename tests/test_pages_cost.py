@@ -124,6 +124,25 @@ def test_cost_page_file_curves_and_weights_move_theta(env):
     assert any(t["name"].startswith("argmax n = ") for t in fig["data"])
 
 
+def test_cost_page_shows_this_machines_kernel_table(env, target32):
+    """The kernels expander names the padding widths of the installed table and draws its per-kernel forward times."""
+    from dtree.kernels import installed_table
+
+    at = _app(COST).run()
+    _ok(at)
+    table = installed_table(target32.model)
+    assert table is not None  # CPU float32: tuned at load
+    box = next(e for e in at.expander if e.label.startswith("Matmul kernels of this machine"))
+    text = " ".join(c.value for c in box.caption)
+    assert f"padded to the widths {', '.join(map(str, table.verify_widths()))} (tokens)" in text
+    assert target32.linear_kernels in text
+    fig = _fig(at, "One verify forward per matmul kernel")
+    names = [t["name"] for t in fig["data"]]
+    assert "F.linear (default)" in names and "installed (fastest per width)" in names
+    installed = next(t for t in fig["data"] if t["name"] == "installed (fastest per width)")
+    assert installed["y"] == table.forward_ms
+
+
 def test_cost_page_warns_when_the_measured_cv_is_not_convex(env):
     from dtree.cost import CostModel
 
