@@ -337,7 +337,7 @@ def kernels_figure(table) -> go.Figure:
     runs = (table.timings_ms or {}).get("forward") or {}
     if not runs or not table.forward_ms:
         raise ValueError("this kernel table has no forward timings (made by an older dtree?)")
-    names = {"linear": "F.linear (default)", "w_xt": "(W x^T)^T", "x_wt": "x W_t (transposed copy)",
+    names = {"linear": "F.linear (default)", "w_xt": "(W x^T)^T",
              "w_xt2": "(W x^T)^T, one row as two"}
     fig = go.Figure()
     for i, (kernel, ms) in enumerate(runs.items()):

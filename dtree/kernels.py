@@ -4,11 +4,10 @@ A decode step multiplies each weight ``W [out, in]`` by only a few rows ``x [M, 
 n + 1 for a verify of an n-node tree). On the 2-core dev CPU (torch 2.13, MKL) ``torch.nn.functional.linear`` is far
 from the memory-bandwidth bound there: a SmolLM2-135M forward of 2-8 tokens took 88-117 ms and one of 1 token 58 ms,
 although all of them read the same 540 MB of weights. Algebraically equal ways to form ``y = x W^T`` call the
-library with the operands in other roles, and some are much faster on few rows:
+library with the operands in other roles, and one is much faster on few rows:
 
 * ``linear``: ``F.linear(x, W)`` (the default path);
 * ``w_xt``: ``(W @ x^T)^T`` (copied back to row-major) -- the weight is the left operand, x^T the small right one;
-* ``x_wt``: ``x @ W_t`` with a stored contiguous copy ``W_t = W^T [in, out]``;
 * ``w_xt2``: ``w_xt``, but a single row is run as two copies of it: on the dev CPU the library's matrix-vector path
   for one row is slower than its path for two columns.
 
@@ -39,7 +38,9 @@ import torch.nn.functional as F
 
 from .errors import InputError
 
-KERNELS = ("linear", "w_xt", "x_wt", "w_xt2")
+KERNELS = ("linear", "w_xt", "w_xt2")
+"""Candidates of the tuner. (``x @ W_t`` with a stored transposed copy of every weight was measured too, session 11:
+it never beat these by more than the noise and would double the weights' memory, so it is not offered.)"""
 DEFAULT_MAX_ROWS = 16
 """Rows the tuner covers by default: verifies of up to 15 nodes; wider forwards use ``linear`` (within a few % of the
 best there on the dev CPU)."""
@@ -133,13 +134,11 @@ class KernelTable:
         return cls(choice=choice, timings_ms=d.get("timings_ms") or {}, meta=d.get("meta") or {}, forward_ms=forward)
 
 
-def _run_kernel(kernel: str, x2: torch.Tensor, weight: torch.Tensor, weight_t: torch.Tensor | None) -> torch.Tensor:
+def _run_kernel(kernel: str, x2: torch.Tensor, weight: torch.Tensor) -> torch.Tensor:
     if kernel == "w_xt2" and x2.shape[0] == 1:  # one row run as two (the library's 2-column path beats its gemv)
         return torch.mm(weight, torch.cat([x2, x2]).t())[:, :1].t().contiguous()
     if kernel in ("w_xt", "w_xt2"):  # made row-major again: later ops and layers see the usual layout
         return torch.mm(weight, x2.t()).t().contiguous()
-    if kernel == "x_wt" and weight_t is not None:
-        return torch.mm(x2, weight_t)
     return F.linear(x2, weight)
 
 
@@ -239,7 +238,7 @@ def _dispatching_forward(self: torch.nn.Linear, x: torch.Tensor) -> torch.Tensor
     kernel = table.kernel(self._dtree_shape, rows)
     if kernel == "linear" or x.dtype != self.weight.dtype:
         return F.linear(x, self.weight, self.bias)
-    y = _run_kernel(kernel, x.reshape(rows, x.shape[-1]), self.weight, self._dtree_weight_t)
+    y = _run_kernel(kernel, x.reshape(rows, x.shape[-1]), self.weight)
     if self.bias is not None:
         y = y + self.bias
     return y.reshape(*x.shape[:-1], y.shape[-1])
@@ -248,34 +247,25 @@ def _dispatching_forward(self: torch.nn.Linear, x: torch.Tensor) -> torch.Tensor
 def install_linear_kernels(model: torch.nn.Module, table: KernelTable) -> int:
     """Make every ``nn.Linear`` of ``model`` use ``table``'s kernel for its row count; returns how many were patched.
 
-    A weight whose shape picks ``x_wt`` for some row count gets a transposed copy (``_dtree_weight_t``; extra memory
-    equal to that weight). Idempotent; undo with :func:`remove_linear_kernels`. The weights themselves are untouched.
+    Idempotent; undo with :func:`remove_linear_kernels`. No weight is copied or changed.
     """
     n = 0
     for mod in linear_modules(model):
-        key = _shape_key(mod.weight)
         mod._dtree_kernels = table
-        mod._dtree_shape = key
-        needs_t = "x_wt" in table.choice.get(key, table.choice.get("*", []))
-        current = getattr(mod, "_dtree_weight_t", None)
-        if needs_t and (current is None or current.shape != mod.weight.t().shape):
-            with torch.no_grad():
-                mod._dtree_weight_t = mod.weight.detach().t().contiguous()
-        elif not needs_t:
-            mod._dtree_weight_t = None
+        mod._dtree_shape = _shape_key(mod.weight)
         mod.forward = types.MethodType(_dispatching_forward, mod)
         n += 1
     return n
 
 
 def remove_linear_kernels(model: torch.nn.Module) -> int:
-    """Undo :func:`install_linear_kernels` (plain ``F.linear`` again, transposed copies freed); returns how many."""
+    """Undo :func:`install_linear_kernels` (plain ``F.linear`` again); returns how many layers it restored."""
     n = 0
     for mod in linear_modules(model):
         if "forward" in mod.__dict__:
             del mod.forward
             n += 1
-        for attr in ("_dtree_kernels", "_dtree_shape", "_dtree_weight_t"):
+        for attr in ("_dtree_kernels", "_dtree_shape"):
             if attr in mod.__dict__:
                 delattr(mod, attr)
     return n

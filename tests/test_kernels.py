@@ -52,23 +52,27 @@ def test_dispatch_rules():
     calls = []
     real_mm = torch.mm
 
-    table = KernelTable(choice={"6x8": ["w_xt", "x_wt"]})
-    assert table.kernel("6x8", 1) == "w_xt" and table.kernel("6x8", 2) == "x_wt"
-    assert table.kernel("6x8", 3) == "linear" and table.kernel("9x9", 1) == "linear"
-    assert table.kernel("6x8", 0) == "linear"
+    table = KernelTable(choice={"6x8": ["w_xt2", "w_xt"], "*": ["linear"]})
+    assert table.kernel("6x8", 1) == "w_xt2" and table.kernel("6x8", 2) == "w_xt"
+    assert table.kernel("6x8", 3) == "linear"
+    assert table.kernel("9x9", 1) == "linear" and table.kernel("9x9", 2) == "linear"
+    assert table.kernel("6x8", 0) == "linear" and KernelTable(choice={"*": ["w_xt"]}).kernel("9x9", 1) == "w_xt"
     install_linear_kernels(lin, table)
-    assert lin._dtree_weight_t is not None and lin._dtree_weight_t.shape == (8, 6)  # x_wt is used: copy kept
     x = torch.randn(1, 2, 8)
     with torch.no_grad():
-        torch.mm = lambda *a: calls.append(a[0].shape) or real_mm(*a)
+        torch.mm = lambda *a: calls.append((tuple(a[0].shape), tuple(a[1].shape))) or real_mm(*a)
         try:
+            y1 = lin(x[:, :1])
             y = lin(x)
             y3 = lin(torch.randn(3, 8))
         finally:
             torch.mm = real_mm
-        assert y.shape == (1, 2, 6)
+        assert y.shape == (1, 2, 6) and y1.shape == (1, 1, 6)
         torch.testing.assert_close(y, F.linear(x, lin.weight, lin.bias))
-        assert calls == [(2, 8)]  # 2 rows: x @ W_t; 3 rows: F.linear, no torch.mm
+        torch.testing.assert_close(y1, F.linear(x[:, :1], lin.weight, lin.bias))
+        assert y.is_contiguous() and y1.is_contiguous()
+        # 1 row: W @ [x; x]^T (two columns); 2 rows: W @ x^T; 3 rows: F.linear, no torch.mm
+        assert calls == [((6, 8), (8, 2)), ((6, 8), (8, 2))]
         assert y3.shape == (3, 6)
     # autograd: the plain path, so gradients reach the weight
     x1 = torch.randn(1, 8)
