@@ -348,16 +348,25 @@ def adaptive_calibrations(run: RunRecord, settings: dict | None = None) -> list[
     return out
 
 
+def _reads_measured_cv(method: str, runs: list[RunRecord]) -> bool:
+    """Whether these runs' greedy stops read the measured Cv: a ``-rawcv`` method, or plain caddtree runs whose profile
+    the convex fit missed (the engine's :func:`dtree.engine.auto_cv_curve`, logged as ``params.cv_curve``)."""
+    return parse_method(method).raw_cv or any((r.params or {}).get("cv_curve") for r in runs)
+
+
 def prepare(runs: RunRecord | Iterable[RunRecord], max_nodes: int, cost: CostModel | None = None,
             need_cost: bool = True, spine: bool = False, calibrated: bool = False,
-            calibration: Calibration | None = None, adaptive: bool = False, raw_cv: bool = False) -> _Prepared:
+            calibration: Calibration | None = None, adaptive: bool = False, raw_cv: bool = False,
+            auto_cv: bool = False) -> _Prepared:
     """Build the per-round best-first orders (up to ``max_nodes`` nodes, capped at each round's logged k) once.
 
     ``spine`` / ``calibrated`` / ``adaptive`` select the order of the matching variant
     (:func:`dtree.trees.best_first_order`); calibrated orders use ``calibration``, else each run's stored one, adaptive
     orders each round's :func:`adaptive_calibrations` entry, and ``path_lp`` then holds log q~. ``raw_cv``: every
     cost model reads its measured Cv curve (``CostModel.with_curve("measured")``), for the caddtree ``-rawcv``
-    variants, both for the choice and for the predicted time; otherwise its convex fit, whatever curve the run used.
+    variants, both for the choice and for the predicted time; otherwise its convex fit, whatever curve the run used,
+    except with ``auto_cv`` (plain caddtree): then each cost model reads the curve the engine would pick for it,
+    :func:`dtree.engine.auto_cv_curve` (the measured one where the convex fit is more than 10% off its profile).
 
     Raises:
         InputError: empty trace, an AR run, a run without rounds or with non-contiguous rounds, a bad ``max_nodes``,
@@ -369,6 +378,10 @@ def prepare(runs: RunRecord | Iterable[RunRecord], max_nodes: int, cost: CostMod
     # the curve is the method's, not the run's: a -rawcv run stores "measured", its plain caddtree replay reads the fit
     # (cost models without curves, e.g. an analytic stand-in with only cd_s and cv, are used as given)
     costs = [c.with_curve("measured" if raw_cv else "convex") if hasattr(c, "with_curve") else c for c in costs]
+    if auto_cv and not raw_cv:
+        from .engine import auto_cv_curve
+
+        costs = [c.with_curve("measured") if auto_cv_curve(c) is not None else c for c in costs]
     if calibrated and adaptive:
         raise InputError("method", "a method is calibrated beforehand (-cal) or during the run (-adapt), not both")
     cals = [run_calibration(run, calibration) if calibrated else None for run in runs]
@@ -610,7 +623,8 @@ def replay_run(run: RunRecord | Iterable[RunRecord], method: str, budget: int | 
         m = 0
     have_cost = cost is not None or all(r.cost_model for r in runs)
     p = prepare(runs, m, cost, need_cost=need_cost or have_cost, spine=spec.spine, calibrated=spec.calibrated,
-                calibration=calibration, adaptive=spec.adaptive, raw_cv=spec.raw_cv)
+                calibration=calibration, adaptive=spec.adaptive, raw_cv=spec.raw_cv,
+                auto_cv=spec.base == "caddtree")
     if have_cost or need_cost:
         cd, cv = _cost_tables(p)
     else:
@@ -694,7 +708,8 @@ def sweep_budgets(runs: RunRecord | Iterable[RunRecord], budgets: Iterable[int] 
             continue
         b = cmax if b is None else b
         pv = prepare(runs, min(b, kmin), cost, spine=spec.spine, calibrated=spec.calibrated, calibration=calibration,
-                     adaptive=spec.adaptive, raw_cv=spec.raw_cv)
+                     adaptive=spec.adaptive, raw_cv=spec.raw_cv,
+                auto_cv=spec.base == "caddtree")
         cdv, cvv = _cost_tables(pv)
         sv = _replay_prepared(pv, name, b, cdv, cvv, overhead)
         out.append(_row(sv))
@@ -815,7 +830,8 @@ def check_unimodal(runs: RunRecord | Iterable[RunRecord], cost: CostModel | None
     kmin = _kmin(runs)
     M = min(cmax, kmin)
     p = prepare(runs, M, cost, spine=spec.spine, calibrated=spec.calibrated, calibration=calibration,
-                adaptive=spec.adaptive, raw_cv=spec.raw_cv)
+                adaptive=spec.adaptive, raw_cv=spec.raw_cv,
+                auto_cv=spec.base == "caddtree")
     cd, cv = _cost_tables(p)
     theta = _theta_table(p, cd, cv, M)
     cap = np.minimum(p.n_avail, M)
@@ -1131,38 +1147,41 @@ def unimodal_summary(runs: Iterable[RunRecord], cost: CostModel | None = None, r
 
     Returns:
         ``{"n_runs", "n_rounds", "share_unimodal", "share_greedy_argmax", "share_cv_convex" (pooled over the rounds
-        of the methods that use the fitted, convex cost curve, i.e. not ``-rawcv``, whose measured curve need not make
-        theta(n) unimodal; NaN without rounds), "groups": [{"method", "max_budget", "n_runs", "n_rounds", "share_unimodal",
-        "share_greedy_argmax", "share_cv_convex", "offending" (at most 20 rounds)}], "errors": [messages of groups
-        that could not be checked]}``.
+        of the runs that use the fitted, convex cost curve, i.e. not ``-rawcv`` nor plain caddtree runs that read the
+        measured curve because the fit missed their profile (``params.cv_curve``), whose measured curve need not make
+        theta(n) unimodal; NaN without rounds), "groups" (one per method, max budget and curve): [{"method",
+        "max_budget", "n_runs", "n_rounds",
+        "share_unimodal", "share_greedy_argmax", "share_cv_convex", "offending" (at most 20 rounds), "measured_cv"
+        (left out of the pool for that reason)}], "errors": [messages of groups that could not be checked]}``.
     """
-    groups: dict[tuple[str, int], list[RunRecord]] = {}
+    groups: dict[tuple[str, int, bool], list[RunRecord]] = {}  # (method, max budget, reads the measured Cv)
     for run in runs:
         try:
             name, budget = logged_method(run)
         except InputError:
             continue
         if parse_method(name).base == "caddtree" and run.rounds:
-            groups.setdefault((name, budget), []).append(run)
+            groups.setdefault((name, budget, _reads_measured_cv(name, [run])), []).append(run)
     out, errors, frames = [], [], []
-    for (name, budget), grp in groups.items():
+    for (name, budget, measured), grp in groups.items():
         try:
             df = check_unimodal(grp, cost=cost, max_budget=min(budget, MAX_REPLAY_BUDGET), method=name, rtol=rtol)
         except InputError as e:
             errors.append(f"{name} (max budget {budget}): {e}")
             continue
-        if not parse_method(name).raw_cv:
+        if not measured:
             frames.append(df)
         offending = [{k: (v.item() if hasattr(v, "item") else v) for k, v in o.items()}
                      for o in df.attrs["offending"][:20]]
         out.append({"method": name, "max_budget": budget, "checked_up_to": df.attrs["max_budget"],
                     "n_runs": len(grp), "n_rounds": len(df), "share_unimodal": df.attrs["share_unimodal"],
                     "share_greedy_argmax": df.attrs["share_greedy_argmax"],
-                    "share_cv_convex": float(df["cv_convex"].mean()), "offending": offending})
+                    "share_cv_convex": float(df["cv_convex"].mean()), "offending": offending,
+                    "measured_cv": measured})
     all_df = pd.concat(frames, ignore_index=True) if frames else None
     n = 0 if all_df is None else len(all_df)
     nan = float("nan")
-    return {"n_runs": sum(g["n_runs"] for g in out if not parse_method(g["method"]).raw_cv), "n_rounds": n,
+    return {"n_runs": sum(g["n_runs"] for g in out if not g["measured_cv"]), "n_rounds": n,
             "share_unimodal": float(all_df["unimodal"].mean()) if n else nan,
             "share_greedy_argmax": float(all_df["greedy_is_argmax"].mean()) if n else nan,
             "share_cv_convex": float(all_df["cv_convex"].mean()) if n else nan, "groups": out, "errors": errors}

@@ -262,14 +262,19 @@ def markdown(rep: dict) -> str:
     u = rep["unimodal"]
     out += ["", "## (d) Unimodality of theta(n) over the bench's caddtree runs", ""]
     if u["groups"]:
-        out.append(_table(["method", "max budget (checked up to)", "runs", "rounds", "unimodal", "greedy at argmax",
-                           "Cv convex"],
+        out.append(_table(["method", "max budget (checked up to)", "runs", "rounds", "Cv curve", "unimodal",
+                           "greedy at argmax", "Cv convex"],
                           [[g["method"], f"{g['max_budget']} ({g['checked_up_to']})", str(g["n_runs"]),
-                            str(g["n_rounds"]), _pct(g["share_unimodal"]), _pct(g["share_greedy_argmax"]),
+                            str(g["n_rounds"]), "measured" if g.get("measured_cv") else "convex fit",
+                            _pct(g["share_unimodal"]), _pct(g["share_greedy_argmax"]),
                             _pct(g["share_cv_convex"])] for g in u["groups"]]))
-        out.append(f"\nAll caddtree rounds under the fitted (convex) cost model: **{_pct(u['share_unimodal'])} "
-                   f"unimodal** ({u['n_rounds']} rounds; -rawcv methods, which read the measured curve, are listed "
-                   "above but not pooled).")
+        if u["n_rounds"]:
+            out.append(f"\nAll caddtree rounds under the fitted (convex) cost model: **{_pct(u['share_unimodal'])} "
+                       f"unimodal** ({u['n_rounds']} rounds; runs that read the measured curve, -rawcv or caddtree "
+                       "whose profile the convex fit missed, are listed above but not pooled).")
+        else:
+            out.append("\nNo caddtree round used the convex fit here (every run read the measured Cv curve, which need "
+                       "not make theta(n) unimodal; the table above gives the share that was).")
     else:
         out.append("No caddtree run in this bench.")
     out += [f"\n- not checked: {e}" for e in u["errors"]]
