@@ -1,6 +1,8 @@
 """Cost model: profile the verify cost of this machine (or load a file), see Cv(n; L) and Cd, move the cost weights and
 watch a logged round's theta(n) curve and chosen budget follow."""
 
+import os
+
 import streamlit as st
 
 from dtree import figures, ui
@@ -202,9 +204,11 @@ if backend is not None:
             st.caption("A decode step multiplies every weight by 1 row (AR) or n + 1 rows (a tree verify). The first "
                        "load on this machine timed whole verify forwards with each of these algebraically equal "
                        "kernels and installed the fastest per width (in the target and the drafter). Verifies are "
-                       f"padded to the widths {', '.join(map(str, table.verify_widths())) or 'none'} (tokens): the "
-                       "cheapest measured width at or above their size. The cost profile above was measured with "
-                       f"them ({backend.target.linear_kernels}).")
+                       f"padded to the widths {', '.join(map(str, backend.target.verify_widths)) or 'none'} (tokens)"
+                       + (": the cheapest measured width at or above their size" if not
+                          os.environ.get("DTREE_VERIFY_WIDTHS", "").strip() else " (set by DTREE_VERIFY_WIDTHS)")
+                       + f". Cost profiles are kept per kernel table ({backend.target.linear_kernels}): a new "
+                       "table means a new profile.")
             try:
                 st.plotly_chart(figures.kernels_figure(table), width="stretch")
             except ValueError as e:

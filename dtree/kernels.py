@@ -28,6 +28,7 @@ import json
 import os
 import platform
 import statistics
+import sys
 import time
 import types
 from dataclasses import dataclass, field
@@ -46,6 +47,9 @@ DEFAULT_MAX_ROWS = 16
 best there on the dev CPU)."""
 
 ENV = "DTREE_LINEAR_KERNELS"
+MAX_SPREAD = 0.25
+"""A tuning whose samples of one (kernel, width) typically range over more than this fraction of their median was
+disturbed (on the idle dev CPU the range is a few %; with another job on the other core, 50-300%) and is not cached."""
 PAD_MARGIN = 0.03
 """A verify is padded to a wider measured width only when that forward is at least this much (relative) cheaper: the
 pad rows' attention and cache work is not free, and nearby widths differ by less than the measurement noise."""
@@ -224,8 +228,11 @@ def tune_linear_kernels(model: torch.nn.Module, max_rows: int = DEFAULT_MAX_ROWS
     med = {key: statistics.median(v) * 1e3 for key, v in samples.items()}
     best = [min(KERNELS, key=lambda k: med[(k, w)]) for w in range(1, max_rows + 1)]
     timings = {k: [round(med[(k, w)], 3) for w in range(1, max_rows + 1)] for k in KERNELS}
+    spread = statistics.median((max(v) - min(v)) / statistics.median(v) for v in samples.values() if len(v) > 1) \
+        if reps > 1 else 0.0
     meta = {"machine": machine_description(), "dtype": str(param.dtype).replace("torch.", ""), "reps": reps,
-            "context": context, "method": "whole verify forwards, one kernel in every layer"}
+            "context": context, "method": "whole verify forwards, one kernel in every layer",
+            "spread": round(float(spread), 4)}
     return KernelTable(choice={"*": best}, timings_ms={"forward": timings}, meta=meta,
                        forward_ms=[round(med[(best[w - 1], w)], 3) for w in range(1, max_rows + 1)])
 
@@ -292,6 +299,10 @@ def table_path(model: torch.nn.Module, name: str, max_rows: int = DEFAULT_MAX_RO
 def load_or_tune(model: torch.nn.Module, name: str, max_rows: int = DEFAULT_MAX_ROWS, progress=None) -> KernelTable:
     """The cached table for this model and machine (:func:`table_path`), tuning and caching it on first use.
 
+    Tuning says so on stderr. A tuning whose repeated forwards varied too much (median relative range over all
+    (kernel, width) samples above :data:`MAX_SPREAD`: another job was using the CPU) is used but not cached, so the
+    next load measures again; delete ``$DTREE_CACHE/kernels/*.json`` to re-measure a cached table by hand.
+
     A cache file that cannot be read is re-tuned and overwritten (it holds nothing but measurements).
     """
     path = table_path(model, name, max_rows)
@@ -300,7 +311,14 @@ def load_or_tune(model: torch.nn.Module, name: str, max_rows: int = DEFAULT_MAX_
             return KernelTable.from_json(json.loads(path.read_text()))
         except (OSError, ValueError, InputError):
             pass
+    print("dtree: timing this CPU's matmul kernels for few-row products (once per machine and dtype, about 35 s on "
+          "an idle 2-core machine; see README 'Few-row matmul kernels')...", file=sys.stderr, flush=True)
     table = tune_linear_kernels(model, max_rows=max_rows, progress=progress)
+    if table.meta.get("spread", 0.0) > MAX_SPREAD:
+        print(f"dtree: the kernel timings were disturbed (the same forward varied by {100 * table.meta['spread']:.0f}% "
+              "across passes: another job is using the CPU); using them in this process, not caching them",
+              file=sys.stderr, flush=True)
+        return table
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_suffix(f".tmp{os.getpid()}")
     tmp.write_text(json.dumps(table.to_json()))

@@ -180,3 +180,21 @@ def test_kernels_figure():
     assert len(fig.layout.shapes) == len(table.verify_widths()) == 2  # widths 2 and 4 (3 pads to 4)
     with pytest.raises(ValueError, match="no forward timings"):
         kernels_figure(KernelTable(choice={"*": ["linear"]}))
+
+
+def test_a_disturbed_tuning_is_used_but_not_cached(target32, tmp_path, monkeypatch, capsys):
+    """Timings whose repeats vary too much (another job on the CPU) are returned for this process, announced on
+    stderr and not written to the cache; a steady one is cached."""
+    from dtree import kernels
+
+    monkeypatch.setenv("DTREE_CACHE", str(tmp_path))
+    noisy = KernelTable(choice={"*": ["linear"]}, meta={"spread": kernels.MAX_SPREAD + 0.5})
+    monkeypatch.setattr(kernels, "tune_linear_kernels", lambda *a, **k: noisy)
+    assert load_or_tune(target32.model, "probe-noisy", max_rows=1) is noisy
+    err = capsys.readouterr().err
+    assert "timing this CPU's matmul kernels" in err and "disturbed" in err and "not caching" in err
+    assert not table_path(target32.model, "probe-noisy", max_rows=1).exists()
+    steady = KernelTable(choice={"*": ["w_xt2"]}, meta={"spread": 0.05})
+    monkeypatch.setattr(kernels, "tune_linear_kernels", lambda *a, **k: steady)
+    load_or_tune(target32.model, "probe-noisy", max_rows=1)
+    assert json.loads(table_path(target32.model, "probe-noisy", max_rows=1).read_text())["choice"] == steady.choice

@@ -134,7 +134,7 @@ def test_cost_page_shows_this_machines_kernel_table(env, target32):
     assert table is not None  # CPU float32: tuned at load
     box = next(e for e in at.expander if e.label.startswith("Matmul kernels of this machine"))
     text = " ".join(c.value for c in box.caption)
-    assert f"padded to the widths {', '.join(map(str, table.verify_widths()))} (tokens)" in text
+    assert f"padded to the widths {', '.join(map(str, target32.verify_widths))} (tokens)" in text
     assert target32.linear_kernels in text
     fig = _fig(at, "One verify forward per matmul kernel")
     names = [t["name"] for t in fig["data"]]
