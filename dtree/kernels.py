@@ -102,10 +102,6 @@ class KernelTable:
         return tuple(w for w in range(2, len(f) + 1) if not any(f[v - 1] < (1.0 - margin) * f[w - 1]
                                                                   for v in range(w + 1, len(f) + 1)))
 
-    @property
-    def max_rows(self) -> int:
-        return max((len(v) for v in self.choice.values()), default=0)
-
     def kernel(self, shape_key: str, rows: int) -> str:
         """The kernel for ``rows`` rows through a weight of ``shape_key`` (``linear`` outside the table)."""
         picks = self.choice.get(shape_key, self.choice.get("*"))
@@ -188,8 +184,7 @@ def tune_linear_kernels(model: torch.nn.Module, max_rows: int = DEFAULT_MAX_ROWS
 
     if max_rows < 1 or reps < 1:
         raise InputError("tune_linear_kernels", f"max_rows and reps must be >= 1, got {max_rows} and {reps}")
-    shapes = sorted({_shape_key(m.weight) for m in linear_modules(model)})
-    if not shapes:
+    if not linear_modules(model):
         raise InputError("tune_linear_kernels", "the model has no nn.Linear layers")
     rng = np.random.default_rng(seed)
     vocab = int(model.get_input_embeddings().num_embeddings)
@@ -197,7 +192,7 @@ def tune_linear_kernels(model: torch.nn.Module, max_rows: int = DEFAULT_MAX_ROWS
     cache = DynamicCache(config=model.config)
     model(input_ids=torch.as_tensor(rng.integers(0, vocab, (1, context)), device=param.device), cache=cache,
           use_cache=True)
-    uniform = {k: KernelTable(choice={s: [k] * max_rows for s in shapes}) for k in KERNELS}
+    uniform = {k: KernelTable(choice={"*": [k] * max_rows}) for k in KERNELS}
     previous = installed_table(model)
     samples = {(k, w): [] for k in KERNELS for w in range(1, max_rows + 1)}
     try:
