@@ -95,11 +95,15 @@ if run_clicked:
             live.empty()
         st.session_state["live_run"] = run
         st.session_state["live_store"] = None if store is None else str(store.path)  # the store it was logged to
+        # a disturbed first-use cost profile: caddtree's budgets came from it; say so beside the run
+        st.session_state["live_cost_warning"] = backend.cost_model_warning if method == "caddtree" else None
     except Exception as e:  # shown, app keeps running
         ui.show_error(e)
 
 run = st.session_state.get("live_run")
 if run is not None:
+    if st.session_state.get("live_cost_warning"):
+        st.warning("Cost model: " + st.session_state["live_cost_warning"])
     backend = ui.get_backend("embedded", run.dtype)
     decode = ui.decode_token_fn(backend.target.tokenizer)
     m = st.columns(5)

@@ -94,7 +94,9 @@ if go_clicked:
         st.session_state["arena_past"] = [tag] + keep[:5]  # the new bench is compared with the ones picked before
         st.session_state["arena_result"] = {"rows": bench.summary_rows(stats), "tag": tag, "n_prompts": len(prompts),
                                             "runs": total, "device": str(backend.target.device), "dtype": dtype,
-                                            "max_new": int(max_new), "set": set_name}
+                                            "max_new": int(max_new), "set": set_name,
+                                            "cost_warning": backend.cost_model_warning if any(
+                                                s.base == "caddtree" for s in specs) else None}
     except Exception as e:  # bad input or a failed run: message, app keeps running
         ui.show_error(e)
 
@@ -114,6 +116,8 @@ if res is not None:
     st.caption(f"{res['n_prompts']} prompt(s) from {res['set']!r}, {res['runs']} runs, up to {res['max_new']} new "
                f"tokens each, {res['dtype']} on {res['device']}, temperature 0. tokens/s and TPOT are medians per "
                f"prompt; tau and budget are means. Bench id `{res['tag']}`.")
+    if res.get("cost_warning"):
+        st.warning("Cost model used by caddtree: " + res["cost_warning"])
     bad = [r["method"] for r in rows if r["mismatches"]]
     if bad:
         st.warning(f"Output differs from {rows[0]['reference']}'s for {', '.join(bad)} on some prompts (exact only "

@@ -8,7 +8,6 @@ from __future__ import annotations
 import hashlib
 import json
 import time
-import warnings
 from pathlib import Path
 
 import numpy as np
@@ -177,6 +176,7 @@ class Backend:
             # a retrained checkpoint changes Cd: the auto-profiled cost model is cached per weights file
             self.drafter.fingerprint = hashlib.sha1((path / "model.safetensors").read_bytes()).hexdigest()[:12]
         self._cost_model = None
+        self.cost_model_warning: str | None = None  # set while the cost model in use is a disturbed auto-profile
         self._calibration = None
         self.cost_weights = None  # optional dtree.cost.CostWeights applied to every run's cost model
 
@@ -184,11 +184,13 @@ class Backend:
         """The cost model used by caddtree: ``path`` if given, else the cached auto-profile (profiled on first use).
 
         A first-use profile that looks disturbed (:meth:`dtree.cost.CostModel.disturbances`) is measured once more;
-        if it still does, it is used for this process with a warning (``warnings.warn``) and not cached."""
+        if it still does, it is used for this process and not cached, and :attr:`cost_model_warning` says so (the
+        CLI prints it, the pages show it)."""
         from .cost import CostModel
 
         if path is not None:
             self._cost_model = CostModel.load(path)
+            self.cost_model_warning = None
             return self._cost_model
         if self.current_cost_model() is None:  # none loaded, none cached (or the cached file is unusable): profile
             cm = profile_cost_model(self.target, self.drafter, progress=progress)
@@ -197,10 +199,12 @@ class Backend:
                 cm = profile_cost_model(self.target, self.drafter, progress=progress)
                 problems = cm.disturbances()
             self._cost_model = cm
+            self.cost_model_warning = None
             if problems:  # used for this process only: a later run profiles afresh instead of inheriting it
-                warnings.warn("the automatic cost profile looks disturbed (another job using the CPU?): "
-                              + "; ".join(problems) + ". It is used in this process but not cached; profile an idle "
-                              "machine with `python -m dtree profile`.", stacklevel=2)
+                self.cost_model_warning = (
+                    "the automatic cost profile looks disturbed (another job using the CPU?): " + "; ".join(problems)
+                    + ". It is used in this process but not cached; profile an idle machine with "
+                    "`python -m dtree profile`.")
             else:
                 auto = default_cost_model_path(self.target, self.drafter)
                 auto.parent.mkdir(parents=True, exist_ok=True)

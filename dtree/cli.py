@@ -69,18 +69,24 @@ def _add_cost_args(p) -> None:
 DRIFT_BAND = (0.8, 1.25)  # verify time / the cost model's Cv outside this band: say the profile looks stale
 
 
-def _drift_note(ratios, cm, store_path: str | None = None, tag: str | None = None) -> str | None:
+def _drift_note(ratios, cm, store_path: str | None = None, tag: str | None = None,
+                disturbed: bool = False) -> str | None:
     """A note when the verify forwards of these runs took a different time than the cost model they used predicted
-    (median of :func:`dtree.bench.verify_vs_model` outside :data:`DRIFT_BAND`); None otherwise or without ratios."""
+    (median of :func:`dtree.bench.verify_vs_model` outside :data:`DRIFT_BAND`); None otherwise or without ratios.
+    ``disturbed``: the cost model is this process's disturbed first-use profile (then the profile, not the machine,
+    is the likely cause)."""
     if not ratios:
         return None
     r = float(statistics.median(ratios))
     if DRIFT_BAND[0] <= r <= DRIFT_BAND[1]:
         return None
     when = (cm.meta.get("date") if cm is not None else None) or "an unknown date"
+    why = ("the profile was measured while something else used the CPU (see the warning above), so its times are "
+           "off" if disturbed else
+           "this machine's speed has changed since (a shared or throttled machine drifts by that much)")
     return (f"note: the verify forwards of these runs took {r:.2f}x the time their cost model predicts (median over "
             f"{'the speculative runs' if len(ratios) > 1 else 'the run'}; profiled "
-            f"{when}): this machine's speed has changed since (a shared or throttled machine drifts by that much). "
+            f"{when}): {why}. "
             "caddtree weighs Cd against Cv(n; L), so a stale profile moves its budgets: re-profile with `python -m "
             "dtree profile`"
             + (f", or fit weights to these runs (`python -m dtree fit-cost --store {store_path} --tag {tag} --out "
@@ -95,7 +101,15 @@ def _summary(run) -> dict:
             "phase_ms": {ph: round(sum(getattr(r, f"{ph}_ms") for r in run.rounds), 1)
                          for ph in ("draft", "build", "verify", "commit")},
             "verify_vs_model": _round_or_none(verify_vs_model(run), 3),
-            "drafted_rounds": sum(1 for r in run.rounds if r.drafted)}
+            "drafted_rounds": sum(1 for r in run.rounds if r.drafted),
+            "target": run.target, "drafter": run.drafter, "dtype": run.dtype, "device": run.device,
+            "params": run.params}  # every knob of the run, as stored with it (verify widths, kernels, Cv curve...)
+
+
+def _print_cost_model_warning(backend) -> None:
+    """Say on stderr when the cost model in use is a disturbed auto-profile (used, not cached)."""
+    if getattr(backend, "cost_model_warning", None):
+        print(f"warning: {backend.cost_model_warning}", file=sys.stderr)
 
 
 def _round_or_none(v, nd: int):
@@ -159,6 +173,7 @@ def cmd_decode(args) -> int:
         cm = backend.cost_model(progress=lambda d, t: print(f"\rprofiling this machine's cost model (first caddtree "
                                                             f"run only) {d}/{t}", end="\n" if d == t else "",
                                                             file=sys.stderr))
+        _print_cost_model_warning(backend)
         cad_cap = cfg.budget if cfg.budget is not None else DEFAULT_BUDGET["caddtree"]
     if calibrated:
         backend.calibration(path=args.calibration, progress=lambda d, t: print(
@@ -205,7 +220,7 @@ def cmd_decode(args) -> int:
             print(f"ar: {out['ar']['tokens_per_s']:.2f} tok/s; speedup {out['speedup_vs_ar']}x; "
                   f"identical output: {out['identical_to_ar']}", file=sys.stderr)
     note = _drift_note([out["verify_vs_model"]] if out["verify_vs_model"] is not None else [],
-                       backend.current_cost_model())
+                       backend.current_cost_model(), disturbed=backend.cost_model_warning is not None)
     if note:
         print(note, file=sys.stderr)
     return 0
@@ -568,8 +583,9 @@ def cmd_bench(args) -> int:
         print("note: --cost-weights change only the costs stored and shown with these runs; no tree size here depends "
               "on them (caddtree's does)", file=sys.stderr)
     if has_caddtree:
-        cm = backend.cost_model(progress=lambda d, t: print(f"\rprofiling cost model {d}/{t}", end="",
-                                                            file=sys.stderr))
+        cm = backend.cost_model(progress=lambda d, t: print(f"\rprofiling cost model {d}/{t}",
+                                                            end="\n" if d == t else "", file=sys.stderr))
+        _print_cost_model_warning(backend)
         from .engine import DEFAULT_BUDGET
 
         cad_keys = {bench.method_key(m, b): (b if b is not None else DEFAULT_BUDGET["caddtree"])
@@ -597,7 +613,8 @@ def cmd_bench(args) -> int:
     df = pd.DataFrame(rows)
     print(df.to_string(index=False, na_rep="-"))
     note = _drift_note([v for s in stats.values() for v in s.verify_vs_model], backend.current_cost_model(),
-                       store_path=args.store, tag=None if store is None else store.tag)
+                       store_path=args.store, tag=None if store is None else store.tag,
+                       disturbed=backend.cost_model_warning is not None)
     if note:
         print(note, file=sys.stderr)
     if "ar" in stats:
@@ -700,7 +717,9 @@ def cmd_diagnose(args) -> int:
         for p in prompts:
             backend.prepare(p, cfg)
         if cfg.method == "caddtree":
-            backend.cost_model(progress=lambda d, t: print(f"\rprofiling cost model {d}/{t}", end="", file=sys.stderr))
+            backend.cost_model(progress=lambda d, t: print(f"\rprofiling cost model {d}/{t}",
+                                                           end="\n" if d == t else "", file=sys.stderr))
+            _print_cost_model_warning(backend)
         store = None
         if not args.no_store:
             from .store import TraceStore

@@ -45,6 +45,8 @@ class TrainConfig:
     data_dir: str = "data/drafter"      # scratch folder (git-ignored): responses.jsonl, features/, state.pt
     n_prompts: int = 3000               # prompts to answer (the first n_heldout of the shuffled order are held out)
     n_heldout: int = 48
+    gen_skip: int = 0                   # --phase gen: skip this many prompts after the held-out ones (e.g. answered
+                                        # by an earlier run whose data folder is gone) and answer the ones after them
     extra_data: str = ""                # comma list of further data folders, each made by --phase gen with its own
                                         # --prompts (read back from <folder>/source.json); trained on together
     extra_share: float = 0.3            # share of each step's sequences drawn from the extra folders (when given)
@@ -216,6 +218,8 @@ def generate(cfg: TrainConfig) -> None:
         # answers are keyed by line number in the prompts file: another file, seed or held-out count would mix them
         raise InputError("data_dir", f"{cfg.data_dir} was generated from --prompts {old[1]} --seed {old[2]} "
                                      f"--n-heldout {old[3]}: continue with those, or use another --data-dir")
+    if cfg.gen_skip < 0:
+        raise InputError("gen_skip", f"must be >= 0, got {cfg.gen_skip}")
     load_prompts(cfg.prompts, 1, cfg.seed)  # a bad prompts file fails before the model loads
     torch.set_num_threads(cfg.threads)
     target = load_target(cfg.target, dtype=cfg.gen_dtype, device="cpu")
@@ -225,7 +229,9 @@ def generate(cfg: TrainConfig) -> None:
     fdir.mkdir(parents=True, exist_ok=True)
     (Path(cfg.data_dir) / "source.json").write_text(json.dumps(src, indent=1))
     done = {i for i, d in read_responses(cfg.data_dir).items() if (fdir / d["shard"]).exists()}
-    todo = [(i, q) for i, q in load_prompts(cfg.prompts, cfg.n_prompts, cfg.seed) if i not in done]
+    order = load_prompts(cfg.prompts, cfg.n_prompts + cfg.gen_skip, cfg.seed)
+    order = order[:cfg.n_heldout] + order[cfg.n_heldout + cfg.gen_skip:]  # held-out prompts are always answered
+    todo = [(i, q) for i, q in order if i not in done]
     eos = set(target.eos_ids)
     pad = tok.pad_token_id if tok.pad_token_id is not None else min(eos)
     print(f"[gen] {len(done)} done, {len(todo)} to go; layers {layer_ids}; batch {cfg.gen_batch}", flush=True)

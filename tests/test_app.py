@@ -163,12 +163,15 @@ def test_live_decode_measured_cv(store_env, tiny_cost):
         assert s.load_run(int(runs["id"].iloc[0])).cost_model["curve"] == "measured"
 
 
-def test_live_decode_ar_fallback(store_env, tiny_cost):
+def test_live_decode_ar_fallback(store_env, tiny_cost, monkeypatch):
     """caddtree with "AR fallback": stored as caddtree-fallback (its params say so), every round is either drafted or
-    a plain target step saying why; the option is off for other methods."""
+    a plain target step saying why; the option is off for other methods. A disturbed first-use cost profile in use is
+    said beside the run."""
     from dtree.store import TraceStore
 
-    _live_caddtree_option("fallback")
+    monkeypatch.setattr(tiny_cost, "cost_model_warning", "the automatic cost profile looks disturbed (test)")
+    at = _live_caddtree_option("fallback")
+    assert any("looks disturbed (test)" in w.value for w in at.warning)
     with TraceStore(store_env) as s:
         runs = s.list_runs()
         assert runs["method"].tolist() == ["caddtree-fallback"]

@@ -187,6 +187,9 @@ def test_drift_note_only_outside_the_band():
     slow = _drift_note([1.6, 1.7, 0.9], CM(), store_path="s.sqlite", tag="bench:x")
     assert "1.60x" in slow and "2026-11-29" in slow and "--tag bench:x" in slow and "dtree profile" in slow
     assert "0.50x" in _drift_note([0.5], None)
+    assert "speed has changed" in slow and "something else used the CPU" not in slow
+    both = _drift_note([1.6], CM(), disturbed=True)  # a disturbed first-use profile: blamed, not the machine
+    assert "something else used the CPU" in both and "speed has changed" not in both
 
 
 def test_bench_cli_uses_the_given_cost_model_and_weights(backend32, two_prompts, tmp_path, monkeypatch, capsys):

@@ -28,6 +28,11 @@ def test_decode_json_with_compare_ar(tmp_path, capsys, backend32):
     assert _n_runs(store) == 2
     assert out["ar"]["verify_vs_model"] is None  # AR runs store no cost model
     assert out["verify_vs_model"] is None or out["verify_vs_model"] > 0  # ddtree: only when a profile exists here
+    # the JSON carries the run's knobs exactly as the store keeps them
+    with sqlite3.connect(store) as c:
+        stored = json.loads(c.execute("select params from runs where id = ?", (out["run_id"],)).fetchone()[0])
+    assert out["params"] == stored and out["params"]["budget"] == 4
+    assert out["params"]["verify_widths"] and out["dtype"] == "float32" and out["drafter"]
     # the budget may also ride on the method key, as in bench (ddtree-adapt:4 == --method ddtree-adapt --budget 4)
     rc = main(["decode", "--prompt", "What is 3 + 4?", "--method", "ddtree-adapt:4", "--max-new-tokens", "8",
                "--dtype", "float32", "--device", "cpu", "--json", "--store", str(store)])

@@ -468,7 +468,7 @@ def test_disturbances_flag_a_profile_measured_beside_another_job():
     assert len(problems) == 1 and "convex fit is" in problems[0]
 
 
-def test_backend_does_not_cache_a_disturbed_auto_profile(backend32, tmp_path, monkeypatch):
+def test_backend_does_not_cache_a_disturbed_auto_profile(backend32, tmp_path, monkeypatch, capsys):
     """First use: a disturbed profile is measured once more; still disturbed, it is used with a warning and not
     cached; a quiet one is cached."""
     from dtree import backend as backend_mod
@@ -483,12 +483,18 @@ def test_backend_does_not_cache_a_disturbed_auto_profile(backend32, tmp_path, mo
     queue = [noisy, noisy]
     monkeypatch.setattr(backend_mod, "profile_cost_model", lambda *a, **k: queue.pop(0))
     auto = backend_mod.default_cost_model_path(backend32.target, backend32.drafter)
-    with pytest.warns(UserWarning, match="looks disturbed"):
-        assert backend32.cost_model() is noisy
+    assert backend32.cost_model() is noisy
     assert queue == [] and not auto.exists()
+    assert "looks disturbed" in backend32.cost_model_warning and "not cached" in backend32.cost_model_warning
+    # the CLI says it as a one-line warning, not as a Python warning with a source location
+    from dtree.cli import _print_cost_model_warning
+    _print_cost_model_warning(backend32)
+    err = capsys.readouterr().err
+    assert err.startswith("warning: the automatic cost profile looks disturbed") and "UserWarning" not in err
     monkeypatch.setattr(backend32, "_cost_model", None)
     queue = [noisy, quiet]
     assert backend32.cost_model() is quiet and queue == [] and auto.exists()
+    assert backend32.cost_model_warning is None
     monkeypatch.setattr(backend32, "_cost_model", None)
 
 

@@ -73,11 +73,13 @@ def test_arena_runs_bench_table_charts_and_past(store_env):
     assert past["speedup_vs_ar"].tolist() == df["speedup_vs_ar"].tolist()
 
 
-def test_arena_offers_and_runs_variants(store_env, tiny_cost, fake_calibration):
+def test_arena_offers_and_runs_variants(store_env, tiny_cost, fake_calibration, monkeypatch):
     """The -spine / -cal variants are offered; a bench of two runs them (the calibration fitted once, first)."""
     from dtree.records import VARIANTS, parse_method
     from dtree.store import TraceStore
 
+    # as if this process's first-use profile had looked disturbed: the bench says so beside its table
+    monkeypatch.setattr(tiny_cost, "cost_model_warning", "the automatic cost profile looks disturbed (test)")
     at = _arena(methods=["ar", "ddtree-spine:16", "caddtree-cal-spine"])
     offered = at.multiselect(key="arena_methods").options
     assert {"caddtree-spine", "caddtree-cal", "caddtree-cal-spine", "ddtree-spine:16", "ddtree-cal:16"} <= set(offered)
@@ -86,6 +88,7 @@ def test_arena_offers_and_runs_variants(store_env, tiny_cost, fake_calibration):
     _ok(at)
     assert at.dataframe[0].value["method"].tolist() == ["ar", "ddtree-spine:16", "caddtree-cal-spine"]
     assert fake_calibration == [(1, 2), (2, 2)]  # fitted once, before the bench, with progress
+    assert any("looks disturbed (test)" in w.value for w in at.warning)
     with TraceStore(store_env) as s:
         runs = s.list_runs()
     assert sorted(runs["method"]) == ["ar", "caddtree-cal-spine", "ddtree-spine"]
