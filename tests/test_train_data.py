@@ -118,6 +118,20 @@ def test_training_on_two_folders_end_to_end(tmp_path):
     assert res["step"] == 3 and set(meta["heldout_tau_per_set"]) == {"math"} and meta["heldout_tau"] < 99.0
 
 
+def test_gen_skip_answers_the_held_out_prompts_and_the_ones_after_the_skipped(tmp_path):
+    """--gen-skip K: the held-out prompts are answered, the next K of the shuffled order are not, then n_prompts
+    minus the held-out ones; a negative K is refused before the model loads."""
+    p = tmp_path / "q.jsonl"
+    p.write_text("".join(json.dumps({"question": f"What is {i} + {i}?"}) + "\n" for i in range(6)))
+    common = dict(prompts=str(p), data_dir=str(tmp_path / "d"), n_heldout=1, max_new_tokens=2, gen_batch=4,
+                  threads=2)
+    with pytest.raises(InputError, match="gen_skip"):
+        T.generate(T.TrainConfig(n_prompts=2, gen_skip=-1, **common))
+    T.generate(T.TrainConfig(n_prompts=3, gen_skip=2, **common))
+    order = [i for i, _ in T.load_prompts(str(p), 6, 0)]
+    assert set(T.read_responses(tmp_path / "d")) == {order[0], order[3], order[4]}
+
+
 def _harvester():
     spec = importlib.util.spec_from_file_location("code_prompts", ROOT / "scripts" / "code_prompts.py")
     mod = importlib.util.module_from_spec(spec)
