@@ -786,6 +786,35 @@ def hardware_description(device) -> str:
     return f"CPU {cpu}, {torch.get_num_threads()} threads"
 
 
+def timed_tree_verify(model, cache, n_nodes: int, context: int, rng: np.random.Generator, dtype, device,
+                      width: int | None = None, hidden_states: bool = False, sync: Callable[[], None] | None = None
+                      ) -> float:
+    """Seconds of one target forward verifying a random draft tree, as the engine's verify runs it.
+
+    Builds a random tree of ``n_nodes`` nodes (:func:`dtree.trees.random_tree`, token ids from ``rng`` below the
+    model's vocabulary size) over the ``context`` tokens ``cache`` holds, with its tree-attention mask and depth
+    positions (:func:`dtree.trees.tree_attention_inputs`, padded to ``width`` tokens when given), times one forward
+    of ``n_nodes + 1`` (or ``width``) tokens with ``time.perf_counter`` (``sync()`` before and after, e.g.
+    ``torch.cuda.synchronize``), then crops the cache back to ``context`` entries. ``hidden_states`` asks the model
+    for every layer's output as the engine's speculative verify does. Call it under ``torch.inference_mode()``.
+    Shared by :func:`profile_verify`, :func:`dtree.kernels.tune_linear_kernels` and the A/B scripts.
+    """
+    from .trees import random_tree, tree_attention_inputs
+
+    vocab = int(model.get_input_embeddings().num_embeddings)
+    ids, pos, mask = tree_attention_inputs(random_tree(int(n_nodes), rng, vocab), context, dtype, device, width=width)
+    if sync is not None:
+        sync()
+    t0 = time.perf_counter()
+    model(input_ids=ids, attention_mask=mask, position_ids=pos, cache=cache, use_cache=True,
+          output_hidden_states=hidden_states)
+    if sync is not None:
+        sync()
+    dt = time.perf_counter() - t0
+    cache.crop(-ids.shape[1])
+    return dt
+
+
 def profile_verify(
     model,
     contexts: Sequence[int],
@@ -833,7 +862,7 @@ def profile_verify(
     import torch
     from transformers import DynamicCache
 
-    from .trees import random_tree, tree_attention_inputs, verify_width
+    from .trees import verify_width
 
     contexts_a = _as_grid("contexts", contexts, integer=True)
     nodes_a = _as_grid("nodes", nodes, integer=True)
@@ -855,15 +884,8 @@ def profile_verify(
             torch.cuda.synchronize(device)
 
     def verify(cache, L: int, n: int) -> float:
-        tree = random_tree(n, rng, vocab)
-        ids, pos, mask = tree_attention_inputs(tree, L, dtype, device, width=verify_width(n + 1, widths))
-        sync()
-        t0 = time.perf_counter()
-        model(input_ids=ids, attention_mask=mask, position_ids=pos, cache=cache, use_cache=True)
-        sync()
-        dt = time.perf_counter() - t0
-        cache.crop(-ids.shape[1])
-        return dt
+        return timed_tree_verify(model, cache, n, L, rng, dtype, device, width=verify_width(n + 1, widths),
+                                 sync=sync)
 
     total = len(contexts_a) * len(nodes_a) * repeats
     done = 0

@@ -29,7 +29,6 @@ import os
 import platform
 import statistics
 import sys
-import time
 import types
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -180,7 +179,7 @@ def tune_linear_kernels(model: torch.nn.Module, max_rows: int = DEFAULT_MAX_ROWS
     import numpy as np
     from transformers import DynamicCache
 
-    from .trees import random_tree, tree_attention_inputs
+    from .cost import timed_tree_verify
 
     if max_rows < 1 or reps < 1:
         raise InputError("tune_linear_kernels", f"max_rows and reps must be >= 1, got {max_rows} and {reps}")
@@ -203,13 +202,8 @@ def tune_linear_kernels(model: torch.nn.Module, max_rows: int = DEFAULT_MAX_ROWS
                 for w in rng.permutation(max_rows) + 1:
                     if kernel == "w_xt2" and w > 1:
                         continue  # the same products as w_xt there
-                    ids, pos, mask = tree_attention_inputs(random_tree(int(w) - 1, rng, vocab), context,
-                                                           param.dtype, param.device)
-                    t0 = time.perf_counter()
-                    model(input_ids=ids, attention_mask=mask, position_ids=pos, cache=cache, use_cache=True,
-                          output_hidden_states=True)
-                    dt = time.perf_counter() - t0
-                    cache.crop(-ids.shape[1])
+                    dt = timed_tree_verify(model, cache, int(w) - 1, context, rng, param.dtype, param.device,
+                                           hidden_states=True)
                     if rep:
                         samples[(kernel, int(w))].append(dt)
             if progress is not None:

@@ -22,7 +22,6 @@ import argparse
 import json
 import statistics
 import sys
-import time
 from pathlib import Path
 
 import numpy as np
@@ -34,7 +33,7 @@ from dtree.backend import Backend  # noqa: E402
 from dtree.bench import load_prompts, parse_methods  # noqa: E402
 from dtree.engine import DecodeConfig  # noqa: E402
 from dtree.kernels import install_linear_kernels, load_or_tune, remove_linear_kernels  # noqa: E402
-from dtree.trees import random_tree, tree_attention_inputs  # noqa: E402
+from dtree.cost import timed_tree_verify  # noqa: E402
 
 
 def set_arm(target, table, on: bool, widths: tuple[int, ...]) -> None:
@@ -62,13 +61,8 @@ def forward_ab(target, table, context: int, widths: list[int], repeats: int) -> 
             for j in rng.permutation(len(arms)):
                 t, on = arms[j]
                 set_arm(target, table, on, ())
-                tree = random_tree(t - 1, rng, vocab)
-                ids, pos, mask = tree_attention_inputs(tree, context, target.dtype, target.device)
-                t0 = time.perf_counter()
-                model(input_ids=ids, attention_mask=mask, position_ids=pos, cache=cache, use_cache=True,
-                      output_hidden_states=True)
-                dt = time.perf_counter() - t0
-                cache.crop(-ids.shape[1])
+                dt = timed_tree_verify(model, cache, t - 1, context, rng, target.dtype, target.device,
+                                       hidden_states=True)
                 if rep:
                     samples.setdefault((t, on), []).append(dt)
     rows = []

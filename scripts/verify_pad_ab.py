@@ -22,7 +22,6 @@ import argparse
 import json
 import statistics
 import sys
-import time
 from pathlib import Path
 
 import numpy as np
@@ -33,7 +32,8 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from dtree.backend import Backend  # noqa: E402
 from dtree.bench import load_prompts, parse_methods  # noqa: E402
 from dtree.engine import DecodeConfig  # noqa: E402
-from dtree.trees import random_tree, tree_attention_inputs, verify_width  # noqa: E402
+from dtree.cost import timed_tree_verify  # noqa: E402
+from dtree.trees import verify_width  # noqa: E402
 
 
 def forward_ab(target, context: int, widths: list[int], pad: tuple[int, ...], repeats: int) -> dict:
@@ -50,14 +50,8 @@ def forward_ab(target, context: int, widths: list[int], pad: tuple[int, ...], re
         for rep in range(repeats + 1):  # pass 0 warms every shape up, untimed
             for j in rng.permutation(len(arms)):
                 t, m = arms[j]
-                tree = random_tree(t - 1, rng, vocab)
-                ids, pos, mask = tree_attention_inputs(tree, context, target.dtype, target.device,
-                                                       width=verify_width(t, m))
-                t0 = time.perf_counter()
-                model(input_ids=ids, attention_mask=mask, position_ids=pos, cache=cache, use_cache=True,
-                      output_hidden_states=True)
-                dt = time.perf_counter() - t0
-                cache.crop(-ids.shape[1])
+                dt = timed_tree_verify(model, cache, t - 1, context, rng, target.dtype, target.device,
+                                       width=verify_width(t, m), hidden_states=True)
                 if rep:
                     samples.setdefault((t, m), []).append(dt * 1e3)
     rows = []
