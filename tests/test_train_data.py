@@ -164,3 +164,24 @@ def test_code_prompt_harvester(tmp_path):
     empty.mkdir()
     (empty / "u.py").write_text("def undocumented(x):\n    return x\n")
     assert h.main(["--out", str(out), "--roots", str(empty)]) == 2  # nothing harvestable
+
+
+def test_chat_prompt_templates(tmp_path):
+    """Template chat prompts: unique, filled (no placeholder left), none equal to an MT-Bench turn, a seeded order
+    that --limit cuts and another seed reorders; readable by the generator."""
+    spec = importlib.util.spec_from_file_location("chat_prompts", ROOT / "scripts" / "chat_prompts.py")
+    mod = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(mod)
+    out = tmp_path / "chat.jsonl"
+    assert mod.main(["--out", str(out)]) == 0
+    rows = [json.loads(line) for line in out.read_text().splitlines()]
+    texts = [r["prompt"] for r in rows]
+    assert len(texts) == len(set(texts)) > 500 and not any("{" in t for t in texts)
+    assert not set(texts) & mod.mt_bench_turns()
+    assert mod.main(["--out", str(out), "--limit", "7"]) == 0
+    assert [json.loads(line)["prompt"] for line in out.read_text().splitlines()] == texts[:7]
+    other = [r["prompt"] for r in mod.build(seed=1)]
+    assert other != texts and sorted(other) == sorted(texts)
+    assert len(T.load_prompts(str(out), 10, 0)) == 7
+    with pytest.raises(SystemExit):
+        mod.main(["--out", str(out), "--limit", "-1"])
