@@ -185,3 +185,12 @@ def test_chat_prompt_templates(tmp_path):
     assert len(T.load_prompts(str(out), 10, 0)) == 7
     with pytest.raises(SystemExit):
         mod.main(["--out", str(out), "--limit", "-1"])
+
+
+def test_batch_by_length_keeps_held_out_first_and_sorts_within_windows():
+    todo = [(i, "x" * n) for i, n in enumerate([9, 1, 7, 3, 8, 2, 6, 4, 5, 10])]
+    out = T.batch_by_length(todo, encode=lambda q: list(q), first={2, 0}, batch=2, window=2)
+    assert sorted(out) == sorted(todo)  # the same pairs
+    assert [i for i, _ in out[:2]] == [0, 2]  # held out: in front, in their order
+    rest = [len(q) for _, q in out[2:]]
+    assert rest == [1, 2, 3, 8, 4, 5, 6, 10]  # windows of 4 (lengths 1,3,8,2 | 6,4,5,10), each sorted
