@@ -77,3 +77,6 @@ b issue3-gsm8k50-kernels-fp32 --dataset gsm8k --limit 50 --methods "$I3" --max-n
 "$PY" scripts/issue4_report.py --store "$STORE" --latest --out docs/bench/issue3-gsm8k50-kernels-report.json > docs/bench/issue3-gsm8k50-kernels-report.md
 b issue3-humaneval50-kernels-fp32 --dataset humaneval --limit 50 --methods "$I3" --max-new-tokens 128 --dtype float32
 "$PY" scripts/issue4_report.py --store "$STORE" --latest --out docs/bench/issue3-humaneval50-kernels-report.json > docs/bench/issue3-humaneval50-kernels-report.md
+# session 12: drafter v6 (GSM8K only, for time; its second half ran beside a test suite, so only its tau columns and
+# output checks stand)
+b issue3-gsm8k20-v6-fp32 --dataset gsm8k --limit 20 --methods ar,chain,ddtree:3,caddtree --max-new-tokens 128 --dtype float32
