@@ -1,13 +1,12 @@
 """Cost model: profile the verify cost of this machine (or load a file), see Cv(n; L) and Cd, move the cost weights and
 watch a logged round's theta(n) curve and chosen budget follow."""
 
-import os
-
 import streamlit as st
 
 from dtree import figures, ui
 from dtree.backend import cost_model_mismatch, profile_cost_model
 from dtree.cost import FIT_GAP_WARN
+from dtree.models import verify_widths_from_env
 from dtree.replay import round_marginals
 from dtree.trees import best_path_logprobs, theta_curve_for
 
@@ -206,7 +205,7 @@ if backend is not None:
                        "kernels and installed the fastest per width (in the target and the drafter). Verifies are "
                        f"padded to the widths {', '.join(map(str, backend.target.verify_widths)) or 'none'} (tokens)"
                        + (": the cheapest measured width at or above their size" if not
-                          os.environ.get("DTREE_VERIFY_WIDTHS", "").strip() else " (set by DTREE_VERIFY_WIDTHS)")
+                          verify_widths_from_env() else " (set by DTREE_VERIFY_WIDTHS)")
                        + f". Cost profiles are kept per kernel table ({backend.target.linear_kernels}): a new "
                        "table means a new profile.")
             try:

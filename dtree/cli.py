@@ -108,7 +108,7 @@ def _summary(run) -> dict:
 
 def _print_cost_model_warning(backend) -> None:
     """Say on stderr when the cost model in use is a disturbed auto-profile (used, not cached)."""
-    if getattr(backend, "cost_model_warning", None):
+    if backend.cost_model_warning:
         print(f"warning: {backend.cost_model_warning}", file=sys.stderr)
 
 

@@ -133,6 +133,12 @@ MAX_VERIFY_WIDTH = 64
 """Widest padding width :func:`default_verify_widths` accepts: padding only pays for narrow verifies."""
 
 
+def verify_widths_from_env() -> bool:
+    """Whether ``DTREE_VERIFY_WIDTHS`` is set (non-blank): then it, not the defaults or the kernel table, gives the
+    verify padding widths (:func:`default_verify_widths`)."""
+    return bool(os.environ.get("DTREE_VERIFY_WIDTHS", "").strip())
+
+
 def default_verify_widths(device: torch.device, dtype: torch.dtype) -> tuple[int, ...]:
     """The widths tree verifies are padded to (:attr:`Target.verify_widths`, :func:`dtree.trees.verify_width`):
     :data:`CPU_FP32_VERIFY_WIDTHS` for float32 on CPU, where they were measured; none elsewhere (bf16 on CPU and
@@ -142,8 +148,8 @@ def default_verify_widths(device: torch.device, dtype: torch.dtype) -> tuple[int
     Raises:
         InputError: a ``DTREE_VERIFY_WIDTHS`` that is neither ``none`` nor such a list.
     """
-    env = os.environ.get("DTREE_VERIFY_WIDTHS")
-    if env is not None and env.strip() != "":
+    if verify_widths_from_env():
+        env = os.environ["DTREE_VERIFY_WIDTHS"]
         if env.strip().lower() == "none":
             return ()
         try:
@@ -356,7 +362,7 @@ def load_target(spec: str = EMBEDDED, dtype: str | torch.dtype | None = None, de
         table = load_or_tune(model, spec or EMBEDDED)  # ~30 s once per machine, then read from the cache
         install_linear_kernels(model, table)
         kernels = f"tuned:{table.fingerprint}"
-        if not os.environ.get("DTREE_VERIFY_WIDTHS", "").strip():
+        if not verify_widths_from_env():
             widths = table.verify_widths() or widths  # padding read from the measured forward widths
     target = Target(model=model, tokenizer=tok, name=spec or EMBEDDED, dtype=dt, device=dev,
                     verify_widths=widths, linear_kernels=kernels)

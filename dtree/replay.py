@@ -348,10 +348,10 @@ def adaptive_calibrations(run: RunRecord, settings: dict | None = None) -> list[
     return out
 
 
-def _reads_measured_cv(method: str, runs: list[RunRecord]) -> bool:
-    """Whether these runs' greedy stops read the measured Cv: a ``-rawcv`` method, or plain caddtree runs whose profile
+def _reads_measured_cv(method: str, run: RunRecord) -> bool:
+    """Whether this run's greedy stops read the measured Cv: a ``-rawcv`` method, or a plain caddtree run whose profile
     the convex fit missed (the engine's :func:`dtree.engine.auto_cv_curve`, logged as ``params.cv_curve``)."""
-    return parse_method(method).raw_cv or any((r.params or {}).get("cv_curve") for r in runs)
+    return parse_method(method).raw_cv or bool((run.params or {}).get("cv_curve"))
 
 
 def prepare(runs: RunRecord | Iterable[RunRecord], max_nodes: int, cost: CostModel | None = None,
@@ -708,8 +708,7 @@ def sweep_budgets(runs: RunRecord | Iterable[RunRecord], budgets: Iterable[int] 
             continue
         b = cmax if b is None else b
         pv = prepare(runs, min(b, kmin), cost, spine=spec.spine, calibrated=spec.calibrated, calibration=calibration,
-                     adaptive=spec.adaptive, raw_cv=spec.raw_cv,
-                auto_cv=spec.base == "caddtree")
+                     adaptive=spec.adaptive, raw_cv=spec.raw_cv, auto_cv=spec.base == "caddtree")
         cdv, cvv = _cost_tables(pv)
         sv = _replay_prepared(pv, name, b, cdv, cvv, overhead)
         out.append(_row(sv))
@@ -830,8 +829,7 @@ def check_unimodal(runs: RunRecord | Iterable[RunRecord], cost: CostModel | None
     kmin = _kmin(runs)
     M = min(cmax, kmin)
     p = prepare(runs, M, cost, spine=spec.spine, calibrated=spec.calibrated, calibration=calibration,
-                adaptive=spec.adaptive, raw_cv=spec.raw_cv,
-                auto_cv=spec.base == "caddtree")
+                adaptive=spec.adaptive, raw_cv=spec.raw_cv, auto_cv=spec.base == "caddtree")
     cd, cv = _cost_tables(p)
     theta = _theta_table(p, cd, cv, M)
     cap = np.minimum(p.n_avail, M)
@@ -1161,7 +1159,7 @@ def unimodal_summary(runs: Iterable[RunRecord], cost: CostModel | None = None, r
         except InputError:
             continue
         if parse_method(name).base == "caddtree" and run.rounds:
-            groups.setdefault((name, budget, _reads_measured_cv(name, [run])), []).append(run)
+            groups.setdefault((name, budget, _reads_measured_cv(name, run)), []).append(run)
     out, errors, frames = [], [], []
     for (name, budget, measured), grp in groups.items():
         try:
