@@ -442,7 +442,8 @@ def oracle_comparison(rows: list[dict], budgets=ORACLE_BUDGETS, reference: str =
 
     Args:
         rows: :func:`summary_rows` of one bench (live median tokens/s per method key).
-        budgets: the fixed budgets the oracle may pick from (plain ``ddtree:B`` rows only, no variants).
+        budgets: the fixed budgets the oracle may pick from (plain ``ddtree:B`` rows only, no variants); None =
+            every plain ``ddtree:B`` row of the bench (issue 3's "best fixed budget among those run").
         reference: a second fixed row to compare with (default ``ddtree:64``), when present.
 
     Returns:
@@ -459,11 +460,11 @@ def oracle_comparison(rows: list[dict], budgets=ORACLE_BUDGETS, reference: str =
         except InputError:
             return None, None
 
-    allowed = {int(b) for b in budgets}
+    allowed = None if budgets is None else {int(b) for b in budgets}
     fixed = []
     for r in rows:
         name, b = parsed(r["method"])
-        if name == "ddtree" and b in allowed:
+        if name == "ddtree" and b is not None and (allowed is None or b in allowed):
             fixed.append((r["tok_s"], b, r["method"]))
     oracle = None
     if fixed:

@@ -10,7 +10,8 @@ Sections (no model is loaded; everything comes from the stored runs):
 (a) per method: live tokens/s (median over prompts, as ``dtree.bench.summary_rows``), mean tau, mean budget and
     build share of round time;
 (b) the oracle fixed budget: the ``ddtree:B`` row with the highest live tokens/s (B in 4, 8, 16, 32, 64, 128, among
-    those benched), and caddtree (and its variants) over the oracle and over ``ddtree:64``;
+    those benched; ``--oracle-budgets all``: any B benched, e.g. issue 3's ddtree:3), and caddtree (and its variants)
+    over the oracle and over ``ddtree:64``;
 (c) replay vs live: every speculative run replayed under its own method, budget, stored cost model and stored
     calibration (``dtree.replay.replay_vs_live``); per method the median relative error of the predicted tokens/s
     (Cd + Cv per round, as the paper's model) against the measured one, the pooled ratio sum(pred tokens) / sum(pred
@@ -57,8 +58,9 @@ def resolve_tag(store, tag: str | None, latest: bool) -> str:
     return tag
 
 
-def build_report(store, tag: str, tol: float = TOL) -> dict:
-    """Every figure of the report as a JSON-ready dict (see the module docstring)."""
+def build_report(store, tag: str, tol: float = TOL, oracle_budgets: str = "issue4") -> dict:
+    """Every figure of the report as a JSON-ready dict (see the module docstring). ``oracle_budgets``: ``"issue4"``
+    (the oracle is picked among B in 4..128, powers of two) or ``"all"`` (among every plain ddtree:B benched)."""
     from dtree.bench import (
         ORACLE_BUDGETS,
         bench_runs,
@@ -87,7 +89,9 @@ def build_report(store, tag: str, tol: float = TOL) -> dict:
     rows = summary_rows(stats)
     methods = [{k: r[k] for k in ("method", "tok_s", "speedup_vs_ar", "mean_tau", "mean_budget", "build_share_%",
                                   "build_ms_per_round", "mismatches", "reference")} for r in rows]
-    oracle = oracle_comparison(rows, ORACLE_BUDGETS)
+    if oracle_budgets not in ("issue4", "all"):
+        raise InputError("oracle-budgets", f"must be 'issue4' or 'all', got {oracle_budgets!r}")
+    oracle = oracle_comparison(rows, ORACLE_BUDGETS if oracle_budgets == "issue4" else None)
     for r in oracle["ratios"]:  # 90% paired-bootstrap intervals over prompts (the oracle's method held fixed)
         _, r["vs_oracle_ci90"] = ratio_with_interval(stats, r["method"], (oracle["oracle"] or {}).get("method"))
         _, r["vs_reference_ci90"] = ratio_with_interval(stats, r["method"], oracle["reference"]["method"])
@@ -288,6 +292,9 @@ def main(argv: list[str] | None = None) -> int:
     which.add_argument("--tag", help="bench tag (bench:<time>:<set>, as the Speedup arena lists it)")
     which.add_argument("--latest", action="store_true", help="the newest bench in the store")
     ap.add_argument("--out", default=None, help="also write the report as JSON to this file")
+    ap.add_argument("--oracle-budgets", choices=("issue4", "all"), default="issue4",
+                    help="fixed budgets the oracle is picked from: issue4 = B in 4, 8, ..., 128 (default); "
+                         "all = every plain ddtree:B of the bench")
     args = ap.parse_args(argv)
     try:
         if not Path(args.store).is_file():
@@ -298,7 +305,7 @@ def main(argv: list[str] | None = None) -> int:
 
         with TraceStore(args.store) as store:
             tag = resolve_tag(store, args.tag, args.latest)
-            rep = build_report(store, tag)
+            rep = build_report(store, tag, oracle_budgets=args.oracle_budgets)
     except InputError as e:
         print(f"error: {e}", file=sys.stderr)
         return 2

@@ -461,6 +461,9 @@ def test_oracle_comparison_picks_best_fixed_budget():
     assert o["reference"] == {"method": "ddtree:64", "tok_s": 12.0}
     assert o["ratios"] == [{"method": "caddtree", "tok_s": 18.0, "vs_oracle": 1.125, "vs_reference": 1.5},
                            {"method": "caddtree-cal", "tok_s": 8.0, "vs_oracle": 0.5, "vs_reference": 0.667}]
+    o = oracle_comparison(rows, budgets=None)  # every plain fixed budget benched, ddtree:12 included
+    assert o["oracle"] == {"method": "ddtree:12", "budget": 12, "tok_s": 30.0}
+    assert o["candidates"] == ["ddtree:4", "ddtree:12", "ddtree:16", "ddtree:64"]
     o = oracle_comparison([{"method": "caddtree", "tok_s": 5.0}])
     assert o["oracle"] is None and o["ratios"][0]["vs_oracle"] is None and o["reference"]["tok_s"] is None
 
@@ -522,6 +525,11 @@ def test_issue4_report_end_to_end_on_a_synthetic_bench(tmp_path, capsys):
     lo, hi = cad["vs_oracle_ci90"]
     assert cad["method"] == "caddtree" and lo <= cad["vs_oracle"] <= hi and cad["vs_reference_ci90"] is None
     assert "vs_caddtree" not in cad  # plain CaDDTree is the base of that column
+    with TraceStore(path) as store:
+        rep_all = report.build_report(store, tag, oracle_budgets="all")
+        assert rep_all["oracle"]["candidates"] == rep["oracle"]["candidates"] == ["ddtree:4", "ddtree:8"]
+        with pytest.raises(InputError, match="oracle-budgets"):
+            report.build_report(store, tag, oracle_budgets="some")
     pm = {m["method"]: m for m in rep["replay_vs_live"]["per_method"]}
     assert pm["ddtree:4"]["median_rel_err"] == pytest.approx(0.0, abs=1e-9) and not pm["caddtree"]["within_tol"]
     assert rep["replay_vs_live"]["tau_match_share"] == 1.0 and len(rep["replay_vs_live"]["per_run"]) == 6
