@@ -381,21 +381,24 @@ class TraceStore:
     @contextmanager
     def _write(self) -> Iterator[sqlite3.Connection]:
         """One write transaction (BEGIN IMMEDIATE ... COMMIT), rolled back on any error."""
-        with self._lock:
+        with self._lock, self._corruption_as_input_error():
             conn = self._get_conn()
             conn.execute("BEGIN IMMEDIATE")
             try:
                 yield conn
             except BaseException:
                 if conn.in_transaction:
-                    conn.execute("ROLLBACK")
+                    try:
+                        conn.execute("ROLLBACK")
+                    except sqlite3.DatabaseError:
+                        pass  # a damaged file may refuse even that; SQLite undoes the transaction on close
                 raise
             conn.execute("COMMIT")
 
     @contextmanager
     def _read(self) -> Iterator[sqlite3.Connection]:
         """One read transaction: a consistent snapshot across several SELECTs."""
-        with self._lock:
+        with self._lock, self._corruption_as_input_error():
             conn = self._get_conn()
             conn.execute("BEGIN")
             try:
@@ -403,6 +406,19 @@ class TraceStore:
             finally:
                 if conn.in_transaction:
                     conn.execute("COMMIT")
+
+    @contextmanager
+    def _corruption_as_input_error(self) -> Iterator[None]:
+        """A damaged database file (SQLite's plain ``DatabaseError``, e.g. "database disk image is malformed", raised
+        only when a damaged page is touched) becomes an :class:`InputError` naming the file; locks, constraint and
+        programming errors (``DatabaseError`` subclasses) pass through unchanged."""
+        try:
+            yield
+        except sqlite3.DatabaseError as e:
+            if type(e) is not sqlite3.DatabaseError:
+                raise
+            raise InputError("store", f"{self.path} is damaged ({e}); nothing was written to it. Choose another file "
+                                      "(--store / DTREE_STORE), or try `sqlite3 FILE .recover` on a copy") from None
 
     def close(self) -> None:
         """Close the connection (idempotent). Further calls raise InputError."""
