@@ -11,8 +11,12 @@ Usage: .venv/bin/python scripts/fallback_would_fire.py [--store docs/bench/measu
 from __future__ import annotations
 
 import argparse
+import sys
+from pathlib import Path
 
 import numpy as np
+
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from dtree.cost import CostModel
 from dtree.store import TraceStore
@@ -24,6 +28,8 @@ def main() -> None:
     ap.add_argument("--sets", default="humaneval,gsm8k", help="substrings of the bench tags (default humaneval,gsm8k)")
     ap.add_argument("--methods", default="caddtree,caddtree-adapt-rawcv")
     a = ap.parse_args()
+    if not Path(a.store).is_file():
+        sys.exit(f"error: store: no trace store at {a.store!r} (benches write one with --store)")
     with TraceStore(a.store) as st:
         runs = st.list_runs()
         for tag in a.sets.split(","):
