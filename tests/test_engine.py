@@ -362,3 +362,30 @@ def test_caddtree_reads_the_measured_cv_when_the_convex_fit_is_off(backend32):
     summary = unimodal_summary([run, kept])
     assert summary["n_runs"] == 1 and sorted(g["measured_cv"] for g in summary["groups"]) == [False, True]
     assert summary["n_rounds"] == len(kept.rounds)  # only the run on the convex fit is pooled
+
+
+def test_chain_and_ddtree_runs_store_the_cached_cost_model(backend32, monkeypatch, tmp_path, tmp_store):
+    """A chain / ddtree decode in a fresh process (no cost model loaded yet) stores this machine's cached auto-profile
+    with the run, so replay and verify_vs_model can price it; with no cached profile it stores none and profiles
+    nothing (only caddtree needs one)."""
+    import numpy as np
+
+    import dtree.backend
+    from dtree.cost import CostModel
+    from dtree.engine import DecodeConfig
+
+    nodes = np.array([0, 2, 4, 8, 16])
+    cm = CostModel.from_measurements(0.01, [0, 1024], nodes, np.array([[0.03 + 2e-3 * n for n in nodes]] * 2))
+    cached = tmp_path / "costs" / "cost-test.json"
+    monkeypatch.setattr(dtree.backend, "default_cost_model_path", lambda target, drafter: cached)
+    monkeypatch.setattr(dtree.backend, "profile_cost_model", lambda *a, **k: pytest.fail("must not profile"))
+    monkeypatch.setattr(backend32, "_cost_model", None)
+    run = backend32.decode("Count to three.", DecodeConfig("ddtree", budget=2, max_new_tokens=4), store=tmp_store)
+    assert run.cost_model is None and tmp_store.load_run(run.run_id).cost_model is None
+    cached.parent.mkdir(parents=True)
+    cm.save(cached)
+    for method in ("chain", "ddtree"):
+        monkeypatch.setattr(backend32, "_cost_model", None)  # as in a new CLI process
+        run = backend32.decode("Count to three.", DecodeConfig(method, budget=2, max_new_tokens=4), store=tmp_store)
+        stored = tmp_store.load_run(run.run_id).cost_model
+        assert stored is not None and stored["cd_s"] == pytest.approx(0.01), method
