@@ -740,7 +740,13 @@ def cmd_diagnose(args) -> int:
         import pandas as pd
 
         with pd.option_context("display.width", 160, "display.max_rows", 500):
-            print(diag.agreement.to_string(index=False, float_format=lambda v: f"{v:.3f}"))
+            ag = diag.agreement
+            reached = ag[ag["rounds"] > 0]  # depths no round reached have no rate (NaN): one line says so instead
+            print(reached.to_string(index=False, float_format=lambda v: f"{v:.3f}"))
+            if len(reached) < len(ag):
+                unreached = ag["depth"][ag["rounds"] == 0]
+                print(f"(depths {int(unreached.min())}-{int(unreached.max())}: no round accepted every depth before "
+                      "them; the JSON lists them with rate null)")
             print()
             print(diag.calibration.to_string(index=False, float_format=lambda v: f"{v:.4g}"))
         s = diag.summary

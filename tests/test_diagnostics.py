@@ -220,8 +220,14 @@ def test_cli_diagnose_stored_runs_and_bad_input(real_runs, tmp_path, capsys):
     out = tmp_path / "d.json"
     ids = f"{runs['chain'].run_id},{runs['ddtree'].run_id}"
     assert main(["diagnose", "--run", ids, "--store", str(path), "--out", str(out), "--bins", "5"]) == 0
-    assert "chain-equivalent tau" in capsys.readouterr().out
+    text = capsys.readouterr().out
+    assert "chain-equivalent tau" in text
     d = diagnostics.load(out)
+    # the printed per-depth table lists the depths some round reached; the rest are named in one line, no NaN rows
+    reached = d.agreement[d.agreement["rounds"] > 0]
+    table = text.split("\n\n")[0].splitlines()
+    assert len(table) == 1 + len(reached) + (len(reached) < len(d.agreement)) and "NaN" not in text.split("\n\n")[0]
+    assert [int(line.split()[0]) for line in table[1:1 + len(reached)]] == reached["depth"].tolist()
     assert d.meta["run_ids"] == [runs["chain"].run_id, runs["ddtree"].run_id]
     assert d.calibration["bin"].max() <= 4
     _check_consistent(d, [runs["chain"], runs["ddtree"]])
