@@ -66,7 +66,9 @@ def parse_method(name: str, field: str = "method") -> MethodSpec:
     parts = str(name).strip().split("-")
     base, mods = parts[0], parts[1:]
     if base not in METHODS:
-        raise InputError(field, f"unknown method {name!r}: use one of {', '.join(ALL_METHODS)}")
+        raise InputError(field, f"unknown method {name!r}: use {', '.join(METHODS[:-1])} or {METHODS[-1]}, ddtree and "
+                                "caddtree optionally followed by -cal or -adapt and -spine, caddtree also by -rawcv "
+                                "and -fallback (e.g. ddtree-spine, caddtree-adapt-rawcv-fallback)")
     if mods and base not in VARIANT_BASES:
         raise InputError(field, f"{base} takes no modifier ({name!r}); -cal, -adapt and -spine apply to ddtree and "
                                 "caddtree, -rawcv and -fallback to caddtree")

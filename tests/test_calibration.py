@@ -246,6 +246,10 @@ def test_method_names_and_keys():
                 "caddtree-rawcv-rawcv", "ddtree-fallback:8", "chain-fallback", "caddtree-fallback-fallback"):
         with pytest.raises(InputError):
             parse_method_key(bad)
+    with pytest.raises(InputError) as e:  # an unknown base: the message gives the grammar, not a partial list
+        parse_method("beam")
+    assert all(w in str(e.value) for w in ("ar, chain, ddtree or caddtree", "-cal or -adapt", "-spine", "-rawcv",
+                                           "-fallback"))
     assert bench.parse_methods("ar,caddtree-cal,caddtree-spine:64,ddtree-cal-spine:8") == [
         ("ar", None), ("caddtree-cal", None), ("caddtree-spine", 64), ("ddtree-cal-spine", 8)]
     assert bench.parse_methods("caddtree-spine-adapt,ddtree-adapt:8") == [("caddtree-adapt-spine", None),
