@@ -87,3 +87,6 @@ b issue3-humaneval50-v6-fp32 --dataset humaneval --limit 50 --methods "$I3" --ma
 "$PY" scripts/issue4_report.py --store "$STORE" --latest --oracle-budgets all --out docs/bench/issue3-humaneval50-v6-report.json > docs/bench/issue3-humaneval50-v6-report.md
 b issue3-mtbench20-v6-fp32 --dataset mt-bench --limit 20 --methods ar,chain,caddtree --max-new-tokens 128 --dtype float32
 b issue3-gsm8k10-v6-bf16 --dataset gsm8k --limit 10 --methods ar,chain,caddtree --max-new-tokens 128 --dtype bfloat16
+# session 13: every fixed budget side by side with drafter v6 (the oracle at issue 3's 128 tokens)
+b issue3-gsm8k20-v6-sweep-fp32 --dataset gsm8k --limit 20 --methods ar,ddtree:2,ddtree:3,ddtree:4,ddtree:8,ddtree:16,ddtree:32,ddtree:64,caddtree --max-new-tokens 128 --dtype float32
+"$PY" scripts/issue4_report.py --store "$STORE" --latest --oracle-budgets all --out docs/bench/issue3-gsm8k20-v6-sweep-report.json > docs/bench/issue3-gsm8k20-v6-sweep-report.md
