@@ -261,10 +261,9 @@ class Backend:
         prompt_ids, cfg = self.prepare(prompt, cfg, chat)
         weights = cost_weights if cost_weights is not None else self.cost_weights
         cost = None
-        base = engine.parse_method(cfg.method).base
-        # caddtree needs one (profiled on first use); chain / ddtree runs store this machine's cached one, if any, so
-        # that replay and verify_vs_model can price them later
-        if base == "caddtree" or (base != "ar" and self.current_cost_model() is not None):
+        # cfg.method is the base method here (prepare -> validated). caddtree needs a cost model (profiled on first
+        # use); chain / ddtree runs store this machine's cached one, if any, so replay and verify_vs_model can price them
+        if cfg.method == "caddtree" or (cfg.method != "ar" and self.current_cost_model() is not None):
             cost = self.cost_model(progress=cost_progress)
             if weights is not None:
                 cost = cost.weighted(weights)
@@ -299,9 +298,8 @@ class Backend:
             raise InputError("drafter", "this target has no drafter: use method ar")
         cfg = cfg.validated(self.target.max_context, len(prompt_ids),
                             self.drafter.config.block_size if self.drafter is not None else 1)
-        base = engine.parse_method(cfg.method).base
-        if cost is None and base != "ar":
-            cost = self.cost_model() if base == "caddtree" else self.current_cost_model()
+        if cost is None and cfg.method != "ar":
+            cost = self.cost_model() if cfg.method == "caddtree" else self.current_cost_model()
         return engine.generate(self.target, list(prompt_ids), cfg, drafter=self.drafter if cfg.method != "ar" else None,
                                cost_model=cost if cfg.method != "ar" else None, sink=store, on_round=on_round,
                                prompt_text=prompt_text, calibration=self.calibration() if cfg.calibrated else None)
