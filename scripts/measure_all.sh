@@ -90,3 +90,10 @@ b issue3-gsm8k10-v6-bf16 --dataset gsm8k --limit 10 --methods ar,chain,caddtree 
 # session 13: every fixed budget side by side with drafter v6 (the oracle at issue 3's 128 tokens)
 b issue3-gsm8k20-v6-sweep-fp32 --dataset gsm8k --limit 20 --methods ar,ddtree:2,ddtree:3,ddtree:4,ddtree:8,ddtree:16,ddtree:32,ddtree:64,caddtree --max-new-tokens 128 --dtype float32
 "$PY" scripts/issue4_report.py --store "$STORE" --latest --oracle-budgets all --out docs/bench/issue3-gsm8k20-v6-sweep-report.json > docs/bench/issue3-gsm8k20-v6-sweep-report.md
+# session 14: drafter v7 (before shipping: --drafter data/ck8; the same folder is now the shipped checkpoint),
+# and the cost of other drafter shapes (the block-size-8 cap reads the v6 benches' chain runs by their tags)
+b issue3-gsm8k50-v7-fp32 --dataset gsm8k --limit 50 --methods ar,chain,ddtree:3,caddtree --max-new-tokens 128 --dtype float32
+b issue3-humaneval50-v7-fp32 --dataset humaneval --limit 50 --methods ar,chain,ddtree:3,caddtree --max-new-tokens 128 --dtype float32
+"$PY" scripts/drafter_shape_costs.py --repeats 30 --train-repeats 6 --threads 1 --store "$STORE" \
+    --tags bench:20261130T224315.441082Z:gsm8k,bench:20261130T231033.655245Z:humaneval,bench:20261130T234115.451128Z:mt-bench \
+    --out docs/bench/drafter-shape-costs.json
