@@ -137,10 +137,17 @@ def main() -> None:
     for name in ("repeats", "train_repeats", "threads", "ctx_len", "new_rows", "seq_len"):
         if getattr(a, name) <= 0:
             sys.exit(f"error: --{name.replace('_', '-')}: must be > 0, got {getattr(a, name)}")
+    if a.seq_len < 5:
+        sys.exit(f"error: --seq-len: must be >= 5 (anchors lie in its second half), got {a.seq_len}")
     if a.store and not Path(a.store).is_file():
         sys.exit(f"error: --store: no trace store at {a.store!r}")
     if a.store and not a.tags:
         sys.exit("error: --tags: give the bench tags to read chain runs from (with --store)")
+    if a.tags and not a.store:
+        sys.exit("error: --tags: needs --store (the trace store holding those benches)")
+    if a.out and not Path(a.out).resolve().parent.is_dir():
+        sys.exit(f"error: --out: folder {str(Path(a.out).resolve().parent)!r} does not exist")
+    bs8 = bs8_from_store(a.store, a.tags.split(",")) if a.store else None  # bad tags fail before the timing
 
     import torch
 
@@ -166,8 +173,8 @@ def main() -> None:
         print(f"{s[0]:42s} {n / 1e6:7.2f}M {cd:7.2f} {cd / serve[0]:9.2f}x {ts:12.2f} {ts / train[0]:9.2f}x")
     result = {"threads": a.threads, "ctx_len": a.ctx_len, "new_rows": a.new_rows, "seq_len": a.seq_len,
               "repeats": a.repeats, "shapes": rows}
-    if a.store:
-        result["bs8_cap"] = bs8_from_store(a.store, a.tags.split(","))
+    if bs8 is not None:
+        result["bs8_cap"] = bs8
         for r in result["bs8_cap"]:
             print(f"chain rounds in {r['tag']!r}: {r['rounds']} rounds, tau {r['tau_bs16']:.3f} with 15 drafts, "
                   f"{r['tau_capped_bs8']:.3f} capped at 7 drafts ({r['rounds_over_8']:.1%} of rounds accepted more)")
