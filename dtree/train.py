@@ -484,6 +484,18 @@ def decayed_ce(drafter, target_model, h, labels_d, gamma_w: float):
     return (ce * wk).sum() / wk.sum()
 
 
+def train_step(drafter, target_model, opt, feats, tokens, anchors, labels_d, gamma_w: float, grad_clip: float):
+    """One optimisation step on a :func:`make_batch` batch: :func:`drafter_hidden`, :func:`decayed_ce`, backward,
+    gradient clipping to ``grad_clip`` (global norm), ``opt.step()``. Returns the loss tensor (detached use only)."""
+    h = drafter_hidden(drafter, target_model, feats, tokens, anchors)
+    loss = decayed_ce(drafter, target_model, h, labels_d, gamma_w)
+    opt.zero_grad(set_to_none=True)
+    loss.backward()
+    torch.nn.utils.clip_grad_norm_(drafter.parameters(), grad_clip)
+    opt.step()
+    return loss
+
+
 # ----------------------------------------------------------------------------------------------------------------
 # 3. held-out acceptance: teacher-forced chain decoding (spec 1.7)
 
@@ -720,12 +732,8 @@ def train(cfg: TrainConfig) -> dict:
             g["lr"] = lr
         batch = draw_batch(sets, cfg.batch_seqs, cfg.extra_share, gen)
         feats, tokens, anchors, ok, labels = make_batch(batch, cfg.anchors_per_seq, cfg.block_size, gen)
-        h = drafter_hidden(drafter, target.model, feats, tokens, anchors)
-        loss = decayed_ce(drafter, target.model, h, to_draft_ids(labels, lookup), cfg.gamma_w)
-        opt.zero_grad(set_to_none=True)
-        loss.backward()
-        torch.nn.utils.clip_grad_norm_(drafter.parameters(), cfg.grad_clip)
-        opt.step()
+        loss = train_step(drafter, target.model, opt, feats, tokens, anchors, to_draft_ids(labels, lookup),
+                          cfg.gamma_w, cfg.grad_clip)
         step += 1
         train_s += time.perf_counter() - t0
         ema = loss.item() if ema is None else 0.95 * ema + 0.05 * loss.item()

@@ -36,15 +36,20 @@ SHAPES = [  # (name, drafter layers, block size, draft-vocabulary head?)
 ]
 
 
-def build(shape, shipped, torch, DFlashDrafter, DrafterConfig):
+def build(shape, shipped):
+    """A random-init float32 drafter of ``shape`` with the shipped drafter's config and draft vocabulary otherwise."""
+    from dtree.drafter import DFlashDrafter, DrafterConfig
+
     _, layers, bs, sub = shape
     cfg = DrafterConfig.from_dict({**shipped.config.to_dict(), "num_hidden_layers": layers, "block_size": bs})
     d = DFlashDrafter(cfg, shipped.draft_vocab if sub else None)
     return d.float().eval()
 
 
-def serve_costs(target, drafters, repeats, ctx_len, new_rows, torch):
+def serve_costs(target, drafters, repeats, ctx_len, new_rows):
     """Median ms of one draft round per drafter: cache holding ``ctx_len`` rows, ``new_rows`` new feature rows."""
+    import torch
+
     model = target.model
     k_h = drafters[0].fc.weight.shape[1]
     g = torch.Generator().manual_seed(0)
@@ -65,9 +70,12 @@ def serve_costs(target, drafters, repeats, ctx_len, new_rows, torch):
     return [statistics.median(t) for t in times]
 
 
-def train_costs(target, drafters, repeats, seq_len, torch):
-    """Median seconds of one training step per drafter on a synthetic batch (8 x seq_len, 16 anchors)."""
-    from dtree.train import decayed_ce, drafter_hidden, drafter_lookup, to_draft_ids
+def train_costs(target, drafters, repeats, seq_len):
+    """Median seconds of one training step (:func:`dtree.train.train_step`, clipping at 1.0 as the default) per
+    drafter on a synthetic batch (8 x seq_len, 16 anchors)."""
+    import torch
+
+    from dtree.train import TrainConfig, drafter_lookup, to_draft_ids, train_step
 
     model = target.model
     g = torch.Generator().manual_seed(0)
@@ -91,11 +99,8 @@ def train_costs(target, drafters, repeats, seq_len, torch):
     for r in range(repeats + 1):
         for i, (d, labels_d, opt) in enumerate(setups):
             t0 = time.perf_counter()
-            h = drafter_hidden(d, model, feats, tokens, anchors)
-            loss = decayed_ce(d, model, h, labels_d, 7.0 if d.block_size == 16 else 4.0)
-            opt.zero_grad(set_to_none=True)
-            loss.backward()
-            opt.step()
+            train_step(d, model, opt, feats, tokens, anchors, labels_d, 7.0 if d.block_size == 16 else 4.0,
+                       TrainConfig.grad_clip)
             if r >= 1:
                 times[i].append(time.perf_counter() - t0)
     for d in drafters:
@@ -151,22 +156,21 @@ def main() -> None:
 
     import torch
 
-    from dtree.drafter import DFlashDrafter, DrafterConfig, default_drafter_path, load_drafter
+    from dtree.drafter import default_drafter_path, load_drafter
     from dtree.models import load_target
 
     torch.set_num_threads(a.threads)
     target = load_target(dtype="float32")
     shipped = load_drafter(default_drafter_path(), target, dtype=torch.float32)
     with torch.no_grad():
-        drafters = [build(s, shipped, torch, DFlashDrafter, DrafterConfig) for s in SHAPES]
-        serve = serve_costs(target, drafters, a.repeats, a.ctx_len, a.new_rows, torch)
-    train = train_costs(target, drafters, a.train_repeats, a.seq_len, torch)
+        drafters = [build(s, shipped) for s in SHAPES]
+        serve = serve_costs(target, drafters, a.repeats, a.ctx_len, a.new_rows)
+    train = train_costs(target, drafters, a.train_repeats, a.seq_len)
     rows = []
     print(f"threads {a.threads}; draft round: cache {a.ctx_len} rows + {a.new_rows} new; training step: 8 x "
           f"{a.seq_len} tokens, 16 anchors")
     print(f"{'shape':42s} {'params':>8s} {'Cd ms':>7s} {'vs shipped':>10s} {'train s/step':>12s} {'vs shipped':>10s}")
-    for s, cd, ts in zip(SHAPES, serve, train):
-        d = drafters[SHAPES.index(s)]
+    for s, d, cd, ts in zip(SHAPES, drafters, serve, train):
         n = sum(p.numel() for p in d.parameters())
         rows.append({"shape": s[0], "layers": s[1], "block_size": s[2], "draft_vocab": s[3], "params": n,
                      "cd_ms": cd, "train_s_per_step": ts})
