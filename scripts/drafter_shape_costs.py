@@ -27,11 +27,11 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-SHAPES = [  # (name, drafter layers, block size, draft-vocabulary head?)
-    ("2 layers, bs 16, draft vocab (shipped)", 2, 16, True),
+SHAPES = [  # (name, drafter layers, block size, draft-vocabulary head?); ratios are printed against the first
+    ("2 layers, bs 16, draft vocab (v1-v7)", 2, 16, True),
     ("1 layer, bs 16, draft vocab", 1, 16, True),
     ("3 layers, bs 16, draft vocab", 3, 16, True),
-    ("2 layers, bs 8, draft vocab", 2, 8, True),
+    ("2 layers, bs 8, draft vocab (v8)", 2, 8, True),
     ("2 layers, bs 16, full vocab", 2, 16, False),
 ]
 
@@ -169,7 +169,7 @@ def main() -> None:
     rows = []
     print(f"threads {a.threads}; draft round: cache {a.ctx_len} rows + {a.new_rows} new; training step: 8 x "
           f"{a.seq_len} tokens, 16 anchors")
-    print(f"{'shape':42s} {'params':>8s} {'Cd ms':>7s} {'vs shipped':>10s} {'train s/step':>12s} {'vs shipped':>10s}")
+    print(f"{'shape':42s} {'params':>8s} {'Cd ms':>7s} {'vs row 1':>10s} {'train s/step':>12s} {'vs row 1':>10s}")
     for s, d, cd, ts in zip(SHAPES, drafters, serve, train):
         n = sum(p.numel() for p in d.parameters())
         rows.append({"shape": s[0], "layers": s[1], "block_size": s[2], "draft_vocab": s[3], "params": n,

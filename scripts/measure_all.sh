@@ -97,3 +97,6 @@ b issue3-humaneval50-v7-fp32 --dataset humaneval --limit 50 --methods ar,chain,d
 "$PY" scripts/drafter_shape_costs.py --repeats 30 --train-repeats 6 --threads 1 --store "$STORE" \
     --tags bench:20261130T224315.441082Z:gsm8k,bench:20261130T231033.655245Z:humaneval,bench:20261130T234115.451128Z:mt-bench \
     --out docs/bench/drafter-shape-costs.json
+# session 15: drafter v8, block size 8 (before shipping: --drafter data/ck9; the same folder is now the shipped checkpoint)
+b issue3-gsm8k50-v8-fp32 --dataset gsm8k --limit 50 --methods ar,chain,ddtree:3,caddtree --max-new-tokens 128 --dtype float32
+b issue3-humaneval50-v8-fp32 --dataset humaneval --limit 50 --methods ar,chain,ddtree:3,caddtree --max-new-tokens 128 --dtype float32

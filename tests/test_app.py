@@ -2,11 +2,14 @@
 
 from __future__ import annotations
 
+import json
 import re
 from pathlib import Path
 
 import pytest
 from streamlit.testing.v1 import AppTest
+
+from dtree.drafter import default_drafter_path
 
 ROOT = Path(__file__).resolve().parent.parent
 
@@ -223,7 +226,8 @@ def test_live_decode_adaptive_calibration(store_env, fake_calibration):
         runs = s.list_runs()
         assert runs["method"].tolist() == ["ddtree-adapt"]
         params = s.load_run(int(runs["id"].iloc[0])).params
-        assert params["adaptive_calibration"]["depths"] == 15 and "calibration" not in params
+        gamma = json.loads((default_drafter_path() / "config.json").read_text())["block_size"] - 1
+        assert params["adaptive_calibration"]["depths"] == gamma and "calibration" not in params
 
 
 def test_live_decode_logs_to_the_chosen_store_and_names_it(store_env):
