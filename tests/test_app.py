@@ -2,14 +2,13 @@
 
 from __future__ import annotations
 
-import json
 import re
 from pathlib import Path
 
 import pytest
 from streamlit.testing.v1 import AppTest
 
-from dtree.drafter import default_drafter_path
+from dtree.drafter import DrafterConfig, default_drafter_path
 
 ROOT = Path(__file__).resolve().parent.parent
 
@@ -226,7 +225,7 @@ def test_live_decode_adaptive_calibration(store_env, fake_calibration):
         runs = s.list_runs()
         assert runs["method"].tolist() == ["ddtree-adapt"]
         params = s.load_run(int(runs["id"].iloc[0])).params
-        gamma = json.loads((default_drafter_path() / "config.json").read_text())["block_size"] - 1
+        gamma = DrafterConfig.from_json(default_drafter_path() / "config.json").gamma
         assert params["adaptive_calibration"]["depths"] == gamma and "calibration" not in params
 
 
