@@ -108,8 +108,16 @@ def train_costs(target, drafters, repeats, seq_len):
     return [statistics.median(t) for t in times]
 
 
+BS16_DRAFTS = 15  # positions a block-16 drafter proposes per round (gamma = block size - 1)
+
+
 def bs8_from_store(path: str, tags: list[str]) -> list[dict]:
-    """Per tag: mean tau of its logged chain rounds, and with every round capped at 8 (7 drafts + bonus)."""
+    """Per tag: mean tau of its logged chain rounds, and with every round capped at 8 (7 drafts + bonus).
+
+    Raises:
+        SystemExit: a tag with no chain rounds, or whose rounds did not draft 15 positions (a block-8 drafter's
+            runs, e.g. v8's: capping them at 8 would change nothing and their tau is not a block-16 tau).
+    """
     from dtree.store import TraceStore
 
     out = []
@@ -117,9 +125,15 @@ def bs8_from_store(path: str, tags: list[str]) -> list[dict]:
         runs = st.list_runs()
         for tag in tags:
             sel = runs[(runs.method == "chain") & runs.tag.fillna("").str.contains(tag, regex=False)]
-            taus = [r.tau for rid in sel.id for r in st.load_run(int(rid)).rounds if r.drafted]
-            if not taus:
+            rounds = [r for rid in sel.id for r in st.load_run(int(rid)).rounds if r.drafted]
+            if not rounds:
                 raise SystemExit(f"error: --tags: no chain rounds in bench tags containing {tag!r}")
+            depths = sorted({int(r.marg_tokens.shape[0]) for r in rounds})
+            if depths != [BS16_DRAFTS]:
+                # min(tau, 8) only says what block size 8 would lose when the logged rounds could accept 15 drafts
+                raise SystemExit(f"error: --tags: the chain rounds of {tag!r} drafted {depths} positions, not "
+                                 f"{BS16_DRAFTS}: only runs of a block-16 drafter can be capped to block size 8")
+            taus = [r.tau for r in rounds]
             capped = [min(t, 8) for t in taus]
             out.append({"tag": tag, "runs": int(len(sel)), "rounds": len(taus),
                         "tau_bs16": statistics.fmean(taus), "tau_capped_bs8": statistics.fmean(capped),

@@ -21,3 +21,52 @@ def test_script_answers_help_without_pythonpath(name, tmp_path):
                        capture_output=True, text=True, timeout=120)
     assert r.returncode == 0, r.stderr[-2000:]
     assert "usage" in r.stdout.lower(), r.stdout[:500]
+
+
+# ------------------------------------------------------------------ drafter_shape_costs: the block-size-8 cap
+def _chain_run(gamma: int, taus: list[int], seed: int):
+    """A stored-shape chain run: one round per tau, each drafting ``gamma`` positions (a block of gamma + 1)."""
+    import numpy as np
+
+    from dtree.records import RoundRecord, RunRecord
+    from dtree.trees import Marginals, build_chain
+
+    rng = np.random.default_rng(seed)
+    rounds = []
+    for i, tau in enumerate(taus):
+        probs = np.sort(rng.dirichlet(np.ones(3), gamma), axis=1)[:, ::-1]
+        marg = Marginals(tokens=rng.integers(0, 1000, (gamma, 3)), logprobs=np.log(probs))
+        tree = build_chain(marg, anchor=int(rng.integers(0, 1000)))
+        accepted = list(range(tau))  # a chain accepts a prefix: root, node 1, ..., node tau - 1
+        rounds.append(RoundRecord(
+            index=i, start=10 + 20 * i, anchor=int(tree.tokens[0]), marg_tokens=marg.tokens,
+            marg_logprobs=marg.logprobs.astype(np.float32), tree=tree, budget=tree.n_nodes, budget_reason="chain",
+            accepted=accepted, bonus=7, committed=[int(tree.tokens[j]) for j in accepted]))
+    return RunRecord(method="chain", params={}, target="t", drafter="d", dtype="float32", device="cpu",
+                     prompt="p", prompt_ids=[1, 2], output_ids=[3] * sum(taus), rounds=rounds)
+
+
+def test_block8_cap_reads_block16_chain_runs_and_refuses_other_block_sizes(tmp_path):
+    import importlib.util
+
+    from dtree.store import TraceStore
+
+    spec = importlib.util.spec_from_file_location("drafter_shape_costs", ROOT / "scripts" / "drafter_shape_costs.py")
+    mod = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(mod)
+
+    path = tmp_path / "s.sqlite"
+    with TraceStore(path) as st:
+        st.save_run(_chain_run(15, [1, 4, 12, 16], seed=0), status="complete", tag="bench:x:gsm8k")
+        st.save_run(_chain_run(15, [9, 2], seed=1), status="complete", tag="bench:x:gsm8k")
+        st.save_run(_chain_run(7, [3, 8], seed=2), status="complete", tag="bench:y:humaneval")
+    (row,) = mod.bs8_from_store(str(path), ["x:gsm8k"])
+    taus = [1, 4, 12, 16, 9, 2]
+    assert row["runs"] == 2 and row["rounds"] == 6
+    assert row["tau_bs16"] == pytest.approx(sum(taus) / 6)
+    assert row["tau_capped_bs8"] == pytest.approx(sum(min(t, 8) for t in taus) / 6)
+    assert row["rounds_over_8"] == pytest.approx(3 / 6)
+    with pytest.raises(SystemExit, match=r"drafted \[7\] positions, not 15"):  # a block-8 drafter's runs
+        mod.bs8_from_store(str(path), ["y:humaneval"])
+    with pytest.raises(SystemExit, match="no chain rounds"):
+        mod.bs8_from_store(str(path), ["nothing-like-this"])
