@@ -183,6 +183,7 @@ def cmd_decode(args) -> int:
         from .store import TraceStore
 
         store = TraceStore(args.store)
+        store.check_writable()
 
     def run_one(c: DecodeConfig):
         bar = tqdm(total=c.max_new_tokens, desc=c.method, unit="tok", file=sys.stderr, leave=False)
@@ -598,6 +599,7 @@ def cmd_bench(args) -> int:
         from .store import TraceStore
 
         store = bench.TaggedStore(TraceStore(args.store), bench.new_bench_tag(args.dataset))  # Speedup arena lists it
+        store.check_writable()  # a damaged or read-only file fails here, before the tag line and the progress bar
         print(f"runs are stored in {args.store} under tag {store.tag} (for --tag of fit-cost / calibrate)",
               file=sys.stderr)
     bar = tqdm(total=len(prompts) * len(methods), desc="bench", unit="run", file=sys.stderr)

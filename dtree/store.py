@@ -262,6 +262,10 @@ def default_store_path() -> str:
 
 
 # ------------------------------------------------------------------------------------------------------------- store
+class _RollBack(Exception):
+    """Raised inside a write transaction to undo it (:meth:`TraceStore.check_writable`)."""
+
+
 class TraceStore:
     """SQLite store of runs, rounds and draft trees (DESIGN.md section 4).
 
@@ -332,8 +336,11 @@ class TraceStore:
                                   "store; choose another file")
 
     def _connect(self) -> sqlite3.Connection:
-        conn = sqlite3.connect(str(self.path), timeout=BUSY_TIMEOUT_S, isolation_level=None,
-                               check_same_thread=False)
+        try:
+            conn = sqlite3.connect(str(self.path), timeout=BUSY_TIMEOUT_S, isolation_level=None,
+                                   check_same_thread=False)
+        except sqlite3.Error as e:  # e.g. a folder where files cannot be created (/sys, /proc, no write permission)
+            raise InputError("store", f"cannot open or create {self.path}: {e}") from None
         try:
             conn.execute(f"PRAGMA busy_timeout = {int(BUSY_TIMEOUT_S * 1000)}")
             conn.execute("PRAGMA foreign_keys = ON")
@@ -418,7 +425,7 @@ class TraceStore:
             if type(e) is not sqlite3.DatabaseError:
                 raise
             raise InputError("store", f"{self.path} is damaged ({e}); nothing was written to it. Choose another file "
-                                      "(--store / DTREE_STORE), or try `sqlite3 FILE .recover` on a copy") from None
+                                      "(the sidebar's trace-store box, --store or DTREE_STORE), or try `sqlite3 FILE .recover` on a copy") from None
 
     def close(self) -> None:
         """Close the connection (idempotent). Further calls raise InputError."""
@@ -455,6 +462,24 @@ class TraceStore:
         run_id = int(cur.lastrowid)
         run.run_id, run.created, run.status = run_id, created, "running"
         return run_id
+
+    def check_writable(self) -> None:
+        """Insert a run row and roll it back: fails now, not after minutes of model loading and profiling, when the
+        pages a run's insert touches are damaged or the file cannot be written. Stores nothing.
+
+        Raises:
+            InputError("store", ...): the file is damaged (names it) or cannot be written.
+        """
+        probe = RunRecord(method="probe", params={}, target="", drafter=None, dtype="", device="", prompt="",
+                          prompt_ids=[])
+        try:
+            with self._write() as conn:
+                self._insert_run(conn, probe, None)
+                raise _RollBack
+        except _RollBack:
+            pass
+        except sqlite3.OperationalError as e:  # read-only file or folder, disk full
+            raise InputError("store", f"cannot write to {self.path}: {e}") from None
 
     def begin_run(self, run: RunRecord, tag: str | None = None) -> int:
         """Insert ``run`` with status ``running`` (rounds are written by :meth:`add_round`) and return its id.

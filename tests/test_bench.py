@@ -224,3 +224,32 @@ def test_bench_cli_uses_the_given_cost_model_and_weights(backend32, two_prompts,
     summary = json.loads(out.read_text())
     assert summary["cost_model"] == str(path) and summary["cost_weights"]["cd_scale"] == 2.0
     assert summary["summary"][0]["verify_vs_model"] > 0
+
+
+def test_bench_cli_damaged_store_fails_before_the_tag_line_and_changes_nothing(backend32, two_prompts, tmp_path,
+                                                                               monkeypatch, capsys):
+    """A store with a valid header but damaged pages opens; the bench probes a run insert right away, so it exits 2
+    with one error line before saying where runs go and before any decoding; the file is unchanged."""
+    import numpy as np
+
+    import dtree.backend
+    from dtree.records import RunRecord
+    from dtree.store import TraceStore
+
+    store = tmp_path / "dmg.sqlite"
+    with TraceStore(store) as s:
+        for i in range(40):
+            s.save_run(RunRecord(method="ar", params={"i": i}, target="t" * 500, drafter=None, dtype="float32",
+                                 device="cpu", prompt="p" * 2000, prompt_ids=list(range(200))))
+    data = bytearray(store.read_bytes())
+    assert len(data) >= 8 * 4096
+    data[2 * 4096:] = np.random.default_rng(1).integers(0, 256, len(data) - 2 * 4096, dtype=np.uint8).tobytes()
+    store.write_bytes(bytes(data))
+    before = store.read_bytes()
+    monkeypatch.setattr(dtree.backend, "Backend", lambda *a, **k: backend32)
+    monkeypatch.setattr(dtree.bench, "run_bench", lambda *a, **k: pytest.fail("must not decode"))
+    assert main(["bench", "--dataset", str(two_prompts), "--limit", "1", "--methods", "ar",
+                 "--max-new-tokens", "4", "--store", str(store)]) == 2
+    err = capsys.readouterr().err
+    assert "error: store: " in err and "is damaged" in err and "runs are stored in" not in err
+    assert store.read_bytes() == before

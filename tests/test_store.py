@@ -340,12 +340,27 @@ def test_damaged_pages_inside_a_valid_store_give_input_error_and_change_nothing(
     p.write_bytes(bytes(data))
     before = _bytes_and_siblings(p)
     store = TraceStore(p)
-    for op in (store.list_runs, lambda: store.load_run(1), lambda: store.save_run(make_run(seed=9))):
+    for op in (store.list_runs, lambda: store.load_run(1), lambda: store.save_run(make_run(seed=9)),
+               store.check_writable):
         with pytest.raises(InputError, match="damaged") as ei:
             op()
         assert ei.value.field == "store"
     store.close()
     assert _bytes_and_siblings(p) == before
+
+
+def test_check_writable_stores_nothing_and_a_path_sqlite_cannot_create_is_an_input_error(tmp_path):
+    p = tmp_path / "w.sqlite"
+    with TraceStore(p) as store:
+        first = store.save_run(make_run(seed=1))
+        store.check_writable()
+        store.check_writable()
+        assert list(store.list_runs()["id"]) == [first]  # the probe row was rolled back
+        assert store.save_run(make_run(seed=2)) == first + 1  # and took no id
+    # /proc exists (so the folder check passes) but no file can be created in it: was a raw sqlite3.OperationalError
+    with pytest.raises(InputError, match=r"cannot open or create /proc/dtree-test\.sqlite") as ei:
+        TraceStore("/proc/dtree-test.sqlite")
+    assert ei.value.field == "store"
 
 
 def test_delete_run_leaves_other_runs_intact(tmp_path):
