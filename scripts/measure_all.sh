@@ -100,3 +100,12 @@ b issue3-humaneval50-v7-fp32 --dataset humaneval --limit 50 --methods ar,chain,d
 # session 15: drafter v8, block size 8 (before shipping: --drafter data/ck9; the same folder is now the shipped checkpoint)
 b issue3-gsm8k50-v8-fp32 --dataset gsm8k --limit 50 --methods ar,chain,ddtree:3,caddtree --max-new-tokens 128 --dtype float32
 b issue3-humaneval50-v8-fp32 --dataset humaneval --limit 50 --methods ar,chain,ddtree:3,caddtree --max-new-tokens 128 --dtype float32
+# session 16: drafter v8 in bfloat16 (the faster dtype in this machine state), MT-Bench, and every fixed budget side by
+# side in both dtypes (the oracle); reports pick the oracle among the fixed budgets run
+b issue3-gsm8k50-v8-bf16 --dataset gsm8k --limit 50 --methods ar,chain,ddtree:3,caddtree --max-new-tokens 128 --dtype bfloat16
+b issue3-humaneval50-v8-bf16 --dataset humaneval --limit 50 --methods ar,chain,ddtree:3,caddtree --max-new-tokens 128 --dtype bfloat16
+b issue3-mtbench20-v8-fp32 --dataset mt-bench --limit 20 --methods ar,chain,caddtree --max-new-tokens 128 --dtype float32
+b issue3-gsm8k20-v8-sweep-fp32 --dataset gsm8k --limit 20 --methods ar,ddtree:2,ddtree:3,ddtree:4,ddtree:8,ddtree:16,ddtree:32,ddtree:64,caddtree --max-new-tokens 128 --dtype float32
+"$PY" scripts/issue4_report.py --store "$STORE" --latest --oracle-budgets all --out docs/bench/issue3-gsm8k20-v8-sweep-fp32-report.json > docs/bench/issue3-gsm8k20-v8-sweep-fp32-report.md
+b issue3-gsm8k20-v8-sweep-bf16 --dataset gsm8k --limit 20 --methods ar,ddtree:3,ddtree:8,ddtree:16,ddtree:32,ddtree:64,caddtree --max-new-tokens 128 --dtype bfloat16
+"$PY" scripts/issue4_report.py --store "$STORE" --latest --oracle-budgets all --out docs/bench/issue3-gsm8k20-v8-sweep-bf16-report.json > docs/bench/issue3-gsm8k20-v8-sweep-bf16-report.md
