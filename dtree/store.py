@@ -464,8 +464,8 @@ class TraceStore:
         return run_id
 
     def check_writable(self) -> None:
-        """Insert a run row and roll it back: fails now, not after minutes of model loading and profiling, when the
-        pages a run's insert touches are damaged or the file cannot be written. Stores nothing.
+        """Insert a run row and roll it back: fails now, before any decoding (and before ``bench`` prints its tag),
+        when the pages a run's insert touches are damaged or the file cannot be written. Stores nothing.
 
         Raises:
             InputError("store", ...): the file is damaged (names it) or cannot be written.
@@ -478,7 +478,10 @@ class TraceStore:
                 raise _RollBack
         except _RollBack:
             pass
-        except sqlite3.OperationalError as e:  # read-only file or folder, disk full
+        except sqlite3.OperationalError as e:  # read-only file or folder, disk full, or held by another writer
+            if "locked" in str(e) or "busy" in str(e):
+                raise InputError("store", f"{self.path} is busy: another process held its write lock for over "
+                                          f"{BUSY_TIMEOUT_S:g} s ({e}); try again or choose another file") from None
             raise InputError("store", f"cannot write to {self.path}: {e}") from None
 
     def begin_run(self, run: RunRecord, tag: str | None = None) -> int:

@@ -363,6 +363,25 @@ def test_check_writable_stores_nothing_and_a_path_sqlite_cannot_create_is_an_inp
     assert ei.value.field == "store"
 
 
+def test_check_writable_names_a_store_another_writer_holds(tmp_path, monkeypatch):
+    import dtree.store
+
+    monkeypatch.setattr(dtree.store, "BUSY_TIMEOUT_S", 0.2)  # the wait for a lock, so the test stays short
+    p = tmp_path / "busy.sqlite"
+    store = TraceStore(p)
+    other = sqlite3.connect(p, isolation_level=None)
+    other.execute("BEGIN IMMEDIATE")  # another process's write transaction, begun after the store was opened
+    try:
+        with pytest.raises(InputError, match="is busy: another process held its write lock") as ei:
+            store.check_writable()
+        assert ei.value.field == "store"
+    finally:
+        other.execute("ROLLBACK")
+        other.close()
+    store.check_writable()  # free again
+    store.close()
+
+
 def test_delete_run_leaves_other_runs_intact(tmp_path):
     with TraceStore(tmp_path / "t.sqlite") as store:
         runs = [make_run(seed=s) for s in (1, 2, 3)]
