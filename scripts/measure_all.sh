@@ -109,3 +109,5 @@ b issue3-gsm8k20-v8-sweep-fp32 --dataset gsm8k --limit 20 --methods ar,ddtree:2,
 "$PY" scripts/issue4_report.py --store "$STORE" --latest --oracle-budgets all --out docs/bench/issue3-gsm8k20-v8-sweep-fp32-report.json > docs/bench/issue3-gsm8k20-v8-sweep-fp32-report.md
 b issue3-gsm8k20-v8-sweep-bf16 --dataset gsm8k --limit 20 --methods ar,ddtree:3,ddtree:8,ddtree:16,ddtree:32,ddtree:64,caddtree --max-new-tokens 128 --dtype bfloat16
 "$PY" scripts/issue4_report.py --store "$STORE" --latest --oracle-budgets all --out docs/bench/issue3-gsm8k20-v8-sweep-bf16-report.json > docs/bench/issue3-gsm8k20-v8-sweep-bf16-report.md
+b issue3-humaneval20-v8-sweep-bf16 --dataset humaneval --limit 20 --methods ar,ddtree:4,ddtree:8,ddtree:16,ddtree:32,caddtree --max-new-tokens 128 --dtype bfloat16
+"$PY" scripts/issue4_report.py --store "$STORE" --latest --oracle-budgets all --out docs/bench/issue3-humaneval20-v8-sweep-bf16-report.json > docs/bench/issue3-humaneval20-v8-sweep-bf16-report.md
