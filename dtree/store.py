@@ -425,7 +425,8 @@ class TraceStore:
             if type(e) is not sqlite3.DatabaseError:
                 raise
             raise InputError("store", f"{self.path} is damaged ({e}); nothing was written to it. Choose another file "
-                                      "(the sidebar's trace-store box, --store or DTREE_STORE), or try `sqlite3 FILE .recover` on a copy") from None
+                                      "(the sidebar's trace-store box, --store or DTREE_STORE), or try "
+                                      "`sqlite3 FILE .recover` on a copy") from None
 
     def close(self) -> None:
         """Close the connection (idempotent). Further calls raise InputError."""

@@ -122,3 +122,24 @@ def small_cost(backend32):
                             repeats=1)
     backend32._cost_model = cm
     return cm
+
+
+@pytest.fixture()
+def damaged_store(tmp_path) -> Path:
+    """A trace store whose SQLite header is intact but whose pages after the second were overwritten with random bytes:
+    it opens, and SQLite fails only when a damaged page is touched (any read of the runs, any run insert)."""
+    import numpy as np
+
+    from dtree.records import RunRecord
+    from dtree.store import TraceStore
+
+    path = tmp_path / "dmg.sqlite"
+    with TraceStore(path) as s:
+        for i in range(40):
+            s.save_run(RunRecord(method="ar", params={"i": i}, target="t" * 500, drafter=None, dtype="float32",
+                                 device="cpu", prompt="p" * 2000, prompt_ids=list(range(200))))
+    data = bytearray(path.read_bytes())
+    assert len(data) >= 8 * 4096
+    data[2 * 4096:] = np.random.default_rng(1).integers(0, 256, len(data) - 2 * 4096, dtype=np.uint8).tobytes()
+    path.write_bytes(bytes(data))
+    return path

@@ -226,25 +226,13 @@ def test_bench_cli_uses_the_given_cost_model_and_weights(backend32, two_prompts,
     assert summary["summary"][0]["verify_vs_model"] > 0
 
 
-def test_bench_cli_damaged_store_fails_before_the_tag_line_and_changes_nothing(backend32, two_prompts, tmp_path,
+def test_bench_cli_damaged_store_fails_before_the_tag_line_and_changes_nothing(backend32, two_prompts, damaged_store,
                                                                                monkeypatch, capsys):
     """A store with a valid header but damaged pages opens; the bench probes a run insert right away, so it exits 2
     with one error line before saying where runs go and before any decoding; the file is unchanged."""
-    import numpy as np
-
     import dtree.backend
-    from dtree.records import RunRecord
-    from dtree.store import TraceStore
 
-    store = tmp_path / "dmg.sqlite"
-    with TraceStore(store) as s:
-        for i in range(40):
-            s.save_run(RunRecord(method="ar", params={"i": i}, target="t" * 500, drafter=None, dtype="float32",
-                                 device="cpu", prompt="p" * 2000, prompt_ids=list(range(200))))
-    data = bytearray(store.read_bytes())
-    assert len(data) >= 8 * 4096
-    data[2 * 4096:] = np.random.default_rng(1).integers(0, 256, len(data) - 2 * 4096, dtype=np.uint8).tobytes()
-    store.write_bytes(bytes(data))
+    store = damaged_store
     before = store.read_bytes()
     monkeypatch.setattr(dtree.backend, "Backend", lambda *a, **k: backend32)
     monkeypatch.setattr(dtree.bench, "run_bench", lambda *a, **k: pytest.fail("must not decode"))

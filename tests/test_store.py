@@ -326,18 +326,11 @@ def test_foreign_and_corrupt_files_rejected_unchanged(tmp_path):
         assert len(store.list_runs()) == 0
 
 
-def test_damaged_pages_inside_a_valid_store_give_input_error_and_change_nothing(tmp_path):
+def test_damaged_pages_inside_a_valid_store_give_input_error_and_change_nothing(damaged_store):
     """A store whose header is intact but whose pages were overwritten opens fine; SQLite only fails when a damaged
     page is read. Every read and write then raises InputError("store", "... damaged ...") -- not a raw
     sqlite3.DatabaseError -- and the file is left byte for byte as it was."""
-    p = tmp_path / "dmg.sqlite"
-    with TraceStore(p) as store:
-        for i in range(6):
-            store.save_run(make_run(seed=i, n_rounds=5))
-    data = bytearray(p.read_bytes())
-    assert len(data) >= 8 * 4096
-    data[3 * 4096:7 * 4096] = np.random.default_rng(0).integers(0, 256, 4 * 4096, dtype=np.uint8).tobytes()
-    p.write_bytes(bytes(data))
+    p = damaged_store
     before = _bytes_and_siblings(p)
     store = TraceStore(p)
     for op in (store.list_runs, lambda: store.load_run(1), lambda: store.save_run(make_run(seed=9)),
