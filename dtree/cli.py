@@ -26,7 +26,8 @@ def _add_model_args(p: argparse.ArgumentParser) -> None:
                    help="'embedded' (SmolLM2-135M-Instruct, offline), a HF model folder or hub id")
     p.add_argument("--drafter", default=None, help="drafter checkpoint folder (default: the shipped one)")
     p.add_argument("--dtype", default=None, choices=["float32", "bfloat16", "float16"],
-                   help="weights dtype (default: float32 on CPU, measured faster and exact; bfloat16 on CUDA)")
+                   help="weights dtype (default: float32 on CPU, exact; bfloat16 on CUDA; on a 2-core CPU either "
+                        "dtype was the faster one in some machine states, see README)")
     p.add_argument("--device", default=None, help="cpu, cuda or cuda:N (default: cuda when available)")
 
 

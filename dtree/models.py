@@ -23,7 +23,7 @@ from .kernels import install_linear_kernels, kernels_mode, load_or_tune
 EMBEDDED = "embedded"
 EMBEDDED_NAME = "SmolLM2-135M-Instruct"
 _DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
-DEFAULT_CPU_DTYPE = "float32"  # measured faster than bf16 here (AR 15.9 vs 14.6 tok/s; bf16 tree verify far slower)
+DEFAULT_CPU_DTYPE = "float32"  # exact; faster than bf16 in some states of the dev machine, slower in others
 
 
 TREE_ATTENTION = "dtree_sdpa"  # the attention implementation targets are loaded with (see tree_sdpa_attention)
@@ -115,8 +115,8 @@ def default_device() -> torch.device:
 
 
 def default_dtype(device: torch.device) -> str:
-    """float32 on CPU (faster than bf16 on the measured 2-core machine, which lacks bf16 instructions, and exact),
-    bfloat16 on CUDA."""
+    """float32 on CPU (exact; on the measured 2-core machine, which lacks bf16 instructions, it was the faster dtype in
+    some machine states and bf16 in others, README "Default dtype"), bfloat16 on CUDA."""
     return DEFAULT_CPU_DTYPE if device.type == "cpu" else "bfloat16"
 
 
