@@ -176,7 +176,7 @@ def test_few_training_steps_lower_the_loss(target, sequence):
 
 def test_shipped_checkpoint_loads_for_embedded_target(target, sequence):
     d = load_drafter(default_drafter_path(), target)
-    assert d.block_size == 8 and d.config.num_target_layers == target.n_layers  # v8 (MODEL_CARD.md)
+    assert d.block_size == 8 and d.config.num_target_layers == target.n_layers  # v8, v9 (MODEL_CARD.md)
     s = sequence
     lp = d.draft_logits(target.model, d.new_cache(), s.feats[None, :s.prompt_len].float(), int(s.tokens[s.prompt_len]),
                         s.prompt_len)
