@@ -111,3 +111,9 @@ b issue3-gsm8k20-v8-sweep-bf16 --dataset gsm8k --limit 20 --methods ar,ddtree:3,
 "$PY" scripts/issue4_report.py --store "$STORE" --latest --oracle-budgets all --out docs/bench/issue3-gsm8k20-v8-sweep-bf16-report.json > docs/bench/issue3-gsm8k20-v8-sweep-bf16-report.md
 b issue3-humaneval20-v8-sweep-bf16 --dataset humaneval --limit 20 --methods ar,ddtree:4,ddtree:8,ddtree:16,ddtree:32,caddtree --max-new-tokens 128 --dtype bfloat16
 "$PY" scripts/issue4_report.py --store "$STORE" --latest --oracle-budgets all --out docs/bench/issue3-humaneval20-v8-sweep-bf16-report.json > docs/bench/issue3-humaneval20-v8-sweep-bf16-report.md
+# session 17: drafter v9 (before shipping: --drafter data/ck10; the same folder is now the shipped checkpoint), bf16 with
+# the bf16 oracle budget of session 16 (ddtree:16), then a short fp32 lossless check
+b issue3-gsm8k50-v9-bf16 --dataset gsm8k --limit 50 --methods ar,chain,ddtree:16,caddtree --max-new-tokens 128 --dtype bfloat16
+b issue3-humaneval50-v9-bf16 --dataset humaneval --limit 50 --methods ar,chain,ddtree:16,caddtree --max-new-tokens 128 --dtype bfloat16
+b issue3-gsm8k10-v9-fp32 --dataset gsm8k --limit 10 --methods ar,chain,caddtree --max-new-tokens 128 --dtype float32
+b issue3-humaneval10-v9-fp32 --dataset humaneval --limit 10 --methods ar,chain,caddtree --max-new-tokens 128 --dtype float32
