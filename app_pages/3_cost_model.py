@@ -194,10 +194,13 @@ else:
 if backend is not None:
     from dtree.kernels import installed_table
 
+    if getattr(backend.drafter, "dtype_note", None):
+        st.caption(f"Drafter dtype: {backend.drafter.dtype_note}. It sets Cd, so cost profiles are kept per drafter "
+                   "dtype; DTREE_DRAFTER_DTYPE (or the CLI's --drafter-dtype) fixes it.")
     with st.expander("Matmul kernels of this machine (few-row products of decode and verify steps)"):
         table = installed_table(backend.target.model)
         if table is None:
-            st.caption(f"Off for this target ({backend.target.linear_kernels}): dtree tunes them for float32 on CPU "
+            st.caption(f"Off for this target ({backend.target.linear_kernels}): dtree tunes them on CPU "
                        "unless DTREE_LINEAR_KERNELS=off. Every linear layer runs F.linear.")
         else:
             st.caption("A decode step multiplies every weight by 1 row (AR) or n + 1 rows (a tree verify). The first "

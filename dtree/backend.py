@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import os
 import time
 from pathlib import Path
 
@@ -63,10 +64,18 @@ class DraftStepTimer:
         return time.perf_counter() - t0
 
 
+def _drafter_dtype(drafter) -> str | None:
+    """The dtype name of a drafter's weights (None without a drafter): it sets Cd, so cost models are kept per it."""
+    if drafter is None:
+        return None
+    p = next(iter(drafter.parameters()), None)
+    return None if p is None else dtype_name(p.dtype)
+
+
 def default_cost_model_path(target: Target, drafter) -> Path:
     """Where the auto-profiled cost model of this (target, drafter, dtype, device) is cached."""
     key = json.dumps([target.name, getattr(drafter, "name", ""), getattr(drafter, "fingerprint", ""),
-                      dtype_name(target.dtype), str(target.device),
+                      dtype_name(target.dtype), str(target.device), _drafter_dtype(drafter),
                       hardware_description(target.device),
                       getattr(target.model.config, "_attn_implementation", None),  # the verify kernel path
                       list(target.verify_widths),  # verifies padded alike
@@ -120,6 +129,7 @@ def profile_cost_model(target: Target, drafter, contexts=QUICK_CONTEXTS, nodes=Q
     raw = profile_verify(target.model, contexts, nodes, repeats, target.dtype, target.device, progress=progress,
                          between=lambda: cd_times.append(step()), widths=target.verify_widths)
     meta = {"target": target.name, "drafter": getattr(drafter, "name", None), "dtype": dtype_name(target.dtype),
+            "drafter_dtype": _drafter_dtype(drafter),
             "cd_samples": len(cd_times), "verify_widths": list(target.verify_widths),
             "linear_kernels": target.linear_kernels}
     return cost_model_from_profile(target.model, float(np.median(cd_times)), raw, contexts, nodes, repeats,
@@ -139,12 +149,80 @@ def cost_model_mismatch(cost, target: Target, drafter=None) -> list[str]:
             "verify_widths": list(target.verify_widths), "linear_kernels": target.linear_kernels}
     if drafter is not None and getattr(drafter, "name", None):
         here["drafter"] = drafter.name
+    if drafter is not None:
+        here["drafter_dtype"] = _drafter_dtype(drafter)
     out = []
     for key, mine in here.items():
         theirs = meta.get(key)
         if theirs is not None and str(theirs) != str(mine):
             out.append(f"cost model was measured for {key} {theirs!r}, this run uses {mine!r}")
     return out
+
+
+DRAFTER_DTYPE_ENV = "DTREE_DRAFTER_DTYPE"
+
+
+def drafter_dtype_setting(value: str | None = None) -> str:
+    """The drafter dtype asked for: ``value`` if given, else ``DTREE_DRAFTER_DTYPE``, else ``"auto"``.
+
+    Returns ``"auto"`` or a canonical dtype name (``float32`` / ``bfloat16`` / ``float16``).
+    Raises:
+        InputError: any other value.
+    """
+    from .models import parse_dtype
+
+    raw = value if value is not None else os.environ.get(DRAFTER_DTYPE_ENV, "")
+    v = (raw or "").strip().lower() or "auto"
+    if v == "auto":
+        return v
+    try:
+        return dtype_name(parse_dtype(v))
+    except InputError:
+        raise InputError("drafter_dtype", f"must be 'auto', 'float32', 'bfloat16' or 'float16', got {raw!r}") from None
+
+
+def load_drafter_fastest(path: str | Path, target: Target, drafter_dtype: str | None = None, repeats: int = 7):
+    """Load the drafter at ``path`` for ``target`` in the dtype that drafts faster on this machine.
+
+    ``drafter_dtype`` (:func:`drafter_dtype_setting`): a dtype name loads it in that dtype. ``"auto"``: on CUDA, or
+    next to a float32 target, the target's dtype; on CPU next to a bf16/fp16 target both float32 and the target's
+    dtype are loaded and ``repeats`` interleaved steady-state draft steps (:class:`DraftStepTimer`, about 10-25 ms
+    each) are timed per dtype; the one with the lower median is kept. Which wins depends on the CPU: on the 2-core
+    machines of sessions 1-17 (no bf16 instructions) float32 drafted about 1.5-2x faster (Cd 15 vs 22 ms); on one
+    with AVX512-BF16 bf16 drafted 2.7x faster (7.4 vs 20.3 ms, session 18). The drafter's output is float32 either
+    way (features and embeddings are cast on the way in), so the choice changes speed, not the tree.
+
+    The returned drafter carries ``dtype_note`` (what was chosen and why, for the CLI and the pages).
+    Raises:
+        InputError: as :func:`dtree.drafter.load_drafter`, or a bad ``drafter_dtype``.
+    """
+    from .drafter import load_drafter
+
+    setting = drafter_dtype_setting(drafter_dtype)
+    same = dtype_name(target.dtype)
+    if setting != "auto":
+        d = load_drafter(path, target, dtype=setting)
+        d.dtype_note = f"{setting} (asked for)"
+        return d
+    if target.device.type != "cpu" or same == "float32":
+        d = load_drafter(path, target)
+        d.dtype_note = f"{same} (the target's dtype)"
+        return d
+    cands = {name: load_drafter(path, target, dtype=name) for name in (same, "float32")}
+    timers = {name: DraftStepTimer(target, d) for name, d in cands.items()}
+    times: dict[str, list[float]] = {name: [] for name in cands}
+    for name, timer in timers.items():  # warm-up step each, untimed
+        timer()
+    for _ in range(repeats):
+        for name, timer in timers.items():
+            times[name].append(timer())
+    med = {name: float(np.median(v)) * 1e3 for name, v in times.items()}
+    best = min(med, key=med.get)
+    other = next(n for n in med if n != best)
+    d = cands[best]
+    d.dtype_note = (f"{best} (auto: a draft step took {med[best]:.1f} ms in {best}, "
+                    f"{med[other]:.1f} ms in {other} on this machine)")
+    return d
 
 
 class Backend:
@@ -155,23 +233,22 @@ class Backend:
         dtype: ``"float32"`` / ``"bfloat16"`` / ``"float16"``; default float32 on CPU, bfloat16 on CUDA.
         device: default CUDA when available.
         drafter: path of a drafter checkpoint; default the shipped one for the embedded target.
+        drafter_dtype: the drafter's dtype, ``"auto"`` (default; also ``DTREE_DRAFTER_DTYPE``) or a dtype name; see
+            :func:`load_drafter_fastest`.
     Raises:
         InputError: a model or checkpoint that cannot be loaded or does not match the target.
     """
 
     def __init__(self, target: str = "embedded", dtype: str | None = None, device: str | None = None,
-                 drafter: str | None = None):
-        from .drafter import default_drafter_path, load_drafter
+                 drafter: str | None = None, drafter_dtype: str | None = None):
+        from .drafter import default_drafter_path
 
         self.target = load_target(target, dtype, device)
         if drafter is None and target not in ("embedded", None, ""):
             self.drafter = None  # a user target needs its own drafter checkpoint
         else:
             path = Path(drafter) if drafter else default_drafter_path()
-            # on CPU the drafter runs in float32 even next to a bf16 target: CPUs without bf16 instructions run it
-            # about 1.5-2x faster (measured Cd 15 vs 22 ms per round on the 2-core machine)
-            self.drafter = load_drafter(path, self.target,
-                                        dtype="float32" if self.target.device.type == "cpu" else None)
+            self.drafter = load_drafter_fastest(path, self.target, drafter_dtype)
             self.drafter.name = path.name if drafter is None else str(path)
             # a retrained checkpoint changes Cd: the auto-profiled cost model is cached per weights file
             self.drafter.fingerprint = hashlib.sha1((path / "model.safetensors").read_bytes()).hexdigest()[:12]

@@ -29,6 +29,9 @@ def _add_model_args(p: argparse.ArgumentParser) -> None:
                    help="weights dtype (default: float32 on CPU, exact; bfloat16 on CUDA; on a 2-core CPU either "
                         "dtype was the faster one in some machine states, see README)")
     p.add_argument("--device", default=None, help="cpu, cuda or cuda:N (default: cuda when available)")
+    p.add_argument("--drafter-dtype", default=None, choices=["auto", "float32", "bfloat16", "float16"],
+                   help="the drafter's dtype (default: $DTREE_DRAFTER_DTYPE, else auto: on CPU next to a bf16/fp16 "
+                        "target, whichever of float32 and the target's dtype drafts faster here, timed at load)")
 
 
 def _add_decode_args(p: argparse.ArgumentParser) -> None:
@@ -159,7 +162,7 @@ def cmd_decode(args) -> int:
         from .cost import CostModel
 
         CostModel.load(args.cost_model)  # likewise
-    backend = Backend(args.target, args.dtype, args.device, args.drafter)
+    backend = Backend(args.target, args.dtype, args.device, args.drafter, args.drafter_dtype)
     backend.prepare(args.prompt, cfg)  # against the model's context; before anything is profiled or stored
     backend.cost_weights = None if weights.is_identity else weights
     caddtree = parse_method(cfg.method).base == "caddtree"
@@ -264,7 +267,7 @@ def cmd_profile(args) -> int:
     for c in contexts:
         check_int("contexts", c, lo=1)
     out = json_output_path(args.out, "out") if args.out else None  # before the model loads
-    backend = Backend(args.target, args.dtype, args.device, args.drafter)
+    backend = Backend(args.target, args.dtype, args.device, args.drafter, args.drafter_dtype)
     hi = backend.target.max_context - max_nodes - 1
     for c in contexts:
         check_int("contexts", c, 1, hi)
@@ -572,9 +575,12 @@ def cmd_bench(args) -> int:
     check_float("temperature", args.temperature, 0.0, 100.0)
     if args.out and Path(args.out).suffix not in (".csv", ".json"):
         raise InputError("out", f"must end in .csv or .json, got {args.out!r}")
-    backend = Backend(args.target, args.dtype, args.device, args.drafter)
+    backend = Backend(args.target, args.dtype, args.device, args.drafter, args.drafter_dtype)
     for p in prompts:
         backend.prepare(p, DecodeConfig("ar", max_new_tokens=args.max_new_tokens, temperature=args.temperature))
+    drafter_dtype = getattr(backend.drafter, "dtype_note", None)
+    if drafter_dtype:
+        print(f"drafter dtype: {drafter_dtype}", file=sys.stderr)
     specs = [parse_method(m) for m, _ in methods]
     has_caddtree = any(s.base == "caddtree" for s in specs)
     backend.cost_weights = None if weights.is_identity else weights
@@ -635,7 +641,7 @@ def cmd_bench(args) -> int:
         else:
             out.write_text(json.dumps({"dataset": args.dataset, "limit": args.limit, "methods": args.methods,
                                        "max_new_tokens": args.max_new_tokens, "temperature": args.temperature,
-                                       "dtype": dtype_name(backend.target.dtype),
+                                       "dtype": dtype_name(backend.target.dtype), "drafter_dtype": drafter_dtype,
                                        "cost_model": args.cost_model or "auto", "cost_weights": weights.to_dict(),
                                        "store": None if store is None else str(args.store),
                                        "tag": None if store is None else store.tag, "summary": rows,
@@ -715,7 +721,7 @@ def cmd_diagnose(args) -> int:
         check_int("max_new_tokens", args.max_new_tokens, 1, 100_000)
         from .backend import Backend
 
-        backend = Backend(args.target, args.dtype, args.device, args.drafter)
+        backend = Backend(args.target, args.dtype, args.device, args.drafter, args.drafter_dtype)
         cfg = DecodeConfig(methods[0][0], budget=methods[0][1], max_new_tokens=args.max_new_tokens)
         for p in prompts:
             backend.prepare(p, cfg)

@@ -540,9 +540,9 @@ def save_drafter(drafter: DFlashDrafter, path: str | Path, dtype: torch.dtype | 
 def load_drafter(path: str | Path, target, dtype: torch.dtype | str | None = None) -> DFlashDrafter:
     """Load a drafter folder (``config.json`` + ``model.safetensors``) for ``target`` (a :class:`dtree.models.Target`
     or an HF causal LM), on the target's device, in the target's dtype unless ``dtype`` is given, eval mode, no
-    gradients, with the target's few-row matmul kernels when it has them (:mod:`dtree.kernels`). (On CPUs without bf16
-    instructions a float32 drafter next to a bf16 target is about 2x faster per round; features and embeddings are
-    cast on the way in, the output is float32 either way.)
+    gradients, with the target's few-row matmul kernels when it has them (:mod:`dtree.kernels`). (Which dtype drafts
+    faster next to a bf16 target depends on the CPU: :func:`dtree.backend.load_drafter_fastest` times both; features
+    and embeddings are cast on the way in, the output is float32 either way.)
 
     Accepts dtree and z-lab layouts (a leading ``model.`` in parameter names is stripped).
     Raises :class:`dtree.errors.InputError` (field ``"drafter"``) when the folder or a file is missing or corrupt,
