@@ -5,6 +5,7 @@ import streamlit as st
 
 from dtree import figures, ui
 from dtree.engine import DEFAULT_BUDGET, MAX_BUDGET, DecodeConfig
+from dtree.models import dtype_advice
 from dtree.records import METHODS, VARIANT_BASES
 
 st.title("Live decode")
@@ -13,7 +14,7 @@ st.caption("A real target (SmolLM2-135M-Instruct by default) verifies the drafte
 
 with st.sidebar:
     dtype = st.selectbox("dtype", ["float32", "bfloat16"], key="dtype",
-                         help="float32: exact and, on CPUs without bf16 instructions, faster; bfloat16 may break near-ties differently")
+                         help="float32: exact; bfloat16 may break near-ties differently. Here: " + dtype_advice())
 ui.store_box()  # where runs are logged
 
 # method settings outside the form, so the budget and the tree options follow the chosen method at once

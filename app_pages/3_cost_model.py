@@ -6,7 +6,7 @@ import streamlit as st
 from dtree import figures, ui
 from dtree.backend import cost_model_mismatch, profile_cost_model
 from dtree.cost import FIT_GAP_WARN
-from dtree.models import verify_widths_from_env
+from dtree.models import dtype_advice, verify_widths_from_env
 from dtree.replay import round_marginals
 from dtree.trees import best_path_logprobs, theta_curve_for
 
@@ -17,7 +17,8 @@ st.caption("CaDDTree predicts a round's throughput theta(n) = (1 + Phi(n)) / (Cd
 
 with st.sidebar:
     dtype = st.selectbox("dtype", ["float32", "bfloat16"], key="dtype",
-                         help="The target's dtype: a cost model is only valid for the dtype it was measured with")
+                         help="The target's dtype: a cost model is only valid for the dtype it was measured with. "
+                              "Here: " + dtype_advice())
 
 CONTEXTS = [32, 64, 128, 256, 512, 1024, 2048]
 NODE_CAPS = [8, 16, 32, 64, 128, 256]

@@ -5,6 +5,7 @@ import streamlit as st
 
 from dtree import bench, figures, ui
 from dtree.errors import InputError
+from dtree.models import dtype_advice
 from dtree.records import parse_method
 
 MAX_PROMPTS = 50
@@ -25,7 +26,7 @@ st.caption("Runs AR, DFlash chain, DDTree at fixed budgets and CaDDTree (and the
 
 with st.sidebar:
     dtype = st.selectbox("dtype", ["float32", "bfloat16"], key="arena_dtype",
-                         help="float32 is exact (outputs must equal AR's) and faster on CPUs without bf16 instructions")
+                         help="float32 is exact (outputs must equal AR's). Here: " + dtype_advice())
 
 with st.form("arena"):
     c1, c2 = st.columns([2, 1])

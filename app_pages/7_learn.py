@@ -8,6 +8,7 @@ import streamlit as st
 from dtree import bench, figures, ui
 from dtree.cost import CostModel
 from dtree.engine import DecodeConfig
+from dtree.models import dtype_advice
 
 st.title("Learn: one round, step by step")
 st.caption("Everything below comes from a real round decoded just now on the embedded models (offline): the drafter "
@@ -16,7 +17,7 @@ st.caption("Everything below comes from a real round decoded just now on the emb
 
 with st.sidebar:
     dtype = st.selectbox("dtype", ["float32", "bfloat16"], key="learn_dtype",
-                         help="float32 is exact (and faster on CPUs without bf16 instructions)")
+                         help="float32 is exact. Here: " + dtype_advice())
 ui.store_box()  # where runs are logged
 
 with st.form("learn"):

@@ -239,10 +239,15 @@ def build_tree(method: str, marg: trees.Marginals, anchor: int, budget: int | No
         tree = trees.build_caddtree(marg, anchor, cost_model, start, budget, spine=spine, calibration=calibration)
         n = tree.n_nodes
         s = min(marg.gamma, budget) if spine else 0
+        scanned = len(tree.theta_curve) - 1
         if n >= budget and s >= budget:
             why = f"the {s} spine nodes fill the maximum budget {budget}"
         elif n >= budget:
             why = f"reached the maximum budget {budget} while theta(n) still rose"
+        elif trees.uses_argmax_stop(cost_model):
+            why = (f"argmax stop: theta({n}) = {tree.theta_curve[n]:.2f} tok/s is the highest for n in {s}..{budget} "
+                   f"(prefixes scanned up to n = {scanned}; no larger one can win). The measured Cv is not convex, so "
+                   f"theta may have local maxima)" if scanned > n else f"argmax stop at n={n} (no more candidates)")
         else:
             why = (f"greedy stop: adding node {n + 1} would lower theta from {tree.theta_curve[n]:.2f} "
                    f"to {tree.theta_curve[n + 1]:.2f} tok/s" if len(tree.theta_curve) > n + 1

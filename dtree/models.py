@@ -120,6 +120,38 @@ def default_dtype(device: torch.device) -> str:
     return DEFAULT_CPU_DTYPE if device.type == "cpu" else "bfloat16"
 
 
+BF16_CPU_FLAGS = ("avx512_bf16", "amx_bf16", "avx_vnni_bf16", "avx_ne_convert")
+"""CPU flags (Linux ``/proc/cpuinfo``) of instructions that compute on bfloat16 directly."""
+
+
+def cpu_bf16_flags(cpuinfo: str | Path = "/proc/cpuinfo") -> list[str]:
+    """The bfloat16 instruction flags (:data:`BF16_CPU_FLAGS`) this CPU reports, in that order; ``[]`` when it reports
+    none or ``cpuinfo`` cannot be read (not Linux)."""
+    try:
+        text = Path(cpuinfo).read_text(errors="replace")
+    except OSError:
+        return []
+    flags: set[str] = set()
+    for line in text.splitlines():
+        if line.startswith("flags"):
+            flags.update(line.partition(":")[2].split())
+            break
+    return [f for f in BF16_CPU_FLAGS if f in flags]
+
+
+def dtype_advice() -> str:
+    """One sentence for the pages' dtype choosers: which dtype is likely faster on this CPU, and why.
+
+    Measured: without bf16 instructions (the sessions 1-17 machine) float32 was about as fast as or faster than bf16;
+    with AVX512-BF16 (session 18) a 16-token bf16 verify cost 1.4 AR steps but a float32 one 2.8, and speculative
+    decoding ran 1.8x AR in bf16 but 0.8x in float32 (README "Default dtype")."""
+    flags = cpu_bf16_flags()
+    if flags:
+        return (f"this CPU has bf16 instructions ({', '.join(flags)}): bfloat16 verifies wide trees far cheaper than "
+                "float32, so speculative methods gain much more in bfloat16")
+    return "this CPU reports no bf16 instructions: float32 is usually as fast as bfloat16 or faster"
+
+
 CPU_FP32_VERIFY_WIDTHS = (5, 8)
 """Widths (tokens) fp32 tree verifies on CPU are padded to. The CPU matmul library (MKL, torch 2.13) is slow on
 some narrow products: it runs 2-4 rows as repeated matrix-vector passes over the weights, so on the 2-core machine a

@@ -15,7 +15,8 @@ round's tree with the builders of :mod:`dtree.trees` (on ``Marginals(tokens, log
 Speed: a round's DDTree order is computed once (the best-first heap, spec 2.2, up to the largest budget asked for).
 The DDTree top-B set is the first B nodes of that order (for B <= k), so tau(B) = 1 + the running maximum of the
 matched depth over the first B nodes, and every budget of a sweep is one numpy gather. CaDDTree's greedy stop (spec
-3.2) is the first n where theta(n + 1) <= theta(n) on the same order, computed with the builder's exact arithmetic.
+3.2) is the first n where theta(n + 1) <= theta(n) on the same order, computed with the builder's exact arithmetic
+(on a measured, non-convex Cv the builder's argmax stop: the first argmax of theta(n) up to the cap).
 
 Limits (say so wherever replay numbers are shown):
 
@@ -61,6 +62,7 @@ from .trees import (
     build_caddtree,
     build_chain,
     build_ddtree,
+    uses_argmax_stop,
     walk,
 )
 
@@ -349,7 +351,7 @@ def adaptive_calibrations(run: RunRecord, settings: dict | None = None) -> list[
 
 
 def _reads_measured_cv(method: str, run: RunRecord) -> bool:
-    """Whether this run's greedy stops read the measured Cv: a ``-rawcv`` method, or a plain caddtree run whose profile
+    """Whether this run's stops read the measured Cv (argmax stops): a ``-rawcv`` method, or a plain caddtree run whose profile
     the convex fit missed (the engine's :func:`dtree.engine.auto_cv_curve`, logged as ``params.cv_curve``)."""
     return parse_method(method).raw_cv or bool((run.params or {}).get("cv_curve"))
 
@@ -477,10 +479,13 @@ def _forced(p: _Prepared, cap: np.ndarray) -> np.ndarray:
     return np.minimum(p.gamma, cap) if p.spine else np.zeros(len(cap), np.int64)
 
 
-def _caddtree_choice(p: _Prepared, cd: np.ndarray, cv: np.ndarray, max_budget: int) -> np.ndarray:
-    """CaDDTree's greedy budget per round (spec 3.2), int64 ``[R]``, with :func:`dtree.trees.build_caddtree`'s
-    arithmetic (theta(n+1) = ((1 + Phi(n)) + delta) / (Cd + Cv(n+1; L)); stop at the first non-improvement after the
-    forced spine nodes, if any)."""
+def _caddtree_choice(p: _Prepared, cd: np.ndarray, cv: np.ndarray, max_budget: int,
+                     stop: str = "auto") -> np.ndarray:
+    """CaDDTree's budget per round (spec 3.2), int64 ``[R]``, with :func:`dtree.trees.build_caddtree`'s arithmetic
+    (theta(n+1) = ((1 + Phi(n)) + delta) / (Cd + Cv(n+1; L))): the first non-improvement after the forced spine nodes,
+    if any; or, for rounds whose cost model reads its measured Cv (:func:`dtree.trees.uses_argmax_stop`), the first
+    argmax of theta over n from the forced nodes to the cap. ``stop``: ``"auto"`` (as the builder), ``"greedy"`` (the
+    paper's stop on every round, for the unimodality check) or ``"argmax"`` (every round)."""
     R = len(p.starts)
     cap = np.minimum(np.minimum(p.n_avail, max_budget), p.M)
     if max_budget == 0 or p.M == 0:
@@ -489,10 +494,23 @@ def _caddtree_choice(p: _Prepared, cd: np.ndarray, cv: np.ndarray, max_budget: i
     full = _theta_table(p, cd, cv, m)
     theta, prev = full[:, 1:], full[:, :-1]
     steps = np.arange(1, m + 1)[None, :]
-    ok = ((theta > prev) | (steps <= _forced(p, cap)[:, None])) & (steps <= cap[:, None])
+    forced = _forced(p, cap)
+    ok = ((theta > prev) | (steps <= forced[:, None])) & (steps <= cap[:, None])
     # first n where ok[n] is False = number of inserted nodes
     first_bad = np.where(ok.all(axis=1), m, np.argmin(ok, axis=1))
-    return np.minimum(first_bad, cap).astype(np.int64)
+    out = np.minimum(first_bad, cap).astype(np.int64)
+    if stop not in ("auto", "greedy", "argmax"):
+        raise ValueError(f"stop must be 'auto', 'greedy' or 'argmax', got {stop!r}")
+    if stop == "auto":
+        argmax_rows = np.asarray([uses_argmax_stop(p.costs[int(ri)]) for ri in p.run_of], dtype=bool)
+    else:
+        argmax_rows = np.full(R, stop == "argmax")
+    if argmax_rows.any():
+        grid = np.arange(m + 1)[None, :]
+        allowed = (grid >= forced[:, None]) & (grid <= cap[:, None])
+        best = np.argmax(np.where(allowed, full, -np.inf), axis=1)  # the first maximum, as the builder keeps
+        out[argmax_rows] = best[argmax_rows]
+    return out
 
 
 def _summary(p: _Prepared, method: str, budget: int | None, n: np.ndarray, taus: np.ndarray, round_s: np.ndarray,
@@ -834,7 +852,7 @@ def check_unimodal(runs: RunRecord | Iterable[RunRecord], cost: CostModel | None
     theta = _theta_table(p, cd, cv, M)
     cap = np.minimum(p.n_avail, M)
     lo = _forced(p, cap)
-    greedy = _caddtree_choice(p, cd, cv, M)
+    greedy = _caddtree_choice(p, cd, cv, M, stop="greedy")
     rows = []
     for r in range(len(p.starts)):
         if not p.drafted[r]:  # a -fallback plain step: no tree, no theta curve to check

@@ -177,6 +177,11 @@ class _TreeBuffer:
         self.path_logprobs.append(float(path_logprob))
         return len(self.tokens) - 1
 
+    def truncate(self, n_nodes: int) -> None:
+        """Keep the root and the first ``n_nodes`` inserted nodes (in place; a best-first prefix is a valid tree)."""
+        for lst in (self.tokens, self.parents, self.depths, self.ranks, self.logprobs, self.path_logprobs):
+            del lst[n_nodes + 1:]
+
     def finish(self, method: str, cost: CostModel | None, context_len: int, theta_curve: np.ndarray | None = None,
                score_lp: list[float] | None = None) -> DraftTree:
         n1 = len(self.tokens)
@@ -417,6 +422,11 @@ def build_caddtree(marg: Marginals, anchor: int, cost: CostModel, context_len: i
     n (as :class:`~dtree.cost.CostModel` fits it) theta is unimodal and this stop is the global argmax over n of
     theta (spec 3.3).
 
+    A cost model that reads its measured Cv curve (:func:`uses_argmax_stop`; not convex, so theta may have local
+    maxima) gets the global argmax explicitly instead: candidates are inserted past non-improvements while a bound
+    says a larger prefix could still win, and the tree is the best prefix (:func:`_scan_argmax`). On a convex curve
+    both rules give the same tree.
+
     Options (as :func:`build_ddtree`):
         spine: the first s = min(gamma, max_budget) nodes are the top-1 chain, inserted whatever theta does (Phi and
             theta still count them); the greedy rule then runs on the remaining candidates from n = s, so the
@@ -438,7 +448,8 @@ def build_caddtree(marg: Marginals, anchor: int, cost: CostModel, context_len: i
     Returns:
         :class:`DraftTree` with ``method="caddtree"``. ``theta_curve`` holds theta(0..n) followed by theta(n+1) of the
         first rejected candidate when the rule stopped (length n+2); when the build ended at ``max_budget`` or ran out
-        of candidates it has length n+1.
+        of candidates it has length n+1. Under the argmax stop it holds theta(0..m) of every prefix scanned (m >= n;
+        length n+1 when theta was highest at the last prefix scanned).
 
     Raises:
         InputError: ``max_budget`` < 0 or ``context_len`` < 0.
@@ -463,6 +474,52 @@ def build_caddtree(marg: Marginals, anchor: int, cost: CostModel, context_len: i
             theta_prev = (1.0 + phi + delta) / (cd + cv[n + 1])
             curve.append(theta_prev)
             phi += delta
+    if uses_argmax_stop(cost):
+        best = _scan_argmax(frontier, cv, cd, s, max_budget, phi, theta_prev, curve)
+        buf.truncate(best)
+        if calibration is not None:
+            del frontier.scores[best + 1:]
+    else:
+        for n in range(s, max_budget):
+            cand = frontier.pop()
+            if cand is None:
+                break
+            delta = math.exp(-cand.neg_score)
+            theta_new = (1.0 + phi + delta) / (cd + cv[n + 1])
+            curve.append(theta_new)
+            if not theta_new > theta_prev:
+                break
+            frontier.accept(cand)
+            phi += delta
+            theta_prev = theta_new
+    return buf.finish("caddtree", cost, context_len, theta_curve=np.asarray(curve),
+                      score_lp=None if calibration is None else frontier.scores)
+
+
+def uses_argmax_stop(cost) -> bool:
+    """Whether :func:`build_caddtree` takes the global argmax of theta over the best-first prefixes instead of the
+    paper's first-non-improvement stop: when ``cost`` reads its measured Cv curve (``cost.curve == "measured"``: the
+    ``-rawcv`` variants, and plain caddtree where :func:`dtree.engine.auto_cv_curve` found the convex fit off).
+
+    Why: the greedy stop is the argmax only when Cv is convex in n (spec 3.3). A measured CPU curve is concave with
+    steps (verify padding widths, matmul kernels per width) and noise, so theta(n) has local maxima: on the session-18
+    machine (bf16) caddtree stopped at a mean 4.3 nodes on GSM8K, where ddtree:16 ran 1.08x faster.
+    """
+    return getattr(cost, "curve", "convex") != "convex"
+
+
+def _scan_argmax(frontier: "_Frontier", cv: np.ndarray, cd: float, s: int, max_budget: int, phi: float,
+                 theta_s: float, curve: list[float]) -> int:
+    """Insert best-first candidates after the ``s`` forced nodes and return the node count n in ``[s, max_budget]``
+    with the highest theta(n) (the first one on ties); ``curve`` gets theta(s+1..m) of every prefix scanned.
+
+    The scan ends at ``max_budget``, when candidates run out, or once no larger prefix can beat the best: after m
+    nodes with last step delta_m, later steps are <= delta_m (best-first order, DDTree Prop. 1), so for every
+    m' > m theta(m') <= (1 + Phi(m) + (m' - m) delta_m) / (Cd + Cv(m'; L)); when that bound's maximum is <= the best
+    theta the rest cannot win. The result is therefore the exact argmax over all prefixes up to ``max_budget``.
+    Nodes past the argmax are inserted into the frontier's buffer; the caller truncates them.
+    """
+    best_n, best_theta = s, theta_s
     for n in range(s, max_budget):
         cand = frontier.pop()
         if cand is None:
@@ -470,13 +527,15 @@ def build_caddtree(marg: Marginals, anchor: int, cost: CostModel, context_len: i
         delta = math.exp(-cand.neg_score)
         theta_new = (1.0 + phi + delta) / (cd + cv[n + 1])
         curve.append(theta_new)
-        if not theta_new > theta_prev:
-            break
         frontier.accept(cand)
         phi += delta
-        theta_prev = theta_new
-    return buf.finish("caddtree", cost, context_len, theta_curve=np.asarray(curve),
-                      score_lp=None if calibration is None else frontier.scores)
+        if theta_new > best_theta:
+            best_n, best_theta = n + 1, theta_new
+        elif n + 2 <= max_budget:
+            later = np.arange(1, max_budget - n, dtype=np.float64)  # m' - m for m' = n + 2 .. max_budget
+            if float(np.max((1.0 + phi + later * delta) / (cd + cv[n + 2: max_budget + 1]))) <= best_theta:
+                break
+    return best_n
 
 
 # ----------------------------------------------------------------------------------------------------------------------

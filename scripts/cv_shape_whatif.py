@@ -73,7 +73,7 @@ def main() -> None:
     out = [(f"ddtree:{b}", score(np.minimum(b, cap)), float(b)) for b in (1, 2, 4, 8, 16, 32) if b <= M]
     for name, model in fits.items():
         cd, cv = _cost_tables(p, [model] * len(p.costs), M)
-        g = _caddtree_choice(p, cd, cv, M)
+        g = _caddtree_choice(p, cd, cv, M, stop="greedy")
         th = _theta_table(p, cd, cv, M)
         th = np.where(np.arange(M + 1)[None, :] <= cap[:, None], th, -np.inf)
         a = th.argmax(axis=1)

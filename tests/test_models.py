@@ -40,3 +40,24 @@ def test_verify_widths_upper_bound_and_cli_checks_before_loading(monkeypatch, ca
     monkeypatch.setattr(backend, "load_target", no_load)  # what the CLI's Backend calls
     assert cli.main(["decode", "--prompt", "hi", "--method", "ddtree:2", "--max-new-tokens", "4", "--no-store"]) == 2
     assert "DTREE_VERIFY_WIDTHS" in capsys.readouterr().err
+
+
+def test_cpu_bf16_flags_read_from_cpuinfo(tmp_path):
+    from dtree.models import cpu_bf16_flags
+
+    info = tmp_path / "cpuinfo"
+    info.write_text("processor\t: 0\nflags\t\t: fpu sse avx512f amx_bf16 avx512_bf16 avx2\n\nprocessor\t: 1\n"
+                    "flags\t\t: fpu\n")
+    assert cpu_bf16_flags(info) == ["avx512_bf16", "amx_bf16"]  # first CPU's line, in BF16_CPU_FLAGS order
+    info.write_text("processor\t: 0\nflags\t\t: fpu sse avx512f avx2\n")
+    assert cpu_bf16_flags(info) == []
+    assert cpu_bf16_flags(tmp_path / "missing") == []
+
+
+def test_dtype_advice_follows_the_flags(monkeypatch):
+    from dtree import models
+
+    monkeypatch.setattr(models, "cpu_bf16_flags", lambda: ["avx512_bf16"])
+    assert "avx512_bf16" in models.dtype_advice() and "bfloat16" in models.dtype_advice()
+    monkeypatch.setattr(models, "cpu_bf16_flags", lambda: [])
+    assert "no bf16 instructions" in models.dtype_advice()

@@ -145,6 +145,28 @@ def test_caddtree_vectorised_choice_matches_builder_and_cost_extremes():
     assert (s.n_nodes <= 1).all()
 
 
+def test_caddtree_argmax_choice_on_measured_cv_matches_builder():
+    """On a measured, stepped (non-convex) Cv the builder takes the argmax of theta; replay's vectorised choice must
+    pick the same node count per round, and must differ from the paper's greedy stop somewhere on this curve."""
+    from dtree.replay import _caddtree_choice, _cost_tables, prepare
+
+    run = synthetic_run(30, np.random.default_rng(13), k=64, budget=64)
+    steps = np.where(NODES >= 2, 0.012, 0.0) + np.where(NODES >= 16, 0.004, 0.0) + 1e-5 * NODES
+    rows = np.stack([(0.03 + steps) * (1 + i) for i in range(2)])
+    cm = CostModel.from_measurements(0.004, [64, 1024], NODES, rows, {"target": "t", "dtype": "float32"})
+    measured = cm.with_curve("measured")
+    s = replay_run(run, "caddtree-rawcv", 64, cm)
+    direct = [build_caddtree(round_marginals(r), r.anchor, measured, r.start, 64).n_nodes for r in run.rounds]
+    np.testing.assert_array_equal(s.n_nodes, direct)
+    p = prepare(run, 64, cm, raw_cv=True)
+    cd, cv = _cost_tables(p)
+    greedy = _caddtree_choice(p, cd, cv, 64, stop="greedy")
+    assert (greedy != s.n_nodes).any() and (greedy <= s.n_nodes).all()
+    np.testing.assert_array_equal(_caddtree_choice(p, cd, cv, 64, stop="argmax"), s.n_nodes)
+    with pytest.raises(ValueError, match="stop"):
+        _caddtree_choice(p, cd, cv, 64, stop="best")
+
+
 def test_predicted_time_and_tokens_per_second():
     cm = cost_model()
     run = synthetic_run(20, np.random.default_rng(5), k=32, budget=8, cost=cm)

@@ -27,6 +27,7 @@ from dtree.trees import (
     theta_curve_for,
     topk_marginals,
     tree_attention_inputs,
+    uses_argmax_stop,
     visibility,
     walk,
 )
@@ -633,3 +634,71 @@ def test_tree_attention_inputs_padding_is_inert():
         assert torch.equal(tree_attention_inputs(tree, start, torch.float32, "cpu", width=narrow)[2], ref_mask)
     with pytest.raises(InputError):
         tree_attention_inputs(tree, start, torch.float32, "cpu", width=0)
+
+
+# ----------------------------------------------------------------------------------------------------------------------
+# CaDDTree on a measured (non-convex) Cv: the argmax stop
+# ----------------------------------------------------------------------------------------------------------------------
+
+
+def stepped_cv(rng: np.random.Generator, m: int) -> np.ndarray:
+    """A non-decreasing, non-convex curve on 0..m (seconds): near-flat runs broken by jumps, like a CPU verify's
+    padding widths."""
+    jumps = rng.random(m) < 0.3
+    incr = np.where(jumps, rng.uniform(1e-3, 8e-3, m), rng.uniform(0.0, 1e-4, m))
+    return 0.03 + np.r_[0.0, np.cumsum(incr)]
+
+
+def measured_cost(cv: np.ndarray, cd_s: float, context: int = 100) -> CostModel:
+    """A one-context cost model that reads the measured curve ``cv`` (its convex fit, required by CostModel, is the
+    straight line between the ends and is not read)."""
+    raw = np.asarray(cv, dtype=np.float64)[None, :]
+    fit = np.linspace(raw[0, 0], raw[0, -1], raw.shape[1])[None, :]
+    return CostModel(cd_s, [context], np.arange(raw.shape[1]), raw, fit, {"source": "test"}).with_curve("measured")
+
+
+def first_drop(theta: np.ndarray) -> int:
+    """The paper's greedy stop on a theta curve: the last n before the first non-improvement."""
+    drops = np.flatnonzero(~(theta[1:] > theta[:-1]))
+    return int(drops[0]) if drops.size else len(theta) - 1
+
+
+@pytest.mark.parametrize("seed", range(12))
+def test_caddtree_argmax_stop_on_measured_cv_is_the_best_prefix(seed):
+    rng = np.random.default_rng(900 + seed)
+    gamma, k = int(rng.integers(3, 5)), int(rng.integers(2, 4))
+    marg = random_marginals(rng, gamma, k, vocab=int(rng.integers(k, 12)), alpha=float(rng.uniform(0.1, 1)))
+    brute = all_prefixes(marg)
+    m = len(brute)
+    cost = measured_cost(stepped_cv(rng, m + 5), cd_s=float(rng.uniform(0.001, 0.02)))
+    assert uses_argmax_stop(cost) and not uses_argmax_stop(cost.with_curve("convex"))
+    L = 100
+    for max_budget in (0, 1, 3, m // 2, m, m + 4):
+        n_lim = min(max_budget, m)
+        phi = np.r_[0.0, np.cumsum(np.exp([lp for lp, _ in brute[:n_lim]]))]
+        theta = (1 + phi) / (cost.cd_s + np.array([cost.cv(n, L) for n in range(n_lim + 1)]))
+        tree = build_caddtree(marg, 3, cost, L, max_budget)
+        best = int(np.argmax(theta))
+        if tree.n_nodes != best:  # only a floating-point tie may move the pick
+            assert theta[tree.n_nodes] == pytest.approx(theta[best], rel=1e-12), (max_budget, theta)
+            best = tree.n_nodes
+        check_tree_invariants(tree, marg, 3)
+        assert rank_tuples(tree) == [r for _, r in brute[:best]]
+        np.testing.assert_allclose(tree.thetas, theta[: best + 1], rtol=1e-10)
+        curve = tree.theta_curve  # every prefix scanned, the kept one included
+        assert best + 1 <= len(curve) <= n_lim + 1
+        np.testing.assert_allclose(curve, theta[: len(curve)], rtol=1e-10)
+        assert theta[first_drop(theta)] <= theta[best] * (1 + 1e-12)
+
+
+def test_caddtree_argmax_stop_passes_a_local_maximum():
+    """Greedy stops at the first drop of theta; on a curve with one step the argmax goes past it."""
+    lp = np.log(np.array([[0.9, 0.05], [0.85, 0.1], [0.8, 0.1], [0.8, 0.1]]))
+    marg = Marginals(np.array([[1, 2], [3, 4], [5, 6], [7, 8]]), lp)
+    cv = np.array([0.030, 0.030, 0.060, 0.060, 0.060, 0.060, 0.060, 0.060, 0.060])  # one jump, at n = 2
+    cost = measured_cost(cv, cd_s=0.005)
+    tree = build_caddtree(marg, 0, cost, 100, 8)
+    theta = theta_curve_for(best_path_logprobs(marg, 8), cost, 100)
+    assert first_drop(theta) == 1  # theta(1) = 1.9 / 0.035 = 54.3 > theta(2) = 2.665 / 0.065 = 41.0
+    assert tree.n_nodes == int(np.argmax(theta)) > 1 and theta[tree.n_nodes] > theta[1]
+    np.testing.assert_array_equal(tree.tokens, build_ddtree(marg, 0, tree.n_nodes).tokens)
