@@ -8,7 +8,7 @@ from dtree.backend import cost_model_mismatch, profile_cost_model
 from dtree.cost import FIT_GAP_WARN
 from dtree.models import dtype_advice, verify_widths_from_env
 from dtree.replay import round_marginals
-from dtree.trees import best_path_logprobs, theta_curve_for
+from dtree.trees import best_path_logprobs, theta_curve_for, uses_argmax_stop
 
 st.title("Cost model")
 st.caption("CaDDTree predicts a round's throughput theta(n) = (1 + Phi(n)) / (Cd + Cv(n; L)) tokens/s and keeps adding "
@@ -239,8 +239,12 @@ except Exception as e:  # deleted in another tab, unreadable
     ui.show_error(e)
     st.stop()
 best, stop = figures.theta_choices(curve)
+if uses_argmax_stop(weighted):  # a measured (non-convex) Cv: CaDDTree keeps the best prefix, not the first drop
+    stop, rule = best, "argmax stop (measured Cv)"
+else:
+    rule = "greedy stop"
 m = st.columns(4)
-m[0].metric("chosen budget: greedy stop (nodes)", stop)
+m[0].metric(f"chosen budget: {rule} (nodes)", stop)
 m[1].metric("theta at the stop (tokens/s)", f"{curve[stop]:.2f}")
 m[2].metric("argmax of theta (nodes)", best)
 m[3].metric("logged budget (nodes)", rnd.budget)

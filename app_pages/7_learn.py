@@ -9,6 +9,7 @@ from dtree import bench, figures, ui
 from dtree.cost import CostModel
 from dtree.engine import DecodeConfig
 from dtree.models import dtype_advice
+from dtree.trees import uses_argmax_stop
 
 st.title("Learn: one round, step by step")
 st.caption("Everything below comes from a real round decoded just now on the embedded models (offline): the drafter "
@@ -158,6 +159,11 @@ else:
         st.latex(rf"q(u_{{{n + 1}}}) = {g['delta_next']:.4f}\ {verdict}\ \theta({n})\cdot c_{{{n + 1}}} = "
                  rf"{g['theta_n']:.2f}\,\text{{tokens/s}} \times {1e3 * g['c_next_s']:.3f}\,\text{{ms}} = "
                  rf"{g['threshold']:.4f}")
+        if tree.method == "caddtree" and uses_argmax_stop(cost):
+            st.caption("This run's cost model reads the measured Cv(n; L), which is not convex on this CPU (padding "
+                       "widths, kernel steps), so θ(n) can dip and rise again. dtree then keeps the best n over all "
+                       "prefixes (the argmax stop) instead of the first node that does not raise θ; on a convex Cv "
+                       "both give the same tree.")
         who = "CaDDTree stopped" if tree.method == "caddtree" else \
             f"With this cost model CaDDTree would have stopped inside this fixed-budget tree (B = {tree.n_nodes})"
         st.success(f"{who} at n = {n}: node {n + 1} would change θ from {g['theta_n']:.2f} to "

@@ -26,8 +26,9 @@ def _add_model_args(p: argparse.ArgumentParser) -> None:
                    help="'embedded' (SmolLM2-135M-Instruct, offline), a HF model folder or hub id")
     p.add_argument("--drafter", default=None, help="drafter checkpoint folder (default: the shipped one)")
     p.add_argument("--dtype", default=None, choices=["float32", "bfloat16", "float16"],
-                   help="weights dtype (default: float32 on CPU, exact; bfloat16 on CUDA; on a 2-core CPU either "
-                        "dtype was the faster one in some machine states, see README)")
+                   help="weights dtype (default: float32 on CPU, exact; bfloat16 on CUDA; on CPUs with bf16 "
+                        "instructions bfloat16 verifies trees far cheaper, without them float32 is as fast or faster; "
+                        "see README 'Default dtype')")
     p.add_argument("--device", default=None, help="cpu, cuda or cuda:N (default: cuda when available)")
     p.add_argument("--drafter-dtype", default=None, choices=["auto", "float32", "bfloat16", "float16"],
                    help="the drafter's dtype (default: $DTREE_DRAFTER_DTYPE, else auto: on CPU next to a bf16/fp16 "

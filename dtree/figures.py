@@ -213,7 +213,7 @@ def theta_figure(tree: DraftTree, step: int | None = None) -> go.Figure:
     fig.add_trace(go.Scatter(x=np.arange(len(curve)), y=curve, mode="lines+markers", name="theta(n)",
                              line=dict(color=ACCEPTED), marker=dict(size=4)))
     if len(curve) > tree.n_nodes:
-        label = "greedy stop (chosen budget)" if tree.method == "caddtree" else "chosen budget"
+        label = "CaDDTree's stop (chosen budget)" if tree.method == "caddtree" else "chosen budget"
         fig.add_trace(go.Scatter(x=[tree.n_nodes], y=[curve[tree.n_nodes]], mode="markers", name=label,
                                  marker=dict(color=BONUS, size=14, symbol="star")))
     if step is not None and len(curve):

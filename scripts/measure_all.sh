@@ -117,12 +117,13 @@ b issue3-gsm8k50-v9-bf16 --dataset gsm8k --limit 50 --methods ar,chain,ddtree:16
 b issue3-humaneval50-v9-bf16 --dataset humaneval --limit 50 --methods ar,chain,ddtree:16,caddtree --max-new-tokens 128 --dtype bfloat16
 b issue3-gsm8k10-v9-fp32 --dataset gsm8k --limit 10 --methods ar,chain,caddtree --max-new-tokens 128 --dtype float32
 b issue3-humaneval10-v9-fp32 --dataset humaneval --limit 10 --methods ar,chain,caddtree --max-new-tokens 128 --dtype float32
-# session 18: the drafter's dtype is chosen by timing at load (auto; bf16 here: this machine's CPU has AVX512-BF16 and
-# drafts 2.3x faster in bf16 than in float32); drafter v9, bf16 benches, MT-Bench, a fixed-budget sweep, fp32 checks
+# session 18: the drafter's dtype is chosen by timing at load (auto; bf16 on this session's CPU, which has AVX512-BF16
+# and drafts 2.3x faster in bf16 than in float32); drafter v9. First with caddtree's old greedy stop on the measured Cv:
 b issue3-gsm8k50-v9dt-bf16 --dataset gsm8k --limit 50 --methods ar,chain,ddtree:8,ddtree:16,caddtree --max-new-tokens 128 --dtype bfloat16
 b issue3-humaneval50-v9dt-bf16 --dataset humaneval --limit 50 --methods ar,chain,ddtree:8,ddtree:16,caddtree --max-new-tokens 128 --dtype bfloat16
-b issue3-mtbench20-v9dt-bf16 --dataset mt-bench --limit 20 --methods ar,chain,caddtree --max-new-tokens 128 --dtype bfloat16
-b issue3-gsm8k10-v9dt-fp32 --dataset gsm8k --limit 10 --methods ar,chain,caddtree --max-new-tokens 128 --dtype float32
-b issue3-humaneval10-v9dt-fp32 --dataset humaneval --limit 10 --methods ar,chain,caddtree --max-new-tokens 128 --dtype float32
-b issue3-gsm8k20-v9dt-sweep-bf16 --dataset gsm8k --limit 20 --methods ar,ddtree:4,ddtree:8,ddtree:16,ddtree:32,caddtree --max-new-tokens 128 --dtype bfloat16
-"$PY" scripts/issue4_report.py --store "$STORE" --latest --oracle-budgets all --out docs/bench/issue3-gsm8k20-v9dt-sweep-bf16-report.json > docs/bench/issue3-gsm8k20-v9dt-sweep-bf16-report.md
+# then with the argmax stop on the measured Cv (dtree.trees.uses_argmax_stop)
+b issue3-gsm8k50-argmax-bf16 --dataset gsm8k --limit 50 --methods ar,ddtree:16,caddtree --max-new-tokens 128 --dtype bfloat16
+b issue3-humaneval50-argmax-bf16 --dataset humaneval --limit 50 --methods ar,ddtree:16,caddtree --max-new-tokens 128 --dtype bfloat16
+b issue3-mtbench20-argmax-bf16 --dataset mt-bench --limit 20 --methods ar,chain,caddtree --max-new-tokens 128 --dtype bfloat16
+b issue3-gsm8k10-argmax-fp32 --dataset gsm8k --limit 10 --methods ar,chain,caddtree --max-new-tokens 128 --dtype float32
+b issue3-humaneval10-argmax-fp32 --dataset humaneval --limit 10 --methods ar,chain,caddtree --max-new-tokens 128 --dtype float32

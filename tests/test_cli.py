@@ -97,6 +97,24 @@ def test_bench_out_records_the_dtype_used(tmp_path, capsys, target32):
     assert rc == 0
     assert json.loads(out.read_text())["dtype"] == "float32"  # the CPU default; was recorded as bfloat16
     assert json.loads(out.read_text())["tag"] is None  # --no-store
+    assert json.loads(out.read_text())["drafter_dtype"] == "float32 (the target's dtype)"
+
+
+def test_drafter_dtype_flag_is_validated_and_used(tmp_path, capsys, target32):
+    from dtree.cli import build_parser
+
+    with pytest.raises(SystemExit) as e:
+        build_parser().parse_args(["bench", "--drafter-dtype", "int8"])
+    assert e.value.code == 2 and "--drafter-dtype" in capsys.readouterr().err
+    prompts = tmp_path / "p.jsonl"
+    prompts.write_text(json.dumps({"question": "What is 2 + 2?"}) + "\n")
+    out = tmp_path / "bench.json"
+    rc = main(["bench", "--dataset", str(prompts), "--limit", "1", "--methods", "ar,chain", "--max-new-tokens", "4",
+               "--device", "cpu", "--no-store", "--drafter-dtype", "bfloat16", "--out", str(out)])
+    assert rc == 0
+    assert json.loads(out.read_text())["drafter_dtype"] == "bfloat16 (asked for)"
+    assert "drafter dtype: bfloat16 (asked for)" in capsys.readouterr().err
+    assert json.loads(out.read_text())["summary"][1]["mismatches"] == 0  # fp32 target: still lossless
 
 
 def test_bench_out_and_stdout_name_the_store_tag(tmp_path, capsys, target32):
