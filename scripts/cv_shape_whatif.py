@@ -52,7 +52,7 @@ def main() -> None:
     cad = [r for r in runs if r.method == "caddtree"]
     if not cad:
         sys.exit(f"no complete caddtree run under tag {args.tag!r}")
-    prof = run_cost_model(cad[0])
+    prof = run_cost_model(cad[0]).with_curve("convex")  # the stored model may read its measured curve (auto-cv)
     w = live_weights_from_runs(runs).weights
     nodes = prof.nodes.astype(np.float64)
     measured = prof.weighted(w).with_curve("measured")
