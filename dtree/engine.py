@@ -247,7 +247,7 @@ def build_tree(method: str, marg: trees.Marginals, anchor: int, budget: int | No
         elif trees.uses_argmax_stop(cost_model):
             why = (f"argmax stop: theta({n}) = {tree.theta_curve[n]:.2f} tok/s is the highest for n in {s}..{budget} "
                    f"(prefixes scanned up to n = {scanned}; no larger one can win). The measured Cv is not convex, so "
-                   f"theta may have local maxima)" if scanned > n else f"argmax stop at n={n} (no more candidates)")
+                   f"theta may have local maxima" if scanned > n else f"argmax stop at n={n} (no more candidates)")
         else:
             why = (f"greedy stop: adding node {n + 1} would lower theta from {tree.theta_curve[n]:.2f} "
                    f"to {tree.theta_curve[n + 1]:.2f} tok/s" if len(tree.theta_curve) > n + 1

@@ -351,8 +351,9 @@ def adaptive_calibrations(run: RunRecord, settings: dict | None = None) -> list[
 
 
 def _reads_measured_cv(method: str, run: RunRecord) -> bool:
-    """Whether this run's stops read the measured Cv (argmax stops): a ``-rawcv`` method, or a plain caddtree run whose profile
-    the convex fit missed (the engine's :func:`dtree.engine.auto_cv_curve`, logged as ``params.cv_curve``)."""
+    """Whether this run's stops read the measured Cv (argmax stops): a ``-rawcv`` method, or a plain caddtree run
+    whose profile the convex fit missed (the engine's :func:`dtree.engine.auto_cv_curve`, logged as
+    ``params.cv_curve``)."""
     return parse_method(method).raw_cv or bool((run.params or {}).get("cv_curve"))
 
 

@@ -349,16 +349,19 @@ def test_caddtree_reads_the_measured_cv_when_the_convex_fit_is_off(backend32):
     assert run.params["cv_curve"] == why and run.cost_model["curve"] == "measured"
     drafted = [r for r in run.rounds if r.marg_tokens.size]
     assert drafted and all("measured Cv" in r.budget_reason for r in drafted)
+    # on the measured (non-convex) curve the builder takes theta's argmax over the prefixes, not the first drop
+    assert all("argmax stop" in r.budget_reason or "maximum budget" in r.budget_reason for r in drafted)
     kept = backend32.decode_ids(ids, DecodeConfig("caddtree", max_new_tokens=16), cost=convex)
     assert kept.output_ids == ar.output_ids
     assert "cv_curve" not in kept.params and kept.cost_model.get("curve", "convex") == "convex"
-    assert not any("measured Cv" in r.budget_reason for r in kept.rounds)
+    assert not any("measured Cv" in r.budget_reason or "argmax" in r.budget_reason for r in kept.rounds)
     # replay follows the same rule, so each run's own trees come back round for round
     from dtree.replay import replay_as_logged, unimodal_summary
 
     for r in (run, kept):
         s = replay_as_logged(r)
         assert (s.taus == s.recorded_taus).all()
+        assert list(s.n_nodes) == [x.budget for x in r.rounds]  # the same stop rule picks the same budgets
     summary = unimodal_summary([run, kept])
     assert summary["n_runs"] == 1 and sorted(g["measured_cv"] for g in summary["groups"]) == [False, True]
     assert summary["n_rounds"] == len(kept.rounds)  # only the run on the convex fit is pooled
