@@ -167,10 +167,11 @@ def drafter_dtype_setting(value: str | None = None) -> str:
 
     Returns ``"auto"`` or a canonical dtype name (``float32`` / ``bfloat16`` / ``float16``).
     Raises:
-        InputError: any other value.
+        InputError: any other value (field ``drafter_dtype``, or ``DTREE_DRAFTER_DTYPE`` when it came from there).
     """
     from .models import parse_dtype
 
+    field = "drafter_dtype" if value is not None else DRAFTER_DTYPE_ENV
     raw = value if value is not None else os.environ.get(DRAFTER_DTYPE_ENV, "")
     v = (raw or "").strip().lower() or "auto"
     if v == "auto":
@@ -178,7 +179,7 @@ def drafter_dtype_setting(value: str | None = None) -> str:
     try:
         return dtype_name(parse_dtype(v))
     except InputError:
-        raise InputError("drafter_dtype", f"must be 'auto', 'float32', 'bfloat16' or 'float16', got {raw!r}") from None
+        raise InputError(field, f"must be 'auto', 'float32', 'bfloat16' or 'float16', got {raw!r}") from None
 
 
 def load_drafter_fastest(path: str | Path, target: Target, drafter_dtype: str | None = None, repeats: int = 7):

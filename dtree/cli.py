@@ -217,6 +217,8 @@ def cmd_decode(args) -> int:
     else:
         print(run.output_text)
         print("---", file=sys.stderr)
+        if run.method != "ar" and getattr(backend.drafter, "dtype_note", None):
+            print(f"drafter dtype: {backend.drafter.dtype_note}", file=sys.stderr)
         print(f"{run.method}: {run.n_new_tokens} tokens in {run.decode_s:.2f} s = {run.tokens_per_s:.2f} tok/s, "
               f"mean tau {run.mean_tau:.2f}, mean budget {run.mean_budget:.1f}, {len(run.rounds)} rounds"
               + (f" ({out['drafted_rounds']} drafted, {len(run.rounds) - out['drafted_rounds']} plain target steps "
@@ -642,7 +644,10 @@ def cmd_bench(args) -> int:
         else:
             out.write_text(json.dumps({"dataset": args.dataset, "limit": args.limit, "methods": args.methods,
                                        "max_new_tokens": args.max_new_tokens, "temperature": args.temperature,
-                                       "dtype": dtype_name(backend.target.dtype), "drafter_dtype": drafter_dtype,
+                                       "dtype": dtype_name(backend.target.dtype),
+                                       "drafter_dtype": None if backend.drafter is None else
+                                       dtype_name(next(backend.drafter.parameters()).dtype),
+                                       "drafter_dtype_note": drafter_dtype,
                                        "cost_model": args.cost_model or "auto", "cost_weights": weights.to_dict(),
                                        "store": None if store is None else str(args.store),
                                        "tag": None if store is None else store.tag, "summary": rows,
@@ -884,6 +889,9 @@ def main(argv: list[str] | None = None) -> int:
 
         default_verify_widths(torch.device("cpu"), torch.float32)  # a bad DTREE_VERIFY_WIDTHS fails before any load
         kernels_mode()  # so does a bad DTREE_LINEAR_KERNELS
+        from .backend import drafter_dtype_setting
+
+        drafter_dtype_setting(getattr(args, "drafter_dtype", None))  # and a bad DTREE_DRAFTER_DTYPE
         return int(args.func(args) or 0)
     except InputError as e:
         print(f"error: {e}", file=sys.stderr)

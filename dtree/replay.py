@@ -669,7 +669,8 @@ def sweep_budgets(runs: RunRecord | Iterable[RunRecord], budgets: Iterable[int] 
         budgets: DDTree budgets B in 1..1024; those above the smallest logged top-k are dropped (ranks beyond k are
             unknown) and listed in ``df.attrs["dropped_budgets"]``.
         cost: cost model (default: each run's stored one).
-        caddtree: add a CaDDTree row (greedy budgets under ``cost``, max budget ``caddtree_max_budget`` default 256,
+        caddtree: add a CaDDTree row (its budgets under ``cost``, read on the curve the engine's plain caddtree
+            reads, :func:`dtree.engine.auto_cv_curve`; max budget ``caddtree_max_budget`` default 256,
             capped at the logged k).
         chain: add a DFlash chain row.
         overhead: add each round's logged build + commit time.
@@ -712,8 +713,10 @@ def sweep_budgets(runs: RunRecord | Iterable[RunRecord], budgets: Iterable[int] 
     if chain:
         out.append(_row(_replay_prepared(p, "chain", None, cd, cv, overhead)))
     cad_budgets = np.zeros(0, np.int64)
-    if caddtree:
-        s = _replay_prepared(p, "caddtree", cmax, cd, cv, overhead)
+    if caddtree:  # on the curve the engine reads for plain caddtree (auto_cv), as its variants below
+        pc = prepare(runs, min(cmax, kmin), cost, auto_cv=True)
+        cdc, cvc = _cost_tables(pc)
+        s = _replay_prepared(pc, "caddtree", cmax, cdc, cvc, overhead)
         out.append(_row(s))
         cad_budgets = s.n_nodes
         notes += s.notes
@@ -773,7 +776,7 @@ def sweep_weights(runs: RunRecord | Iterable[RunRecord], cd_scales: Iterable[flo
         raise InputError("cd_scales", "the weight grid is empty")
     cmax = check_int("max_budget", DEFAULT_CADDTREE_MAX if max_budget is None else max_budget, 0, MAX_REPLAY_BUDGET)
     kmin = _kmin(runs)
-    p = prepare(runs, min(cmax, kmin), cost)
+    p = prepare(runs, min(cmax, kmin), cost, auto_cv=True)  # the curve the engine's plain caddtree reads
     base = [c.weighted(None) for c in p.costs]
     cd0, cv0 = _cost_tables(p, base)
     rows_i = np.arange(len(p.starts))

@@ -97,10 +97,11 @@ def test_bench_out_records_the_dtype_used(tmp_path, capsys, target32):
     assert rc == 0
     assert json.loads(out.read_text())["dtype"] == "float32"  # the CPU default; was recorded as bfloat16
     assert json.loads(out.read_text())["tag"] is None  # --no-store
-    assert json.loads(out.read_text())["drafter_dtype"] == "float32 (the target's dtype)"
+    assert json.loads(out.read_text())["drafter_dtype"] == "float32"
+    assert json.loads(out.read_text())["drafter_dtype_note"] == "float32 (the target's dtype)"
 
 
-def test_drafter_dtype_flag_is_validated_and_used(tmp_path, capsys, target32):
+def test_drafter_dtype_flag_is_validated_and_used(tmp_path, capsys, monkeypatch, target32):
     from dtree.cli import build_parser
 
     with pytest.raises(SystemExit) as e:
@@ -112,9 +113,14 @@ def test_drafter_dtype_flag_is_validated_and_used(tmp_path, capsys, target32):
     rc = main(["bench", "--dataset", str(prompts), "--limit", "1", "--methods", "ar,chain", "--max-new-tokens", "4",
                "--device", "cpu", "--no-store", "--drafter-dtype", "bfloat16", "--out", str(out)])
     assert rc == 0
-    assert json.loads(out.read_text())["drafter_dtype"] == "bfloat16 (asked for)"
+    assert json.loads(out.read_text())["drafter_dtype"] == "bfloat16"
+    assert json.loads(out.read_text())["drafter_dtype_note"] == "bfloat16 (asked for)"
     assert "drafter dtype: bfloat16 (asked for)" in capsys.readouterr().err
     assert json.loads(out.read_text())["summary"][1]["mismatches"] == 0  # fp32 target: still lossless
+    monkeypatch.setenv("DTREE_DRAFTER_DTYPE", "bf16")  # a bad environment value fails before any model loads
+    assert main(["bench", "--dataset", str(prompts), "--limit", "1", "--methods", "ar", "--no-store",
+                 "--out", str(tmp_path / "never.json")]) == 2
+    assert "DTREE_DRAFTER_DTYPE" in capsys.readouterr().err and not (tmp_path / "never.json").exists()
 
 
 def test_bench_out_and_stdout_name_the_store_tag(tmp_path, capsys, target32):

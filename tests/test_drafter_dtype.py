@@ -41,7 +41,7 @@ def test_setting_reads_env_and_rejects_junk(monkeypatch):
     assert drafter_dtype_setting() == "float32"
     assert drafter_dtype_setting("auto") == "auto"  # an explicit value wins over the environment
     monkeypatch.setenv("DTREE_DRAFTER_DTYPE", "int8")
-    with pytest.raises(InputError, match="drafter_dtype"):
+    with pytest.raises(InputError, match="DTREE_DRAFTER_DTYPE"):
         drafter_dtype_setting()
     with pytest.raises(InputError, match="got 'fp64'"):
         drafter_dtype_setting("fp64")

@@ -356,12 +356,17 @@ def test_caddtree_reads_the_measured_cv_when_the_convex_fit_is_off(backend32):
     assert "cv_curve" not in kept.params and kept.cost_model.get("curve", "convex") == "convex"
     assert not any("measured Cv" in r.budget_reason or "argmax" in r.budget_reason for r in kept.rounds)
     # replay follows the same rule, so each run's own trees come back round for round
-    from dtree.replay import replay_as_logged, unimodal_summary
+    from dtree.replay import replay_as_logged, sweep_budgets, sweep_weights, unimodal_summary
 
     for r in (run, kept):
         s = replay_as_logged(r)
         assert (s.taus == s.recorded_taus).all()
         assert list(s.n_nodes) == [x.budget for x in r.rounds]  # the same stop rule picks the same budgets
+        # and so do a budget sweep's caddtree row and the weight grid at weights 1 (Budget lab, `replay`)
+        sweep = sweep_budgets(r, [1, 2])
+        assert list(sweep.attrs["caddtree_budgets"]) == [x.budget for x in r.rounds]
+        grid = sweep_weights(r, [1.0], [1.0])
+        assert grid["mean_budget"].iloc[0] == pytest.approx(np.mean([x.budget for x in r.rounds]))
     summary = unimodal_summary([run, kept])
     assert summary["n_runs"] == 1 and sorted(g["measured_cv"] for g in summary["groups"]) == [False, True]
     assert summary["n_rounds"] == len(kept.rounds)  # only the run on the convex fit is pooled
