@@ -16,6 +16,7 @@ import torch
 
 from . import engine
 from .cost import cost_model_from_profile, hardware_description, profile_verify
+from .drafter import drafter_dtype_name
 from .errors import InputError
 from .models import Target, cache_dir, dtype_name, load_target
 from .records import RunRecord
@@ -64,18 +65,10 @@ class DraftStepTimer:
         return time.perf_counter() - t0
 
 
-def _drafter_dtype(drafter) -> str | None:
-    """The dtype name of a drafter's weights (None without a drafter): it sets Cd, so cost models are kept per it."""
-    if drafter is None:
-        return None
-    p = next(iter(drafter.parameters()), None)
-    return None if p is None else dtype_name(p.dtype)
-
-
 def default_cost_model_path(target: Target, drafter) -> Path:
     """Where the auto-profiled cost model of this (target, drafter, dtype, device) is cached."""
     key = json.dumps([target.name, getattr(drafter, "name", ""), getattr(drafter, "fingerprint", ""),
-                      dtype_name(target.dtype), str(target.device), _drafter_dtype(drafter),
+                      dtype_name(target.dtype), str(target.device), drafter_dtype_name(drafter),
                       hardware_description(target.device),
                       getattr(target.model.config, "_attn_implementation", None),  # the verify kernel path
                       list(target.verify_widths),  # verifies padded alike
@@ -129,7 +122,7 @@ def profile_cost_model(target: Target, drafter, contexts=QUICK_CONTEXTS, nodes=Q
     raw = profile_verify(target.model, contexts, nodes, repeats, target.dtype, target.device, progress=progress,
                          between=lambda: cd_times.append(step()), widths=target.verify_widths)
     meta = {"target": target.name, "drafter": getattr(drafter, "name", None), "dtype": dtype_name(target.dtype),
-            "drafter_dtype": _drafter_dtype(drafter),
+            "drafter_dtype": drafter_dtype_name(drafter),
             "cd_samples": len(cd_times), "verify_widths": list(target.verify_widths),
             "linear_kernels": target.linear_kernels}
     return cost_model_from_profile(target.model, float(np.median(cd_times)), raw, contexts, nodes, repeats,
@@ -150,7 +143,7 @@ def cost_model_mismatch(cost, target: Target, drafter=None) -> list[str]:
     if drafter is not None and getattr(drafter, "name", None):
         here["drafter"] = drafter.name
     if drafter is not None:
-        here["drafter_dtype"] = _drafter_dtype(drafter)
+        here["drafter_dtype"] = drafter_dtype_name(drafter)
     out = []
     for key, mine in here.items():
         theirs = meta.get(key)

@@ -562,6 +562,7 @@ def cmd_bench(args) -> int:
     from . import bench
     from .backend import Backend, cost_model_mismatch
     from .cost import CostModel, CostWeights
+    from .drafter import drafter_dtype_name
     from .models import dtype_name
     from .records import parse_method
 
@@ -645,8 +646,7 @@ def cmd_bench(args) -> int:
             out.write_text(json.dumps({"dataset": args.dataset, "limit": args.limit, "methods": args.methods,
                                        "max_new_tokens": args.max_new_tokens, "temperature": args.temperature,
                                        "dtype": dtype_name(backend.target.dtype),
-                                       "drafter_dtype": None if backend.drafter is None else
-                                       dtype_name(next(backend.drafter.parameters()).dtype),
+                                       "drafter_dtype": drafter_dtype_name(backend.drafter),
                                        "drafter_dtype_note": drafter_dtype,
                                        "cost_model": args.cost_model or "auto", "cost_weights": weights.to_dict(),
                                        "store": None if store is None else str(args.store),

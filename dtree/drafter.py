@@ -537,6 +537,15 @@ def save_drafter(drafter: DFlashDrafter, path: str | Path, dtype: torch.dtype | 
     return path
 
 
+def drafter_dtype_name(drafter) -> str | None:
+    """The dtype name (``float32`` / ``bfloat16`` / ``float16``) of a drafter's weights; None without a drafter or
+    parameters. It sets Cd, so runs record it and cost profiles are kept per it."""
+    from .models import dtype_name
+
+    p = None if drafter is None else next(iter(drafter.parameters()), None)
+    return None if p is None else dtype_name(p.dtype)
+
+
 def load_drafter(path: str | Path, target, dtype: torch.dtype | str | None = None) -> DFlashDrafter:
     """Load a drafter folder (``config.json`` + ``model.safetensors``) for ``target`` (a :class:`dtree.models.Target`
     or an HF causal LM), on the target's device, in the target's dtype unless ``dtype`` is given, eval mode, no

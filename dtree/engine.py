@@ -392,7 +392,9 @@ def generate(target, prompt_ids: list[int], cfg: DecodeConfig, drafter=None, cos
     params["verify_widths"] = list(target.verify_widths)  # how its verifies were padded
     params["linear_kernels"] = getattr(target, "linear_kernels", "off")  # which matmul kernels ran them
     if drafter is not None and cfg.method != "ar":  # its dtype sets Cd (dtree.backend.load_drafter_fastest)
-        params["drafter_dtype"] = dtype_name(next(drafter.parameters()).dtype)
+        from .drafter import drafter_dtype_name
+
+        params["drafter_dtype"] = drafter_dtype_name(drafter)
     if cv_curve is not None:
         params["cv_curve"] = cv_curve  # why plain caddtree read the measured Cv
     if cfg.adaptive:

@@ -44,6 +44,7 @@ probabilities, :mod:`dtree.calibration`: the given calibration, else the one sto
 
 from __future__ import annotations
 
+import dataclasses
 import math
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
@@ -357,6 +358,14 @@ def _reads_measured_cv(method: str, run: RunRecord) -> bool:
     return parse_method(method).raw_cv or bool((run.params or {}).get("cv_curve"))
 
 
+def _engine_curves(costs: list) -> list:
+    """Each cost model on the curve the engine's plain caddtree reads for it (:func:`dtree.engine.auto_cv_curve`:
+    the measured one where the convex fit is more than 10% off its profile)."""
+    from .engine import auto_cv_curve
+
+    return [c.with_curve("measured") if auto_cv_curve(c) is not None else c for c in costs]
+
+
 def prepare(runs: RunRecord | Iterable[RunRecord], max_nodes: int, cost: CostModel | None = None,
             need_cost: bool = True, spine: bool = False, calibrated: bool = False,
             calibration: Calibration | None = None, adaptive: bool = False, raw_cv: bool = False,
@@ -382,9 +391,7 @@ def prepare(runs: RunRecord | Iterable[RunRecord], max_nodes: int, cost: CostMod
     # (cost models without curves, e.g. an analytic stand-in with only cd_s and cv, are used as given)
     costs = [c.with_curve("measured" if raw_cv else "convex") if hasattr(c, "with_curve") else c for c in costs]
     if auto_cv and not raw_cv:
-        from .engine import auto_cv_curve
-
-        costs = [c.with_curve("measured") if auto_cv_curve(c) is not None else c for c in costs]
+        costs = _engine_curves(costs)
     if calibrated and adaptive:
         raise InputError("method", "a method is calibrated beforehand (-cal) or during the run (-adapt), not both")
     cals = [run_calibration(run, calibration) if calibrated else None for run in runs]
@@ -713,8 +720,8 @@ def sweep_budgets(runs: RunRecord | Iterable[RunRecord], budgets: Iterable[int] 
     if chain:
         out.append(_row(_replay_prepared(p, "chain", None, cd, cv, overhead)))
     cad_budgets = np.zeros(0, np.int64)
-    if caddtree:  # on the curve the engine reads for plain caddtree (auto_cv), as its variants below
-        pc = prepare(runs, min(cmax, kmin), cost, auto_cv=True)
+    if caddtree:  # the same orders, on the curve the engine reads for plain caddtree (as prepare's auto_cv)
+        pc = dataclasses.replace(p, costs=_engine_curves(p.costs))
         cdc, cvc = _cost_tables(pc)
         s = _replay_prepared(pc, "caddtree", cmax, cdc, cvc, overhead)
         out.append(_row(s))

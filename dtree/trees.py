@@ -424,8 +424,8 @@ def build_caddtree(marg: Marginals, anchor: int, cost: CostModel, context_len: i
 
     A cost model that reads its measured Cv curve (:func:`uses_argmax_stop`; not convex, so theta may have local
     maxima) gets the global argmax explicitly instead: candidates are inserted past non-improvements while a bound
-    says a larger prefix could still win, and the tree is the best prefix (:func:`_scan_argmax`). On a convex curve
-    both rules give the same tree.
+    says a larger prefix could still win (:func:`_no_larger_prefix_wins`), and the tree is the best prefix. On a
+    convex curve both rules give the same tree.
 
     Options (as :func:`build_ddtree`):
         spine: the first s = min(gamma, max_budget) nodes are the top-1 chain, inserted whatever theta does (Phi and
@@ -474,24 +474,26 @@ def build_caddtree(marg: Marginals, anchor: int, cost: CostModel, context_len: i
             theta_prev = (1.0 + phi + delta) / (cd + cv[n + 1])
             curve.append(theta_prev)
             phi += delta
-    if uses_argmax_stop(cost):
-        best = _scan_argmax(frontier, cv, cd, s, max_budget, phi, theta_prev, curve)
-        buf.truncate(best)
-        if calibration is not None:
-            del frontier.scores[best + 1:]
-    else:
-        for n in range(s, max_budget):
-            cand = frontier.pop()
-            if cand is None:
-                break
-            delta = math.exp(-cand.neg_score)
-            theta_new = (1.0 + phi + delta) / (cd + cv[n + 1])
-            curve.append(theta_new)
-            if not theta_new > theta_prev:
-                break
-            frontier.accept(cand)
-            phi += delta
-            theta_prev = theta_new
+    argmax = uses_argmax_stop(cost)
+    best_n, best_theta = s, theta_prev
+    for n in range(s, max_budget):
+        cand = frontier.pop()
+        if cand is None:
+            break
+        delta = math.exp(-cand.neg_score)
+        theta_new = (1.0 + phi + delta) / (cd + cv[n + 1])
+        curve.append(theta_new)
+        if not argmax and not theta_new > best_theta:
+            break  # the paper's greedy stop: the first candidate that does not raise theta
+        frontier.accept(cand)
+        phi += delta
+        if theta_new > best_theta:
+            best_n, best_theta = n + 1, theta_new
+        elif _no_larger_prefix_wins(cv, cd, n + 1, max_budget, phi, delta, best_theta):
+            break
+    buf.truncate(best_n)  # the argmax stop may have inserted nodes past its best prefix
+    if calibration is not None:
+        del frontier.scores[best_n + 1:]
     return buf.finish("caddtree", cost, context_len, theta_curve=np.asarray(curve),
                       score_lp=None if calibration is None else frontier.scores)
 
@@ -508,34 +510,17 @@ def uses_argmax_stop(cost) -> bool:
     return getattr(cost, "curve", "convex") != "convex"
 
 
-def _scan_argmax(frontier: "_Frontier", cv: np.ndarray, cd: float, s: int, max_budget: int, phi: float,
-                 theta_s: float, curve: list[float]) -> int:
-    """Insert best-first candidates after the ``s`` forced nodes and return the node count n in ``[s, max_budget]``
-    with the highest theta(n) (the first one on ties); ``curve`` gets theta(s+1..m) of every prefix scanned.
-
-    The scan ends at ``max_budget``, when candidates run out, or once no larger prefix can beat the best: after m
-    nodes with last step delta_m, later steps are <= delta_m (best-first order, DDTree Prop. 1), so for every
-    m' > m theta(m') <= (1 + Phi(m) + (m' - m) delta_m) / (Cd + Cv(m'; L)); when that bound's maximum is <= the best
-    theta the rest cannot win. The result is therefore the exact argmax over all prefixes up to ``max_budget``.
-    Nodes past the argmax are inserted into the frontier's buffer; the caller truncates them.
-    """
-    best_n, best_theta = s, theta_s
-    for n in range(s, max_budget):
-        cand = frontier.pop()
-        if cand is None:
-            break
-        delta = math.exp(-cand.neg_score)
-        theta_new = (1.0 + phi + delta) / (cd + cv[n + 1])
-        curve.append(theta_new)
-        frontier.accept(cand)
-        phi += delta
-        if theta_new > best_theta:
-            best_n, best_theta = n + 1, theta_new
-        elif n + 2 <= max_budget:
-            later = np.arange(1, max_budget - n, dtype=np.float64)  # m' - m for m' = n + 2 .. max_budget
-            if float(np.max((1.0 + phi + later * delta) / (cd + cv[n + 2: max_budget + 1]))) <= best_theta:
-                break
-    return best_n
+def _no_larger_prefix_wins(cv: np.ndarray, cd: float, m: int, max_budget: int, phi: float, delta: float,
+                           best_theta: float) -> bool:
+    """The argmax stop's exact early end (:func:`build_caddtree`): after m nodes with Phi(m) = ``phi`` and last step
+    ``delta``, later steps are <= delta (best-first order, DDTree Prop. 1), so for every m' in (m, max_budget]
+    theta(m') <= (1 + Phi(m) + (m' - m) delta) / (Cd + Cv(m'; L)). True when that bound never exceeds ``best_theta``
+    (no larger prefix can beat the best one), so the argmax over all prefixes up to ``max_budget`` is already known.
+    ``cv``: Cv(0..max_budget; L) in seconds."""
+    if m >= max_budget:
+        return False
+    later = np.arange(1, max_budget - m + 1, dtype=np.float64)  # m' - m for m' = m + 1 .. max_budget
+    return float(np.max((1.0 + phi + later * delta) / (cd + cv[m + 1: max_budget + 1]))) <= best_theta
 
 
 # ----------------------------------------------------------------------------------------------------------------------

@@ -240,6 +240,24 @@ def test_cost_fields_filled_and_consistent():
 # ----------------------------------------------------------------------------------------------------------------------
 
 
+def check_caddtree_is_best_prefix(marg: Marginals, brute: list, cost: CostModel, L: int, max_budget: int):
+    """Build caddtree (anchor 3) and check it is the best-first prefix with the highest theta(n) by brute force over
+    ``brute`` (:func:`all_prefixes`); returns ``(tree, theta [n_lim + 1], best n)``."""
+    n_lim = min(max_budget, len(brute))
+    phi = np.r_[0.0, np.cumsum(np.exp([lp for lp, _ in brute[:n_lim]]))]
+    theta = (1 + phi) / (cost.cd_s + np.array([cost.cv(n, L) for n in range(n_lim + 1)]))
+    tree = build_caddtree(marg, 3, cost, L, max_budget)
+    assert tree.method == "caddtree"
+    best = int(np.argmax(theta))
+    if tree.n_nodes != best:
+        # only a floating-point tie may move the pick (a depth-4 path can have q(u) ~ 1e-20, below 1 ulp of theta)
+        assert theta[tree.n_nodes] == pytest.approx(theta[best], rel=1e-12), (max_budget, theta)
+        best = tree.n_nodes
+    check_tree_invariants(tree, marg, 3)
+    assert rank_tuples(tree) == [r for _, r in brute[:best]]
+    return tree, theta, best
+
+
 @pytest.mark.parametrize("seed", range(25))
 def test_caddtree_budget_is_argmax_theta_for_convex_cost(seed):
     rng = np.random.default_rng(500 + seed)
@@ -251,18 +269,7 @@ def test_caddtree_budget_is_argmax_theta_for_convex_cost(seed):
     L = 100
     for max_budget in (0, 1, 3, m // 2, m, m + 4):
         n_lim = min(max_budget, m)
-        deltas = np.exp([lp for lp, _ in brute[:n_lim]])
-        phi = np.r_[0.0, np.cumsum(deltas)]
-        theta = (1 + phi) / (cost.cd_s + np.array([cost.cv(n, L) for n in range(n_lim + 1)]))
-        tree = build_caddtree(marg, 3, cost, L, max_budget)
-        assert tree.method == "caddtree"
-        best = int(np.argmax(theta))
-        if tree.n_nodes != best:
-            # only a floating-point tie may move the pick (a depth-4 path can have q(u) ~ 1e-20, below 1 ulp of theta)
-            assert theta[tree.n_nodes] == pytest.approx(theta[best], rel=1e-12), (max_budget, theta)
-            best = tree.n_nodes
-        check_tree_invariants(tree, marg, 3)
-        assert rank_tuples(tree) == [r for _, r in brute[:best]]
+        tree, theta, best = check_caddtree_is_best_prefix(marg, brute, cost, L, max_budget)
         # the curve holds theta(0..n) and, when the rule stopped, the first rejected point
         curve = tree.theta_curve
         np.testing.assert_allclose(curve[: best + 1], theta[: best + 1], rtol=1e-10)
@@ -675,15 +682,7 @@ def test_caddtree_argmax_stop_on_measured_cv_is_the_best_prefix(seed):
     L = 100
     for max_budget in (0, 1, 3, m // 2, m, m + 4):
         n_lim = min(max_budget, m)
-        phi = np.r_[0.0, np.cumsum(np.exp([lp for lp, _ in brute[:n_lim]]))]
-        theta = (1 + phi) / (cost.cd_s + np.array([cost.cv(n, L) for n in range(n_lim + 1)]))
-        tree = build_caddtree(marg, 3, cost, L, max_budget)
-        best = int(np.argmax(theta))
-        if tree.n_nodes != best:  # only a floating-point tie may move the pick
-            assert theta[tree.n_nodes] == pytest.approx(theta[best], rel=1e-12), (max_budget, theta)
-            best = tree.n_nodes
-        check_tree_invariants(tree, marg, 3)
-        assert rank_tuples(tree) == [r for _, r in brute[:best]]
+        tree, theta, best = check_caddtree_is_best_prefix(marg, brute, cost, L, max_budget)
         np.testing.assert_allclose(tree.thetas, theta[: best + 1], rtol=1e-10)
         curve = tree.theta_curve  # every prefix scanned, the kept one included
         assert best + 1 <= len(curve) <= n_lim + 1
