@@ -82,7 +82,7 @@ def _drift_note(ratios, cm, store_path: str | None = None, tag: str | None = Non
     is the likely cause)."""
     if not ratios:
         return None
-    r = float(statistics.median(ratios))
+    r = round(float(statistics.median(ratios)), 2)  # judged as printed: "1.25x" is inside the band
     if DRIFT_BAND[0] <= r <= DRIFT_BAND[1]:
         return None
     when = (cm.meta.get("date") if cm is not None else None) or "an unknown date"
@@ -624,7 +624,7 @@ def cmd_bench(args) -> int:
             print(note, file=sys.stderr)
     rows = bench.summary_rows(stats)
     df = pd.DataFrame(rows)
-    print(df.to_string(index=False, na_rep="-"))
+    print(df.where(df.notna(), "-").to_string(index=False))  # "-" also in a column that is None throughout
     note = _drift_note([v for s in stats.values() for v in s.verify_vs_model], backend.current_cost_model(),
                        store_path=args.store, tag=None if store is None else store.tag,
                        disturbed=backend.cost_model_warning is not None)

@@ -187,6 +187,9 @@ def test_drift_note_only_outside_the_band():
     slow = _drift_note([1.6, 1.7, 0.9], CM(), store_path="s.sqlite", tag="bench:x")
     assert "1.60x" in slow and "2026-11-29" in slow and "--tag bench:x" in slow and "dtree profile" in slow
     assert "0.50x" in _drift_note([0.5], None)
+    # judged as printed: a median that rounds to the band's edge gets no note that contradicts the band
+    assert _drift_note([DRIFT_BAND[1] + 0.004], CM()) is None and _drift_note([DRIFT_BAND[0] - 0.004], CM()) is None
+    assert "1.26x" in _drift_note([DRIFT_BAND[1] + 0.006], CM())
     assert "speed has changed" in slow and "something else used the CPU" not in slow
     both = _drift_note([1.6], CM(), disturbed=True)  # a disturbed first-use profile: blamed, not the machine
     assert "something else used the CPU" in both and "speed has changed" not in both
@@ -241,3 +244,17 @@ def test_bench_cli_damaged_store_fails_before_the_tag_line_and_changes_nothing(b
     err = capsys.readouterr().err
     assert "error: store: " in err and "is damaged" in err and "runs are stored in" not in err
     assert store.read_bytes() == before
+
+
+def test_bench_cli_table_shows_dash_for_columns_empty_throughout(backend32, two_prompts, monkeypatch, capsys):
+    """An AR-only bench has no cost model and no interval anywhere: those columns print "-" as in a mixed table,
+    never "None"."""
+    import dtree.backend
+
+    monkeypatch.setattr(dtree.backend, "Backend", lambda *a, **k: backend32)
+    assert main(["bench", "--dataset", str(two_prompts), "--limit", "1", "--methods", "ar",
+                 "--max-new-tokens", "4", "--no-store"]) == 0
+    table = capsys.readouterr().out
+    header, row = table.splitlines()[:2]
+    assert "verify_vs_model" in header and "speedup_ci90" in header
+    assert "None" not in table and row.split()[0] == "ar" and "-" in row.split()
