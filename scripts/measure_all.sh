@@ -127,3 +127,8 @@ b issue3-humaneval50-argmax-bf16 --dataset humaneval --limit 50 --methods ar,ddt
 b issue3-mtbench20-argmax-bf16 --dataset mt-bench --limit 20 --methods ar,chain,caddtree --max-new-tokens 128 --dtype bfloat16
 b issue3-gsm8k10-argmax-fp32 --dataset gsm8k --limit 10 --methods ar,chain,caddtree --max-new-tokens 128 --dtype float32
 b issue3-humaneval10-argmax-fp32 --dataset humaneval --limit 10 --methods ar,chain,caddtree --max-new-tokens 128 --dtype float32
+# session 19: drafter v10 (before shipping: --drafter data/ck11; the same folder is now the shipped checkpoint) on fresh
+# bf16 self-distilled answers; bf16 with the oracle budget of sessions 16-18 (ddtree:16); no chain on GSM8K, MT-Bench or
+# float32 line this time (session time)
+b issue3-humaneval50-v10-bf16 --dataset humaneval --limit 50 --methods ar,chain,ddtree:16,caddtree --max-new-tokens 128 --dtype bfloat16
+b issue3-gsm8k50-v10-bf16 --dataset gsm8k --limit 50 --methods ar,ddtree:16,caddtree --max-new-tokens 128 --dtype bfloat16
