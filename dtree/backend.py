@@ -235,8 +235,10 @@ class Backend:
 
     def __init__(self, target: str = "embedded", dtype: str | None = None, device: str | None = None,
                  drafter: str | None = None, drafter_dtype: str | None = None):
-        from .drafter import default_drafter_path
+        from .drafter import default_drafter_path, read_drafter_config
 
+        if drafter:  # a mistyped --drafter fails before the (slow) target load and kernel tuning
+            read_drafter_config(drafter)
         self.target = load_target(target, dtype, device)
         if drafter is None and target not in ("embedded", None, ""):
             self.drafter = None  # a user target needs its own drafter checkpoint

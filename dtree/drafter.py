@@ -546,6 +546,24 @@ def drafter_dtype_name(drafter) -> str | None:
     return None if p is None else dtype_name(p.dtype)
 
 
+def read_drafter_config(path: str | Path) -> DrafterConfig:
+    """The :class:`DrafterConfig` of a drafter folder, read without loading any weights (cheap: callers check a
+    user's ``--drafter`` with it before loading the target).
+
+    Raises :class:`dtree.errors.InputError` (field ``"drafter"``) when ``path`` is not a folder holding
+    ``config.json`` and ``model.safetensors``, or when ``config.json`` cannot be read or lacks a required field.
+    """
+    path = Path(path)
+    if not (path / "config.json").is_file() or not (path / "model.safetensors").is_file():
+        raise InputError("drafter", f"{str(path)!r} must be a folder with config.json and model.safetensors")
+    try:
+        return DrafterConfig.from_json(path / "config.json")
+    except (json.JSONDecodeError, TypeError, ValueError, OSError) as e:
+        if isinstance(e, InputError):
+            raise
+        raise InputError("drafter", f"cannot read {path / 'config.json'}: {e}") from e
+
+
 def load_drafter(path: str | Path, target, dtype: torch.dtype | str | None = None) -> DFlashDrafter:
     """Load a drafter folder (``config.json`` + ``model.safetensors``) for ``target`` (a :class:`dtree.models.Target`
     or an HF causal LM), on the target's device, in the target's dtype unless ``dtype`` is given, eval mode, no
@@ -565,14 +583,7 @@ def load_drafter(path: str | Path, target, dtype: torch.dtype | str | None = Non
     model = getattr(target, "model", target)
     tcfg = model.config
     path = Path(path)
-    if not (path / "config.json").is_file() or not (path / "model.safetensors").is_file():
-        raise InputError("drafter", f"{str(path)!r} must be a folder with config.json and model.safetensors")
-    try:
-        cfg = DrafterConfig.from_json(path / "config.json")
-    except (json.JSONDecodeError, TypeError, ValueError, OSError) as e:
-        if isinstance(e, InputError):
-            raise
-        raise InputError("drafter", f"cannot read {path / 'config.json'}: {e}") from e
+    cfg = read_drafter_config(path)
     V = int(model.get_output_embeddings().weight.shape[0])
     nt = int(tcfg.num_hidden_layers)
     if cfg.hidden_size != int(tcfg.hidden_size):

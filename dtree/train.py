@@ -801,12 +801,34 @@ def config_from_args(args: argparse.Namespace) -> TrainConfig:
     return TrainConfig(**{f.name: getattr(args, f.name) for f in fields(TrainConfig) if hasattr(args, f.name)})
 
 
+def check_paths(cfg: TrainConfig) -> None:
+    """Fail fast, before the target loads, on folders and files the run would only look for later.
+
+    Raises InputError: ``--phase train`` with a ``--data-dir`` that is not a folder; an ``--extra-data`` folder without
+    ``source.json``; a ``--grow-from`` that is not a file; an ``--extra-share`` outside [0, 1].
+    """
+    from .errors import InputError
+
+    if cfg.phase == "train" and not Path(cfg.data_dir).is_dir():
+        raise InputError("data_dir", f"{cfg.data_dir} is not a folder: generate data with --phase gen first")
+    if cfg.phase in ("train", "all"):
+        if not 0.0 <= cfg.extra_share <= 1.0 or math.isnan(cfg.extra_share):
+            raise InputError("extra_share", f"must be in [0, 1], got {cfg.extra_share}")
+        for folder in filter(None, (x.strip() for x in cfg.extra_data.split(","))):
+            if not (Path(folder) / "source.json").is_file():
+                raise InputError("extra_data", f"{folder} has no source.json: generate it with --phase gen "
+                                               f"--data-dir {folder} --prompts FILE first")
+        if cfg.grow_from and not Path(cfg.grow_from).is_file():
+            raise InputError("grow_from", f"{cfg.grow_from} is not a file (a state.pt of a shallower drafter)")
+
+
 def run(args: argparse.Namespace) -> int:
     """Run the stages named by ``--phase``; returns a process exit code (0 ok, 2 bad input)."""
     from .errors import InputError
 
     cfg = config_from_args(args)
     try:
+        check_paths(cfg)
         if cfg.phase in ("gen", "all"):
             generate(cfg)
         if cfg.phase in ("train", "all"):

@@ -163,3 +163,43 @@ def test_diagnose_names_the_method_field(tmp_path, capsys):
     assert main(["diagnose", "--method", "foo", "--store", str(tmp_path / "s.sqlite")]) == 2
     err = capsys.readouterr().err
     assert err.startswith("error: method: ") and "methods" not in err
+
+
+@pytest.mark.parametrize("cmd", ["decode", "bench"])
+def test_missing_drafter_folder_fails_before_the_target_loads(tmp_path, capsys, monkeypatch, cmd):
+    import dtree.backend as B
+
+    def no_load(*a, **k):  # the check must come first: loading the target and tuning kernels takes minutes
+        raise AssertionError("the target was loaded before --drafter was checked")
+
+    monkeypatch.setattr(B, "load_target", no_load)
+    store = tmp_path / "s.sqlite"
+    extra = ["--prompt", "hi"] if cmd == "decode" else ["--limit", "1"]
+    rc = main([cmd, "--drafter", str(tmp_path / "no_such_drafter"), "--store", str(store), *extra])
+    err = capsys.readouterr().err
+    assert rc == 2 and "drafter:" in err and "no_such_drafter" in err
+    (tmp_path / "half").mkdir()
+    (tmp_path / "half" / "config.json").write_text("{not json")
+    (tmp_path / "half" / "model.safetensors").write_bytes(b"")
+    rc = main([cmd, "--drafter", str(tmp_path / "half"), "--store", str(store), *extra])
+    assert rc == 2 and "cannot read" in capsys.readouterr().err
+    assert _n_runs(store) == 0
+
+
+@pytest.mark.parametrize("args, field", [
+    (["--phase", "train", "--data-dir", "{tmp}/none"], "data_dir"),
+    (["--phase", "train", "--data-dir", "{tmp}", "--extra-data", "{tmp}/none"], "extra_data"),
+    (["--phase", "train", "--data-dir", "{tmp}", "--grow-from", "{tmp}/none.pt"], "grow_from"),
+    (["--phase", "train", "--data-dir", "{tmp}", "--extra-share", "2"], "extra_share"),
+    (["--phase", "gen", "--data-dir", "{tmp}/d", "--prompts", "{tmp}/none.jsonl"], "prompts"),
+])
+def test_train_drafter_bad_paths_fail_before_the_target_loads(tmp_path, capsys, monkeypatch, args, field):
+    import dtree.models as M
+
+    def no_load(*a, **k):
+        raise AssertionError("the target was loaded before the paths were checked")
+
+    monkeypatch.setattr(M, "load_target", no_load)
+    rc = main(["train-drafter", *[a.replace("{tmp}", str(tmp_path)) for a in args]])
+    assert rc == 2 and f"{field}:" in capsys.readouterr().err
+    assert not (tmp_path / "d").exists()
