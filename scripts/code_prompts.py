@@ -9,6 +9,10 @@ No evaluation prompt is used: HumanEval's problems are hand-written and not in t
 HumanEval file is beside the checkout, functions whose name equals a HumanEval entry point are skipped anyway.
 
     python scripts/code_prompts.py --out data/code/prompts.jsonl [--roots DIR,DIR] [--limit N] [--seed 0]
+                                   [--exclude data/code/prompts.jsonl]
+
+``--exclude`` drops every prompt already in the given JSONL files (e.g. a second prompt set for new answers, harvested
+from more source trees, that must not repeat the first).
 
 Writes one JSON object per line: ``{"prompt": ..., "source": "module:function"}``.
 """
@@ -100,6 +104,7 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--roots", default="", help="comma list of source folders (default: this Python's stdlib)")
     ap.add_argument("--limit", type=int, default=0, help="keep at most N prompts (seeded shuffle; 0 = all)")
     ap.add_argument("--seed", type=int, default=0)
+    ap.add_argument("--exclude", default="", help="comma list of JSONL prompt files whose prompts are left out")
     args = ap.parse_args(argv)
     roots = [Path(r) for r in args.roots.split(",") if r] or [Path(sysconfig.get_paths()["stdlib"])]
     for r in roots:
@@ -109,8 +114,17 @@ def main(argv: list[str] | None = None) -> int:
     if args.limit < 0:
         print("error: --limit must be >= 0", file=sys.stderr)
         return 2
+    known: set[str] = set()
+    for ex in filter(None, args.exclude.split(",")):
+        try:
+            with open(ex) as f:
+                known |= {json.loads(line)["prompt"] for line in f if line.strip()}
+        except (OSError, ValueError, KeyError, TypeError) as e:
+            print(f"error: --exclude: cannot read prompts from {ex}: {e!r}", file=sys.stderr)
+            return 2
     rows = harvest(roots, humaneval_names())
     random.Random(args.seed).shuffle(rows)
+    rows = [r for r in rows if r["prompt"] not in known]  # after the shuffle: the order does not depend on --exclude
     if args.limit:
         rows = rows[:args.limit]
     if not rows:

@@ -160,6 +160,13 @@ def test_code_prompt_harvester(tmp_path):
     assert p.startswith("from typing import List\n\n\ndef mean(xs: List[float]) -> float:\n")
     assert "Raises ValueError" in p and "return sum" not in p  # header + docstring, no body
     assert h.main(["--out", str(out), "--roots", str(tmp_path / "missing")]) == 2
+    (src / "n.py").write_text('def middle_value(xs):\n    """Return the middle value of a sorted non-empty list of numbers."""\n')
+    seen = tmp_path / "seen.jsonl"
+    seen.write_text(out.read_text())
+    out2 = tmp_path / "out2.jsonl"
+    assert h.main(["--out", str(out2), "--roots", str(src), "--exclude", str(seen)]) == 0
+    assert [json.loads(line)["source"] for line in out2.read_text().splitlines()] == ["n:middle_value"]
+    assert h.main(["--out", str(out2), "--roots", str(src), "--exclude", str(tmp_path / "none.jsonl")]) == 2
     empty = tmp_path / "empty"
     empty.mkdir()
     (empty / "u.py").write_text("def undocumented(x):\n    return x\n")
