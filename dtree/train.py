@@ -611,6 +611,25 @@ def lr_at(cfg: TrainConfig, step: int, progress: float) -> float:
     return cfg.min_lr + 0.5 * (cfg.lr - cfg.min_lr) * (1 + math.cos(math.pi * p))
 
 
+def improves(best_per_set: dict[str, float], per_set: dict[str, float], best_mean: float = -1.0) -> bool:
+    """Whether an evaluation's held-out tau per data folder (``per_set``) beats the best so far (``best_per_set``).
+
+    The mean is compared over the folders both evaluations have: a folder whose held-out answers appeared since the
+    best (a generator writing it alongside training) joins the comparison from the next evaluation on, instead of
+    pulling a mean of different folders below the old one (or above it). No folder in common (or no best yet) counts
+    as an improvement; an empty ``per_set`` never does. ``best_mean`` is the only record of a state saved before
+    per-folder bests were kept: with an empty ``best_per_set`` the plain mean is compared with it.
+    """
+    if not per_set:
+        return False
+    if not best_per_set:
+        return sum(per_set.values()) / len(per_set) > best_mean
+    common = [k for k in per_set if k in best_per_set]
+    if not common:
+        return True
+    return sum(per_set[k] for k in common) > sum(best_per_set[k] for k in common)
+
+
 def train(cfg: TrainConfig) -> dict:
     """Train (or resume) the drafter on the generated data; returns the final log dict."""
     from tqdm import tqdm
@@ -654,16 +673,18 @@ def train(cfg: TrainConfig) -> dict:
     opt = torch.optim.AdamW([p for p in drafter.parameters() if p.requires_grad], lr=cfg.lr,
                             weight_decay=cfg.weight_decay, betas=(0.9, 0.95))
     step, train_s, best = 0, 0.0, -1.0
+    best_per: dict[str, float] = {}  # held-out tau per data folder at the best evaluation
     if state is not None:
         missing, unexpected = drafter.load_state_dict(
             {k: v for k, v in state["model"].items() if k != "draft_vocab"}, strict=False)
         assert set(missing) <= {"draft_vocab"} and not unexpected, (missing, unexpected)
         opt.load_state_dict(state["opt"])
         step, train_s, best = state["step"], state["train_s"], state["best_tau"]
+        best_per = dict(state.get("best_per_set") or {})
         if state.get("best_sets", [sets[0].name]) != [d.name for d in sets]:  # best = mean over other folders
             print(f"[train] data folders differ from the saved state's ({state.get('best_sets')}): best held-out "
                   f"tau {best:.3f} is not comparable, reset", flush=True)
-            best = -1.0
+            best, best_per = -1.0, {}
         print(f"[train] resumed at step {step} ({train_s / 60:.1f} min trained, best held-out tau {best:.3f})")
     lookup = drafter_lookup(drafter, target.model)
     for d in sets:
@@ -678,7 +699,8 @@ def train(cfg: TrainConfig) -> dict:
     def save_state():
         tmp = state_path.with_suffix(".tmp")
         torch.save({"model": drafter.state_dict(), "opt": opt.state_dict(), "step": step, "train_s": train_s,
-                    "best_tau": best, "best_sets": [d.name for d in sets], "cfg": asdict(cfg),
+                    "best_tau": best, "best_per_set": best_per, "best_sets": [d.name for d in sets],
+                    "cfg": asdict(cfg),
                     "draft_vocab": draft_vocab}, tmp)
         os.replace(tmp, state_path)
 
@@ -689,15 +711,16 @@ def train(cfg: TrainConfig) -> dict:
                 print(f"[train] {d.name}: +{n} new sequences: {len(d.trn)} ({d.n_tok} response tokens)", flush=True)
 
     def evaluate():
-        nonlocal best
+        nonlocal best, best_per
         refresh()
         drafter.eval()
         rs = {d.name: heldout_tau(drafter, target.model, d.held) for d in sets if d.held}
         drafter.train()
         score = sum(r["tau"] for r in rs.values()) / len(rs) if rs else float("nan")
-        improved = bool(rs) and score > best
+        per_set = {k: r["tau"] for k, r in rs.items()}
+        improved = improves(best_per, per_set, best)
         if improved:
-            best = score
+            best, best_per = score, per_set
             if out_dir is not None:
                 drafter.config.vocab_size = target.vocab_size
                 save_drafter(drafter, out_dir)

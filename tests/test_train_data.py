@@ -201,3 +201,18 @@ def test_batch_by_length_keeps_held_out_first_and_sorts_within_windows():
     assert [i for i, _ in out[:2]] == [0, 2]  # held out: in front, in their order
     rest = [len(q) for _, q in out[2:]]
     assert rest == [1, 2, 3, 8, 4, 5, 6, 10]  # windows of 4 (lengths 1,3,8,2 | 6,4,5,10), each sorted
+
+
+def test_best_checkpoint_compares_the_folders_both_evaluations_have():
+    best = {"drafter": 2.24, "code": 1.98}
+    # code2's held-out answers appeared since the best: its low tau must not hide a gain on the other two ...
+    assert T.improves(best, {"drafter": 2.25, "code": 2.01, "code2": 1.50})
+    # ... nor its high tau hide a loss
+    assert not T.improves(best, {"drafter": 2.20, "code": 1.95, "code2": 3.00})
+    assert not T.improves(best, {"drafter": 2.24, "code": 1.98})  # equal is not better
+    assert T.improves(best, {"other": 1.0})  # nothing in common: a new start
+    assert T.improves({}, {"drafter": 1.0})  # no best yet
+    assert not T.improves(best, {})
+    # a state saved before per-folder bests: the mean against the stored mean
+    assert T.improves({}, {"drafter": 2.2, "code": 2.0}, best_mean=2.05)
+    assert not T.improves({}, {"drafter": 2.2, "code": 1.8}, best_mean=2.05)
