@@ -124,8 +124,13 @@ class DrafterConfig:
 
         A z-lab config has no ``qk_norm`` key (Qwen3 always has q/k norms), hence the default True. ``rope_theta``
         may also come as ``rope_parameters.rope_theta`` (transformers 5). Raises InputError for sliding-window layers
-        (not supported) or a missing required field.
+        (not supported), a missing required field, or a field of the wrong type (sizes and counts must be positive
+        integers, ``rms_norm_eps`` / ``rope_theta`` positive numbers, ``qk_norm`` / ``attention_bias`` booleans,
+        ``dflash_config`` an object whose ``target_layer_ids`` is a list of integers and ``mask_token_id`` an
+        integer, each possibly null).
         """
+        if not isinstance(d, dict):
+            raise InputError("drafter", f"config.json must hold a JSON object, got {type(d).__name__}")
         kw = {k: d[k] for k in cls.__dataclass_fields__ if k in d}
         if "rope_theta" not in d and isinstance(d.get("rope_parameters"), dict) and "rope_theta" in d["rope_parameters"]:
             kw["rope_theta"] = d["rope_parameters"]["rope_theta"]
@@ -136,7 +141,27 @@ class DrafterConfig:
         for req in ("hidden_size", "num_hidden_layers", "num_target_layers"):
             if req not in d:
                 raise InputError("drafter", f"config.json lacks the field {req!r}")
+        def is_int(v) -> bool:
+            return isinstance(v, int) and not isinstance(v, bool)
+
+        for k in ("hidden_size", "intermediate_size", "num_attention_heads", "num_key_value_heads", "head_dim",
+                  "num_hidden_layers", "block_size", "num_target_layers", "max_position_embeddings", "vocab_size"):
+            if k in kw and not (k == "vocab_size" and kw[k] is None) and not (is_int(kw[k]) and kw[k] > 0):
+                raise InputError("drafter", f"config.json field {k!r} must be a positive integer, got {kw[k]!r}")
+        for k in ("rms_norm_eps", "rope_theta"):
+            if k in kw and not (isinstance(kw[k], (int, float)) and not isinstance(kw[k], bool) and kw[k] > 0):
+                raise InputError("drafter", f"config.json field {k!r} must be a positive number, got {kw[k]!r}")
+        for k in ("qk_norm", "attention_bias"):
+            if k in kw and not isinstance(kw[k], bool):
+                raise InputError("drafter", f"config.json field {k!r} must be true or false, got {kw[k]!r}")
+        if d.get("dflash_config") is not None and not isinstance(d["dflash_config"], dict):
+            raise InputError("drafter", "config.json field 'dflash_config' must be an object")
         dc = dict(d.get("dflash_config") or {})
+        ids, mask = dc.get("target_layer_ids"), dc.get("mask_token_id")
+        if ids is not None and not (isinstance(ids, list) and ids and all(is_int(i) for i in ids)):
+            raise InputError("drafter", f"dflash_config.target_layer_ids must be a list of integers, got {ids!r}")
+        if mask is not None and not is_int(mask):
+            raise InputError("drafter", f"dflash_config.mask_token_id must be an integer or null, got {mask!r}")
         kw["dflash_config"] = {"mask_token_id": dc.get("mask_token_id"), "target_layer_ids": dc.get("target_layer_ids")}
         return cls(**kw)
 

@@ -62,8 +62,9 @@ class TrainConfig:
     qk_norm: bool = True                # Qwen3 per-head q/k RMSNorm (z-lab layout); off lets layers start as Llama's
     init_from_target: bool = False      # copy the target's last decoder layer(s) into the drafter layers (needs
                                         # qk_norm off; measured no better than random init after 50 steps)
-    grow_from: str = ""                 # a state.pt of a shallower drafter: copy its weights and draft vocab, append
-                                        # the extra layers as identities (zero o_proj/down_proj), then train them all
+    grow_from: str = ""                 # a state.pt of a drafter with as many or fewer layers: copy its weights and
+                                        # draft vocab, append any extra layers as identities (zero o_proj/down_proj),
+                                        # then train them all (a fresh optimizer)
     draft_vocab: str = "responses+questions"  # "responses" (ids in the answers + EOS), "responses+questions" (also
                                         # ids seen >= vocab_min_count times in the training questions) or "full"
     vocab_min_count: int = 5
@@ -827,22 +828,28 @@ def config_from_args(args: argparse.Namespace) -> TrainConfig:
 def check_paths(cfg: TrainConfig) -> None:
     """Fail fast, before the target loads, on folders and files the run would only look for later.
 
-    Raises InputError: ``--phase train`` with a ``--data-dir`` that is not a folder; an ``--extra-data`` folder without
-    ``source.json``; a ``--grow-from`` that is not a file; an ``--extra-share`` outside [0, 1].
+    Raises InputError: ``--phase train`` with a ``--data-dir`` that is not a folder or holds no ``responses.jsonl``;
+    an ``--extra-data`` folder that is missing or has no ``source.json``; a ``--grow-from`` that is not a file; an ``--extra-share`` outside [0, 1].
     """
     from .errors import InputError
 
     if cfg.phase == "train" and not Path(cfg.data_dir).is_dir():
         raise InputError("data_dir", f"{cfg.data_dir} is not a folder: generate data with --phase gen first")
+    if cfg.phase == "train" and not (Path(cfg.data_dir) / "responses.jsonl").is_file():
+        raise InputError("data_dir", f"{cfg.data_dir} holds no generated answers (responses.jsonl): run --phase gen "
+                                     f"with this --data-dir first")
     if cfg.phase in ("train", "all"):
         if not 0.0 <= cfg.extra_share <= 1.0 or math.isnan(cfg.extra_share):
             raise InputError("extra_share", f"must be in [0, 1], got {cfg.extra_share}")
         for folder in filter(None, (x.strip() for x in cfg.extra_data.split(","))):
+            if not Path(folder).is_dir():
+                raise InputError("extra_data", f"{folder} is not a folder (one made by --phase gen --data-dir "
+                                               f"{folder} --prompts FILE)")
             if not (Path(folder) / "source.json").is_file():
                 raise InputError("extra_data", f"{folder} has no source.json: generate it with --phase gen "
                                                f"--data-dir {folder} --prompts FILE first")
         if cfg.grow_from and not Path(cfg.grow_from).is_file():
-            raise InputError("grow_from", f"{cfg.grow_from} is not a file (a state.pt of a shallower drafter)")
+            raise InputError("grow_from", f"{cfg.grow_from} is not a file (a training state.pt to start from)")
 
 
 def run(args: argparse.Namespace) -> int:

@@ -128,7 +128,8 @@ def main(argv: list[str] | None = None) -> int:
     if args.limit:
         rows = rows[:args.limit]
     if not rows:
-        print("error: no documented public functions found", file=sys.stderr)
+        print("error: no documented public functions found" + (" that --exclude leaves" if known else ""),
+              file=sys.stderr)
         return 2
     Path(args.out).parent.mkdir(parents=True, exist_ok=True)
     with open(args.out, "w") as f:

@@ -188,6 +188,7 @@ def test_missing_drafter_folder_fails_before_the_target_loads(tmp_path, capsys, 
 
 @pytest.mark.parametrize("args, field", [
     (["--phase", "train", "--data-dir", "{tmp}/none"], "data_dir"),
+    (["--phase", "train", "--data-dir", "{tmp}/empty"], "data_dir"),
     (["--phase", "train", "--data-dir", "{tmp}", "--extra-data", "{tmp}/none"], "extra_data"),
     (["--phase", "train", "--data-dir", "{tmp}", "--grow-from", "{tmp}/none.pt"], "grow_from"),
     (["--phase", "train", "--data-dir", "{tmp}", "--extra-share", "2"], "extra_share"),
@@ -200,6 +201,8 @@ def test_train_drafter_bad_paths_fail_before_the_target_loads(tmp_path, capsys, 
         raise AssertionError("the target was loaded before the paths were checked")
 
     monkeypatch.setattr(M, "load_target", no_load)
+    (tmp_path / "empty").mkdir()
+    (tmp_path / "responses.jsonl").write_text("")  # {tmp} itself passes the data_dir checks
     rc = main(["train-drafter", *[a.replace("{tmp}", str(tmp_path)) for a in args]])
     assert rc == 2 and f"{field}:" in capsys.readouterr().err
     assert not (tmp_path / "d").exists()

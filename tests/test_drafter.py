@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import re
 
 import pytest
 import torch
@@ -205,3 +206,22 @@ def test_draft_marginals_equal_topk_of_draft_logits(target32, drafter32):
         np.testing.assert_allclose(a.logprobs, b.logprobs, atol=1e-5)
         assert c1.length == c2.length == P
         assert set(b.tokens.ravel().tolist()) <= set(d.draft_vocab.tolist())
+
+
+@pytest.mark.parametrize("bad, words", [
+    ([1, 2], "JSON object"),
+    ("str", "JSON object"),
+    ({"hidden_size": "abc"}, "'hidden_size' must be a positive integer"),
+    ({"num_hidden_layers": 0}, "'num_hidden_layers' must be a positive integer"),
+    ({"block_size": True}, "'block_size' must be a positive integer"),
+    ({"rope_theta": "big"}, "'rope_theta' must be a positive number"),
+    ({"qk_norm": "yes"}, "'qk_norm' must be true or false"),
+    ({"dflash_config": [1]}, "'dflash_config' must be an object"),
+    ({"dflash_config": {"target_layer_ids": "1,2"}}, "target_layer_ids must be a list of integers"),
+    ({"dflash_config": {"mask_token_id": 1.5}}, "mask_token_id must be an integer or null"),
+])
+def test_config_of_the_wrong_shape_or_type_is_an_input_error(bad, words):
+    good = {"hidden_size": 576, "num_hidden_layers": 2, "num_target_layers": 30, "vocab_size": None}
+    DrafterConfig.from_dict(good)  # the base is fine
+    with pytest.raises(InputError, match=re.escape(words)):
+        DrafterConfig.from_dict({**good, **bad} if isinstance(bad, dict) else bad)
