@@ -132,3 +132,7 @@ b issue3-humaneval10-argmax-fp32 --dataset humaneval --limit 10 --methods ar,cha
 # float32 line this time (session time)
 b issue3-humaneval50-v10-bf16 --dataset humaneval --limit 50 --methods ar,chain,ddtree:16,caddtree --max-new-tokens 128 --dtype bfloat16
 b issue3-gsm8k50-v10-bf16 --dataset gsm8k --limit 50 --methods ar,ddtree:16,caddtree --max-new-tokens 128 --dtype bfloat16
+# session 20: drafter v11 (before shipping: --drafter data/ck12; the same folder is now the shipped checkpoint), the
+# same two lines
+b issue3-humaneval50-v11-bf16 --dataset humaneval --limit 50 --methods ar,chain,ddtree:16,caddtree --max-new-tokens 128 --dtype bfloat16
+b issue3-gsm8k50-v11-bf16 --dataset gsm8k --limit 50 --methods ar,ddtree:16,caddtree --max-new-tokens 128 --dtype bfloat16
