@@ -829,7 +829,8 @@ def check_paths(cfg: TrainConfig) -> None:
     """Fail fast, before the target loads, on folders and files the run would only look for later.
 
     Raises InputError: ``--phase train`` with a ``--data-dir`` that is not a folder or holds no ``responses.jsonl``;
-    an ``--extra-data`` folder that is missing or has no ``source.json``; a ``--grow-from`` that is not a file; an ``--extra-share`` outside [0, 1].
+    an ``--extra-data`` folder that is missing or has no ``source.json``; a ``--grow-from`` that is not a file; an
+    ``--extra-share`` outside [0, 1].
     """
     from .errors import InputError
 
