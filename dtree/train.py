@@ -355,6 +355,22 @@ def read_source(folder: str | Path) -> tuple[Path, str, int, int] | None:
     return Path(folder), meta["prompts"], int(meta["seed"]), int(meta["n_heldout"])
 
 
+def check_extra_data(cfg: TrainConfig) -> None:
+    """Raises InputError for an ``extra_share`` outside [0, 1] or an ``extra_data`` folder that is missing or has no
+    ``source.json`` (cheap: no data is read)."""
+    from .errors import InputError
+
+    if not 0.0 <= cfg.extra_share <= 1.0 or math.isnan(cfg.extra_share):
+        raise InputError("extra_share", f"must be in [0, 1], got {cfg.extra_share}")
+    for folder in filter(None, (x.strip() for x in cfg.extra_data.split(","))):
+        if not Path(folder).is_dir():
+            raise InputError("extra_data", f"{folder} is not a folder (one made by --phase gen --data-dir "
+                                           f"{folder} --prompts FILE)")
+        if not (Path(folder) / "source.json").is_file():
+            raise InputError("extra_data", f"{folder} has no source.json: generate it with --phase gen "
+                                           f"--data-dir {folder} --prompts FILE first")
+
+
 def open_datasets(cfg: TrainConfig, layer_ids: list[int]) -> list[DataSet]:
     """``cfg.data_dir`` followed by every ``cfg.extra_data`` folder. A folder's prompts file, seed and held-out count
     (hence its held-out set) are read from the ``source.json`` its generation wrote; only ``cfg.data_dir`` may lack
@@ -364,16 +380,12 @@ def open_datasets(cfg: TrainConfig, layer_ids: list[int]) -> list[DataSet]:
     """
     from .errors import InputError
 
-    if not 0.0 <= cfg.extra_share <= 1.0 or math.isnan(cfg.extra_share):
-        raise InputError("extra_share", f"must be in [0, 1], got {cfg.extra_share}")
+    check_extra_data(cfg)
     # the prompts a folder was generated from decide its held-out set, not --prompts; only the main folder may
     # predate source.json
     specs = [read_source(cfg.data_dir) or (Path(cfg.data_dir), cfg.prompts, cfg.seed, cfg.n_heldout)]
     for folder in filter(None, (x.strip() for x in cfg.extra_data.split(","))):
         spec = read_source(folder)
-        if spec is None:
-            raise InputError("extra_data", f"{folder} has no source.json: generate it with --phase gen "
-                                           f"--data-dir {folder} --prompts FILE first")
         if any(Path(folder).resolve() == f.resolve() for f, *_ in specs):
             raise InputError("extra_data", f"{folder} is named twice (as --data-dir or in --extra-data)")
         specs.append(spec)
@@ -840,15 +852,7 @@ def check_paths(cfg: TrainConfig) -> None:
         raise InputError("data_dir", f"{cfg.data_dir} holds no generated answers (responses.jsonl): run --phase gen "
                                      f"with this --data-dir first")
     if cfg.phase in ("train", "all"):
-        if not 0.0 <= cfg.extra_share <= 1.0 or math.isnan(cfg.extra_share):
-            raise InputError("extra_share", f"must be in [0, 1], got {cfg.extra_share}")
-        for folder in filter(None, (x.strip() for x in cfg.extra_data.split(","))):
-            if not Path(folder).is_dir():
-                raise InputError("extra_data", f"{folder} is not a folder (one made by --phase gen --data-dir "
-                                               f"{folder} --prompts FILE)")
-            if not (Path(folder) / "source.json").is_file():
-                raise InputError("extra_data", f"{folder} has no source.json: generate it with --phase gen "
-                                               f"--data-dir {folder} --prompts FILE first")
+        check_extra_data(cfg)
         if cfg.grow_from and not Path(cfg.grow_from).is_file():
             raise InputError("grow_from", f"{cfg.grow_from} is not a file (a training state.pt to start from)")
 
