@@ -111,6 +111,24 @@ def _summary(run) -> dict:
             "params": run.params}  # every knob of the run, as stored with it (verify widths, kernels, Cv curve...)
 
 
+def count_line(label: str, stream=None):
+    """A ``progress(done, total)`` callback printing ``label done/total`` on stderr: one line rewritten in place on a
+    terminal; on a pipe or log file (no terminal) a new line only at each quarter and at the end, so logs stay short."""
+    stream = stream if stream is not None else sys.stderr
+    last = {"q": -1}
+
+    def progress(done: int, total: int) -> None:
+        if stream.isatty():
+            print(f"\r{label} {done}/{total}", end="\n" if done >= total else "", file=stream, flush=True)
+            return
+        quarter = 4 * done // max(total, 1)
+        if quarter != last["q"]:  # the end (done == total) is always a new quarter
+            last["q"] = quarter
+            print(f"{label} {done}/{total}", file=stream, flush=True)
+
+    return progress
+
+
 def _print_cost_model_warning(backend) -> None:
     """Say on stderr when the cost model in use is a disturbed auto-profile (used, not cached)."""
     if backend.cost_model_warning:
@@ -175,14 +193,11 @@ def cmd_decode(args) -> int:
         for why in cost_model_mismatch(cm, backend.target, backend.drafter):
             print(f"warning: {why}; its predictions may be wrong for this run (proceeding)", file=sys.stderr)
     if caddtree:  # profiled now (first use on this machine), with its own progress line, not inside the token bar
-        cm = backend.cost_model(progress=lambda d, t: print(f"\rprofiling this machine's cost model (first caddtree "
-                                                            f"run only) {d}/{t}", end="\n" if d == t else "",
-                                                            file=sys.stderr))
+        cm = backend.cost_model(progress=count_line("profiling this machine's cost model (first caddtree run only)"))
         _print_cost_model_warning(backend)
         cad_cap = cfg.budget if cfg.budget is not None else DEFAULT_BUDGET["caddtree"]
     if calibrated:
-        backend.calibration(path=args.calibration, progress=lambda d, t: print(
-            f"\rcalibrating the drafter on demo prompts {d}/{t}", end="\n" if d == t else "", file=sys.stderr))
+        backend.calibration(path=args.calibration, progress=count_line("calibrating the drafter on demo prompts"))
     store = None
     if not args.no_store:
         from .store import TraceStore
@@ -595,16 +610,14 @@ def cmd_bench(args) -> int:
         print("note: --cost-weights change only the costs stored and shown with these runs; no tree size here depends "
               "on them (caddtree's does)", file=sys.stderr)
     if has_caddtree:
-        cm = backend.cost_model(progress=lambda d, t: print(f"\rprofiling cost model {d}/{t}",
-                                                            end="\n" if d == t else "", file=sys.stderr))
+        cm = backend.cost_model(progress=count_line("profiling cost model"))
         _print_cost_model_warning(backend)
         from .engine import DEFAULT_BUDGET
 
         cad_keys = {bench.method_key(m, b): (b if b is not None else DEFAULT_BUDGET["caddtree"])
                     for (m, b), sp in zip(methods, specs) if sp.base == "caddtree"}
     if any(s.calibrated for s in specs):  # loaded or fitted now, outside the timed runs
-        backend.calibration(path=args.calibration, progress=lambda d, t: print(
-            f"\rcalibrating the drafter on demo prompts {d}/{t}", end="\n" if d == t else "", file=sys.stderr))
+        backend.calibration(path=args.calibration, progress=count_line("calibrating the drafter on demo prompts"))
     store = None
     if not args.no_store:
         from .store import TraceStore
@@ -732,8 +745,7 @@ def cmd_diagnose(args) -> int:
         for p in prompts:
             backend.prepare(p, cfg)
         if cfg.method == "caddtree":
-            backend.cost_model(progress=lambda d, t: print(f"\rprofiling cost model {d}/{t}",
-                                                           end="\n" if d == t else "", file=sys.stderr))
+            backend.cost_model(progress=count_line("profiling cost model"))
             _print_cost_model_warning(backend)
         store = None
         if not args.no_store:

@@ -206,3 +206,37 @@ def test_train_drafter_bad_paths_fail_before_the_target_loads(tmp_path, capsys, 
     rc = main(["train-drafter", *[a.replace("{tmp}", str(tmp_path)) for a in args]])
     assert rc == 2 and f"{field}:" in capsys.readouterr().err
     assert not (tmp_path / "d").exists()
+
+
+class _Stream:
+    def __init__(self, tty: bool):
+        self.tty, self.parts = tty, []
+
+    def isatty(self) -> bool:
+        return self.tty
+
+    def write(self, s: str) -> int:
+        self.parts.append(s)
+        return len(s)
+
+    def flush(self) -> None:
+        pass
+
+
+def test_count_line_rewrites_one_line_on_a_terminal_and_logs_quarters_elsewhere():
+    from dtree.cli import count_line
+
+    tty = _Stream(True)
+    progress = count_line("profiling", tty)
+    for d in range(1, 41):
+        progress(d, 40)
+    text = "".join(tty.parts)
+    assert text.count("\r") == 40 and text.endswith("\rprofiling 40/40\n") and text.count("\n") == 1
+
+    log = _Stream(False)
+    progress = count_line("profiling", log)
+    for d in range(1, 41):
+        progress(d, 40)
+    lines = "".join(log.parts).splitlines()
+    assert "\r" not in "".join(log.parts)
+    assert lines == ["profiling 1/40", "profiling 10/40", "profiling 20/40", "profiling 30/40", "profiling 40/40"]
