@@ -524,7 +524,8 @@ def cmd_fit_cost(args) -> int:
     if base is None:
         stored = next((r.cost_model for r in runs if r.cost_model), None)
         if stored is None:
-            raise InputError("cost_model", "the selected runs stored no cost model: pass --cost-model FILE")
+            raise InputError("cost_model", "the selected runs stored no cost model: pass --cost-model FILE (make one "
+                                             "with `python -m dtree profile --out FILE`)")
         base = CostModel.from_dict(stored).weighted(None)
     fit = live_weights_from_runs(runs, base)
     fitted = base.weighted(fit.weights)

@@ -208,7 +208,9 @@ def run_cost_model(run: RunRecord, cost: CostModel | None = None) -> CostModel:
         return cost
     if run.cost_model:
         return CostModel.from_dict(run.cost_model)
-    raise InputError("cost_model", f"run {run.run_id} stored no cost model; pass one (e.g. --cost-model FILE)")
+    raise InputError("cost_model", f"run {run.run_id} stored no cost model (runs store one once this "
+                     "machine has a profile); pass one with --cost-model FILE (make it with `python -m dtree profile "
+                     "--out FILE`)")
 
 
 def _pred_s(cost: CostModel | None, method: str, n: int, start: int) -> float:

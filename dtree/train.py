@@ -824,7 +824,10 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     helps = _field_help()
     for f in fields(TrainConfig):
         flag = "--" + f.name.replace("_", "-")
-        h = f"{helps.get(f.name, '')} (default {f.default!r})".strip().replace("%", "%%")
+        h = helps.get(f.name, "")
+        if "(default" not in h:  # a field whose comment names its own default ("<data_dir>/...") keeps only that
+            h = f"{h} (default {f.default!r})"
+        h = h.strip().replace("%", "%%")
         if f.type in ("bool", bool):
             parser.add_argument(flag, type=lambda s: s.lower() in ("1", "true", "yes", "on"), default=f.default,
                                 metavar="BOOL", help=h)
@@ -857,12 +860,44 @@ def check_paths(cfg: TrainConfig) -> None:
             raise InputError("grow_from", f"{cfg.grow_from} is not a file (a training state.pt to start from)")
 
 
+_LOWER_BOUNDS = {  # field: (bound, inclusive) -- the smallest value a run can work with
+    "n_prompts": (1, True), "n_heldout": (0, True), "gen_skip": (0, True), "max_new_tokens": (1, True),
+    "gen_batch": (1, True), "num_target_feats": (1, True), "num_layers": (1, True), "block_size": (2, True),
+    "intermediate_size": (0, True), "vocab_min_count": (1, True), "steps": (1, True), "batch_seqs": (1, True),
+    "anchors_per_seq": (1, True), "lr": (0, False), "min_lr": (0, True), "warmup": (0, True),
+    "weight_decay": (0, True), "grad_clip": (0, False), "gamma_w": (0, False), "eval_every": (1, True),
+    "state_every_s": (0, False), "time_limit_min": (0, True), "threads": (1, True)}
+
+
+def check_numbers(cfg: TrainConfig) -> None:
+    """Fail fast, before the target loads, on a numeric option no run can use (0 threads, a batch of 0, negative
+    steps or token counts, a non-finite or non-positive learning rate, ...).
+
+    Raises InputError naming the option and its allowed range (:data:`_LOWER_BOUNDS`), or ``n_heldout`` when it
+    leaves no prompt to train on.
+    """
+    import math
+
+    from .errors import InputError
+
+    for name, (bound, inclusive) in _LOWER_BOUNDS.items():
+        v = getattr(cfg, name)
+        if isinstance(v, float) and not math.isfinite(v):
+            raise InputError(name, f"must be a finite number, got {v}")
+        if v < bound or (not inclusive and v == bound):
+            raise InputError(name, f"must be {'>=' if inclusive else '>'} {bound}, got {v}")
+    if cfg.phase in ("gen", "all") and cfg.n_heldout >= cfg.n_prompts:
+        raise InputError("n_heldout", f"{cfg.n_heldout} held-out prompts leave none of --n-prompts {cfg.n_prompts} "
+                                      "to train on")
+
+
 def run(args: argparse.Namespace) -> int:
     """Run the stages named by ``--phase``; returns a process exit code (0 ok, 2 bad input)."""
     from .errors import InputError
 
     cfg = config_from_args(args)
     try:
+        check_numbers(cfg)
         check_paths(cfg)
         if cfg.phase in ("gen", "all"):
             generate(cfg)

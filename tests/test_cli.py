@@ -193,8 +193,17 @@ def test_missing_drafter_folder_fails_before_the_target_loads(tmp_path, capsys, 
     (["--phase", "train", "--data-dir", "{tmp}", "--grow-from", "{tmp}/none.pt"], "grow_from"),
     (["--phase", "train", "--data-dir", "{tmp}", "--extra-share", "2"], "extra_share"),
     (["--phase", "gen", "--data-dir", "{tmp}/d", "--prompts", "{tmp}/none.jsonl"], "prompts"),
+    (["--phase", "gen", "--data-dir", "{tmp}/d", "--threads", "0"], "threads"),
+    (["--phase", "gen", "--data-dir", "{tmp}/d", "--gen-batch", "0"], "gen_batch"),
+    (["--phase", "gen", "--data-dir", "{tmp}/d", "--max-new-tokens", "-3"], "max_new_tokens"),
+    (["--phase", "gen", "--data-dir", "{tmp}/d", "--n-prompts", "0"], "n_prompts"),
+    (["--phase", "gen", "--data-dir", "{tmp}/d", "--n-prompts", "10", "--n-heldout", "10"], "n_heldout"),
+    (["--phase", "all", "--data-dir", "{tmp}/d", "--steps", "-5"], "steps"),
+    (["--phase", "all", "--data-dir", "{tmp}/d", "--lr", "nan"], "lr"),
+    (["--phase", "all", "--data-dir", "{tmp}/d", "--lr", "0"], "lr"),
+    (["--phase", "all", "--data-dir", "{tmp}/d", "--block-size", "1"], "block_size"),
 ])
-def test_train_drafter_bad_paths_fail_before_the_target_loads(tmp_path, capsys, monkeypatch, args, field):
+def test_train_drafter_bad_paths_and_numbers_fail_before_the_target_loads(tmp_path, capsys, monkeypatch, args, field):
     import dtree.models as M
 
     def no_load(*a, **k):
