@@ -16,7 +16,7 @@ import numpy as np
 from .bench import verify_vs_model
 from .engine import DecodeConfig
 from .errors import InputError, check_float, check_int
-from .store import DEFAULT_STORE_PATH, default_store_path
+from .store import DEFAULT_STORE_PATH, check_store_file, default_store_path
 
 STORE_HELP = f"$DTREE_STORE when set, else {DEFAULT_STORE_PATH}; here: %(default)s"  # argparse fills %(default)s
 
@@ -181,6 +181,8 @@ def cmd_decode(args) -> int:
         from .cost import CostModel
 
         CostModel.load(args.cost_model)  # likewise
+    if not args.no_store:
+        check_store_file(args.store)  # a folder or a foreign file exits 2 before the model loads
     backend = Backend(args.target, args.dtype, args.device, args.drafter, args.drafter_dtype)
     backend.prepare(args.prompt, cfg)  # against the model's context; before anything is profiled or stored
     backend.cost_weights = None if weights.is_identity else weights
@@ -595,6 +597,8 @@ def cmd_bench(args) -> int:
     check_float("temperature", args.temperature, 0.0, 100.0)
     if args.out and Path(args.out).suffix not in (".csv", ".json"):
         raise InputError("out", f"must end in .csv or .json, got {args.out!r}")
+    if not args.no_store:
+        check_store_file(args.store)
     backend = Backend(args.target, args.dtype, args.device, args.drafter, args.drafter_dtype)
     for p in prompts:
         backend.prepare(p, DecodeConfig("ar", max_new_tokens=args.max_new_tokens, temperature=args.temperature))
@@ -741,6 +745,8 @@ def cmd_diagnose(args) -> int:
         check_int("max_new_tokens", args.max_new_tokens, 1, 100_000)
         from .backend import Backend
 
+        if not args.no_store:
+            check_store_file(args.store)
         backend = Backend(args.target, args.dtype, args.device, args.drafter, args.drafter_dtype)
         cfg = DecodeConfig(methods[0][0], budget=methods[0][1], max_new_tokens=args.max_new_tokens)
         for p in prompts:

@@ -266,6 +266,55 @@ class _RollBack(Exception):
     """Raised inside a write transaction to undo it (:meth:`TraceStore.check_writable`)."""
 
 
+def check_store_file(path: str | Path) -> None:
+    """Check, without creating or writing anything, that ``path`` can be opened as a trace store: missing, an empty file
+    or database, or a dtree store of this or an older schema (``":memory:"`` always can). Lets commands refuse a bad
+    ``--store`` before loading a model.
+
+    Raises:
+        InputError("store", ...): ``path`` is a directory, not a SQLite file, another application's database, or a
+            store of a newer schema.
+    """
+    if str(path) == ":memory:":
+        return
+    p = Path(path)
+    if p.is_dir():
+        raise InputError("store", f"{p} is a directory; give a database file path")
+    if not p.exists() or p.stat().st_size == 0:
+        return
+    try:
+        with open(p, "rb") as f:
+            head = f.read(len(_SQLITE_MAGIC))
+    except OSError as e:
+        raise InputError("store", f"cannot read {p}: {e}") from None
+    if head != _SQLITE_MAGIC:
+        raise InputError("store", f"{p} is not a SQLite database (no SQLite header); choose another file or "
+                                  "move this one away")
+    try:
+        ro = sqlite3.connect(f"{p.resolve().as_uri()}?mode=ro", uri=True, timeout=BUSY_TIMEOUT_S)
+    except sqlite3.Error as e:
+        raise InputError("store", f"cannot open {p} read-only: {e}") from None
+    try:
+        app_id = ro.execute("PRAGMA application_id").fetchone()[0]
+        version = ro.execute("PRAGMA user_version").fetchone()[0]
+        tables = [r[0] for r in ro.execute(
+            "SELECT name FROM sqlite_master WHERE type = 'table' AND name NOT LIKE 'sqlite_%' ORDER BY name")]
+    except sqlite3.Error as e:
+        raise InputError("store", f"{p} is not a readable SQLite database: {e}") from None
+    finally:
+        ro.close()
+    if app_id == APPLICATION_ID:
+        if version > SCHEMA_VERSION:
+            raise InputError("store", f"{p} has trace-store schema version {version}, newer than this dtree's "
+                                      f"{SCHEMA_VERSION}; upgrade dtree to read it")
+        return
+    if app_id == 0 and not tables:
+        return  # an empty SQLite database: ours to initialise
+    what = f"tables {', '.join(tables)}" if tables else f"application id {app_id:#x}"
+    raise InputError("store", f"{p} is a SQLite database of another application ({what}), not a dtree trace "
+                              "store; choose another file")
+
+
 class TraceStore:
     """SQLite store of runs, rounds and draft trees (DESIGN.md section 4).
 
@@ -300,40 +349,7 @@ class TraceStore:
     # -------------------------------------------------------------------------------------------- opening & schema
     def _check_foreign(self) -> None:
         """Refuse, without writing, a file that is not an empty/new file or a dtree store."""
-        p = self.path
-        if not p.exists() or p.stat().st_size == 0:
-            return
-        try:
-            with open(p, "rb") as f:
-                head = f.read(len(_SQLITE_MAGIC))
-        except OSError as e:
-            raise InputError("store", f"cannot read {p}: {e}") from None
-        if head != _SQLITE_MAGIC:
-            raise InputError("store", f"{p} is not a SQLite database (no SQLite header); choose another file or "
-                                      "move this one away")
-        try:
-            ro = sqlite3.connect(f"{p.resolve().as_uri()}?mode=ro", uri=True, timeout=BUSY_TIMEOUT_S)
-        except sqlite3.Error as e:
-            raise InputError("store", f"cannot open {p} read-only: {e}") from None
-        try:
-            app_id = ro.execute("PRAGMA application_id").fetchone()[0]
-            version = ro.execute("PRAGMA user_version").fetchone()[0]
-            tables = [r[0] for r in ro.execute(
-                "SELECT name FROM sqlite_master WHERE type = 'table' AND name NOT LIKE 'sqlite_%' ORDER BY name")]
-        except sqlite3.Error as e:
-            raise InputError("store", f"{p} is not a readable SQLite database: {e}") from None
-        finally:
-            ro.close()
-        if app_id == APPLICATION_ID:
-            if version > SCHEMA_VERSION:
-                raise InputError("store", f"{p} has trace-store schema version {version}, newer than this dtree's "
-                                          f"{SCHEMA_VERSION}; upgrade dtree to read it")
-            return
-        if app_id == 0 and not tables:
-            return  # an empty SQLite database: ours to initialise
-        what = f"tables {', '.join(tables)}" if tables else f"application id {app_id:#x}"
-        raise InputError("store", f"{p} is a SQLite database of another application ({what}), not a dtree trace "
-                                  "store; choose another file")
+        check_store_file(self.path)
 
     def _connect(self) -> sqlite3.Connection:
         try:

@@ -249,3 +249,34 @@ def test_count_line_rewrites_one_line_on_a_terminal_and_logs_quarters_elsewhere(
     lines = "".join(log.parts).splitlines()
     assert "\r" not in "".join(log.parts)
     assert lines == ["profiling 1/40", "profiling 10/40", "profiling 20/40", "profiling 30/40", "profiling 40/40"]
+
+
+@pytest.mark.parametrize("cmd", [
+    ["decode", "--prompt", "hi", "--method", "chain"],
+    ["bench", "--dataset", "gsm8k", "--limit", "1", "--methods", "ar,chain"],
+    ["diagnose", "--dataset", "gsm8k", "--limit", "1", "--method", "chain"],
+])
+@pytest.mark.parametrize("kind", ["folder", "text", "foreign"])
+def test_a_bad_store_fails_before_the_model_loads_and_is_left_untouched(tmp_path, capsys, monkeypatch, cmd, kind):
+    import dtree.backend as B
+
+    def no_load(*a, **k):
+        raise AssertionError("the model was loaded before the store was checked")
+
+    monkeypatch.setattr(B.Backend, "__init__", no_load)
+    store = tmp_path / "s.sqlite"
+    if kind == "folder":
+        store.mkdir()
+    elif kind == "text":
+        store.write_text("not a database\n")
+    else:
+        con = sqlite3.connect(store)
+        con.execute("CREATE TABLE users (id INTEGER)")
+        con.commit()
+        con.close()
+    before = None if kind == "folder" else store.read_bytes()
+    rc = main([*cmd, "--store", str(store)])
+    err = capsys.readouterr().err
+    assert rc == 2 and "store:" in err and str(store) in err
+    if before is not None:
+        assert store.read_bytes() == before
