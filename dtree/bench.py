@@ -21,7 +21,9 @@ from .errors import InputError, check_int
 PROMPT_FIELDS = ("question", "prompt", "instruction", "input", "text")
 
 
-def _prompt_of(row: dict, field: str | None = None) -> str | None:
+def prompt_of(row: dict, field: str | None = None) -> str | None:
+    """The prompt text of one JSONL row: ``field`` when given, else the first non-empty of :data:`PROMPT_FIELDS`, else
+    the first of MT-Bench's ``turns``; None when there is none."""
     if field is not None:  # a named set's known key (dtree.promptsets)
         v = row.get(field)
         v = v[0] if field == "turns" and isinstance(v, list) and v else v
@@ -69,7 +71,7 @@ def load_prompts(dataset: str, limit: int) -> list[str]:
                     row = json.loads(line)
                 except json.JSONDecodeError as e:
                     raise InputError("dataset", f"{src}:{n} is not JSON: {e}") from None
-                p = _prompt_of(row, src.field) if isinstance(row, dict) else None
+                p = prompt_of(row, src.field) if isinstance(row, dict) else None
                 if p is None:
                     want = src.field or f"one of {', '.join(PROMPT_FIELDS)}, or turns"
                     raise InputError("dataset", f"{src}:{n} has no prompt field ({want})")

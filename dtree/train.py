@@ -40,7 +40,7 @@ class TrainConfig:
 
     # data
     target: str = "embedded"
-    prompts: str = GSM8K_TRAIN          # JSONL with a "question" (or "prompt") field (never evaluation prompts); a
+    prompts: str = GSM8K_TRAIN          # JSONL, one prompt per row read as bench reads it (never evaluation prompts); a
                                         # --data-dir that has a source.json keeps the prompts it was generated from
     data_dir: str = "data/drafter"      # scratch folder (git-ignored): responses.jsonl, features/, state.pt
     n_prompts: int = 3000               # prompts to answer (the first n_heldout of the shuffled order are held out)
@@ -97,11 +97,16 @@ class TrainConfig:
 def load_prompts(path: str, n: int, seed: int) -> list[tuple[int, str]]:
     """(line index, question) of the first ``n`` prompts of a seeded shuffle of the JSONL file.
 
-    Raises InputError when the file is missing, or a line is not JSON or has no "question"/"prompt" text."""
+    The prompt of a row is read as ``bench`` reads JSONL files (:func:`dtree.bench.prompt_of`): the first non-empty
+    "question", "prompt", "instruction", "input" or "text" field, else the first of MT-Bench's "turns".
+
+    Raises InputError when the file is missing, or a line is not JSON or has no prompt text."""
+    from .bench import PROMPT_FIELDS, prompt_of
     from .errors import InputError
 
+    fields_said = ", ".join(f'"{f}"' for f in PROMPT_FIELDS) + ' or "turns"'
     if not Path(path).is_file():
-        raise InputError("prompts", f"{path} is not a file (a JSONL file with a \"question\" or \"prompt\" field)")
+        raise InputError("prompts", f"{path} is not a file (a JSONL file with a {fields_said} field)")
     rows = []
     with open(path) as f:
         for i, line in enumerate(f):
@@ -110,9 +115,9 @@ def load_prompts(path: str, n: int, seed: int) -> list[tuple[int, str]]:
                     d = json.loads(line)
                 except json.JSONDecodeError as e:
                     raise InputError("prompts", f"{path} line {i + 1} is not JSON ({e.msg})") from None
-                q = (d.get("question") or d.get("prompt")) if isinstance(d, dict) else None
-                if not isinstance(q, str) or not q.strip():
-                    raise InputError("prompts", f"{path} line {i + 1} has no \"question\" or \"prompt\" text")
+                q = prompt_of(d) if isinstance(d, dict) else None
+                if q is None:
+                    raise InputError("prompts", f"{path} line {i + 1} has no prompt text (a {fields_said} field)")
                 rows.append((i, q))
     random.Random(seed).shuffle(rows)
     return rows[:n]

@@ -67,9 +67,25 @@ def test_bad_prompts_files_are_rejected(tmp_path):
     bad.write_text('{"question": "ok?"}\nnot json\n')
     with pytest.raises(InputError, match="line 2 is not JSON"):
         T.load_prompts(str(bad), 3, 0)
-    bad.write_text('{"question": "ok?"}\n{"text": "no prompt field"}\n')
+    bad.write_text('{"question": "ok?"}\n{"answer": "no prompt field"}\n')
     with pytest.raises(InputError, match="line 2 has no"):
         T.load_prompts(str(bad), 3, 0)
+    bad.write_text('{"question": "ok?"}\n{"text": "   "}\n')  # a blank prompt is no prompt
+    with pytest.raises(InputError, match="line 2 has no"):
+        T.load_prompts(str(bad), 3, 0)
+
+
+def test_prompt_files_are_read_with_the_bench_fields(tmp_path):
+    """train-drafter reads a JSONL row's prompt as bench does: question, prompt, instruction, input, text, turns[0]."""
+    import dtree.bench as B
+
+    rows = [{"question": "q"}, {"prompt": "p"}, {"instruction": "i"}, {"input": "x"}, {"text": "t"},
+            {"turns": ["first", "second"]}, {"question": "q2", "text": "t2"}]
+    path = tmp_path / "mixed.jsonl"
+    path.write_text("".join(json.dumps(r) + "\n" for r in rows))
+    got = dict(T.load_prompts(str(path), 100, 0))
+    assert got == {i: B.prompt_of(r) for i, r in enumerate(rows)}
+    assert [got[i] for i in range(len(rows))] == ["q", "p", "i", "x", "t", "first", "q2"]
 
 
 def test_training_on_two_folders_end_to_end(tmp_path):
