@@ -332,8 +332,3 @@ def load_or_tune(model: torch.nn.Module, name: str, max_rows: int = DEFAULT_MAX_
     tmp.write_text(json.dumps(table.to_json()))
     tmp.replace(path)
     return table
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_suffix(f".tmp{os.getpid()}")
-    tmp.write_text(json.dumps(table.to_json()))
-    tmp.replace(path)
-    return table
