@@ -136,3 +136,9 @@ b issue3-gsm8k50-v10-bf16 --dataset gsm8k --limit 50 --methods ar,ddtree:16,cadd
 # same two lines
 b issue3-humaneval50-v11-bf16 --dataset humaneval --limit 50 --methods ar,chain,ddtree:16,caddtree --max-new-tokens 128 --dtype bfloat16
 b issue3-gsm8k50-v11-bf16 --dataset gsm8k --limit 50 --methods ar,ddtree:16,caddtree --max-new-tokens 128 --dtype bfloat16
+# session 21: drafter v12 (before shipping: --drafter data/ck13; the same folder is now the shipped checkpoint), the
+# two bf16 lines with chain on both sets, then a short float32 lossless check (10 prompts per set)
+b issue3-humaneval50-v12-bf16 --dataset humaneval --limit 50 --methods ar,chain,ddtree:16,caddtree --max-new-tokens 128 --dtype bfloat16
+b issue3-gsm8k50-v12-bf16 --dataset gsm8k --limit 50 --methods ar,chain,ddtree:16,caddtree --max-new-tokens 128 --dtype bfloat16
+b issue3-humaneval10-v12-fp32 --dataset humaneval --limit 10 --methods ar,chain,ddtree:16,caddtree --max-new-tokens 128 --dtype float32
+b issue3-gsm8k10-v12-fp32 --dataset gsm8k --limit 10 --methods ar,chain,ddtree:16,caddtree --max-new-tokens 128 --dtype float32
