@@ -881,16 +881,16 @@ def check_numbers(cfg: TrainConfig) -> None:
     Raises InputError naming the option and its allowed range (:data:`_LOWER_BOUNDS`), or ``n_heldout`` when it
     leaves no prompt to train on.
     """
-    import math
-
-    from .errors import InputError
+    from .errors import InputError, check_float, check_int
 
     for name, (bound, inclusive) in _LOWER_BOUNDS.items():
         v = getattr(cfg, name)
-        if isinstance(v, float) and not math.isfinite(v):
-            raise InputError(name, f"must be a finite number, got {v}")
-        if v < bound or (not inclusive and v == bound):
-            raise InputError(name, f"must be {'>=' if inclusive else '>'} {bound}, got {v}")
+        if isinstance(v, float):  # finite and >= bound (check_float), then strictly above it where needed
+            check_float(name, v, bound)
+            if not inclusive and v == bound:
+                raise InputError(name, f"must be > {bound}, got {v}")
+        else:
+            check_int(name, v, bound)
     if cfg.phase in ("gen", "all") and cfg.n_heldout >= cfg.n_prompts:
         raise InputError("n_heldout", f"{cfg.n_heldout} held-out prompts leave none of --n-prompts {cfg.n_prompts} "
                                       "to train on")
