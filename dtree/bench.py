@@ -93,14 +93,15 @@ def parse_methods(spec: str, field: str = "methods") -> list[tuple[str, int | No
     ``caddtree:B`` sets caddtree's maximum budget. The heap methods also come in variants
     (:func:`dtree.records.parse_method_key`): ``caddtree-cal`` (calibrated path probabilities), ``caddtree-spine``
     (top-1 chain always in the tree), ``caddtree-cal-spine``, and the same for ``ddtree-...:B``.
-    Raises InputError (``field``, the option's name) for unknown methods or malformed budgets.
+    Raises InputError (``field``, the option's name) for unknown methods, malformed budgets, no method or an empty
+    item (a stray comma, ``"ar,"``).
     """
+    from .errors import split_items
     from .records import parse_method_key
 
-    out = [parse_method_key(item, field, MAX_BUDGET) for item in spec.split(",") if item.strip()]
-    if not out:
+    if not str(spec).strip():
         raise InputError(field, "no method given")
-    return out
+    return [parse_method_key(item, field, MAX_BUDGET) for item in split_items(field, spec)]
 
 
 def method_key(name: str, budget: int | None) -> str:

@@ -15,7 +15,7 @@ import numpy as np
 
 from .bench import verify_vs_model
 from .engine import DecodeConfig
-from .errors import InputError, check_float, check_int
+from .errors import InputError, check_float, check_int, split_items
 from .store import DEFAULT_STORE_PATH, check_store_file, default_store_path
 
 STORE_HELP = f"$DTREE_STORE when set, else {DEFAULT_STORE_PATH}; here: %(default)s"  # argparse fills %(default)s
@@ -253,7 +253,7 @@ def cmd_decode(args) -> int:
 
 def _int_list(field: str, text: str) -> list[int]:
     try:
-        return [int(v) for v in text.split(",") if v.strip()]
+        return [int(v) for v in split_items(field, text)]
     except ValueError:
         raise InputError(field, f"must be a comma-separated list of integers, got {text!r}") from None
 
@@ -352,7 +352,7 @@ def cmd_replay(args) -> int:
         from .replay import run_cost_model
 
         cost = (cost or run_cost_model(runs[0], None)).weighted(weights)
-    variants = list(dict.fromkeys(v.strip() for v in args.variants.split(",") if v.strip()))  # each row once
+    variants = list(dict.fromkeys(split_items("variants", args.variants))) if args.variants.strip() else []  # each once
     calibration = _replay_calibration(args.calibration, runs)
     df = sweep_budgets(runs, budgets, cost=cost, caddtree_max_budget=args.max_budget, variants=variants,
                        calibration=calibration)
@@ -819,7 +819,9 @@ def build_parser() -> argparse.ArgumentParser:
     _add_cost_args(b)
     b.add_argument("--calibration", default=None,
                    help="calibration JSON for -cal methods (default: fitted once on the demo prompts and cached)")
-    b.add_argument("--max-new-tokens", type=int, default=128)
+    b.add_argument("--max-new-tokens", type=int, default=128,
+                   help="tokens per prompt (default 128); with the prompt and the tree it must fit the target's "
+                        "context, checked once the target is loaded")
     b.add_argument("--temperature", type=float, default=0.0)
     b.add_argument("--out", default=None, help="write the summary as .csv or .json")
     b.add_argument("--store", default=default_store_path(), help=f"trace store file (default {STORE_HELP})")

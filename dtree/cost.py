@@ -29,7 +29,7 @@ from typing import Any, Callable, Sequence
 import numpy as np
 from scipy.optimize import lsq_linear
 
-from .errors import InputError, check_float, check_int
+from .errors import InputError, check_float, check_int, split_items
 
 FORMAT = "dtree-cost-model"
 VERSION = 1
@@ -244,9 +244,7 @@ class CostWeights:
             return cls()
         kw: dict[str, float] = {}
         typed: dict[str, str] = {}  # field name -> the key the user wrote, for error messages
-        for part in str(text).split(","):
-            if not part.strip():
-                continue
+        for part in split_items("cost_weights", text):  # a stray comma ("cd=2,") is an error, not skipped
             key, sep, val = part.partition("=")
             key = key.strip()
             if not sep or key not in _WEIGHT_KEYS:

@@ -40,6 +40,21 @@ def check_float(field: str, value, lo: float | None = None, hi: float | None = N
     return v
 
 
+def split_items(field: str, text) -> list[str]:
+    """Split a comma-separated option value (``"ar,chain,ddtree:16"``) into its items, stripped of spaces.
+
+    Raises :class:`InputError` naming ``field`` for a value with no items or with an empty item (``"ar,"``,
+    ``"ar,,chain"``): a stray comma usually means an item was left out, so it is not skipped silently.
+    """
+    text = "" if text is None else str(text)
+    items = [part.strip() for part in text.split(",")]
+    if not text.strip():
+        raise InputError(field, "no item given (expected a comma-separated list)")
+    if not all(items):
+        raise InputError(field, f"empty item in {text!r}: remove the stray comma or fill in the missing item")
+    return items
+
+
 def _range_text(lo, hi) -> str:
     """``">= lo"``, ``"<= hi"`` or ``"in [lo, hi]"``: the allowed range in words (an open end is not printed)."""
     if hi is None:

@@ -360,14 +360,21 @@ def read_source(folder: str | Path) -> tuple[Path, str, int, int] | None:
     return Path(folder), meta["prompts"], int(meta["seed"]), int(meta["n_heldout"])
 
 
+def extra_folders(cfg: TrainConfig) -> list[str]:
+    """The ``--extra-data`` folders in order (none when it is empty). Raises InputError for a stray comma."""
+    from .errors import split_items
+
+    return split_items("extra_data", cfg.extra_data) if cfg.extra_data.strip() else []
+
+
 def check_extra_data(cfg: TrainConfig) -> None:
-    """Raises InputError for an ``extra_share`` outside [0, 1] or an ``extra_data`` folder that is missing or has no
-    ``source.json`` (cheap: no data is read)."""
+    """Raises InputError for an ``extra_share`` outside [0, 1], a stray comma in ``extra_data`` or an ``extra_data``
+    folder that is missing or has no ``source.json`` (cheap: no data is read)."""
     from .errors import InputError
 
     if not 0.0 <= cfg.extra_share <= 1.0 or math.isnan(cfg.extra_share):
         raise InputError("extra_share", f"must be in [0, 1], got {cfg.extra_share}")
-    for folder in filter(None, (x.strip() for x in cfg.extra_data.split(","))):
+    for folder in extra_folders(cfg):
         if not Path(folder).is_dir():
             raise InputError("extra_data", f"{folder} is not a folder (one made by --phase gen --data-dir "
                                            f"{folder} --prompts FILE)")
@@ -389,7 +396,7 @@ def open_datasets(cfg: TrainConfig, layer_ids: list[int]) -> list[DataSet]:
     # the prompts a folder was generated from decide its held-out set, not --prompts; only the main folder may
     # predate source.json
     specs = [read_source(cfg.data_dir) or (Path(cfg.data_dir), cfg.prompts, cfg.seed, cfg.n_heldout)]
-    for folder in filter(None, (x.strip() for x in cfg.extra_data.split(","))):
+    for folder in extra_folders(cfg):
         spec = read_source(folder)
         if any(Path(folder).resolve() == f.resolve() for f, *_ in specs):
             raise InputError("extra_data", f"{folder} is named twice (as --data-dir or in --extra-data)")

@@ -89,10 +89,18 @@ def test_ratio_with_interval_matches_medians_and_handles_missing_methods():
     assert bench.ratio_with_interval(stats, "empty", "caddtree") == (None, None)
 
 
-@pytest.mark.parametrize("spec", ["beam", "ddtree", "ddtree:x", "chain:4", "ddtree:-1", "ddtree:5000", ""])
+@pytest.mark.parametrize("spec", ["beam", "ddtree", "ddtree:x", "chain:4", "ddtree:-1", "ddtree:5000", "", " ",
+                                  "ar,", "ar,,chain", ",chain", "ar, ,chain"])
 def test_bad_methods(spec):
-    with pytest.raises(InputError):
+    with pytest.raises(InputError) as e:
         bench.parse_methods(spec)
+    assert e.value.field == "methods"
+
+
+def test_stray_comma_is_named_not_skipped():
+    with pytest.raises(InputError, match="empty item in 'ar,'"):
+        bench.parse_methods("ar,")
+    assert bench.parse_methods(" ar , ddtree:4 ") == [("ar", None), ("ddtree", 4)]  # spaces around items are fine
 
 
 def test_bad_datasets(tmp_path):

@@ -226,6 +226,13 @@ def test_weights_that_make_a_round_free_are_rejected(text):
     assert e.value.field == "cost_weights" and "both 0" in str(e.value)
 
 
+@pytest.mark.parametrize("text", ["cd=2,", "cd=2,,cv=1", ",cv=1"])
+def test_weights_with_a_stray_comma_are_rejected(text):
+    with pytest.raises(InputError, match="empty item") as e:
+        CostWeights.parse(text)
+    assert e.value.field == "cost_weights"
+
+
 @pytest.mark.parametrize("text,field,typed", [("cd=-1", "cd_scale", "cd (= cd_scale)"),
                                                ("cv=nan", "cv_scale", "cv (= cv_scale)"),
                                                ("cd_scale=-2", "cd_scale", "must be >= 0")])

@@ -60,6 +60,7 @@ def test_profile_writes_a_loadable_cost_model(tmp_path, capsys, drafter_dir):
     (["--contexts", "0,64"], "contexts"),
     (["--contexts", "64,x"], "contexts"),
     (["--contexts", "100000"], "contexts"),
+    (["--contexts", "32,"], "contexts"),
     (["--repeats", "0"], "repeats"),
 ])
 def test_profile_bad_input_exits_2_and_writes_nothing(tmp_path, capsys, drafter_dir, args, field):

@@ -54,6 +54,10 @@ def test_extra_folder_without_source_and_bad_share_are_rejected(tmp_path):
     (main,) = T.open_datasets(T.TrainConfig(data_dir=str(tmp_path / "code"), prompts=str(tmp_path / "other.jsonl"),
                                             n_heldout=48), [1])
     assert main.prompts == str(prompts) and main.held_idx == {0}
+    for extra in (str(tmp_path / "code") + ",", f"{tmp_path / 'code'},,{tmp_path / 'main'}"):  # a stray comma
+        cfg = T.TrainConfig(data_dir=str(tmp_path / "main"), prompts=str(prompts), extra_data=extra)
+        with pytest.raises(InputError, match="empty item"):
+            T.open_datasets(cfg, [1])
     for bad in (-0.1, 1.5, float("nan")):
         cfg = T.TrainConfig(data_dir=str(tmp_path / "main"), prompts=str(prompts), extra_share=bad)
         with pytest.raises(InputError, match="extra_share"):
