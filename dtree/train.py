@@ -315,7 +315,9 @@ def load_samples(cfg: TrainConfig, layer_ids: list[int], skip_shards: set[str] |
             continue
         if skip_shards is not None:
             skip_shards.add(shard)
-        blob = torch.load(fdir / shard)
+        # memory-mapped: the features stay file-backed pages the OS can drop and re-read, so folders together larger
+        # than RAM (session 22: 19 GB of features on a 24 GB machine) train without running out of memory
+        blob = torch.load(fdir / shard, mmap=True)
         pos = {i: r for r, i in enumerate(blob["idx"])}
         for d in ds:
             if d["idx"] not in pos or len(d["response_ids"]) < 2:
