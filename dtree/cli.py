@@ -316,8 +316,8 @@ def cmd_profile(args) -> int:
     gap = cm.fit_gap()
     if gap["rel_gap"] > FIT_GAP_WARN:
         print(f"note: the convex fit is {100 * gap['rel_gap']:.0f}% off the measurement at n={gap['n']}, "
-              f"L={gap['context']}: Cv is not convex in n on this machine, so caddtree (the paper's convex model) "
-              "misprices small trees; the caddtree-rawcv methods stop on the measured curve instead")
+              f"L={gap['context']}: Cv is not convex in n on this machine, so caddtree stops on the measured curve "
+              "(made non-decreasing in n) instead of the paper's convex fit; each run stores why in params.cv_curve")
     from .engine import DEFAULT_BUDGET
 
     cap = DEFAULT_BUDGET["caddtree"]

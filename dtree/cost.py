@@ -728,6 +728,7 @@ def save_json(data: dict, path: str | os.PathLike, field_name: str = "path") -> 
         fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=path.name, suffix=".tmp")
         with os.fdopen(fd, "w") as fh:
             fh.write(text)
+        os.chmod(tmp, 0o644)  # mkstemp makes the file 0600; the output is a plain file like bench's and diagnose's
         os.replace(tmp, path)
     except BaseException as e:
         if tmp is not None and os.path.exists(tmp):

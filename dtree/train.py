@@ -127,8 +127,29 @@ def layer_ids_for(cfg: TrainConfig, n_target_layers: int) -> list[int]:
     from .drafter import default_target_layer_ids
 
     if cfg.target_layer_ids:
-        return [int(x) for x in cfg.target_layer_ids.split(",")]
+        ids = parse_layer_ids(cfg.target_layer_ids)
+        if max(ids) >= n_target_layers:
+            from .errors import InputError
+
+            raise InputError("target_layer_ids", f"layer {max(ids)} does not exist: the target has {n_target_layers} "
+                                                 f"layers (0..{n_target_layers - 1})")
+        return ids
     return default_target_layer_ids(n_target_layers, cfg.num_target_feats)
+
+
+def parse_layer_ids(text: str) -> list[int]:
+    """``"1,8,14"`` -> ``[1, 8, 14]``. Raises InputError (``target_layer_ids``) for a stray comma, a non-integer or a
+    negative index. Indices past the target's last layer are caught once the target is loaded (:func:`layer_ids_for`)."""
+    from .errors import InputError, check_int, split_items
+
+    out = []
+    for item in split_items("target_layer_ids", text):
+        try:
+            value = int(item)
+        except ValueError:
+            raise InputError("target_layer_ids", f"must be comma-separated layer indices, got {text!r}") from None
+        out.append(check_int("target_layer_ids", value, 0))
+    return out
 
 
 def features_dir(cfg: TrainConfig, layer_ids: list[int]) -> Path:
@@ -857,12 +878,28 @@ def config_from_args(args: argparse.Namespace) -> TrainConfig:
 def check_paths(cfg: TrainConfig) -> None:
     """Fail fast, before the target loads, on folders and files the run would only look for later.
 
-    Raises InputError: ``--phase train`` with a ``--data-dir`` that is not a folder or holds no ``responses.jsonl``;
-    an ``--extra-data`` folder that is missing or has no ``source.json``; a ``--grow-from`` that is not a file; an
-    ``--extra-share`` outside [0, 1].
+    Raises InputError: a ``--data-dir`` that exists but is not a folder; ``--phase train`` with a ``--data-dir`` that
+    is not a folder or holds no ``responses.jsonl``; ``--phase gen``/``all`` with a prompts file that is missing, bad,
+    or has no more prompts than ``--n-heldout``; an ``--out`` that is an existing file or a ``--state`` that is an
+    existing folder; an ``--extra-data`` folder that is missing or has no ``source.json``; a ``--grow-from`` that is
+    not a file; an ``--extra-share`` outside [0, 1].
     """
     from .errors import InputError
 
+    if Path(cfg.data_dir).exists() and not Path(cfg.data_dir).is_dir():
+        raise InputError("data_dir", f"{cfg.data_dir} is a file, not a folder (where generated answers go)")
+    if cfg.phase in ("gen", "all"):
+        n_rows = len(load_prompts(cfg.prompts, sys.maxsize, cfg.seed))  # reads the file: a bad one fails here
+        if n_rows <= cfg.n_heldout:
+            raise InputError("n_heldout", f"{cfg.prompts} has {n_rows} prompts and --n-heldout {cfg.n_heldout} holds "
+                                          f"them all out, leaving none to train on: lower --n-heldout")
+    if cfg.phase in ("train", "all"):
+        out = Path(cfg.out or Path(cfg.data_dir) / "checkpoint")
+        if out.exists() and not out.is_dir():
+            raise InputError("out", f"{out} is a file; --out names the folder the checkpoint is written to")
+        state = Path(cfg.state or Path(cfg.data_dir) / "state.pt")
+        if state.is_dir():
+            raise InputError("state", f"{state} is a folder; --state names the training-state file (state.pt)")
     if cfg.phase == "train" and not Path(cfg.data_dir).is_dir():
         raise InputError("data_dir", f"{cfg.data_dir} is not a folder: generate data with --phase gen first")
     if cfg.phase == "train" and not (Path(cfg.data_dir) / "responses.jsonl").is_file():
@@ -900,6 +937,8 @@ def check_numbers(cfg: TrainConfig) -> None:
                 raise InputError(name, f"must be > {bound}, got {v}")
         else:
             check_int(name, v, bound)
+    if cfg.target_layer_ids:
+        parse_layer_ids(cfg.target_layer_ids)
     if cfg.phase in ("gen", "all") and cfg.n_heldout >= cfg.n_prompts:
         raise InputError("n_heldout", f"{cfg.n_heldout} held-out prompts leave none of --n-prompts {cfg.n_prompts} "
                                       "to train on")

@@ -202,6 +202,13 @@ def test_missing_drafter_folder_fails_before_the_target_loads(tmp_path, capsys, 
     (["--phase", "all", "--data-dir", "{tmp}/d", "--lr", "nan"], "lr"),
     (["--phase", "all", "--data-dir", "{tmp}/d", "--lr", "0"], "lr"),
     (["--phase", "all", "--data-dir", "{tmp}/d", "--block-size", "1"], "block_size"),
+    (["--phase", "gen", "--data-dir", "{tmp}/file.txt"], "data_dir"),  # a file where the answers' folder goes
+    (["--phase", "all", "--data-dir", "{tmp}/d", "--out", "{tmp}/file.txt"], "out"),
+    (["--phase", "train", "--data-dir", "{tmp}", "--state", "{tmp}/empty"], "state"),
+    (["--phase", "gen", "--data-dir", "{tmp}/d", "--prompts", "{tmp}/two.jsonl"], "n_heldout"),  # 48 held out of 2
+    (["--phase", "gen", "--data-dir", "{tmp}/d", "--target-layer-ids", "1,x"], "target_layer_ids"),
+    (["--phase", "gen", "--data-dir", "{tmp}/d", "--target-layer-ids", "1,"], "target_layer_ids"),
+    (["--phase", "gen", "--data-dir", "{tmp}/d", "--target-layer-ids", "-1"], "target_layer_ids"),
 ])
 def test_train_drafter_bad_paths_and_numbers_fail_before_the_target_loads(tmp_path, capsys, monkeypatch, args, field):
     import dtree.models as M
@@ -212,6 +219,8 @@ def test_train_drafter_bad_paths_and_numbers_fail_before_the_target_loads(tmp_pa
     monkeypatch.setattr(M, "load_target", no_load)
     (tmp_path / "empty").mkdir()
     (tmp_path / "responses.jsonl").write_text("")  # {tmp} itself passes the data_dir checks
+    (tmp_path / "file.txt").write_text("not a folder")
+    (tmp_path / "two.jsonl").write_text('{"question": "a?"}\n{"question": "b?"}\n')
     rc = main(["train-drafter", *[a.replace("{tmp}", str(tmp_path)) for a in args]])
     assert rc == 2 and f"{field}:" in capsys.readouterr().err
     assert not (tmp_path / "d").exists()

@@ -346,6 +346,8 @@ def test_json_round_trip(tmp_path):
     path = cm.save(tmp_path / "sub" / "cost.json")
     d = json.loads(path.read_text())
     assert d["format"] == FORMAT and d["version"] == VERSION
+    assert path.stat().st_mode & 0o777 == 0o644  # a plain readable file, not mkstemp's 0600
+    assert not list(path.parent.glob("*.tmp"))
     back = CostModel.load(path)
     assert back.cd_s == cm.cd_s and back.meta == cm.meta
     for name in ("contexts", "nodes", "cv_raw_s", "cv_fit_s"):

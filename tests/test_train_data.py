@@ -236,3 +236,11 @@ def test_best_checkpoint_compares_the_folders_both_evaluations_have():
     # a state saved before per-folder bests: the mean against the stored mean
     assert T.improves({}, {"drafter": 2.2, "code": 2.0}, best_mean=2.05)
     assert not T.improves({}, {"drafter": 2.2, "code": 1.8}, best_mean=2.05)
+
+
+def test_target_layer_ids_are_checked_against_the_target():
+    cfg = T.TrainConfig(target_layer_ids=" 1, 8 ,29")
+    assert T.layer_ids_for(cfg, 30) == [1, 8, 29]
+    with pytest.raises(InputError, match="layer 30 does not exist: the target has 30 layers"):
+        T.layer_ids_for(T.TrainConfig(target_layer_ids="1,30"), 30)
+    assert T.layer_ids_for(T.TrainConfig(), 30) == T.layer_ids_for(T.TrainConfig(target_layer_ids=""), 30)
