@@ -142,3 +142,7 @@ b issue3-humaneval50-v12-bf16 --dataset humaneval --limit 50 --methods ar,chain,
 b issue3-gsm8k50-v12-bf16 --dataset gsm8k --limit 50 --methods ar,chain,ddtree:16,caddtree --max-new-tokens 128 --dtype bfloat16
 b issue3-humaneval10-v12-fp32 --dataset humaneval --limit 10 --methods ar,chain,ddtree:16,caddtree --max-new-tokens 128 --dtype float32
 b issue3-gsm8k10-v12-fp32 --dataset gsm8k --limit 10 --methods ar,chain,ddtree:16,caddtree --max-new-tokens 128 --dtype float32
+# session 22: drafter v13 (before shipping: --drafter data/ck14; the same folder is now the shipped checkpoint), the
+# two bf16 lines again, each profiling on a settled machine (a minute after training and generation exited)
+b issue3-humaneval50-v13-bf16 --dataset humaneval --limit 50 --methods ar,chain,ddtree:16,caddtree --max-new-tokens 128 --dtype bfloat16
+b issue3-gsm8k50-v13-bf16 --dataset gsm8k --limit 50 --methods ar,chain,ddtree:16,caddtree --max-new-tokens 128 --dtype bfloat16
