@@ -252,8 +252,9 @@ def cmd_decode(args) -> int:
 
 
 def _int_list(field: str, text: str) -> list[int]:
+    items = split_items(field, text)  # its own message for a stray comma (InputError is a ValueError: not below)
     try:
-        return [int(v) for v in split_items(field, text)]
+        return [int(v) for v in items]
     except ValueError:
         raise InputError(field, f"must be a comma-separated list of integers, got {text!r}") from None
 
