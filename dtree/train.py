@@ -305,7 +305,7 @@ def generate(cfg: TrainConfig) -> None:
     bar.close()
 
 # ----------------------------------------------------------------------------------------------------------------
-# 2. dataset in RAM
+# 2. dataset (token ids in RAM, target features memory-mapped from their shards)
 
 
 @dataclass
