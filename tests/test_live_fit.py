@@ -257,7 +257,7 @@ def test_fit_cost_cli_writes_a_weighted_model_and_rejects_bad_input(tmp_path, ca
         ar_id = int(store.list_runs(method="ar")["id"].iloc[0])
     for argv, msg in ((["--run", str(ar_id)], f"run {ar_id} is an AR run"),
                       (["--run", "1", "--tag", "bench:x:synthetic"], "either --run or --tag"),
-                      (["--run", ","], "at least one run id"),
+                      (["--run", ","], "empty item in ','"),  # a stray comma, named as such
                       (["--tag", "bench:nope"], "newest bench tags: bench:x:synthetic")):
         assert main(["fit-cost", "--store", str(path), "--out", str(out), *argv]) == 2
         assert msg in capsys.readouterr().err
