@@ -152,6 +152,16 @@ def parse_layer_ids(text: str) -> list[int]:
     return out
 
 
+def out_dir_of(cfg: TrainConfig) -> Path:
+    """The checkpoint folder: ``--out``, else ``<data_dir>/checkpoint``."""
+    return Path(cfg.out or Path(cfg.data_dir) / "checkpoint")
+
+
+def state_path_of(cfg: TrainConfig) -> Path:
+    """The resumable training-state file: ``--state``, else ``<data_dir>/state.pt``."""
+    return Path(cfg.state or Path(cfg.data_dir) / "state.pt")
+
+
 def features_dir(cfg: TrainConfig, layer_ids: list[int]) -> Path:
     return Path(cfg.data_dir) / ("features_L" + "-".join(map(str, layer_ids)))
 
@@ -694,7 +704,7 @@ def train(cfg: TrainConfig) -> dict:
     if not sets[0].trn:
         from .errors import InputError
         raise InputError("data_dir", f"no generated training data in {cfg.data_dir}: run --phase gen first")
-    state_path = Path(cfg.state or Path(cfg.data_dir) / "state.pt")
+    state_path = state_path_of(cfg)
     state = torch.load(state_path, weights_only=False) if state_path.exists() else None
     if state is not None and state["cfg"]["num_layers"] == cfg.num_layers and state["cfg"]["qk_norm"] == cfg.qk_norm:
         draft_vocab = state["draft_vocab"]
@@ -741,7 +751,7 @@ def train(cfg: TrainConfig) -> dict:
     print(f"[train] draft vocab {'full' if draft_vocab is None else len(draft_vocab)}; "
           f"{sum(p.numel() for p in drafter.parameters())/1e6:.2f}M params", flush=True)
     gen = torch.Generator().manual_seed(cfg.seed + step)
-    out_dir = Path(cfg.out or Path(cfg.data_dir) / "checkpoint")
+    out_dir = out_dir_of(cfg)
     limit_s = cfg.time_limit_min * 60
 
     def save_state():
@@ -894,10 +904,10 @@ def check_paths(cfg: TrainConfig) -> None:
             raise InputError("n_heldout", f"{cfg.prompts} has {n_rows} prompts and --n-heldout {cfg.n_heldout} holds "
                                           f"them all out, leaving none to train on: lower --n-heldout")
     if cfg.phase in ("train", "all"):
-        out = Path(cfg.out or Path(cfg.data_dir) / "checkpoint")
+        out = out_dir_of(cfg)
         if out.exists() and not out.is_dir():
             raise InputError("out", f"{out} is a file; --out names the folder the checkpoint is written to")
-        state = Path(cfg.state or Path(cfg.data_dir) / "state.pt")
+        state = state_path_of(cfg)
         if state.is_dir():
             raise InputError("state", f"{state} is a folder; --state names the training-state file (state.pt)")
     if cfg.phase == "train" and not Path(cfg.data_dir).is_dir():
