@@ -15,7 +15,7 @@ import numpy as np
 
 from .bench import verify_vs_model
 from .engine import DecodeConfig
-from .errors import InputError, check_float, check_int, split_items
+from .errors import InputError, check_float, check_int, int_items, split_items
 from .store import DEFAULT_STORE_PATH, check_store_file, default_store_path
 
 STORE_HELP = f"$DTREE_STORE when set, else {DEFAULT_STORE_PATH}; here: %(default)s"  # argparse fills %(default)s
@@ -251,15 +251,6 @@ def cmd_decode(args) -> int:
     return 0
 
 
-def _int_list(field: str, text: str) -> list[int]:
-    """A comma list of integers, at least one. Raises InputError (``field``) for no item, a stray comma or a non-integer."""
-    items = split_items(field, text)  # its own message for a stray comma (InputError is a ValueError: not below)
-    try:
-        return [int(v) for v in items]
-    except ValueError:
-        raise InputError(field, f"must be a comma-separated list of integers, got {text!r}") from None
-
-
 def profile_nodes(max_nodes: int) -> list[int]:
     """Node counts profiled up to ``max_nodes``: 0, the powers of two and the points 3 * 2^k half-way between them,
     and ``max_nodes`` itself (e.g. 256 -> 0 1 2 3 4 6 8 12 16 24 32 48 64 96 128 192 256)."""
@@ -283,7 +274,7 @@ def cmd_profile(args) -> int:
 
     max_nodes = check_int("max_nodes", args.max_nodes, 1, 1024)
     repeats = check_int("repeats", args.repeats, 1, 1000)
-    contexts = sorted(set(_int_list("contexts", args.contexts)))  # at least one
+    contexts = sorted(set(int_items("contexts", args.contexts)))  # at least one
     for c in contexts:
         check_int("contexts", c, lo=1)
     out = json_output_path(args.out, "out") if args.out else None  # before the model loads
@@ -338,8 +329,8 @@ def cmd_replay(args) -> int:
     from .replay import oracle_budget, sweep_budgets
     from .store import TraceStore
 
-    ids = _int_list("run", args.run)  # never empty: an empty list is an InputError there
-    budgets = _int_list("budgets", args.budgets) if args.budgets else list(range(1, 257))
+    ids = int_items("run", args.run)  # never empty: an empty list is an InputError there
+    budgets = int_items("budgets", args.budgets) if args.budgets else list(range(1, 257))
     weights = CostWeights.parse(args.cost_weights)
     cost = CostModel.load(args.cost_model) if args.cost_model else None
     if not Path(args.store).exists():
@@ -475,7 +466,7 @@ def _select_runs(store, args, what: str) -> list[int]:
     if args.run is not None:
         if args.tag is not None or args.drafter is not None:
             raise InputError("run", "give either --run or --tag / --drafter, not both")
-        ids = _int_list("run", args.run)
+        ids = int_items("run", args.run)
         rows = {int(r["id"]): r for _, r in listed.iterrows()}
         for i in ids:
             if i not in rows:
@@ -723,7 +714,7 @@ def cmd_diagnose(args) -> int:
         if given:
             raise InputError("run", f"--run reads stored runs; {', '.join(given)} only apply when decoding fresh "
                                     f"prompts (drop --run, or drop {', '.join(given)})")
-        ids = _int_list("run", args.run)
+        ids = int_items("run", args.run)
         if not Path(args.store).exists():
             raise InputError("store", f"no trace store at {args.store!r}")
         with TraceStore(args.store) as store:

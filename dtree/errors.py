@@ -55,6 +55,16 @@ def split_items(field: str, text) -> list[str]:
     return items
 
 
+def int_items(field: str, text) -> list[int]:
+    """A comma list of integers (``"64,512"`` -> ``[64, 512]``), at least one. Raises :class:`InputError` naming
+    ``field`` for no item, a stray comma (:func:`split_items`) or an item that is not an integer."""
+    items = split_items(field, text)  # its own message for a stray comma (InputError is a ValueError: not below)
+    try:
+        return [int(v) for v in items]
+    except ValueError:
+        raise InputError(field, f"must be a comma-separated list of integers, got {text!r}") from None
+
+
 def _range_text(lo, hi) -> str:
     """``">= lo"``, ``"<= hi"`` or ``"in [lo, hi]"``: the allowed range in words (an open end is not printed)."""
     if hi is None:

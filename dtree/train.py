@@ -140,16 +140,9 @@ def layer_ids_for(cfg: TrainConfig, n_target_layers: int) -> list[int]:
 def parse_layer_ids(text: str) -> list[int]:
     """``"1,8,14"`` -> ``[1, 8, 14]``. Raises InputError (``target_layer_ids``) for a stray comma, a non-integer or a
     negative index. Indices past the target's last layer are caught once the target is loaded (:func:`layer_ids_for`)."""
-    from .errors import InputError, check_int, split_items
+    from .errors import check_int, int_items
 
-    out = []
-    for item in split_items("target_layer_ids", text):
-        try:
-            value = int(item)
-        except ValueError:
-            raise InputError("target_layer_ids", f"must be comma-separated layer indices, got {text!r}") from None
-        out.append(check_int("target_layer_ids", value, 0))
-    return out
+    return [check_int("target_layer_ids", v, 0) for v in int_items("target_layer_ids", text)]
 
 
 def out_dir_of(cfg: TrainConfig) -> Path:
