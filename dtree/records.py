@@ -60,9 +60,12 @@ def parse_method(name: str, field: str = "method") -> MethodSpec:
     into a :class:`MethodSpec`.
 
     Raises:
-        InputError (``field``): unknown base, unknown or repeated modifier, ``-cal`` with ``-adapt``, ``-rawcv`` or
+        InputError (``field``): a comma in the name, unknown base, unknown or repeated modifier, ``-cal`` with ``-adapt``, ``-rawcv`` or
             ``-fallback`` on ddtree, or a modifier on ar / chain.
     """
+    if "," in str(name):
+        raise InputError(field, f"{name!r}: one method here, without a comma (a comma-separated list of methods is "
+                                "what bench --methods takes)")
     parts = str(name).strip().split("-")
     base, mods = parts[0], parts[1:]
     if base not in METHODS:

@@ -40,6 +40,15 @@ def test_method_budget_too_large_names_the_budget():
     assert parse_method_key("ddtree:1024", "method") == ("ddtree", 1024)
 
 
+def test_one_method_with_a_trailing_comma_points_at_bench_methods():
+    from dtree.records import parse_method, parse_method_key
+
+    for call in (lambda: parse_method("caddtree,"), lambda: parse_method_key("caddtree,", "method")):
+        with pytest.raises(InputError, match=r"method: 'caddtree,': one method here, without a comma .*bench --methods"):
+            call()
+    assert parse_method("caddtree").base == "caddtree"
+
+
 def test_diagnose_run_refuses_decode_options(capsys, tmp_path):
     """`diagnose --run` reads stored runs: a --dataset (or --limit/--method/--max-new-tokens) given with it would be
     silently ignored, so it is an error that names them."""
