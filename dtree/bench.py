@@ -171,15 +171,20 @@ def run_bench(backend, prompts: list[str], methods: list[tuple[str, int | None]]
               temperature: float = 0.0, store=None, progress=None) -> dict[str, MethodStats]:
     """Run every method on every prompt, interleaved per prompt. ``progress(done, total)`` is called per run.
 
+    The order rotates by one method per prompt (prompt ``i`` starts with method ``i mod len(methods)``), so an effect
+    of a run's place within a prompt (such as always running right after the slowest method) hits every method alike
+    instead of always the same one; drift across prompts hits all alike through the interleaving itself.
+
     Returns ``{method_key: MethodStats}``. At temperature 0 every method must give the same text (all are lossless),
     so a prompt whose output differs from the reference method's (:func:`reference_key`: AR when benched, else the
-    first method) is recorded in ``mismatches`` (prompt indices) and ``reference`` names that method.
+    first method of ``methods``) is recorded in ``mismatches`` (prompt indices) and ``reference`` names that method.
     """
     stats = {method_key(m, b): MethodStats() for m, b in methods}
     total, done = len(prompts) * len(methods), 0
     for i, prompt in enumerate(prompts):
         outputs = {}
-        for name, budget in methods:
+        shift = i % len(methods) if methods else 0
+        for name, budget in methods[shift:] + methods[:shift]:
             run = backend.decode(prompt, DecodeConfig(name, budget=budget, max_new_tokens=max_new_tokens,
                                                       temperature=temperature, seed=i), store=store)
             stats[method_key(name, budget)].add(run)
@@ -188,7 +193,7 @@ def run_bench(backend, prompts: list[str], methods: list[tuple[str, int | None]]
             if progress is not None:
                 progress(done, total)
         if temperature == 0.0:
-            _check_outputs(stats, i, outputs)
+            _check_outputs(stats, i, outputs, reference_key(stats))
     return stats
 
 
@@ -199,9 +204,12 @@ def reference_key(keys) -> str | None:
     return "ar" if "ar" in keys else (keys[0] if keys else None)
 
 
-def _check_outputs(stats: dict[str, MethodStats], prompt: int, outputs: dict[str, list[int]]) -> None:
-    """Record ``prompt`` in ``mismatches`` of each method whose output differs from the reference method's."""
-    ref = reference_key(outputs)
+def _check_outputs(stats: dict[str, MethodStats], prompt: int, outputs: dict[str, list[int]],
+                   ref: str | None = None) -> None:
+    """Record ``prompt`` in ``mismatches`` of each method whose output differs from the reference method's (``ref``,
+    default :func:`reference_key` of ``outputs``; a bench passes the key of its whole method list, so the reference
+    stays the same whatever order a prompt ran its methods in)."""
+    ref = ref if ref in outputs else reference_key(outputs)
     for key, out in outputs.items():
         stats[key].reference = ref
         if out != outputs[ref]:
@@ -389,9 +397,10 @@ def stats_from_runs(runs) -> dict[str, MethodStats]:
         i = int(run.params.get("seed", 0))
         outputs.setdefault(i, {})[key] = run.output_ids
         temperature[i] = float(run.params.get("temperature", 0.0))
+    ref = reference_key(stats)  # keys in order of first appearance: prompt 0 runs the methods unrotated
     for i, outs in outputs.items():
         if temperature[i] == 0.0:
-            _check_outputs(stats, i, outs)
+            _check_outputs(stats, i, outs, ref)
     return stats
 
 

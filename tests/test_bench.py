@@ -266,3 +266,28 @@ def test_bench_cli_table_shows_dash_for_columns_empty_throughout(backend32, two_
     header, row = table.splitlines()[:2]
     assert "verify_vs_model" in header and "speedup_ci90" in header
     assert "None" not in table and row.split()[0] == "ar" and "-" in row.split()
+
+
+def test_bench_rotates_the_method_order_per_prompt_and_keeps_the_reference():
+    """Prompt i starts with method i mod M; every method runs once per prompt; the losslessness reference stays the
+    first method (no AR here) whatever order a prompt ran in."""
+    from dtree.records import RunRecord
+
+    calls = []
+
+    class Recorder:
+        def decode(self, prompt, cfg, store=None):
+            calls.append((prompt, cfg.method, cfg.budget))
+            out = [1, 2, 3] if (cfg.method, prompt) != ("chain", "p1") else [1, 2, 9]
+            return RunRecord(method=cfg.method, params={"seed": cfg.seed, "budget": cfg.budget}, target="t",
+                             drafter=None, dtype="float32", device="cpu", prompt=prompt, prompt_ids=[0],
+                             output_ids=out, status="complete", decode_s=1.0)
+
+    methods = bench.parse_methods("ddtree:4,chain,caddtree")
+    stats = bench.run_bench(Recorder(), ["p0", "p1", "p2", "p3"], methods, max_new_tokens=3)
+    firsts = [calls[3 * i][1:] for i in range(4)]
+    assert firsts == [("ddtree", 4), ("chain", None), ("caddtree", None), ("ddtree", 4)]
+    for i in range(4):
+        assert sorted(map(str, calls[3 * i:3 * i + 3])) == sorted(str((f"p{i}",) + m) for m in methods)
+    assert all(s.reference == "ddtree:4" for s in stats.values())
+    assert stats["chain"].mismatches == [1] and stats["ddtree:4"].mismatches == [] == stats["caddtree"].mismatches
