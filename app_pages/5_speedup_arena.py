@@ -128,6 +128,7 @@ if res is not None:
         "tpot_ms": st.column_config.NumberColumn("TPOT (ms/token, median)", format="%.1f"),
         "speedup_vs_ar": st.column_config.NumberColumn("speedup vs AR (x)", format="%.2f"),
         "speedup_ci90": "90% interval (paired bootstrap over prompts)",
+        "speedup_paired": st.column_config.NumberColumn("median per-prompt speedup (x)", format="%.2f"),
         "mean_tau": st.column_config.NumberColumn("mean tau (tokens/round)", format="%.2f"),
         "mean_budget": st.column_config.NumberColumn("mean budget (nodes/round)", format="%.1f"),
         "mismatches": f"outputs ≠ {rows[0]['reference'] or 'AR'} (prompts)", "reference": None,

@@ -219,7 +219,8 @@ def _check_outputs(stats: dict[str, MethodStats], prompt: int, outputs: dict[str
 def summary_rows(stats: dict[str, MethodStats]) -> list[dict]:
     """One row per method: median tokens/s, TPOT (ms/token), speedup vs AR (ratio of medians) with its 90% paired
     bootstrap interval over prompts (``speedup_ci90`` = [lo, hi], :func:`ratio_interval`; None for AR itself, without
-    AR, or with fewer than 2 prompts), mean tau, mean budget, phase shares (% of round time), the number of prompts
+    AR, or with fewer than 2 prompts), ``speedup_paired``, the median over prompts of that prompt's tokens/s
+    over AR's on it (:func:`paired_ratio`; None for AR itself or without AR), mean tau, mean budget, phase shares (% of round time), the number of prompts
     whose output differs from the reference method's (``mismatches``; None when not checked, i.e. temperature > 0)
     and that ``reference`` (AR when benched, else the first method), and ``verify_vs_model``, the median over prompts
     of :func:`verify_vs_model` (None when no run stored a cost model). ``drafted_%`` is the share of rounds that ran
@@ -240,6 +241,8 @@ def summary_rows(stats: dict[str, MethodStats]) -> list[dict]:
             "speedup_vs_ar": round(med / base, 3) if base else None,
             "speedup_ci90": (None if not base or key == "ar" else
                              ratio_with_interval(stats, key, "ar")[1]),
+            "speedup_paired": (None if not base or key == "ar" else
+                               (lambda r: None if r is None else round(r, 3))(paired_ratio(s, stats["ar"]))),
             "mean_tau": round(statistics.mean(s.tau), 3),
             "mean_budget": round(statistics.mean(s.budget), 2),
             **{f"{ph}_share_%": round(100 * v / tot, 1) for ph, v in s.phase_ms.items()},
@@ -436,6 +439,20 @@ def ratio_interval(a: MethodStats, b: MethodStats, level: float = 0.9, n_boot: i
     r = np.median(x[idx], axis=1) / np.median(y[idx], axis=1)
     lo, hi = np.quantile(r, [(1 - level) / 2, (1 + level) / 2])
     return float(lo), float(hi)
+
+
+def paired_ratio(a: MethodStats, b: MethodStats) -> float | None:
+    """Median over the prompts both ran of (tokens/s of ``a`` on the prompt) / (tokens/s of ``b`` on it).
+
+    Unlike the ratio of the two medians (``speedup_vs_ar``, the issue's definition), each prompt is compared with
+    itself, so a method pair that runs alike on every prompt gets about 1.0 even when prompts differ widely in speed
+    and the median prompt of one method is not the other's. None when no prompt is shared or ``b`` is 0 on one.
+    """
+    ta, tb = dict(zip(a.prompts, a.tok_s)), dict(zip(b.prompts, b.tok_s))
+    shared = sorted(set(ta) & set(tb))
+    if not shared or any(tb[i] <= 0 for i in shared):
+        return None
+    return float(statistics.median(ta[i] / tb[i] for i in shared))
 
 
 def ratio_with_interval(stats: dict[str, MethodStats], key: str, base: str | None,

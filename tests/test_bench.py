@@ -291,3 +291,22 @@ def test_bench_rotates_the_method_order_per_prompt_and_keeps_the_reference():
         assert sorted(map(str, calls[3 * i:3 * i + 3])) == sorted(str((f"p{i}",) + m) for m in methods)
     assert all(s.reference == "ddtree:4" for s in stats.values())
     assert stats["chain"].mismatches == [1] and stats["ddtree:4"].mismatches == [] == stats["caddtree"].mismatches
+
+
+def test_paired_speedup_compares_each_prompt_with_itself():
+    """Two methods equally fast on every prompt: the paired median is 1.0 although the ratio of medians is not."""
+    ar = bench.MethodStats(tok_s=[10.0, 20.0, 40.0, 30.0], tpot_ms=[1.0] * 4, tau=[1.0] * 4, budget=[0.0] * 4,
+                           prompts=[0, 1, 2, 3])
+    # same speed as AR on prompts 0 and 3, twice AR on 1 and 2: ratios 1, 2, 2, 1 -> median 1.5
+    a = bench.MethodStats(tok_s=[10.0, 40.0, 80.0, 30.0], tpot_ms=[1.0] * 4, tau=[1.0] * 4, budget=[1.0] * 4,
+                          prompts=[0, 1, 2, 3])
+    assert bench.paired_ratio(a, ar) == pytest.approx(1.5)
+    assert bench.paired_ratio(ar, ar) == pytest.approx(1.0)
+    # prompt order does not matter: pairs go by prompt index
+    b = bench.MethodStats(tok_s=[30.0, 10.0], tpot_ms=[1.0] * 2, tau=[1.0] * 2, budget=[1.0] * 2, prompts=[3, 0])
+    assert bench.paired_ratio(b, ar) == pytest.approx(1.0)
+    rows = {r["method"]: r for r in bench.summary_rows({"ar": ar, "ddtree:4": a})}
+    assert rows["ddtree:4"]["speedup_paired"] == pytest.approx(1.5)
+    assert rows["ddtree:4"]["speedup_vs_ar"] == pytest.approx(35.0 / 25.0, abs=1e-3)  # ratio of medians
+    assert rows["ar"]["speedup_paired"] is None
+    assert bench.paired_ratio(bench.MethodStats(tok_s=[1.0], prompts=[7]), ar) is None  # nothing shared
