@@ -547,6 +547,14 @@ def test_issue4_report_end_to_end_on_a_synthetic_bench(tmp_path, capsys):
     lo, hi = cad["vs_oracle_ci90"]
     assert cad["method"] == "caddtree" and lo <= cad["vs_oracle"] <= hi and cad["vs_reference_ci90"] is None
     assert "vs_caddtree" not in cad  # plain CaDDTree is the base of that column
+    with TraceStore(path) as store:  # paired: median over the 2 prompts of each prompt's own tokens/s ratio
+        runs = [store.load_run(int(i)) for i in store.list_runs().query("tag == @tag")["id"]]
+    speed = {(r.method if r.method != "ddtree" else f"ddtree:{r.params['budget']}", r.params["seed"]): r.tokens_per_s
+             for r in runs}
+    best = rep["oracle"]["oracle"]["method"]
+    want = sum(speed[("caddtree", i)] / speed[(best, i)] for i in (0, 1)) / 2
+    assert cad["vs_oracle_paired"] == pytest.approx(want, abs=2e-3)
+    assert [m["speedup_paired"] is None for m in rep["methods"]] == [True, False, False, False]
     with TraceStore(path) as store:
         rep_all = report.build_report(store, tag, oracle_budgets="all")
         assert rep_all["oracle"]["candidates"] == rep["oracle"]["candidates"] == ["ddtree:4", "ddtree:8"]
