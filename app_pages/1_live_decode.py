@@ -74,6 +74,8 @@ if run_clicked:
                            raw_cv=raw_cv and method == "caddtree", fallback=fallback and method == "caddtree")
         backend.prepare(prompt, cfg)  # bad input: st.error, nothing stored
         store = ui.get_store()
+        if store is not None:
+            store.check_writable()  # a damaged or read-only store fails here, before decoding, with nothing stored
         with ui.model_slot():  # one decode/profile at a time per server; later requests wait
             bar = st.progress(0.0, text="decoding...")
             live = st.empty()

@@ -76,6 +76,7 @@ if go_clicked:
         store = ui.get_store()
         if store is None:
             st.stop()
+        store.check_writable()  # a damaged or read-only store fails here, before the bench, with nothing stored
         with ui.model_slot():  # one decode/profile at a time per server; later requests wait
             bar = st.progress(0.0, text="starting...")
             specs = [parse_method(m) for m, _ in parsed]

@@ -40,6 +40,8 @@ if clicked:
         cfg = DecodeConfig(method=method, budget=int(budget), max_new_tokens=int(n_tokens))
         backend.prepare(prompt, cfg)  # bad input: st.error, nothing stored
         store = ui.get_store()
+        if store is not None:
+            store.check_writable()  # a damaged or read-only store fails here, before decoding, with nothing stored
         with ui.model_slot():  # one decode/profile at a time per server; later requests wait
             bar = st.progress(0.0, text="decoding...")
             run = backend.decode(prompt, cfg, store=None if store is None else bench.TaggedStore(store, "learn"),

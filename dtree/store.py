@@ -440,7 +440,7 @@ class TraceStore:
         except sqlite3.DatabaseError as e:
             if type(e) is not sqlite3.DatabaseError:
                 raise
-            raise InputError("store", f"{self.path} is damaged ({e}); nothing was written to it. Choose another file "
+            raise InputError("store", f"{self.path} is damaged ({e}); this write was undone. Choose another file "
                                       "(the sidebar's trace-store box, --store or DTREE_STORE), or try "
                                       "`sqlite3 FILE .recover` on a copy") from None
 
@@ -481,8 +481,9 @@ class TraceStore:
         return run_id
 
     def check_writable(self) -> None:
-        """Insert a run row and roll it back: fails now, before any decoding (and before ``bench`` prints its tag),
-        when the pages a run's insert touches are damaged or the file cannot be written. Stores nothing.
+        """Insert a run row, one round row and one node row for it, and roll them back: fails now, before any decoding
+        (and before ``bench`` prints its tag), when the pages those inserts touch in each of the three tables (where a
+        run's own rows will go) are damaged or the file cannot be written. Stores nothing.
 
         Raises:
             InputError("store", ...): the file is damaged (names it) or cannot be written.
@@ -491,7 +492,14 @@ class TraceStore:
                           prompt_ids=[])
         try:
             with self._write() as conn:
-                self._insert_run(conn, probe, None)
+                run_id = self._insert_run(conn, probe, None)
+                conn.execute(f"INSERT INTO rounds (run_id, {', '.join(_ROUND_COLS)}) VALUES "
+                             f"({', '.join('?' * (len(_ROUND_COLS) + 1))})",
+                             (run_id, 0, 0, 0, 0, "probe", 0, 0, "[]", "[]", 0.0, 0.0, 0.0, 0.0, "probe", 0, b"", 0, 0,
+                              b"", b""))
+                conn.execute(f"INSERT INTO nodes (run_id, {', '.join(_NODE_COLS)}) VALUES "
+                             f"({', '.join('?' * (len(_NODE_COLS) + 1))})", (run_id, 0, 0, -1, 0, -1, 0, 0.0, 0.0,
+                                                                             None, None))
                 raise _RollBack
         except _RollBack:
             pass

@@ -124,6 +124,24 @@ def small_cost(backend32):
     return cm
 
 
+def damage_table_root(path: Path, table: str, seed: int = 2) -> None:
+    """Overwrite the root page of ``table`` in the SQLite file ``path`` (checkpointed first) with random bytes: the
+    other tables stay readable and writable, and SQLite fails only when that table is touched."""
+    import sqlite3
+
+    import numpy as np
+
+    con = sqlite3.connect(path)
+    con.execute("PRAGMA wal_checkpoint(TRUNCATE)")
+    page_size = con.execute("PRAGMA page_size").fetchone()[0]
+    root = con.execute("SELECT rootpage FROM sqlite_master WHERE type = 'table' AND name = ?", (table,)).fetchone()[0]
+    con.close()
+    data = bytearray(path.read_bytes())
+    data[(root - 1) * page_size:root * page_size] = np.random.default_rng(seed).integers(
+        0, 256, page_size, dtype=np.uint8).tobytes()
+    path.write_bytes(bytes(data))
+
+
 @pytest.fixture()
 def damaged_store(tmp_path) -> Path:
     """A trace store whose SQLite header is intact but whose pages after the second were overwritten with random bytes:

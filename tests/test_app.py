@@ -9,6 +9,7 @@ import pytest
 from streamlit.testing.v1 import AppTest
 
 from dtree.drafter import DrafterConfig, default_drafter_path
+from dtree.records import RunRecord
 
 ROOT = Path(__file__).resolve().parent.parent
 
@@ -74,6 +75,39 @@ def test_live_decode_bad_input_shows_error_and_stores_nothing(store_env):
     assert not at.exception
     assert at.error and "prompt" in at.error[0].value
     assert not at.get("plotly_chart")
+
+
+def test_live_decode_on_a_damaged_store_fails_before_decoding_and_changes_nothing(tmp_path, monkeypatch):
+    """Only the rounds table is damaged (runs still insert): the page probes the store (a run, a round and a node
+    insert, rolled back) before decoding, so the file gets the damaged-store message and stays byte for byte as it was
+    (before, a 'failed' run row was written into it at the first round)."""
+    import dtree.ui
+    from dtree.store import TraceStore
+
+    from .conftest import damage_table_root
+
+    damaged_store = tmp_path / "rounds-damaged.sqlite"
+    with TraceStore(damaged_store) as store:
+        for i in range(20):
+            store.save_run(RunRecord(method="ar", params={"i": i}, target="t", drafter=None, dtype="float32",
+                                     device="cpu", prompt="p" * 500, prompt_ids=list(range(100)),
+                                     rounds=[]))
+    damage_table_root(damaged_store, "rounds")
+    monkeypatch.setenv("DTREE_STORE", str(damaged_store))
+    monkeypatch.setattr(dtree.ui, "DEFAULT_STORE", str(damaged_store))
+    before = damaged_store.read_bytes()
+    at = _live()
+    at.text_area(key="prompt").input("What is 6 times 7?")
+    at.selectbox(key="method").select("ddtree").run()
+    at.number_input(key="budget").set_value(2)
+    at.number_input(key="max_new").set_value(4)
+    at.button[0].click().run()
+    assert not at.exception, at.exception
+    assert any("damaged" in e.value for e in at.error), [e.value for e in at.error]
+    assert not at.get("plotly_chart")
+    with TraceStore(damaged_store) as store:  # the runs table is readable: still the 20 runs, no failed one added
+        assert len(store.list_runs()) == 20
+    assert damaged_store.read_bytes() == before
 
 
 def test_live_decode_variant_spine(store_env, tiny_cost):

@@ -21,6 +21,8 @@ from dtree.records import RoundRecord, RunRecord
 from dtree.store import TraceStore
 from dtree.trees import DraftTree
 
+from .conftest import damage_table_root
+
 REPO = Path(__file__).resolve().parents[1]
 
 
@@ -338,6 +340,26 @@ def test_damaged_pages_inside_a_valid_store_give_input_error_and_change_nothing(
         with pytest.raises(InputError, match="damaged") as ei:
             op()
         assert ei.value.field == "store"
+    store.close()
+    assert _bytes_and_siblings(p) == before
+
+
+@pytest.mark.parametrize("table", ["rounds", "nodes"])
+def test_check_writable_probes_the_round_and_node_tables_too(tmp_path, table):
+    """Only the ``rounds`` (or ``nodes``) table's root page is damaged: run rows still insert, so a probe of the run
+    table alone passed and a decode then wrote its run row before failing at its first round. The probe now inserts
+    a round and a node too, fails with the damaged-file message, and the file stays byte for byte as it was."""
+    p = tmp_path / "part.sqlite"
+    with TraceStore(p) as store:
+        for i in range(30):
+            store.save_run(make_run(seed=i, n_rounds=4))
+    damage_table_root(p, table)
+    before = _bytes_and_siblings(p)
+    store = TraceStore(p)
+    assert len(store.list_runs()) == 30  # the runs table is intact
+    with pytest.raises(InputError, match=r"is damaged .*this write was undone") as ei:
+        store.check_writable()
+    assert ei.value.field == "store"
     store.close()
     assert _bytes_and_siblings(p) == before
 
