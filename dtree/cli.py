@@ -15,7 +15,7 @@ import numpy as np
 
 from .bench import verify_vs_model
 from .engine import DecodeConfig
-from .errors import InputError, check_float, check_int, int_items, split_items
+from .errors import InputError, check_float, check_int, check_output_file, int_items, split_items
 from .store import DEFAULT_STORE_PATH, check_store_file, default_store_path
 
 STORE_HELP = f"$DTREE_STORE when set, else {DEFAULT_STORE_PATH}; here: %(default)s"  # argparse fills %(default)s
@@ -560,6 +560,7 @@ def cmd_fit_cost(args) -> int:
 
 def cmd_bench(args) -> int:
     import csv
+    import io
 
     import pandas as pd
     from tqdm import tqdm
@@ -582,8 +583,7 @@ def cmd_bench(args) -> int:
     prompts = bench.load_prompts(args.dataset, args.limit)
     check_int("max_new_tokens", args.max_new_tokens, 1, 100_000)
     check_float("temperature", args.temperature, 0.0, 100.0)
-    if args.out and Path(args.out).suffix not in (".csv", ".json"):
-        raise InputError("out", f"must end in .csv or .json, got {args.out!r}")
+    out = check_output_file("out", args.out, (".csv", ".json")) if args.out is not None else None
     if not args.no_store:
         check_store_file(args.store)
     backend = Backend(args.target, args.dtype, args.device, args.drafter, args.drafter_dtype)
@@ -639,16 +639,17 @@ def cmd_bench(args) -> int:
         gbps = backend.target.weight_bytes * statistics.median(stats["ar"].tok_s) / 1e9
         print(f"AR reads the {backend.target.weight_bytes / 1e6:.0f} MB of weights once per token: "
               f"{gbps:.2f} GB/s of weight traffic (compare with this machine's memory bandwidth)")
-    if args.out:
-        out = Path(args.out)
-        out.parent.mkdir(parents=True, exist_ok=True)
-        if out.suffix == ".csv":
-            with open(out, "w", newline="") as f:
-                w = csv.DictWriter(f, fieldnames=list(rows[0]))
-                w.writeheader()
-                w.writerows(rows)
+    if out is not None:
+        from .cost import write_text_atomic
+
+        if out.suffix.lower() == ".csv":
+            buf = io.StringIO(newline="")
+            w = csv.DictWriter(buf, fieldnames=list(rows[0]))
+            w.writeheader()
+            w.writerows(rows)
+            write_text_atomic(out, buf.getvalue(), "out")
         else:
-            out.write_text(json.dumps({"dataset": args.dataset, "limit": args.limit, "methods": args.methods,
+            write_text_atomic(out, json.dumps({"dataset": args.dataset, "limit": args.limit, "methods": args.methods,
                                        "max_new_tokens": args.max_new_tokens, "temperature": args.temperature,
                                        "dtype": dtype_name(backend.target.dtype),
                                        "drafter_dtype": drafter_dtype_name(backend.drafter),
@@ -656,7 +657,7 @@ def cmd_bench(args) -> int:
                                        "cost_model": args.cost_model or "auto", "cost_weights": weights.to_dict(),
                                        "store": None if store is None else str(args.store),
                                        "tag": None if store is None else store.tag, "summary": rows,
-                                       "per_prompt": {k: vars(v) for k, v in stats.items()}}, indent=2))
+                                       "per_prompt": {k: vars(v) for k, v in stats.items()}}, indent=2), "out")
         print(f"summary written to {out}", file=sys.stderr)
     if store is not None:  # again at the end, where it is seen (the first note scrolls away under the progress bar)
         print(f"runs stored in {args.store} under tag {store.tag}")
@@ -704,9 +705,7 @@ def cmd_diagnose(args) -> int:
     from . import bench, diagnostics
 
     bins = check_int("bins", args.bins, 1, 100)
-    out = Path(args.out) if args.out else None
-    if out is not None and out.suffix != ".json":
-        raise InputError("out", f"must end in .json, got {args.out!r}")
+    out = check_output_file("out", args.out, (".json",)) if args.out is not None else None
     given = [f"--{k.replace('_', '-')}" for k in DIAGNOSE_DECODE_DEFAULTS if getattr(args, k) is not None]
     if args.run:
         from .store import TraceStore

@@ -721,14 +721,24 @@ def save_json(data: dict, path: str | os.PathLike, field_name: str = "path") -> 
         temp file).
     """
     path = json_output_path(path, field_name)
-    text = json.dumps(data, indent=1, allow_nan=False, default=str)
+    return write_text_atomic(path, json.dumps(data, indent=1, allow_nan=False, default=str), field_name)
+
+
+def write_text_atomic(path: str | os.PathLike, text: str, field_name: str = "path") -> Path:
+    """Write ``text`` to ``path`` atomically: a temp file beside it (mode 0644), then a rename, so an existing file is
+    never left half-written. Missing parent folders are created. Returns ``path`` as a Path.
+
+    Raises:
+        InputError (``field_name``): the file or its folder cannot be written (names ``path``, not the temp file).
+    """
+    path = Path(path)
     tmp = None
     try:
         path.parent.mkdir(parents=True, exist_ok=True)
         fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=path.name, suffix=".tmp")
         with os.fdopen(fd, "w") as fh:
             fh.write(text)
-        os.chmod(tmp, 0o644)  # mkstemp makes the file 0600; the output is a plain file like bench's and diagnose's
+        os.chmod(tmp, 0o644)  # mkstemp makes the file 0600; outputs are plain files
         os.replace(tmp, path)
     except BaseException as e:
         if tmp is not None and os.path.exists(tmp):

@@ -203,11 +203,15 @@ class Diagnostics:
                    pd.DataFrame(d["calibration_by_depth"], columns=cal_cols), summary, d.get("meta", {}))
 
     def save(self, path: str | Path) -> Path:
-        """Write :meth:`to_dict` as indented JSON (parent folders created)."""
-        path = Path(path)
-        path.parent.mkdir(parents=True, exist_ok=True)
-        path.write_text(json.dumps(self.to_dict(), indent=1) + "\n")
-        return path
+        """Write :meth:`to_dict` as indented JSON, atomically (:func:`dtree.cost.write_text_atomic`; parent folders
+        created).
+
+        Raises:
+            InputError ("out"): the file cannot be written.
+        """
+        from .cost import write_text_atomic
+
+        return write_text_atomic(path, json.dumps(self.to_dict(), indent=1) + "\n", "out")
 
 
 def shipped_path() -> Path:

@@ -7,6 +7,8 @@ The CLI turns it into exit code 2; pages show it with ``st.error``.
 from __future__ import annotations
 
 import math
+import os
+from pathlib import Path
 
 
 class InputError(ValueError):
@@ -72,3 +74,32 @@ def _range_text(lo, hi) -> str:
     if lo is None:
         return f"<= {hi}"
     return f"in [{lo}, {hi}]"
+
+
+def check_output_file(field: str, text, suffixes: tuple[str, ...] = ()) -> Path:
+    """A file path that a command will write at its end, checked before any work: not empty, ending in one of
+    ``suffixes`` (when given; compared lower-case), not a directory, and its folder writable (or, when the folder does
+    not exist yet, the nearest existing folder above it, where it will be created). ``~`` is expanded. Writes nothing.
+
+    Raises:
+        InputError (``field``): empty, wrong suffix, a directory, a path through a file, or a folder that cannot be
+            written (read-only file system or no permission).
+    """
+    raw = "" if text is None else str(text).strip()
+    if not raw:
+        raise InputError(field, "give a file path to write to")
+    p = Path(raw).expanduser()
+    if raw.endswith(("/", os.sep)) or p.is_dir():
+        raise InputError(field, f"{raw!r} is a directory: give a file path inside it")
+    if suffixes and p.suffix.lower() not in suffixes:
+        raise InputError(field, f"must end in {' or '.join(suffixes)}, got {raw!r}")
+    folder = p.parent
+    while not folder.exists() and folder != folder.parent:
+        folder = folder.parent
+    if not folder.is_dir():
+        raise InputError(field, f"cannot write {raw!r}: {str(folder)!r} is a file, not a folder")
+    read_only = hasattr(os, "statvfs") and bool(os.statvfs(folder).f_flag & getattr(os, "ST_RDONLY", 1))
+    if read_only or not os.access(folder, os.W_OK | os.X_OK):
+        why = "read-only file system" if read_only else "no permission to write there"
+        raise InputError(field, f"cannot write {raw!r}: the folder {str(folder)!r} is not writable ({why})")
+    return p

@@ -129,7 +129,10 @@ def test_bench_cli_bad_input_exits_2_and_stores_nothing(tmp_path, capsys):
     store = tmp_path / "b.sqlite"
     corrupt = tmp_path / "cm.json"
     corrupt.write_text("{not json")
+    blocker = tmp_path / "afile"
+    blocker.write_text("x")
     for args in (["--methods", "ddtree:abc"], ["--dataset", "nope"], ["--limit", "0"], ["--out", "x.txt"],
+                 ["--out", str(tmp_path)], ["--out", str(blocker / "s.json")],
                  ["--cost-weights", "cd=-1"], ["--cost-weights", "cv=nan"], ["--cost-model", str(tmp_path / "no.json")],
                  ["--cost-model", str(corrupt)]):
         assert main(["bench", "--store", str(store), *args]) == 2

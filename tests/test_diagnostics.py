@@ -233,7 +233,9 @@ def test_cli_diagnose_stored_runs_and_bad_input(real_runs, tmp_path, capsys):
     _check_consistent(d, [runs["chain"], runs["ddtree"]])
     store = tmp_path / "new.sqlite"
     for args in (["--method", "ar"], ["--method", "ddtree:x"], ["--method", "chain,ddtree:4"], ["--limit", "0"],
-                 ["--dataset", "nope"], ["--out", "d.csv"], ["--bins", "0"], ["--max-new-tokens", "0"],
+                 ["--dataset", "nope"], ["--out", "d.csv"], ["--out", str(tmp_path)], ["--bins", "0"],
+                 ["--max-new-tokens", "0"], ["--run", str(runs["chain"].run_id), "--store", str(path), "--out",
+                                             str(tmp_path)],
                  ["--run", "1", "--store", str(tmp_path / "missing.sqlite")], ["--run", "x"]):
         assert main(["diagnose", "--store", str(store), *args]) == 2, args
         assert "error:" in capsys.readouterr().err

@@ -60,3 +60,31 @@ def test_diagnose_run_refuses_decode_options(capsys, tmp_path):
     err = capsys.readouterr().err
     assert "--dataset, --limit only apply when decoding fresh prompts" in err
     assert not (tmp_path / "none.sqlite").exists()
+
+
+def test_check_output_file_refuses_before_any_work(tmp_path, monkeypatch):
+    import os
+    from types import SimpleNamespace
+
+    import dtree.errors
+    from dtree.errors import check_output_file
+
+    assert check_output_file("out", str(tmp_path / "new" / "deeper" / "s.json"), (".json",)).name == "s.json"
+    assert not (tmp_path / "new").exists()  # checked, not created
+    blocker = tmp_path / "afile"
+    blocker.write_text("x")
+    cases = [("", "give a file path"), (str(tmp_path), "is a directory"), (str(tmp_path) + "/", "is a directory"),
+             (str(tmp_path / "s.txt"), r"must end in \.csv or \.json"),
+             (str(blocker / "s.json"), "is a file, not a folder")]
+    for text, msg in cases:
+        with pytest.raises(InputError, match=msg) as err:
+            check_output_file("out", text, (".csv", ".json"))
+        assert err.value.field == "out"
+    real = os.statvfs
+    monkeypatch.setattr(dtree.errors.os, "statvfs", lambda p: SimpleNamespace(f_flag=os.ST_RDONLY))
+    with pytest.raises(InputError, match=r"folder .* is not writable \(read-only file system\)"):
+        check_output_file("out", str(tmp_path / "s.json"))
+    monkeypatch.setattr(dtree.errors.os, "statvfs", real)
+    monkeypatch.setattr(dtree.errors.os, "access", lambda p, mode: False)
+    with pytest.raises(InputError, match=r"not writable \(no permission to write there\)"):
+        check_output_file("out", str(tmp_path / "s.json"))
