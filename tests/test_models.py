@@ -61,3 +61,21 @@ def test_dtype_advice_follows_the_flags(monkeypatch):
     assert "avx512_bf16" in models.dtype_advice() and "bfloat16" in models.dtype_advice()
     monkeypatch.setattr(models, "cpu_bf16_flags", lambda: [])
     assert "no bf16 instructions" in models.dtype_advice()
+
+
+def test_unusable_cache_folder_is_an_input_error_naming_dtree_cache(tmp_path, monkeypatch, capsys):
+    """DTREE_CACHE pointing at a file: the embedded model's first conversion cannot write its copy; a clear rc-2
+    message naming DTREE_CACHE instead of a NotADirectoryError traceback, and the file is untouched."""
+    from dtree import cli
+    from dtree.models import embedded_folder
+
+    blocker = tmp_path / "not-a-folder"
+    blocker.write_text("keep me")
+    monkeypatch.setenv("DTREE_CACHE", str(blocker))
+    with pytest.raises(InputError, match=r"DTREE_CACHE: cannot write the embedded model's converted copy under .*"
+                                         r"set DTREE_CACHE to a writable folder") as err:
+        embedded_folder()
+    assert err.value.field == "DTREE_CACHE"
+    assert cli.main(["decode", "--prompt", "hi", "--method", "ar", "--max-new-tokens", "2", "--no-store"]) == 2
+    assert "DTREE_CACHE" in capsys.readouterr().err
+    assert blocker.read_text() == "keep me"
