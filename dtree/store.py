@@ -293,14 +293,14 @@ def check_store_file(path: str | Path) -> None:
     try:
         ro = sqlite3.connect(f"{p.resolve().as_uri()}?mode=ro", uri=True, timeout=BUSY_TIMEOUT_S)
     except sqlite3.Error as e:
-        raise InputError("store", f"cannot open {p} read-only: {e}") from None
+        raise InputError("store", _unreadable_message(p, head_bytes(p), e, f"cannot open {p} read-only: {e}")) from None
     try:
         app_id = ro.execute("PRAGMA application_id").fetchone()[0]
         version = ro.execute("PRAGMA user_version").fetchone()[0]
         tables = [r[0] for r in ro.execute(
             "SELECT name FROM sqlite_master WHERE type = 'table' AND name NOT LIKE 'sqlite_%' ORDER BY name")]
     except sqlite3.Error as e:
-        raise InputError("store", f"{p} is not a readable SQLite database: {e}") from None
+        raise InputError("store", _unreadable_message(p, head_bytes(p), e)) from None
     finally:
         ro.close()
     if app_id == APPLICATION_ID:
@@ -313,6 +313,29 @@ def check_store_file(path: str | Path) -> None:
     what = f"tables {', '.join(tables)}" if tables else f"application id {app_id:#x}"
     raise InputError("store", f"{p} is a SQLite database of another application ({what}), not a dtree trace "
                               "store; choose another file")
+
+
+def head_bytes(p: Path, n: int = 100) -> bytes:
+    """The first ``n`` bytes of ``p`` (the SQLite file header is 100 bytes); ``b""`` when it cannot be read."""
+    try:
+        with open(p, "rb") as f:
+            return f.read(n)
+    except OSError:
+        return b""
+
+
+def _unreadable_message(p: Path, header: bytes, e: Exception, otherwise: str | None = None) -> str:
+    """Why a file with a SQLite header could not be read. A WAL-mode database (header bytes 18-19 = 2, the store's
+    mode) in a folder that cannot be written cannot be opened at all, even read-only: SQLite must create its
+    ``-shm`` file beside it. Said so, instead of calling the file unreadable (or ``otherwise``, when given)."""
+    folder = p.resolve().parent
+    wal = len(header) >= 20 and header[18] == 2 and header[19] == 2
+    read_only = hasattr(os, "statvfs") and bool(os.statvfs(folder).f_flag & getattr(os, "ST_RDONLY", 1))
+    if wal and (read_only or not os.access(folder, os.W_OK | os.X_OK)):
+        return (f"cannot open {p}: it is a WAL-mode SQLite file in a folder that cannot be written "
+                f"({'read-only file system' if read_only else 'no permission'}), and SQLite must create "
+                f"{p.name}-shm beside it even to read it ({e}); copy it to a writable folder or make {folder} writable")
+    return otherwise or f"{p} is not a readable SQLite database: {e}"
 
 
 class TraceStore:

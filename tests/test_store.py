@@ -188,8 +188,7 @@ def test_bad_round_is_rejected_and_nothing_written(tmp_path):
 
 _CRASH_SCRIPT = """
 import os, sys
-sys.path.insert(0, {tests!r})
-from test_store import make_run
+from tests.test_store import make_run
 from dtree.store import TraceStore
 store = TraceStore({path!r})
 run = make_run(seed=3, n_rounds=2)
@@ -205,7 +204,7 @@ def test_run_killed_midway_reads_back_interrupted(tmp_path):
     path = tmp_path / "t.sqlite"
     with TraceStore(path) as store:
         live = store.begin_run(make_run(seed=9, n_rounds=0))  # this process is alive: stays running
-    proc = subprocess.run([sys.executable, "-c", _CRASH_SCRIPT.format(tests=str(REPO / "tests"), path=str(path))],
+    proc = subprocess.run([sys.executable, "-c", _CRASH_SCRIPT.format(path=str(path))],
                           cwd=REPO, capture_output=True, text=True, timeout=60,
                           env={**os.environ, "PYTHONPATH": str(REPO)})
     assert proc.returncode == 1, proc.stderr
@@ -447,3 +446,29 @@ def test_list_runs_filters(tmp_path):
             store.list_runs(status="done")
         with pytest.raises(InputError):
             store.list_runs(since="yesterday")
+
+
+def test_wal_store_in_an_unwritable_folder_is_named_as_such(tmp_path, monkeypatch):
+    """SQLite cannot open a WAL-mode file whose folder cannot be written, even read-only (it must create the -shm
+    file). The message says that, not 'not a readable SQLite database'. Root ignores folder permissions, so the
+    unwritable folder and SQLite's refusal are simulated; the header check is real."""
+    import dtree.store
+
+    p = tmp_path / "ro.sqlite"
+    with TraceStore(p) as store:
+        store.save_run(make_run(seed=1))
+    real_connect = sqlite3.connect
+
+    def refuse_read_only(target, *a, **k):
+        if "mode=ro" in str(target):
+            raise sqlite3.OperationalError("unable to open database file")
+        return real_connect(target, *a, **k)
+
+    monkeypatch.setattr(dtree.store.sqlite3, "connect", refuse_read_only)
+    with pytest.raises(InputError, match="cannot open .* read-only"):  # folder writable: the plain message
+        dtree.store.check_store_file(p)
+    monkeypatch.setattr(dtree.store.os, "access", lambda path, mode: False)
+    with pytest.raises(InputError, match=r"WAL-mode SQLite file in a folder that cannot be written \(no permission\)"
+                                         r".*ro\.sqlite-shm") as err:
+        dtree.store.check_store_file(p)
+    assert err.value.field == "store"
