@@ -223,7 +223,7 @@ class Calibration:
         """
         from .cost import save_json
 
-        return save_json(self.to_dict(), path, field_name)
+        return save_json(self.to_dict(), path, field_name, "calibration.json")
 
     @classmethod
     def load(cls, path: str | os.PathLike) -> Calibration:

@@ -414,10 +414,12 @@ def _unimodal_reports(runs, cost, max_budget, variants, calibration) -> list[dic
 def cmd_calibrate(args) -> int:
     """Fit the drafter calibration of the ``-cal`` methods from logged runs and save it as versioned JSON."""
     from .calibration import fit_calibration
+    from .cost import json_output_path
     from .store import TraceStore
 
     check_int("rank_bins", args.rank_bins, 1, 64)
     check_float("prior_strength", args.prior_strength, 0.0, 1e9)
+    json_output_path(args.out, "out", "calibration.json")  # a folder or empty path fails before the runs load
     if not Path(args.store).exists():
         raise InputError("store", f"no trace store at {args.store!r}")
     with TraceStore(args.store) as store:

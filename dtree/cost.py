@@ -712,7 +712,7 @@ def fit_live_weights(cost: CostModel, n_nodes, context, draft_ms, verify_ms, oth
                    cv_ratio_p75=p75)
 
 
-def save_json(data: dict, path: str | os.PathLike, field_name: str = "path") -> Path:
+def save_json(data: dict, path: str | os.PathLike, field_name: str = "path", example: str = "cost-model.json") -> Path:
     """Write ``data`` as JSON to ``path`` checked by :func:`json_output_path`, atomically (temp file beside it, then
     rename: an existing file is never left half-written). Returns the path written.
 
@@ -720,7 +720,7 @@ def save_json(data: dict, path: str | os.PathLike, field_name: str = "path") -> 
         InputError (``field_name``): empty path, a directory, or the file cannot be written (names ``path``, not the
         temp file).
     """
-    path = json_output_path(path, field_name)
+    path = json_output_path(path, field_name, example)
     return write_text_atomic(path, json.dumps(data, indent=1, allow_nan=False, default=str), field_name)
 
 
@@ -749,20 +749,20 @@ def write_text_atomic(path: str | os.PathLike, text: str, field_name: str = "pat
     return path
 
 
-def json_output_path(path: str | os.PathLike, field_name: str = "path") -> Path:
+def json_output_path(path: str | os.PathLike, field_name: str = "path", example: str = "cost-model.json") -> Path:
     """``path`` checked as a JSON file to write: not empty, not a directory; ``~`` expanded and ``.json`` appended when
-    the name lacks it.
+    the name lacks it. ``example`` is the file name the messages suggest.
 
     Raises:
         InputError (``field_name``): empty, or a directory.
     """
     text = str(path).strip()
     if not text:
-        raise InputError(field_name, "give a file path to save to, e.g. runs/cost-model.json")
+        raise InputError(field_name, f"give a file path to save to, e.g. runs/{example}")
     p = Path(text).expanduser()
     if not p.name or text.endswith(("/", os.sep)) or p.is_dir():
         raise InputError(field_name, f"{text!r} is a directory: give a file path such as "
-                                     f"{str(p / 'cost-model.json')!r}")
+                                     f"{str(p / example)!r}")
     if p.suffix.lower() != ".json":
         p = p.with_name(p.name + ".json")
         if p.is_dir():

@@ -450,6 +450,10 @@ def test_cli_calibrate_and_replay_report(real_logged, tmp_path, capsys):
         assert u["share_unimodal"] == 1.0 and u["share_greedy_argmax"] == 1.0 and u["offending"] == []
         assert u["n_rounds"] == sum(len(r.rounds) for r in runs)
     assert main(["calibrate", "--from-store", str(tmp_path / "none.sqlite"), "--out", str(out)]) == 2
+    capsys.readouterr()
+    assert main(["calibrate", "--from-store", str(path), "--out", str(tmp_path)]) == 2  # a folder: named, and the
+    err = capsys.readouterr().err  # suggested file name is a calibration's
+    assert "is a directory" in err and "calibration.json" in err and "cost-model.json" not in err
     assert main(["replay", "--run", ids, "--store", str(path), "--variants", "chain-spine"]) == 2
 
 
