@@ -74,6 +74,11 @@ def load_prompts(dataset: str, limit: int) -> list[str]:
                 p = prompt_of(row, src.field) if isinstance(row, dict) else None
                 if p is None:
                     want = src.field or f"one of {', '.join(PROMPT_FIELDS)}, or turns"
+                    fields = [f for f in ((src.field,) if src.field else PROMPT_FIELDS + ("turns",))
+                              if isinstance(row, dict) and f in row]
+                    if fields:  # the field is there, but blank, not text, or an empty list of turns
+                        raise InputError("dataset", f"{src}:{n} has an empty or non-text prompt field "
+                                                    f"({fields[0]}: {json.dumps(row[fields[0]])[:60]})")
                     raise InputError("dataset", f"{src}:{n} has no prompt field ({want})")
                 prompts.append(p)
                 if len(prompts) == limit:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import re
 
 import pytest
 
@@ -123,6 +124,10 @@ def test_bad_datasets(tmp_path):
     bad.write_text(json.dumps({"answer": "42"}) + "\n")
     with pytest.raises(InputError, match="no prompt field"):
         bench.load_prompts(str(bad), 3)
+    for row, shown in (({"question": "  "}, 'question: "  "'), ({"prompt": 7}, "prompt: 7"), ({"turns": []}, "turns: []")):
+        bad.write_text(json.dumps({"id": 1, **row}) + "\n")
+        with pytest.raises(InputError, match=r"bad\.jsonl:1 has an empty or non-text prompt field \(" + re.escape(shown)):
+            bench.load_prompts(str(bad), 3)
 
 
 def test_bench_cli_bad_input_exits_2_and_stores_nothing(tmp_path, capsys):
