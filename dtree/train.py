@@ -893,6 +893,8 @@ def check_paths(cfg: TrainConfig) -> None:
         raise InputError("data_dir", f"{cfg.data_dir} is a file, not a folder (where generated answers go)")
     if cfg.phase in ("gen", "all"):
         n_rows = len(load_prompts(cfg.prompts, sys.maxsize, cfg.seed))  # reads the file: a bad one fails here
+        if n_rows == 0:
+            raise InputError("prompts", f"{cfg.prompts} holds no prompts: give a JSONL file with one prompt per line")
         if n_rows <= cfg.n_heldout:
             raise InputError("n_heldout", f"{cfg.prompts} has {n_rows} prompts and --n-heldout {cfg.n_heldout} holds "
                                           f"them all out, leaving none to train on: lower --n-heldout")

@@ -206,6 +206,8 @@ def test_missing_drafter_folder_fails_before_the_target_loads(tmp_path, capsys, 
     (["--phase", "all", "--data-dir", "{tmp}/d", "--out", "{tmp}/file.txt"], "out"),
     (["--phase", "train", "--data-dir", "{tmp}", "--state", "{tmp}/empty"], "state"),
     (["--phase", "gen", "--data-dir", "{tmp}/d", "--prompts", "{tmp}/two.jsonl"], "n_heldout"),  # 48 held out of 2
+    (["--phase", "gen", "--data-dir", "{tmp}/d", "--prompts", "{tmp}/responses.jsonl", "--n-heldout", "0"],
+     "prompts"),  # an empty file: 'holds no prompts', not 'lower --n-heldout'
     (["--phase", "gen", "--data-dir", "{tmp}/d", "--target-layer-ids", "1,x"], "target_layer_ids"),
     (["--phase", "gen", "--data-dir", "{tmp}/d", "--target-layer-ids", "1,"], "target_layer_ids"),
     (["--phase", "gen", "--data-dir", "{tmp}/d", "--target-layer-ids", "-1"], "target_layer_ids"),
