@@ -98,15 +98,20 @@ def parse_methods(spec: str, field: str = "methods") -> list[tuple[str, int | No
     ``caddtree:B`` sets caddtree's maximum budget. The heap methods also come in variants
     (:func:`dtree.records.parse_method_key`): ``caddtree-cal`` (calibrated path probabilities), ``caddtree-spine``
     (top-1 chain always in the tree), ``caddtree-cal-spine``, and the same for ``ddtree-...:B``.
-    Raises InputError (``field``, the option's name) for unknown methods, malformed budgets, no method or an empty
-    item (a stray comma, ``"ar,"``).
+    Raises InputError (``field``, the option's name) for unknown methods, malformed budgets, no method, an empty
+    item (a stray comma, ``"ar,"``) or a method listed twice.
     """
     from .errors import split_items
     from .records import parse_method_key
 
     if not str(spec).strip():
         raise InputError(field, "no method given")
-    return [parse_method_key(item, field, MAX_BUDGET) for item in split_items(field, spec)]
+    methods = [parse_method_key(item, field, MAX_BUDGET) for item in split_items(field, spec)]
+    keys = [method_key(m, b) for m, b in methods]
+    twice = sorted({k for k in keys if keys.count(k) > 1})
+    if twice:  # one row per method: a repeat would be run twice and reported once
+        raise InputError(field, f"{', '.join(twice)} listed more than once in {spec!r}")
+    return methods
 
 
 def method_key(name: str, budget: int | None) -> str:

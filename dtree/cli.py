@@ -583,6 +583,9 @@ def cmd_bench(args) -> int:
 
         Calibration.load(args.calibration)
     prompts = bench.load_prompts(args.dataset, args.limit)
+    if len(prompts) < args.limit:
+        print(f"{args.dataset} holds {len(prompts)} prompt(s), fewer than --limit {args.limit}: benching those",
+              file=sys.stderr)
     check_int("max_new_tokens", args.max_new_tokens, 1, 100_000)
     check_float("temperature", args.temperature, 0.0, 100.0)
     out = check_output_file("out", args.out, (".csv", ".json")) if args.out is not None else None

@@ -104,6 +104,12 @@ def test_stray_comma_is_named_not_skipped():
     assert bench.parse_methods(" ar , ddtree:4 ") == [("ar", None), ("ddtree", 4)]  # spaces around items are fine
 
 
+def test_a_method_listed_twice_is_refused():
+    with pytest.raises(InputError, match=r"methods: ar, ddtree:4 listed more than once in 'ar,ddtree:4,ar,ddtree:4'"):
+        bench.parse_methods("ar,ddtree:4,ar,ddtree:4")
+    assert bench.parse_methods("ddtree:4,ddtree:8") == [("ddtree", 4), ("ddtree", 8)]  # other budgets are other rows
+
+
 def test_bad_datasets(tmp_path):
     with pytest.raises(InputError, match="unknown dataset"):
         bench.load_prompts("no-such-set", 5)
@@ -318,3 +324,15 @@ def test_paired_speedup_compares_each_prompt_with_itself():
     assert rows["ddtree:4"]["speedup_vs_ar"] == pytest.approx(35.0 / 25.0, abs=1e-3)  # ratio of medians
     assert rows["ar"]["speedup_paired"] is None
     assert bench.paired_ratio(bench.MethodStats(tok_s=[1.0], prompts=[7]), ar) is None  # nothing shared
+
+
+def test_bench_cli_says_when_the_set_is_smaller_than_limit(backend32, two_prompts, monkeypatch, capsys):
+    import dtree.backend
+
+    monkeypatch.setattr(dtree.backend, "Backend", lambda *a, **k: backend32)
+    assert main(["bench", "--dataset", str(two_prompts), "--limit", "5", "--methods", "ar", "--max-new-tokens", "2",
+                 "--no-store"]) == 0
+    assert "holds 2 prompt(s), fewer than --limit 5: benching those" in capsys.readouterr().err
+    assert main(["bench", "--dataset", str(two_prompts), "--limit", "2", "--methods", "ar", "--max-new-tokens", "2",
+                 "--no-store"]) == 0
+    assert "fewer than --limit" not in capsys.readouterr().err
