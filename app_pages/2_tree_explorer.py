@@ -39,7 +39,10 @@ st.query_params.update(run=str(run_id), round=str(idx))
 try:
     rnd = store.load_round(run_id, idx)
 except Exception as e:
-    st.error(f"Run #{run_id}, round {idx} is no longer in the trace store (deleted in another tab?) or unreadable: {e}")
+    if getattr(e, "field", None) == "store":  # the file itself (damaged, unreadable): its own message says which
+        st.error(f"Run #{run_id}, round {idx} cannot be read: {e}")
+    else:
+        st.error(f"Run #{run_id}, round {idx} is no longer in the trace store (deleted in another tab?): {e}")
     st.stop()
 target = runs.loc[runs["id"] == run_id, "target"].iloc[0]
 decode = ui.token_decoder(target)

@@ -196,6 +196,21 @@ def test_explorer_round_deleted_in_another_tab(store_copy):
     assert at.error and f"#{ids['chain']}" in at.error[0].value
 
 
+def test_explorer_round_of_a_damaged_rounds_table_names_the_damage(store_copy):
+    """The runs table reads, the rounds table is damaged: the page says the round cannot be read and why (the
+    store's damaged-file message), not that it was deleted in another tab."""
+    from .conftest import damage_table_root
+
+    path, ids = store_copy
+    damage_table_root(path, "rounds")
+    at = AppTest.from_file(EXPLORER, default_timeout=TIMEOUT)
+    at.query_params["run"] = str(ids["chain"])
+    at.run()
+    assert not at.exception
+    assert at.error and "cannot be read" in at.error[0].value and "damaged" in at.error[0].value
+    assert "deleted in another tab" not in at.error[0].value
+
+
 def test_runs_filters_compare_export_delete(store_copy):
     from dtree.store import TraceStore
 
