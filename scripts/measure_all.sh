@@ -146,3 +146,15 @@ b issue3-gsm8k10-v12-fp32 --dataset gsm8k --limit 10 --methods ar,chain,ddtree:1
 # two bf16 lines again, each profiling on a settled machine (a minute after training and generation exited)
 b issue3-humaneval50-v13-bf16 --dataset humaneval --limit 50 --methods ar,chain,ddtree:16,caddtree --max-new-tokens 128 --dtype bfloat16
 b issue3-gsm8k50-v13-bf16 --dataset gsm8k --limit 50 --methods ar,chain,ddtree:16,caddtree --max-new-tokens 128 --dtype bfloat16
+# session 23: drafter v13 (shipped) again. Float32 lossless check (first 10 prompts of each set), MT-Bench first turns
+# (first 40, the chain-tau figure), a bf16 sweep of the fixed budgets with the oracle report on 20 prompts of each set,
+# then the two 50-prompt bf16 lines again with the bench's rotating method order and its speedup_paired column
+b issue3-humaneval10-v13-fp32 --dataset humaneval --limit 10 --methods ar,chain,ddtree:16,caddtree --max-new-tokens 128 --dtype float32
+b issue3-gsm8k10-v13-fp32 --dataset gsm8k --limit 10 --methods ar,chain,ddtree:16,caddtree --max-new-tokens 128 --dtype float32
+b issue3-mtbench40-v13-bf16 --dataset mt-bench --limit 40 --methods ar,chain,ddtree:16,caddtree --max-new-tokens 128 --dtype bfloat16
+b issue3-gsm8k20-v13-sweep-bf16 --dataset gsm8k --limit 20 --methods ar,ddtree:4,ddtree:8,ddtree:16,ddtree:32,ddtree:64,caddtree --max-new-tokens 128 --dtype bfloat16
+"$PY" scripts/issue4_report.py --store "$STORE" --latest --oracle-budgets all --out docs/bench/issue3-gsm8k20-v13-sweep-bf16-report.json > docs/bench/issue3-gsm8k20-v13-sweep-bf16-report.md
+b issue3-humaneval20-v13-sweep-bf16 --dataset humaneval --limit 20 --methods ar,ddtree:4,ddtree:8,ddtree:16,ddtree:32,ddtree:64,caddtree --max-new-tokens 128 --dtype bfloat16
+"$PY" scripts/issue4_report.py --store "$STORE" --latest --oracle-budgets all --out docs/bench/issue3-humaneval20-v13-sweep-bf16-report.json > docs/bench/issue3-humaneval20-v13-sweep-bf16-report.md
+b issue3-humaneval50-v13-rot-bf16 --dataset humaneval --limit 50 --methods ar,chain,ddtree:16,caddtree --max-new-tokens 128 --dtype bfloat16
+b issue3-gsm8k50-v13-rot-bf16 --dataset gsm8k --limit 50 --methods ar,chain,ddtree:16,caddtree --max-new-tokens 128 --dtype bfloat16
