@@ -63,10 +63,10 @@ def test_dtype_advice_follows_the_flags(monkeypatch):
     assert "no bf16 instructions" in models.dtype_advice()
 
 
-def test_unusable_cache_folder_is_an_input_error_naming_dtree_cache(tmp_path, monkeypatch, capsys):
-    """DTREE_CACHE pointing at a file: the embedded model's first conversion cannot write its copy; a clear rc-2
-    message naming DTREE_CACHE instead of a NotADirectoryError traceback, and the file is untouched."""
-    from dtree import cli
+def test_unusable_cache_folder_is_an_input_error_naming_dtree_cache(tmp_path, monkeypatch):
+    """DTREE_CACHE pointing at a file: the embedded model's first conversion cannot write its copy; an InputError
+    naming DTREE_CACHE (the CLI's rc 2) instead of a NotADirectoryError traceback, and the file is untouched. (Not
+    through the CLI: within a test session the target is already loaded and cached in the process.)"""
     from dtree.models import embedded_folder
 
     blocker = tmp_path / "not-a-folder"
@@ -76,6 +76,4 @@ def test_unusable_cache_folder_is_an_input_error_naming_dtree_cache(tmp_path, mo
                                          r"set DTREE_CACHE to a writable folder") as err:
         embedded_folder()
     assert err.value.field == "DTREE_CACHE"
-    assert cli.main(["decode", "--prompt", "hi", "--method", "ar", "--max-new-tokens", "2", "--no-store"]) == 2
-    assert "DTREE_CACHE" in capsys.readouterr().err
     assert blocker.read_text() == "keep me"
