@@ -98,8 +98,17 @@ def check_output_file(field: str, text, suffixes: tuple[str, ...] = ()) -> Path:
         folder = folder.parent
     if not folder.is_dir():
         raise InputError(field, f"cannot write {raw!r}: {str(folder)!r} is a file, not a folder")
-    read_only = hasattr(os, "statvfs") and bool(os.statvfs(folder).f_flag & getattr(os, "ST_RDONLY", 1))
-    if read_only or not os.access(folder, os.W_OK | os.X_OK):
-        why = "read-only file system" if read_only else "no permission to write there"
+    why = folder_write_problem(folder)
+    if why:
         raise InputError(field, f"cannot write {raw!r}: the folder {str(folder)!r} is not writable ({why})")
     return p
+
+
+def folder_write_problem(folder: Path) -> str | None:
+    """Why files cannot be created in the existing folder ``folder``: ``"read-only file system"``, ``"no permission
+    to write there"``, or None when they can."""
+    if hasattr(os, "statvfs") and os.statvfs(folder).f_flag & getattr(os, "ST_RDONLY", 1):
+        return "read-only file system"
+    if not os.access(folder, os.W_OK | os.X_OK):
+        return "no permission to write there"
+    return None

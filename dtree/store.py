@@ -44,7 +44,7 @@ from typing import Any, Iterator
 
 import numpy as np
 
-from .errors import InputError
+from .errors import InputError, folder_write_problem
 from .records import RoundRecord, RunRecord
 from .trees import DraftTree
 
@@ -284,23 +284,23 @@ def check_store_file(path: str | Path) -> None:
         return
     try:
         with open(p, "rb") as f:
-            head = f.read(len(_SQLITE_MAGIC))
+            head = f.read(100)  # the SQLite file header: magic, then (bytes 18-19) the journal mode
     except OSError as e:
         raise InputError("store", f"cannot read {p}: {e}") from None
-    if head != _SQLITE_MAGIC:
+    if head[:len(_SQLITE_MAGIC)] != _SQLITE_MAGIC:
         raise InputError("store", f"{p} is not a SQLite database (no SQLite header); choose another file or "
                                   "move this one away")
     try:
         ro = sqlite3.connect(f"{p.resolve().as_uri()}?mode=ro", uri=True, timeout=BUSY_TIMEOUT_S)
     except sqlite3.Error as e:
-        raise InputError("store", _unreadable_message(p, head_bytes(p), e, f"cannot open {p} read-only: {e}")) from None
+        raise InputError("store", _unreadable_message(p, head, e, f"cannot open {p} read-only: {e}")) from None
     try:
         app_id = ro.execute("PRAGMA application_id").fetchone()[0]
         version = ro.execute("PRAGMA user_version").fetchone()[0]
         tables = [r[0] for r in ro.execute(
             "SELECT name FROM sqlite_master WHERE type = 'table' AND name NOT LIKE 'sqlite_%' ORDER BY name")]
     except sqlite3.Error as e:
-        raise InputError("store", _unreadable_message(p, head_bytes(p), e)) from None
+        raise InputError("store", _unreadable_message(p, head, e)) from None
     finally:
         ro.close()
     if app_id == APPLICATION_ID:
@@ -315,25 +315,16 @@ def check_store_file(path: str | Path) -> None:
                               "store; choose another file")
 
 
-def head_bytes(p: Path, n: int = 100) -> bytes:
-    """The first ``n`` bytes of ``p`` (the SQLite file header is 100 bytes); ``b""`` when it cannot be read."""
-    try:
-        with open(p, "rb") as f:
-            return f.read(n)
-    except OSError:
-        return b""
-
-
 def _unreadable_message(p: Path, header: bytes, e: Exception, otherwise: str | None = None) -> str:
     """Why a file with a SQLite header could not be read. A WAL-mode database (header bytes 18-19 = 2, the store's
     mode) in a folder that cannot be written cannot be opened at all, even read-only: SQLite must create its
     ``-shm`` file beside it. Said so, instead of calling the file unreadable (or ``otherwise``, when given)."""
     folder = p.resolve().parent
     wal = len(header) >= 20 and header[18] == 2 and header[19] == 2
-    read_only = hasattr(os, "statvfs") and bool(os.statvfs(folder).f_flag & getattr(os, "ST_RDONLY", 1))
-    if wal and (read_only or not os.access(folder, os.W_OK | os.X_OK)):
+    why = folder_write_problem(folder) if wal else None
+    if why:
         return (f"cannot open {p}: it is a WAL-mode SQLite file in a folder that cannot be written "
-                f"({'read-only file system' if read_only else 'no permission'}), and SQLite must create "
+                f"({why}), and SQLite must create "
                 f"{p.name}-shm beside it even to read it ({e}); copy it to a writable folder or make {folder} writable")
     return otherwise or f"{p} is not a readable SQLite database: {e}"
 

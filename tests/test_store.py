@@ -468,7 +468,8 @@ def test_wal_store_in_an_unwritable_folder_is_named_as_such(tmp_path, monkeypatc
     with pytest.raises(InputError, match="cannot open .* read-only"):  # folder writable: the plain message
         dtree.store.check_store_file(p)
     monkeypatch.setattr(dtree.store.os, "access", lambda path, mode: False)
-    with pytest.raises(InputError, match=r"WAL-mode SQLite file in a folder that cannot be written \(no permission\)"
+    with pytest.raises(InputError, match=r"WAL-mode SQLite file in a folder that cannot be written "
+                                         r"\(no permission to write there\)"
                                          r".*ro\.sqlite-shm") as err:
         dtree.store.check_store_file(p)
     assert err.value.field == "store"
