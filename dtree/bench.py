@@ -245,14 +245,14 @@ def summary_rows(stats: dict[str, MethodStats]) -> list[dict]:
     rows = []
     for key, s in stats.items():
         med = statistics.median(s.tok_s)
+        paired = paired_ratio(s, stats["ar"]) if base and key != "ar" else None
         tot = sum(s.phase_ms.values()) or 1.0
         rows.append({
             "method": key, "tok_s": round(med, 3), "tpot_ms": round(statistics.median(s.tpot_ms), 2),
             "speedup_vs_ar": round(med / base, 3) if base else None,
             "speedup_ci90": (None if not base or key == "ar" else
                              ratio_with_interval(stats, key, "ar")[1]),
-            "speedup_paired": (None if not base or key == "ar" else
-                               (lambda r: None if r is None else round(r, 3))(paired_ratio(s, stats["ar"]))),
+            "speedup_paired": None if paired is None else round(paired, 3),
             "mean_tau": round(statistics.mean(s.tau), 3),
             "mean_budget": round(statistics.mean(s.budget), 2),
             **{f"{ph}_share_%": round(100 * v / tot, 1) for ph, v in s.phase_ms.items()},

@@ -51,6 +51,36 @@ THINGS = ["a reusable water bottle", "a smart thermostat", "noise-cancelling hea
           "a solar lantern", "a language-learning app", "an electric kettle", "a standing desk", "a board game",
           "a hiking backpack", "a coffee grinder", "a weather station", "a sleep tracker", "a bread maker"]
 
+HUMANITIES = ["utilitarianism", "the social contract", "existentialism", "Stoicism", "the tragedy of the commons",
+              "game theory", "the separation of powers", "opportunity cost", "monetary policy", "globalisation",
+              "the Socratic method", "cultural relativism", "free will", "the placebo effect", "cognitive dissonance",
+              "confirmation bias", "Maslow's hierarchy of needs", "the bystander effect", "fiscal policy",
+              "universal basic income", "comparative advantage", "the scientific method", "impressionist painting",
+              "Shakespeare's tragedies", "the hero's journey", "magical realism", "the Gothic novel",
+              "minimalism in design", "Baroque music", "the Enlightenment", "behavioural economics",
+              "the trolley problem", "sunk cost fallacy", "division of labour", "propaganda", "urbanisation"]
+PAIRS = ["weather and climate", "a virus and a bacterium", "speed and velocity", "a simile and a metaphor",
+         "stocks and bonds", "mitosis and meiosis", "empathy and sympathy", "a democracy and a republic",
+         "a crocodile and an alligator", "memory and storage in a computer", "an atom and a molecule",
+         "a comet and an asteroid", "inflation and deflation", "latitude and longitude",
+         "baking soda and baking powder", "a psychologist and a psychiatrist", "renewable and non-renewable energy",
+         "debit and credit cards", "an epidemic and a pandemic", "a hurricane and a tornado",
+         "nuclear fission and nuclear fusion", "correlation and causation", "a theory and a hypothesis",
+         "a frog and a toad", "a novel and a novella", "weather forecasts and climate models", "AC and DC current",
+         "a lease and a mortgage", "introverts and extroverts", "a tsunami and a tidal wave"]
+ISSUES = ["remote work", "four-day work weeks", "banning cars from city centres", "school uniforms",
+          "social media for teenagers", "nuclear power", "funding space exploration", "homework for young children",
+          "self-driving cars", "tipping in restaurants", "plastic bag bans", "zoos", "standardised testing",
+          "year-round schooling", "artificial intelligence in schools", "free public transport", "violent video games",
+          "online learning", "fast fashion", "daylight saving time", "a sugar tax", "voting at sixteen"]
+NAMES = ["Maria Lopez", "Kenji Sato", "Amara Okafor", "Liam O'Brien", "Priya Nair", "Lukas Becker", "Sofia Rossi",
+         "Omar Haddad", "Elena Petrova", "Daniel Kim"]
+JOBS = ["opened a bakery", "started a bicycle repair shop", "founded a small software company", "became a nurse",
+        "opened a bookshop", "started teaching mathematics", "launched a food truck", "joined a research lab"]
+FACTS = [f"{n}, born in {1960 + 3 * i}, moved to {PLACES[(5 * i + j) % len(PLACES)]} in {1990 + 2 * i + j}, "
+         f"{JOBS[(i + 3 * j) % len(JOBS)]} there {2 + j} years later and now employs {4 + 3 * i + j} people."
+         for i, n in enumerate(NAMES) for j in range(4)]
+
 TEMPLATES: list[tuple[str, list[str]]] = [
     ("Explain {x} in simple terms.", SCIENCE),
     ("Can you explain how {x} works to a ten-year-old?", SCIENCE),
@@ -82,6 +112,41 @@ TEMPLATES: list[tuple[str, list[str]]] = [
     ("What questions should I ask before {x}?", EVERYDAY),
     ("Write a haiku and then explain its imagery. The subject is {x}.", SCIENCE + PLACES),
     ("Describe {x} as if you were writing an encyclopedia entry.", SCIENCE + HISTORY + PLACES),
+    ("Explain the concept of {x} and give an everyday example.", HUMANITIES),
+    ("How would a critic argue against {x}? Then reply to that criticism.", HUMANITIES),
+    ("Write an essay outline on {x}, with a thesis and three main points.", HUMANITIES + HISTORY),
+    ("Explain {x} to a high school student, then ask two questions to check their understanding.",
+     HUMANITIES + SCIENCE),
+    ("Write a quiz of five multiple-choice questions about {x}, with the answers.", HUMANITIES + SCIENCE + HISTORY),
+    ("Give a short introductory lecture on {x}.", HUMANITIES + SCIENCE),
+    ("What is the difference between {x}? Explain with examples.", PAIRS),
+    ("Compare {x} in a short table, then summarise the key difference in one sentence.", PAIRS),
+    ("A friend keeps confusing {x}. How would you explain the difference to them?", PAIRS),
+    ("Write a short opinion piece about {x}.", ISSUES),
+    ("Draft a letter to a local newspaper arguing for or against {x}.", ISSUES),
+    ("What are the strongest arguments for and against {x}? Which side do you find more convincing, and why?",
+     ISSUES),
+    ("Write a debate opening statement in favour of {x}.", ISSUES),
+    ("What would be the likely consequences of {x} becoming common everywhere? Reason step by step.", ISSUES),
+    ("Extract the person's name, the place, the years and the number of employees from this text, as JSON: {x}",
+     FACTS),
+    ("Summarise this text in one sentence, then list every number in it: {x}", FACTS),
+    ("Rewrite this text as a short, friendly biography for a company website: {x}", FACTS),
+    ("Write a short story whose main character is {x}.", ROLES),
+    ("You are {x}. Give your best advice to a beginner in your field, in character.", ROLES),
+    ("As {x}, write a short diary entry about an unexpected day at work.", ROLES),
+    ("Write a job advertisement for {x}.", ROLES),
+    ("What mistakes do beginners make when {x}, and how can they avoid them?", EVERYDAY),
+    ("Create a four-week plan for {x}.", EVERYDAY),
+    ("Write a short children's story that teaches a lesson about {x}.", EVERYDAY + SCIENCE),
+    ("What should a first-time visitor to {x} know before going?", PLACES),
+    ("Write a short story that begins with a traveller arriving in {x} at night.", PLACES),
+    ("Write a product announcement for {x} for a company blog.", THINGS),
+    ("Write a limerick about {x}, then explain why it is funny.", THINGS + ROLES),
+    ("Write a short advertisement script for {x}, for a 30-second radio spot.", THINGS),
+    ("Rewrite this sentence in a formal academic tone: 'honestly {x} is super interesting and way more important "
+     "than people think.'", SCIENCE + HUMANITIES),
+    ("Write a tweet, a headline and a one-paragraph news summary about a new discovery in {x}.", SCIENCE),
 ]
 
 
