@@ -167,6 +167,9 @@ def cmd_decode(args) -> int:
     method, key_budget = parse_method_key(args.method, "method") if ":" in args.method else (args.method, None)
     if key_budget is not None and args.budget is not None and key_budget != args.budget:
         raise InputError("budget", f"--method {args.method} names budget {key_budget} but --budget says {args.budget}")
+    if args.budget is not None and parse_method(method, "method").base in ("ar", "chain"):
+        raise InputError("budget", f"{method} takes no budget: --budget is ddtree's node budget or caddtree's maximum "
+                                   "(drop --budget; the chain drafts block size - 1 tokens)")
     budget = key_budget if key_budget is not None else args.budget
     cfg = DecodeConfig(method=method, budget=budget, max_new_tokens=args.max_new_tokens,
                        temperature=args.temperature, seed=args.seed, topk_log=args.topk_log)
@@ -329,8 +332,8 @@ def cmd_replay(args) -> int:
     from .replay import oracle_budget, sweep_budgets
     from .store import TraceStore
 
-    ids = int_items("run", args.run)  # never empty: an empty list is an InputError there
-    budgets = int_items("budgets", args.budgets) if args.budgets else list(range(1, 257))
+    ids = int_items("run", args.run, distinct=True)  # never empty: an empty list is an InputError there
+    budgets = int_items("budgets", args.budgets) if args.budgets is not None else list(range(1, 257))
     weights = CostWeights.parse(args.cost_weights)
     cost = CostModel.load(args.cost_model) if args.cost_model else None
     if not Path(args.store).exists():
@@ -468,7 +471,7 @@ def _select_runs(store, args, what: str) -> list[int]:
     if args.run is not None:
         if args.tag is not None or args.drafter is not None:
             raise InputError("run", "give either --run or --tag / --drafter, not both")
-        ids = int_items("run", args.run)
+        ids = int_items("run", args.run, distinct=True)
         rows = {int(r["id"]): r for _, r in listed.iterrows()}
         for i in ids:
             if i not in rows:
@@ -718,7 +721,7 @@ def cmd_diagnose(args) -> int:
         if given:
             raise InputError("run", f"--run reads stored runs; {', '.join(given)} only apply when decoding fresh "
                                     f"prompts (drop --run, or drop {', '.join(given)})")
-        ids = int_items("run", args.run)
+        ids = int_items("run", args.run, distinct=True)
         if not Path(args.store).exists():
             raise InputError("store", f"no trace store at {args.store!r}")
         with TraceStore(args.store) as store:
@@ -750,6 +753,7 @@ def cmd_diagnose(args) -> int:
             from .store import TraceStore
 
             store = TraceStore(args.store)
+            store.check_writable()  # a damaged or read-only store fails here, before decoding, with nothing stored
         bar = tqdm(total=len(prompts), desc="diagnose", unit="prompt", file=sys.stderr)
         diag, _ = diagnostics.run_diagnostics(backend, prompts, cfg, store=store, n_bins=bins,
                                               progress=lambda d, t: bar.update(d - bar.n),

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import math
 import os
+import tempfile
 from pathlib import Path
 
 
@@ -57,14 +58,20 @@ def split_items(field: str, text) -> list[str]:
     return items
 
 
-def int_items(field: str, text) -> list[int]:
+def int_items(field: str, text, distinct: bool = False) -> list[int]:
     """A comma list of integers (``"64,512"`` -> ``[64, 512]``), at least one. Raises :class:`InputError` naming
-    ``field`` for no item, a stray comma (:func:`split_items`) or an item that is not an integer."""
+    ``field`` for no item, a stray comma (:func:`split_items`), an item that is not an integer, or (``distinct``) an
+    integer given twice (run ids: a run named twice would be counted twice)."""
     items = split_items(field, text)  # its own message for a stray comma (InputError is a ValueError: not below)
     try:
-        return [int(v) for v in items]
+        values = [int(v) for v in items]
     except ValueError:
         raise InputError(field, f"must be a comma-separated list of integers, got {text!r}") from None
+    if distinct:
+        twice = sorted({v for v in values if values.count(v) > 1})
+        if twice:
+            raise InputError(field, f"{', '.join(map(str, twice))} given more than once in {text!r}: name each once")
+    return values
 
 
 def _range_text(lo, hi) -> str:
@@ -111,4 +118,35 @@ def folder_write_problem(folder: Path) -> str | None:
         return "read-only file system"
     if not os.access(folder, os.W_OK | os.X_OK):
         return "no permission to write there"
+    try:  # the flags above miss some places (a root user in /proc or /sys): create and remove a file to be sure
+        fd, probe = tempfile.mkstemp(dir=folder, prefix=".dtree-write-probe-")
+    except OSError as e:
+        return f"cannot create a file there: {e.strerror or e}"
+    os.close(fd)
+    os.unlink(probe)
     return None
+
+
+def check_output_folder(field: str, text) -> Path:
+    """A folder a command will write into (created when missing), checked before any work: not empty, not an existing
+    file, and writable (or, when missing, the nearest existing folder above it, where it will be created). ``~`` is
+    expanded. Leaves nothing behind.
+
+    Raises:
+        InputError (``field``): empty, an existing file, a path through a file, or a folder that cannot be written.
+    """
+    raw = "" if text is None else str(text).strip()
+    if not raw:
+        raise InputError(field, "give a folder to write to")
+    p = Path(raw).expanduser()
+    if p.exists() and not p.is_dir():
+        raise InputError(field, f"{raw!r} is a file, not a folder")
+    folder = p
+    while not folder.exists() and folder != folder.parent:
+        folder = folder.parent
+    if not folder.is_dir():
+        raise InputError(field, f"cannot write into {raw!r}: {str(folder)!r} is a file, not a folder")
+    why = folder_write_problem(folder)
+    if why:
+        raise InputError(field, f"cannot write into {raw!r}: the folder {str(folder)!r} is not writable ({why})")
+    return p

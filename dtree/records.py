@@ -96,15 +96,15 @@ def parse_method_key(item: str, field: str = "methods", max_budget: int = 1024) 
     (required for ddtree and its variants) or the caddtree maximum budget (optional), ``0 <= B <= max_budget``.
 
     Raises:
-        InputError (``field``): unknown name, a budget on ar / chain, a malformed or out-of-range budget, or a ddtree
-            without budget.
+        InputError (``field``): unknown name, a budget on ar / chain, a malformed (``ddtree:x``, ``caddtree:``) or
+            out-of-range budget, or a ddtree without budget.
     """
     item = str(item).strip()
-    name, _, b = item.partition(":")
+    name, colon, b = item.partition(":")
     spec = parse_method(name, field)
-    if b and spec.base not in VARIANT_BASES:
+    if colon and spec.base not in VARIANT_BASES:
         raise InputError(field, f"{spec.base} takes no budget ({item!r})")
-    if b and not b.isdigit():
+    if colon and not b.isdigit():  # "caddtree:" too: a colon with nothing after it is a budget left out
         raise InputError(field, f"malformed budget in {item!r}: expected {spec.name}:B with B an integer in "
                                 f"0..{max_budget}")
     if b and int(b) > max_budget:

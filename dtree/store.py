@@ -418,7 +418,7 @@ class TraceStore:
     @contextmanager
     def _write(self) -> Iterator[sqlite3.Connection]:
         """One write transaction (BEGIN IMMEDIATE ... COMMIT), rolled back on any error."""
-        with self._lock, self._corruption_as_input_error():
+        with self._lock, self._corruption_as_input_error(writing=True):
             conn = self._get_conn()
             conn.execute("BEGIN IMMEDIATE")
             try:
@@ -445,16 +445,18 @@ class TraceStore:
                     conn.execute("COMMIT")
 
     @contextmanager
-    def _corruption_as_input_error(self) -> Iterator[None]:
+    def _corruption_as_input_error(self, writing: bool = False) -> Iterator[None]:
         """A damaged database file (SQLite's plain ``DatabaseError``, e.g. "database disk image is malformed", raised
-        only when a damaged page is touched) becomes an :class:`InputError` naming the file; locks, constraint and
-        programming errors (``DatabaseError`` subclasses) pass through unchanged."""
+        only when a damaged page is touched) becomes an :class:`InputError` naming the file (and, for a write
+        transaction, saying it was undone); locks, constraint and programming errors (``DatabaseError`` subclasses)
+        pass through unchanged."""
         try:
             yield
         except sqlite3.DatabaseError as e:
             if type(e) is not sqlite3.DatabaseError:
                 raise
-            raise InputError("store", f"{self.path} is damaged ({e}); this write was undone. Choose another file "
+            undone = "; this write was undone" if writing else ""
+            raise InputError("store", f"{self.path} is damaged ({e}){undone}. Choose another file "
                                       "(the sidebar's trace-store box, --store or DTREE_STORE), or try "
                                       "`sqlite3 FILE .recover` on a copy") from None
 
@@ -495,13 +497,22 @@ class TraceStore:
         return run_id
 
     def check_writable(self) -> None:
-        """Insert a run row, one round row and one node row for it, and roll them back: fails now, before any decoding
-        (and before ``bench`` prints its tag), when the pages those inserts touch in each of the three tables (where a
-        run's own rows will go) are damaged or the file cannot be written. Stores nothing.
+        """SQLite's ``PRAGMA quick_check`` over the whole file, then insert a run row, one round row and one node row
+        for it, and roll them back: fails now, before any decoding (and before ``bench`` prints its tag), when any
+        page of the file is damaged (a store whose other runs can no longer be read is not written to) or the file
+        cannot be written. Stores nothing. The check reads the whole file (here 0.7 s for a 520 MB store in the OS
+        cache, 25 s from a cold disk).
 
         Raises:
             InputError("store", ...): the file is damaged (names it) or cannot be written.
         """
+        with self._read() as conn:
+            problems = [row[0] for row in conn.execute("PRAGMA quick_check(3)")]
+        if problems != ["ok"]:  # e.g. "*** in database main ***\nPage 6: btreeInitPage() returns error code 11\n..."
+            found = [ln.strip() for p in problems for ln in p.splitlines() if ln.strip() and not ln.startswith("***")]
+            raise InputError("store", f"{self.path} is damaged (SQLite's quick_check: {'; '.join(found[:3])}); nothing "
+                                      "was written to it. Choose another file (the sidebar's trace-store box, --store "
+                                      "or DTREE_STORE), or try `sqlite3 FILE .recover` on a copy")
         probe = RunRecord(method="probe", params={}, target="", drafter=None, dtype="", device="", prompt="",
                           prompt_ids=[])
         try:

@@ -857,6 +857,18 @@ def _field_help() -> dict[str, str]:
     return helps
 
 
+_TRUE, _FALSE = ("1", "true", "yes", "on"), ("0", "false", "no", "off")
+
+
+def parse_bool(text: str) -> bool:
+    """``--qk-norm true`` and the like: one of 1/true/yes/on or 0/false/no/off (any case). Raises
+    argparse.ArgumentTypeError otherwise (exit 2 naming the option), so a typo like ``ture`` does not flip a switch."""
+    t = str(text).strip().lower()
+    if t in _TRUE or t in _FALSE:
+        return t in _TRUE
+    raise argparse.ArgumentTypeError(f"expected one of {'/'.join(_TRUE)} or {'/'.join(_FALSE)}, got {text!r}")
+
+
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     """Add one ``--flag`` per :class:`TrainConfig` field (same names, dashes for underscores)."""
     helps = _field_help()
@@ -867,8 +879,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
             h = f"{h} (default {f.default!r})"
         h = h.strip().replace("%", "%%")
         if f.type in ("bool", bool):
-            parser.add_argument(flag, type=lambda s: s.lower() in ("1", "true", "yes", "on"), default=f.default,
-                                metavar="BOOL", help=h)
+            parser.add_argument(flag, type=parse_bool, default=f.default, metavar="BOOL", help=h)
         else:
             typ = {"int": int, "float": float, "str": str}.get(f.type if isinstance(f.type, str) else f.type.__name__)
             parser.add_argument(flag, type=typ, default=f.default, help=h, choices=_CHOICES.get(f.name))
@@ -884,10 +895,12 @@ def check_paths(cfg: TrainConfig) -> None:
     Raises InputError: a ``--data-dir`` that exists but is not a folder; ``--phase train`` with a ``--data-dir`` that
     is not a folder or holds no ``responses.jsonl``; ``--phase gen``/``all`` with a prompts file that is missing, bad,
     or has no more prompts than ``--n-heldout``; an ``--out`` that is an existing file or a ``--state`` that is an
-    existing folder; an ``--extra-data`` folder that is missing or has no ``source.json``; a ``--grow-from`` that is
-    not a file; an ``--extra-share`` outside [0, 1].
+    existing folder, or either where no file can be created (checked by creating and removing one, so a run does not
+    train for an hour and then fail at its first save); an ``--extra-data`` folder that is missing or has no
+    ``source.json``, or any ``--extra-data`` with ``--phase gen`` (it only answers into ``--data-dir``); a
+    ``--grow-from`` that is not a file; an ``--extra-share`` outside [0, 1].
     """
-    from .errors import InputError
+    from .errors import InputError, check_output_file, check_output_folder
 
     if Path(cfg.data_dir).exists() and not Path(cfg.data_dir).is_dir():
         raise InputError("data_dir", f"{cfg.data_dir} is a file, not a folder (where generated answers go)")
@@ -905,11 +918,16 @@ def check_paths(cfg: TrainConfig) -> None:
         state = state_path_of(cfg)
         if state.is_dir():
             raise InputError("state", f"{state} is a folder; --state names the training-state file (state.pt)")
+        check_output_folder("out", out)  # writable (or creatable) now, not at the first save after minutes of work
+        check_output_file("state", state)
     if cfg.phase == "train" and not Path(cfg.data_dir).is_dir():
         raise InputError("data_dir", f"{cfg.data_dir} is not a folder: generate data with --phase gen first")
     if cfg.phase == "train" and not (Path(cfg.data_dir) / "responses.jsonl").is_file():
         raise InputError("data_dir", f"{cfg.data_dir} holds no generated answers (responses.jsonl): run --phase gen "
                                      f"with this --data-dir first")
+    if cfg.phase == "gen" and cfg.extra_data:
+        raise InputError("extra_data", "is read by --phase train (and all); --phase gen answers prompts into "
+                                       "--data-dir only: drop --extra-data, or generate each folder in its own run")
     if cfg.phase in ("train", "all"):
         check_extra_data(cfg)
         if cfg.grow_from and not Path(cfg.grow_from).is_file():
@@ -929,8 +947,8 @@ def check_numbers(cfg: TrainConfig) -> None:
     """Fail fast, before the target loads, on a numeric option no run can use (0 threads, a batch of 0, negative
     steps or token counts, a non-finite or non-positive learning rate, ...).
 
-    Raises InputError naming the option and its allowed range (:data:`_LOWER_BOUNDS`), or ``n_heldout`` when it
-    leaves no prompt to train on.
+    Raises InputError naming the option and its allowed range (:data:`_LOWER_BOUNDS`; ``extra_share`` in [0, 1] for
+    every phase), or ``n_heldout`` when it leaves no prompt to train on.
     """
     from .errors import InputError, check_float, check_int
 
@@ -942,6 +960,8 @@ def check_numbers(cfg: TrainConfig) -> None:
                 raise InputError(name, f"must be > {bound}, got {v}")
         else:
             check_int(name, v, bound)
+    if not 0.0 <= cfg.extra_share <= 1.0:  # every phase: a wrong value is a typo whichever phase runs (NaN fails too)
+        raise InputError("extra_share", f"must be in [0, 1], got {cfg.extra_share}")
     if cfg.target_layer_ids:
         parse_layer_ids(cfg.target_layer_ids)
     if cfg.phase in ("gen", "all") and cfg.n_heldout >= cfg.n_prompts:

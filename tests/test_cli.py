@@ -57,6 +57,9 @@ def test_decode_json_with_compare_ar(tmp_path, capsys, backend32):
     (["--prompt", "hi", "--method", "ddtree:abc"], "method"),
     (["--prompt", "hi", "--method", "caddtree-adapt:-1"], "method"),
     (["--prompt", "hi", "--method", "ddtree:8", "--budget", "4"], "budget"),
+    (["--prompt", "hi", "--method", "chain", "--budget", "8"], "budget"),  # ran as a plain chain, budget ignored
+    (["--prompt", "hi", "--method", "ar", "--budget", "8"], "budget"),
+    (["--prompt", "hi", "--method", "caddtree:"], "method"),  # ran as caddtree while ddtree: was refused
 ])
 def test_bad_input_exits_2_and_stores_nothing(tmp_path, capsys, backend32, args, field):
     store = tmp_path / "s.sqlite"
@@ -211,6 +214,13 @@ def test_missing_drafter_folder_fails_before_the_target_loads(tmp_path, capsys, 
     (["--phase", "gen", "--data-dir", "{tmp}/d", "--target-layer-ids", "1,x"], "target_layer_ids"),
     (["--phase", "gen", "--data-dir", "{tmp}/d", "--target-layer-ids", "1,"], "target_layer_ids"),
     (["--phase", "gen", "--data-dir", "{tmp}/d", "--target-layer-ids", "-1"], "target_layer_ids"),
+    # places no file can be created in (as root too): refused now, not after training at the first save
+    (["--phase", "train", "--data-dir", "{tmp}", "--out", "/proc/dtree-ck"], "out"),
+    (["--phase", "train", "--data-dir", "{tmp}", "--state", "/proc/dtree-state.pt"], "state"),
+    (["--phase", "all", "--data-dir", "{tmp}/d", "--out", "{tmp}/file.txt/ck"], "out"),
+    # training options given to --phase gen: a typo or a wrong phase, said before the target loads
+    (["--phase", "gen", "--data-dir", "{tmp}/d", "--extra-share", "1.5"], "extra_share"),
+    (["--phase", "gen", "--data-dir", "{tmp}/d", "--extra-data", "{tmp}/none"], "extra_data"),
 ])
 def test_train_drafter_bad_paths_and_numbers_fail_before_the_target_loads(tmp_path, capsys, monkeypatch, args, field):
     import dtree.models as M
@@ -241,6 +251,19 @@ class _Stream:
 
     def flush(self) -> None:
         pass
+
+
+@pytest.mark.parametrize("value", ["maybe", "ture", "", "2"])
+def test_train_drafter_bool_options_refuse_anything_but_yes_or_no(capsys, value):
+    """``--qk-norm maybe`` used to mean False (any text not in the true list), silently flipping the switch."""
+    from dtree.cli import build_parser
+    from dtree.train import parse_bool
+
+    with pytest.raises(SystemExit) as e:
+        build_parser().parse_args(["train-drafter", "--qk-norm", value])
+    assert e.value.code == 2 and "--qk-norm" in capsys.readouterr().err
+    assert [parse_bool(v) for v in ("1", "True", "yes", "ON", "0", "false", "No", "off")] == [True] * 4 + [False] * 4
+    assert build_parser().parse_args(["train-drafter", "--init-from-target", "on"]).init_from_target is True
 
 
 def test_count_line_rewrites_one_line_on_a_terminal_and_logs_quarters_elsewhere():

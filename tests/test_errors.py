@@ -88,3 +88,33 @@ def test_check_output_file_refuses_before_any_work(tmp_path, monkeypatch):
     monkeypatch.setattr(dtree.errors.os, "access", lambda p, mode: False)
     with pytest.raises(InputError, match=r"not writable \(no permission to write there\)"):
         check_output_file("out", str(tmp_path / "s.json"))
+
+
+def test_output_checks_create_a_file_to_be_sure_and_leave_nothing(tmp_path):
+    """A root user passes the permission flags in /proc, where no file can be created: ``bench --out /proc/x.json``
+    ran the whole bench and then failed to write. The check now creates (and removes) a probe file."""
+    from dtree.errors import check_output_file, check_output_folder
+
+    for check, path in ((check_output_file, "/proc/dtree-x.json"), (check_output_folder, "/proc/dtree-ck"),
+                        (check_output_folder, "/proc/dtree-ck/deeper")):
+        with pytest.raises(InputError, match=r"not writable \(cannot create a file there") as err:
+            check(check.__name__, path)
+        assert err.value.field == check.__name__
+    assert check_output_folder("out", str(tmp_path / "ck" / "deeper")) == tmp_path / "ck" / "deeper"
+    assert check_output_file("out", str(tmp_path / "s.json"), (".json",)) == tmp_path / "s.json"
+    assert list(tmp_path.iterdir()) == []  # probes removed, nothing created
+    (tmp_path / "f").write_text("x")
+    for text, msg in (("", "give a folder"), (str(tmp_path / "f"), "is a file, not a folder"),
+                      (str(tmp_path / "f" / "ck"), "is a file, not a folder")):
+        with pytest.raises(InputError, match=msg):
+            check_output_folder("out", text)
+
+
+def test_run_id_lists_refuse_an_id_given_twice():
+    from dtree.errors import int_items
+
+    assert int_items("run", "3,4,5", distinct=True) == [3, 4, 5]
+    assert int_items("budgets", "4,4") == [4, 4]  # only where asked
+    with pytest.raises(InputError, match=r"6 given more than once in '6,7,6'") as err:
+        int_items("run", "6,7,6", distinct=True)
+    assert err.value.field == "run"

@@ -334,11 +334,13 @@ def test_damaged_pages_inside_a_valid_store_give_input_error_and_change_nothing(
     p = damaged_store
     before = _bytes_and_siblings(p)
     store = TraceStore(p)
-    for op in (store.list_runs, lambda: store.load_run(1), lambda: store.save_run(make_run(seed=9)),
-               store.check_writable):
+    for op, writes in ((store.list_runs, False), (lambda: store.load_run(1), False),
+                       (lambda: store.save_run(make_run(seed=9)), True), (store.check_writable, None)):
         with pytest.raises(InputError, match="damaged") as ei:
             op()
         assert ei.value.field == "store"
+        if writes is not None:  # a read wrote nothing, so it says nothing undone (check_writable: quick_check first)
+            assert ("this write was undone" in str(ei.value)) == writes
     store.close()
     assert _bytes_and_siblings(p) == before
 
@@ -356,7 +358,7 @@ def test_check_writable_probes_the_round_and_node_tables_too(tmp_path, table):
     before = _bytes_and_siblings(p)
     store = TraceStore(p)
     assert len(store.list_runs()) == 30  # the runs table is intact
-    with pytest.raises(InputError, match=r"is damaged .*this write was undone") as ei:
+    with pytest.raises(InputError, match=r"is damaged .*(this write was undone|nothing was written)") as ei:
         store.check_writable()
     assert ei.value.field == "store"
     store.close()
@@ -473,3 +475,36 @@ def test_wal_store_in_an_unwritable_folder_is_named_as_such(tmp_path, monkeypatc
                                          r".*ro\.sqlite-shm") as err:
         dtree.store.check_store_file(p)
     assert err.value.field == "store"
+
+
+def test_check_writable_refuses_a_store_damaged_away_from_where_inserts_go(tmp_path):
+    """Pages in the middle of the file overwritten (a fresh-user check's 40 kB of junk): inserts touch only the last
+    pages of each table, so a run still saved into the file whose older runs could no longer be read. check_writable
+    now runs SQLite's quick_check first: refused with the damaged-file message, the file left byte for byte."""
+    import numpy as np
+
+    p = tmp_path / "mid.sqlite"
+    with TraceStore(p) as store:
+        for i in range(40):
+            store.save_run(make_run(seed=i, n_rounds=6))
+    con = sqlite3.connect(p)
+    con.execute("PRAGMA wal_checkpoint(TRUNCATE)")
+    page_size, n_pages = (con.execute(f"PRAGMA {k}").fetchone()[0] for k in ("page_size", "page_count"))
+    con.close()
+    assert n_pages > 40
+    data = bytearray(p.read_bytes())
+    mid = n_pages // 2
+    data[mid * page_size:(mid + 4) * page_size] = np.random.default_rng(3).integers(
+        0, 256, 4 * page_size, dtype=np.uint8).tobytes()
+    p.write_bytes(bytes(data))
+    copy = tmp_path / "copy.sqlite"
+    copy.write_bytes(bytes(data))
+    with TraceStore(copy) as other:  # what a write did before: it went in
+        other.save_run(make_run(seed=99, n_rounds=2))
+    before = _bytes_and_siblings(p)
+    store = TraceStore(p)
+    with pytest.raises(InputError, match=r"is damaged \(SQLite's quick_check: .+\); nothing was written") as ei:
+        store.check_writable()
+    assert ei.value.field == "store" and "\n" not in str(ei.value)
+    store.close()
+    assert _bytes_and_siblings(p) == before
