@@ -158,3 +158,8 @@ b issue3-humaneval20-v13-sweep-bf16 --dataset humaneval --limit 20 --methods ar,
 "$PY" scripts/issue4_report.py --store "$STORE" --latest --oracle-budgets all --out docs/bench/issue3-humaneval20-v13-sweep-bf16-report.json > docs/bench/issue3-humaneval20-v13-sweep-bf16-report.md
 b issue3-humaneval50-v13-rot-bf16 --dataset humaneval --limit 50 --methods ar,chain,ddtree:16,caddtree --max-new-tokens 128 --dtype bfloat16
 b issue3-gsm8k50-v13-rot-bf16 --dataset gsm8k --limit 50 --methods ar,chain,ddtree:16,caddtree --max-new-tokens 128 --dtype bfloat16
+# session 24: drafter v14 (before shipping: --drafter data/ck15; the same weights are now the shipped checkpoint).
+# MT-Bench first turns, chain only (the chain-tau figure), then the two 50-prompt bf16 lines
+b issue3-mtbench40-v14-chain-bf16 --dataset mt-bench --limit 40 --methods chain --max-new-tokens 128 --dtype bfloat16
+b issue3-humaneval50-v14-bf16 --dataset humaneval --limit 50 --methods ar,chain,ddtree:16,caddtree --max-new-tokens 128 --dtype bfloat16
+b issue3-gsm8k50-v14-bf16 --dataset gsm8k --limit 50 --methods ar,chain,ddtree:16,caddtree --max-new-tokens 128 --dtype bfloat16
