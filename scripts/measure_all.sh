@@ -163,3 +163,6 @@ b issue3-gsm8k50-v13-rot-bf16 --dataset gsm8k --limit 50 --methods ar,chain,ddtr
 b issue3-mtbench40-v14-chain-bf16 --dataset mt-bench --limit 40 --methods chain --max-new-tokens 128 --dtype bfloat16
 b issue3-humaneval50-v14-bf16 --dataset humaneval --limit 50 --methods ar,chain,ddtree:16,caddtree --max-new-tokens 128 --dtype bfloat16
 b issue3-gsm8k50-v14-bf16 --dataset gsm8k --limit 50 --methods ar,chain,ddtree:16,caddtree --max-new-tokens 128 --dtype bfloat16
+# then (after shipping) the float32 lossless check on the first 10 prompts of each set
+b issue3-humaneval10-v14-fp32 --dataset humaneval --limit 10 --methods ar,chain,ddtree:16,caddtree --max-new-tokens 128 --dtype float32
+b issue3-gsm8k10-v14-fp32 --dataset gsm8k --limit 10 --methods ar,chain,ddtree:16,caddtree --max-new-tokens 128 --dtype float32
