@@ -119,16 +119,12 @@ class DecodeConfig:
         if room is not None and room < 1:
             raise InputError("prompt", f"is {prompt_len} tokens; with one block of {block_size} it must stay below "
                                        f"the model's context of {max_context} tokens")
-        try:
-            max_new = check_int("max_new_tokens", self.max_new_tokens, 1, room)
-        except InputError:
-            if room is None or not isinstance(self.max_new_tokens, int) or self.max_new_tokens < 1:
-                raise
+        if room is not None and isinstance(self.max_new_tokens, int) and self.max_new_tokens > room:
             raise InputError("max_new_tokens", f"must be in [1, {room}], got {self.max_new_tokens}: the prompt is "
-                                               f"{prompt_len} tokens, "
-                                               f"so with one block of {block_size} only {room} more fit the model's "
-                                               f"context of {max_context} (shorten the prompt or ask fewer tokens)"
-                             ) from None
+                                               f"{prompt_len} tokens, so with one block of {block_size} only {room} "
+                                               f"more fit the model's context of {max_context} (shorten the prompt or "
+                                               "ask fewer tokens)")
+        max_new = check_int("max_new_tokens", self.max_new_tokens, 1, room)
         temperature = check_float("temperature", self.temperature, 0.0, 100.0)
         seed = check_int("seed", self.seed, 0, 2**63 - 1)
         topk = check_int("topk_log", self.topk_log, 1, MAX_BUDGET)

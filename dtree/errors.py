@@ -100,15 +100,20 @@ def check_output_file(field: str, text, suffixes: tuple[str, ...] = ()) -> Path:
         raise InputError(field, f"{raw!r} is a directory: give a file path inside it")
     if suffixes and p.suffix.lower() not in suffixes:
         raise InputError(field, f"must end in {' or '.join(suffixes)}, got {raw!r}")
-    folder = p.parent
+    _check_writable_below(field, f"cannot write {raw!r}", p.parent)
+    return p
+
+
+def _check_writable_below(field: str, what: str, folder: Path) -> None:
+    """``folder``, or when it does not exist yet the nearest existing folder above it (where it will be created), is a
+    folder files can be created in. Raises InputError(``field``, "<what>: ...") naming that folder and why not."""
     while not folder.exists() and folder != folder.parent:
         folder = folder.parent
     if not folder.is_dir():
-        raise InputError(field, f"cannot write {raw!r}: {str(folder)!r} is a file, not a folder")
+        raise InputError(field, f"{what}: {str(folder)!r} is a file, not a folder")
     why = folder_write_problem(folder)
     if why:
-        raise InputError(field, f"cannot write {raw!r}: the folder {str(folder)!r} is not writable ({why})")
-    return p
+        raise InputError(field, f"{what}: the folder {str(folder)!r} is not writable ({why})")
 
 
 def folder_write_problem(folder: Path) -> str | None:
@@ -141,12 +146,5 @@ def check_output_folder(field: str, text) -> Path:
     p = Path(raw).expanduser()
     if p.exists() and not p.is_dir():
         raise InputError(field, f"{raw!r} is a file, not a folder")
-    folder = p
-    while not folder.exists() and folder != folder.parent:
-        folder = folder.parent
-    if not folder.is_dir():
-        raise InputError(field, f"cannot write into {raw!r}: {str(folder)!r} is a file, not a folder")
-    why = folder_write_problem(folder)
-    if why:
-        raise InputError(field, f"cannot write into {raw!r}: the folder {str(folder)!r} is not writable ({why})")
+    _check_writable_below(field, f"cannot write into {raw!r}", p)
     return p

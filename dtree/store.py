@@ -455,10 +455,13 @@ class TraceStore:
         except sqlite3.DatabaseError as e:
             if type(e) is not sqlite3.DatabaseError:
                 raise
-            undone = "; this write was undone" if writing else ""
-            raise InputError("store", f"{self.path} is damaged ({e}){undone}. Choose another file "
-                                      "(the sidebar's trace-store box, --store or DTREE_STORE), or try "
-                                      "`sqlite3 FILE .recover` on a copy") from None
+            raise self._damaged(f"{e}", "this write was undone" if writing else "") from None
+
+    def _damaged(self, detail: str, outcome: str) -> InputError:
+        """The damaged-file error: ``detail`` what SQLite said, ``outcome`` what became of the write (may be empty)."""
+        return InputError("store", f"{self.path} is damaged ({detail}){'; ' + outcome if outcome else ''}. Choose "
+                                   "another file (the sidebar's trace-store box, --store or DTREE_STORE), or try "
+                                   "`sqlite3 FILE .recover` on a copy")
 
     def close(self) -> None:
         """Close the connection (idempotent). Further calls raise InputError."""
@@ -510,9 +513,7 @@ class TraceStore:
             problems = [row[0] for row in conn.execute("PRAGMA quick_check(3)")]
         if problems != ["ok"]:  # e.g. "*** in database main ***\nPage 6: btreeInitPage() returns error code 11\n..."
             found = [ln.strip() for p in problems for ln in p.splitlines() if ln.strip() and not ln.startswith("***")]
-            raise InputError("store", f"{self.path} is damaged (SQLite's quick_check: {'; '.join(found[:3])}); nothing "
-                                      "was written to it. Choose another file (the sidebar's trace-store box, --store "
-                                      "or DTREE_STORE), or try `sqlite3 FILE .recover` on a copy")
+            raise self._damaged(f"SQLite's quick_check: {'; '.join(found[:3])}", "nothing was written to it")
         probe = RunRecord(method="probe", params={}, target="", drafter=None, dtype="", device="", prompt="",
                           prompt_ids=[])
         try:

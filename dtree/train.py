@@ -393,13 +393,20 @@ def extra_folders(cfg: TrainConfig) -> list[str]:
     return split_items("extra_data", cfg.extra_data) if cfg.extra_data.strip() else []
 
 
+def check_extra_share(share: float) -> None:
+    """Raises InputError("extra_share") unless ``share`` is in [0, 1] (NaN is not)."""
+    from .errors import InputError
+
+    if not 0.0 <= share <= 1.0:
+        raise InputError("extra_share", f"must be in [0, 1], got {share}")
+
+
 def check_extra_data(cfg: TrainConfig) -> None:
     """Raises InputError for an ``extra_share`` outside [0, 1], a stray comma in ``extra_data`` or an ``extra_data``
     folder that is missing or has no ``source.json`` (cheap: no data is read)."""
     from .errors import InputError
 
-    if not 0.0 <= cfg.extra_share <= 1.0 or math.isnan(cfg.extra_share):
-        raise InputError("extra_share", f"must be in [0, 1], got {cfg.extra_share}")
+    check_extra_share(cfg.extra_share)
     for folder in extra_folders(cfg):
         if not Path(folder).is_dir():
             raise InputError("extra_data", f"{folder} is not a folder (one made by --phase gen --data-dir "
@@ -960,8 +967,7 @@ def check_numbers(cfg: TrainConfig) -> None:
                 raise InputError(name, f"must be > {bound}, got {v}")
         else:
             check_int(name, v, bound)
-    if not 0.0 <= cfg.extra_share <= 1.0:  # every phase: a wrong value is a typo whichever phase runs (NaN fails too)
-        raise InputError("extra_share", f"must be in [0, 1], got {cfg.extra_share}")
+    check_extra_share(cfg.extra_share)  # every phase: a wrong value is a typo whichever phase runs
     if cfg.target_layer_ids:
         parse_layer_ids(cfg.target_layer_ids)
     if cfg.phase in ("gen", "all") and cfg.n_heldout >= cfg.n_prompts:
