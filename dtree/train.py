@@ -53,6 +53,8 @@ class TrainConfig:
     max_new_tokens: int = 192
     gen_batch: int = 192
     gen_dtype: str = "float32"
+    soft_topk: int = 8                  # --phase gen: also store the target's top-k next-token log-probs per answer
+                                        # token (about 48 bytes per token; 0 = none), for --soft-weight
     num_target_feats: int = 5           # k target layers (spec 1.2 formula) when target_layer_ids is not given
     target_layer_ids: str = ""          # comma list overriding the formula
     # model
@@ -78,6 +80,10 @@ class TrainConfig:
     weight_decay: float = 0.01
     grad_clip: float = 1.0
     gamma_w: float = 7.0                # loss decay (Eq. 4): 7 for bs=16, 5 for bs=10, 4 for bs=8
+    soft_weight: float = 0.0            # share of the loss taken by cross-entropy against the target's stored top-k
+                                        # distribution (knowledge distillation) instead of its greedy token, in [0, 1];
+                                        # answers generated without --soft-topk count their greedy token as that
+                                        # distribution
     # bookkeeping
     out: str = ""                       # checkpoint folder, written when held-out tau improves (default
                                         # <data_dir>/checkpoint)
@@ -175,13 +181,17 @@ def read_responses(data_dir: str | Path) -> dict[int, dict]:
 
 
 @torch.no_grad()
-def greedy_batch(model, prompts: list[list[int]], max_new: int, eos: set[int], pad: int, layer_ids: list[int]):
+def greedy_batch(model, prompts: list[list[int]], max_new: int, eos: set[int], pad: int, layer_ids: list[int],
+                 soft_topk: int = 0):
     """Greedy answers to a batch of prompts, with the target features of every token fed to the model.
 
     Left-padded prefill, then one decoding step per token; finished rows (EOS or ``max_new``) leave the batch (their
     cache rows are dropped), so stragglers do not cost the whole batch. Only the last position goes through
-    ``lm_head``. Returns per prompt ``(response_ids, feats)`` with ``feats`` bf16 ``[len(prompt)+len(response)-1,
-    k*H]`` (layer id j = output of decoder layer j = ``hidden_states[j+1]``, spec 1.2).
+    ``lm_head``. Returns per prompt ``(response_ids, feats, soft)`` with ``feats`` bf16 ``[len(prompt)+len(response)-1,
+    k*H]`` (layer id j = output of decoder layer j = ``hidden_states[j+1]``, spec 1.2) and ``soft`` None, or with
+    ``soft_topk`` K > 0 the target's K most likely next tokens at every response position: ``(ids int32 [R, K],
+    logp float16 [R, K])`` (natural-log probabilities of the full softmax; row j is the distribution the greedy
+    response token j was the argmax of).
     """
     from transformers import DynamicCache
 
@@ -198,12 +208,24 @@ def greedy_batch(model, prompts: list[list[int]], max_new: int, eos: set[int], p
     def step(x, m, p):
         o = base(input_ids=x, attention_mask=m, position_ids=p, cache=cache, use_cache=True, output_hidden_states=True)
         f = torch.cat([o.hidden_states[j + 1] for j in layer_ids], dim=-1).to(torch.bfloat16)
-        return head(o.last_hidden_state[:, -1]).argmax(-1), f
+        logits = head(o.last_hidden_state[:, -1])
+        top = None
+        if soft_topk > 0:
+            lp, ti = torch.log_softmax(logits.float(), dim=-1).topk(soft_topk, dim=-1)
+            top = (ti.to(torch.int32), lp.to(torch.float16))
+        return logits.argmax(-1), f, top
 
-    nxt, f = step(ids, mask, pos)
+    def keep_top(rows, top):
+        if top is not None:
+            for br, r in enumerate(rows):
+                soft[r].append((top[0][br], top[1][br]))
+
+    soft: list[list] = [[] for _ in range(B)]
+    nxt, f, top = step(ids, mask, pos)
     feats = [[f[r, P - len(e):]] for r, e in enumerate(prompts)]
     resp = [[] for _ in range(B)]
     alive = list(range(B))  # original row of each batch row
+    keep_top(alive, top)
     last_pos = pos[:, -1]
     while True:
         keep = []
@@ -221,10 +243,17 @@ def greedy_batch(model, prompts: list[list[int]], max_new: int, eos: set[int], p
             alive = [alive[i] for i in keep]
         mask = torch.cat([mask, torch.ones(len(alive), 1, dtype=torch.long)], dim=1)
         last_pos = last_pos + 1
-        nxt, f = step(nxt[:, None], mask, last_pos[:, None])
+        nxt, f, top = step(nxt[:, None], mask, last_pos[:, None])
+        keep_top(alive, top)
         for br, r in enumerate(alive):
             feats[r].append(f[br])
-    return [(resp[r], torch.cat(feats[r], dim=0).contiguous()) for r in range(B)]
+    out = []
+    for r in range(B):
+        sr = None
+        if soft_topk > 0:
+            sr = (torch.stack([a for a, _ in soft[r]]), torch.stack([b for _, b in soft[r]]))
+        out.append((resp[r], torch.cat(feats[r], dim=0).contiguous(), sr))
+    return out
 
 
 def batch_by_length(todo: list[tuple[int, str]], encode, first: set[int], batch: int, window: int = 8
@@ -290,14 +319,18 @@ def generate(cfg: TrainConfig) -> None:
     for b0 in range(0, len(todo), cfg.gen_batch):
         batch = todo[b0:b0 + cfg.gen_batch]
         enc = [target.encode_prompt(q) for _, q in batch]
-        res = greedy_batch(target.model, enc, cfg.max_new_tokens, eos, pad, layer_ids)
+        res = greedy_batch(target.model, enc, cfg.max_new_tokens, eos, pad, layer_ids, cfg.soft_topk)
         shard = f"shard_{batch[0][0]:05d}_{int(time.time())}.pt"
         rows = []
-        for (idx, _), e, (r, f) in zip(batch, enc, res):
+        for (idx, _), e, (r, f, _) in zip(batch, enc, res):
             assert f.shape[0] == len(e) + len(r) - 1
             rows.append({"idx": idx, "prompt_ids": e, "response_ids": r, "shard": shard})
             n_tok += len(r)
-        torch.save({"idx": [r["idx"] for r in rows], "feats": [f for _, f in res]}, fdir / (shard + ".tmp"))
+        blob = {"idx": [r["idx"] for r in rows], "feats": [f for _, f, _ in res]}
+        if cfg.soft_topk > 0:  # the target's top-k next-token distribution per response token (--soft-weight)
+            blob["top_ids"] = [sr[0] for _, _, sr in res]
+            blob["top_logp"] = [sr[1] for _, _, sr in res]
+        torch.save(blob, fdir / (shard + ".tmp"))
         os.replace(fdir / (shard + ".tmp"), fdir / shard)
         with open(Path(cfg.data_dir) / "responses.jsonl", "a") as fo:
             for r in rows:
@@ -314,12 +347,14 @@ def generate(cfg: TrainConfig) -> None:
 @dataclass
 class Sample:
     """One sequence: ``tokens`` int64 [L] (prompt + response), ``feats`` bf16 [L-1, k*H] (features of tokens[:-1]),
-    ``prompt_len`` P (the first response token sits at position P)."""
+    ``prompt_len`` P (the first response token sits at position P); ``soft`` None or the target's top-k next-token
+    distribution at every response token, ``(ids int32 [L-P, K], logp float16 [L-P, K])`` (row j: token ``P+j``)."""
 
     idx: int
     tokens: torch.Tensor
     feats: torch.Tensor
     prompt_len: int
+    soft: tuple[torch.Tensor, torch.Tensor] | None = None
 
 
 def load_samples(cfg: TrainConfig, layer_ids: list[int], skip_shards: set[str] | None = None,
@@ -347,7 +382,9 @@ def load_samples(cfg: TrainConfig, layer_ids: list[int], skip_shards: set[str] |
             if d["idx"] not in pos or len(d["response_ids"]) < 2:
                 continue
             toks = torch.tensor(d["prompt_ids"] + d["response_ids"], dtype=torch.long)
-            out.append(Sample(d["idx"], toks, blob["feats"][pos[d["idx"]]], len(d["prompt_ids"])))
+            j = pos[d["idx"]]
+            soft = (blob["top_ids"][j], blob["top_logp"][j]) if "top_ids" in blob else None
+            out.append(Sample(d["idx"], toks, blob["feats"][j], len(d["prompt_ids"]), soft))
     return out
 
 
@@ -393,12 +430,12 @@ def extra_folders(cfg: TrainConfig) -> list[str]:
     return split_items("extra_data", cfg.extra_data) if cfg.extra_data.strip() else []
 
 
-def check_extra_share(share: float) -> None:
-    """Raises InputError("extra_share") unless ``share`` is in [0, 1] (NaN is not)."""
+def check_extra_share(share: float, name: str = "extra_share") -> None:
+    """Raises InputError(name) unless ``share`` is in [0, 1] (NaN is not); also serves ``soft_weight``."""
     from .errors import InputError
 
     if not 0.0 <= share <= 1.0:
-        raise InputError("extra_share", f"must be in [0, 1], got {share}")
+        raise InputError(name, f"must be in [0, 1], got {share}")
 
 
 def check_extra_data(cfg: TrainConfig) -> None:
@@ -509,6 +546,36 @@ def make_batch(samples: list[Sample], n_anchors: int, bs: int, gen: torch.Genera
     return feats, tokens, anchors, ok, labels
 
 
+def soft_targets(samples: list[Sample], anchors: torch.Tensor, labels: torch.Tensor
+                 ) -> tuple[torch.Tensor, torch.Tensor]:
+    """The target's stored next-token distribution at every label of a :func:`make_batch` batch.
+
+    ``anchors [B, N]`` and ``labels [B, N, bs-1]`` as make_batch returns them. Returns ``ids`` int64 ``[B, N, bs-1, K]``
+    (target ids, -1 where none) and ``p`` float32 of the same shape: the stored top-K probabilities of the token at
+    ``a+k`` (K = the widest stored; 1 when no sample has any). A sample generated without them, or a label past the
+    end, gets its greedy token with probability 1 (or nothing, for padding labels -1), so mixing folders with and
+    without stored distributions trains the latter on their greedy tokens only.
+    """
+    B, N, G = labels.shape
+    K = max([s.soft[0].shape[1] for s in samples if s.soft is not None] or [1])
+    ids = torch.full((B, N, G, K), -1, dtype=torch.long)
+    p = torch.zeros(B, N, G, K)
+    ids[..., 0] = labels
+    p[..., 0] = (labels >= 0).float()
+    k = torch.arange(1, G + 1)
+    for b, s in enumerate(samples):
+        if s.soft is None:
+            continue
+        R = s.soft[0].shape[0]
+        j = anchors[b][:, None] + k - s.prompt_len  # response index of each label [N, G]
+        ok = (labels[b] >= 0) & (j >= 0) & (j < R)
+        jj = j.clamp(0, R - 1)
+        kk = s.soft[0].shape[1]
+        ids[b, :, :, :kk] = torch.where(ok[..., None], s.soft[0][jj].long(), ids[b, :, :, :kk])
+        p[b, :, :, :kk] = torch.where(ok[..., None], s.soft[1][jj].float().exp(), p[b, :, :, :kk])
+    return ids, p
+
+
 def drafter_hidden(drafter, target_model, feats, tokens, anchors):
     """Parallel training forward over many blocks: ``[B, N, bs, H]`` final-normed block states (spec 1.8 mask)."""
     B, S, _ = feats.shape
@@ -528,25 +595,43 @@ def to_draft_ids(labels: torch.Tensor, lookup: torch.Tensor) -> torch.Tensor:
     return torch.where(labels < 0, torch.full_like(out, -1), out)
 
 
-def decayed_ce(drafter, target_model, h, labels_d, gamma_w: float):
+def decayed_ce(drafter, target_model, h, labels_d, gamma_w: float, soft=None, soft_weight: float = 0.0):
     """Position-decayed cross-entropy (DFlash Eq. 4): weighted mean of CE at depths k=1..bs-1 with
-    ``w_k = exp(-(k-1)/gamma_w)`` over valid labels. ``h [B, N, bs, H]``, ``labels_d [B, N, bs-1]`` draft ids."""
+    ``w_k = exp(-(k-1)/gamma_w)`` over valid labels. ``h [B, N, bs, H]``, ``labels_d [B, N, bs-1]`` draft ids.
+
+    With ``soft = (ids_d, p)`` (:func:`soft_targets` mapped to draft ids, ``[B, N, bs-1, K]``) and ``soft_weight``
+    alpha > 0, the per-label loss is ``(1 - alpha) CE(greedy token) + alpha H(p~, q)``: the cross-entropy of the
+    drafter's distribution q against the target's stored top-K distribution p~ restricted to the draft vocabulary and
+    renormalised there (standard knowledge distillation, Hinton et al. 2015, at temperature 1; the DFlash paper trains
+    on the greedy token alone). A label whose stored tokens all fall outside the draft vocabulary uses its greedy token.
+    """
     bs = h.shape[2]
     w = torch.exp(-torch.arange(bs - 1, dtype=torch.float32) / gamma_w)
     hh = h[:, :, 1:].reshape(-1, h.shape[-1])
     y = labels_d.reshape(-1)
     keep = y >= 0
     logits = F.linear(hh[keep], drafter.head_weight(target_model))
-    ce = F.cross_entropy(logits.float(), y[keep], reduction="none")
+    logq = torch.log_softmax(logits.float(), dim=-1)
+    ce = -logq.gather(1, y[keep][:, None])[:, 0]
+    if soft is not None and soft_weight > 0:
+        ids_d, p = (t.reshape(-1, t.shape[-1])[keep] for t in soft)
+        p = torch.where(ids_d >= 0, p, torch.zeros_like(p))
+        mass = p.sum(-1, keepdim=True)
+        p = torch.where(mass > 0, p / mass.clamp(min=1e-12), F.one_hot(torch.zeros_like(y[keep]), p.shape[-1]).float())
+        ids_d = torch.where(mass > 0, ids_d, y[keep][:, None].expand_as(ids_d))
+        h_soft = -(p * logq.gather(1, ids_d.clamp(min=0))).sum(-1)
+        ce = (1 - soft_weight) * ce + soft_weight * h_soft
     wk = w.expand_as(labels_d).reshape(-1)[keep]
     return (ce * wk).sum() / wk.sum()
 
 
-def train_step(drafter, target_model, opt, feats, tokens, anchors, labels_d, gamma_w: float, grad_clip: float):
-    """One optimisation step on a :func:`make_batch` batch: :func:`drafter_hidden`, :func:`decayed_ce`, backward,
-    gradient clipping to ``grad_clip`` (global norm), ``opt.step()``. Returns the loss tensor (detached use only)."""
+def train_step(drafter, target_model, opt, feats, tokens, anchors, labels_d, gamma_w: float, grad_clip: float,
+               soft=None, soft_weight: float = 0.0):
+    """One optimisation step on a :func:`make_batch` batch: :func:`drafter_hidden`, :func:`decayed_ce` (with the
+    optional soft targets), backward, gradient clipping to ``grad_clip`` (global norm), ``opt.step()``. Returns the
+    loss tensor (detached use only)."""
     h = drafter_hidden(drafter, target_model, feats, tokens, anchors)
-    loss = decayed_ce(drafter, target_model, h, labels_d, gamma_w)
+    loss = decayed_ce(drafter, target_model, h, labels_d, gamma_w, soft, soft_weight)
     opt.zero_grad(set_to_none=True)
     loss.backward()
     torch.nn.utils.clip_grad_norm_(drafter.parameters(), grad_clip)
@@ -813,8 +898,12 @@ def train(cfg: TrainConfig) -> dict:
             g["lr"] = lr
         batch = draw_batch(sets, cfg.batch_seqs, cfg.extra_share, gen)
         feats, tokens, anchors, ok, labels = make_batch(batch, cfg.anchors_per_seq, cfg.block_size, gen)
+        soft = None
+        if cfg.soft_weight > 0:
+            s_ids, s_p = soft_targets(batch, anchors, labels)
+            soft = (to_draft_ids(s_ids, lookup), s_p)
         loss = train_step(drafter, target.model, opt, feats, tokens, anchors, to_draft_ids(labels, lookup),
-                          cfg.gamma_w, cfg.grad_clip)
+                          cfg.gamma_w, cfg.grad_clip, soft, cfg.soft_weight)
         step += 1
         train_s += time.perf_counter() - t0
         ema = loss.item() if ema is None else 0.95 * ema + 0.05 * loss.item()
@@ -947,15 +1036,15 @@ _LOWER_BOUNDS = {  # field: (bound, inclusive) -- the smallest value a run can w
     "intermediate_size": (0, True), "vocab_min_count": (1, True), "steps": (1, True), "batch_seqs": (1, True),
     "anchors_per_seq": (1, True), "lr": (0, False), "min_lr": (0, True), "warmup": (0, True),
     "weight_decay": (0, True), "grad_clip": (0, False), "gamma_w": (0, False), "eval_every": (1, True),
-    "state_every_s": (0, False), "time_limit_min": (0, True), "threads": (1, True)}
+    "state_every_s": (0, False), "time_limit_min": (0, True), "threads": (1, True), "soft_topk": (0, True)}
 
 
 def check_numbers(cfg: TrainConfig) -> None:
     """Fail fast, before the target loads, on a numeric option no run can use (0 threads, a batch of 0, negative
     steps or token counts, a non-finite or non-positive learning rate, ...).
 
-    Raises InputError naming the option and its allowed range (:data:`_LOWER_BOUNDS`; ``extra_share`` in [0, 1] for
-    every phase), or ``n_heldout`` when it leaves no prompt to train on.
+    Raises InputError naming the option and its allowed range (:data:`_LOWER_BOUNDS`; ``extra_share`` and
+    ``soft_weight`` in [0, 1] for every phase, ``soft_topk`` at most 1024), or ``n_heldout`` when it leaves no prompt to train on.
     """
     from .errors import InputError, check_float, check_int
 
@@ -968,6 +1057,9 @@ def check_numbers(cfg: TrainConfig) -> None:
         else:
             check_int(name, v, bound)
     check_extra_share(cfg.extra_share)  # every phase: a wrong value is a typo whichever phase runs
+    check_extra_share(cfg.soft_weight, "soft_weight")
+    if cfg.soft_topk > 1024:
+        raise InputError("soft_topk", f"must be <= 1024 (the top-k stored per answer token), got {cfg.soft_topk}")
     if cfg.target_layer_ids:
         parse_layer_ids(cfg.target_layer_ids)
     if cfg.phase in ("gen", "all") and cfg.n_heldout >= cfg.n_prompts:

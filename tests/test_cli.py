@@ -221,6 +221,10 @@ def test_missing_drafter_folder_fails_before_the_target_loads(tmp_path, capsys, 
     # training options given to --phase gen: a typo or a wrong phase, said before the target loads
     (["--phase", "gen", "--data-dir", "{tmp}/d", "--extra-share", "1.5"], "extra_share"),
     (["--phase", "gen", "--data-dir", "{tmp}/d", "--extra-data", "{tmp}/none"], "extra_data"),
+    (["--phase", "train", "--data-dir", "{tmp}", "--soft-weight", "1.5"], "soft_weight"),
+    (["--phase", "train", "--data-dir", "{tmp}", "--soft-weight", "nan"], "soft_weight"),
+    (["--phase", "gen", "--data-dir", "{tmp}/d", "--soft-topk", "-1"], "soft_topk"),
+    (["--phase", "gen", "--data-dir", "{tmp}/d", "--soft-topk", "5000"], "soft_topk"),
 ])
 def test_train_drafter_bad_paths_and_numbers_fail_before_the_target_loads(tmp_path, capsys, monkeypatch, args, field):
     import dtree.models as M

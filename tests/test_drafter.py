@@ -32,8 +32,64 @@ def sequence(target):
     """A prompt and its greedy answer (24 tokens) with features, made by the training data generator."""
     prompt = target.encode_prompt("A farmer has 12 cows and buys 7 more. How many cows does he have now?")
     layer_ids = default_target_layer_ids(target.n_layers, 5)
-    (resp, feats), = T.greedy_batch(target.model, [prompt], 24, target.eos_ids, 2, layer_ids)
-    return T.Sample(0, torch.tensor(prompt + resp), feats, len(prompt))
+    (resp, feats, soft), = T.greedy_batch(target.model, [prompt], 24, target.eos_ids, 2, layer_ids, soft_topk=8)
+    return T.Sample(0, torch.tensor(prompt + resp), feats, len(prompt), soft)
+
+
+def test_stored_target_distribution_matches_the_greedy_answer(target, sequence):
+    """--soft-topk: row j of the stored top-k is the target's distribution whose argmax is response token j, sorted,
+    a sub-distribution; a plain forward over prompt + answer gives the same probabilities (up to batching numerics)."""
+    s = sequence
+    ids, logp = s.soft
+    R = s.tokens.shape[0] - s.prompt_len
+    assert ids.shape == (R, 8) and logp.shape == (R, 8) and ids.dtype == torch.int32
+    assert torch.equal(ids[:, 0].long(), s.tokens[s.prompt_len:])
+    assert (logp[:, :-1] >= logp[:, 1:]).all() and (logp.float().exp().sum(-1) <= 1.001).all()
+    with torch.no_grad():
+        full = torch.log_softmax(target.model(input_ids=s.tokens[None, :-1]).logits[0, s.prompt_len - 1:].float(), -1)
+    assert torch.allclose(full.gather(1, ids.long()), logp.float(), atol=0.02)
+    (_, _, none), = T.greedy_batch(target.model, [s.tokens[:s.prompt_len].tolist()], 3, target.eos_ids, 2,
+                                  default_target_layer_ids(target.n_layers, 5))
+    assert none is None  # soft_topk 0: nothing stored
+
+
+def test_soft_targets_and_the_distillation_loss(target, sequence):
+    """soft_targets picks the stored row of every label (greedy token first); a sample without stored rows gets its
+    greedy token with probability 1; soft weight 0, or soft weight 1 on one-hot targets, is the plain decayed CE; real
+    soft targets change the loss, and training on them lowers it."""
+    s = sequence
+    plain = T.Sample(s.idx, s.tokens, s.feats, s.prompt_len)
+    torch.manual_seed(0)
+    d = small_drafter(target, draft_vocab=T.build_draft_vocab([s], target.eos_ids), qk_norm=False).train()
+    bs = d.block_size
+    gen = torch.Generator().manual_seed(0)
+    feats, tokens, anchors, ok, labels = T.make_batch([s, plain], 6, bs, gen)
+    ids, p = T.soft_targets([s, plain], anchors, labels)
+    assert ids.shape == (2, 6, bs - 1, 8) and p.shape == ids.shape
+    assert torch.equal(ids[..., 0], labels)  # the greedy token is the target's argmax
+    for n in range(6):
+        for k in range(1, bs):
+            if labels[0, n, k - 1] >= 0:
+                j = int(anchors[0, n]) + k - s.prompt_len
+                assert torch.equal(ids[0, n, k - 1], s.soft[0][j].long())
+                assert torch.allclose(p[0, n, k - 1], s.soft[1][j].float().exp())
+            else:
+                assert p[0, n, k - 1].sum() == 0
+    assert (ids[1, ..., 1:] == -1).all() and torch.equal(p[1, ..., 0], (labels[1] >= 0).float())
+    lookup = T.drafter_lookup(d, target.model)
+    labels_d = T.to_draft_ids(labels, lookup)
+    soft = (T.to_draft_ids(ids, lookup), p)
+    h = T.drafter_hidden(d, target.model, feats, tokens, anchors)
+    hard = T.decayed_ce(d, target.model, h, labels_d, 4.0)
+    assert torch.allclose(T.decayed_ce(d, target.model, h, labels_d, 4.0, soft, 0.0), hard)
+    one_hot = (T.to_draft_ids(ids[..., :1], lookup), p[..., :1])
+    assert torch.allclose(T.decayed_ce(d, target.model, h, labels_d, 4.0, one_hot, 1.0), hard, atol=1e-5)
+    mixed = T.decayed_ce(d, target.model, h, labels_d, 4.0, soft, 0.5)
+    assert not torch.allclose(mixed, hard)
+    opt = torch.optim.AdamW([q for q in d.parameters() if q.requires_grad], lr=1e-3)
+    losses = [T.train_step(d, target.model, opt, feats, tokens, anchors, labels_d, 4.0, 1.0, soft, 0.5).item()
+              for _ in range(8)]
+    assert losses[-1] < 0.8 * losses[0], losses
 
 
 def test_target_layer_ids_formula():

@@ -104,7 +104,17 @@ def test_training_on_two_folders_end_to_end(tmp_path):
                                'def first(xs):\n    """ Return the first item of xs.\n    """\n']))
     common = dict(n_prompts=3, n_heldout=1, max_new_tokens=10, gen_batch=3, threads=2, num_layers=1)
     T.generate(T.TrainConfig(prompts=str(math_p), data_dir=str(tmp_path / "math"), **common))
-    T.generate(T.TrainConfig(prompts=str(code_p), data_dir=str(tmp_path / "code"), **common))
+    T.generate(T.TrainConfig(prompts=str(code_p), data_dir=str(tmp_path / "code"), soft_topk=0, **common))
+    # the target's top-k per answer token is stored beside the features (default 8), or not at all (--soft-topk 0)
+    for folder, has in (("math", True), ("code", False)):
+        shard = next((tmp_path / folder).glob("features_*/*.pt"))
+        blob = torch.load(shard)
+        assert ("top_ids" in blob) == has
+        if has:
+            rows = {r["idx"]: r for r in T.read_responses(tmp_path / folder).values()}
+            for i, top in zip(blob["idx"], blob["top_ids"]):
+                assert top.shape == (len(rows[i]["response_ids"]), 8)
+                assert top[:, 0].tolist() == rows[i]["response_ids"]
     src = json.loads((tmp_path / "code" / "source.json").read_text())
     assert src["prompts"] == str(code_p.resolve()) and src["n_heldout"] == 1
     # continuing a folder with another prompts file would mix answers keyed by line number: refused, nothing changed
@@ -115,7 +125,7 @@ def test_training_on_two_folders_end_to_end(tmp_path):
     assert len(T.read_responses(tmp_path / "code")) == n_rows
     cfg = T.TrainConfig(prompts=str(math_p), data_dir=str(tmp_path / "math"), extra_data=str(tmp_path / "code"),
                         extra_share=0.5, steps=2, batch_seqs=2, anchors_per_seq=2, eval_every=1000, warmup=1,
-                        out=str(tmp_path / "ck"), draft_vocab="responses", **common)
+                        out=str(tmp_path / "ck"), draft_vocab="responses", soft_weight=0.5, **common)
     res = T.train(cfg)
     assert res["step"] == 2 and set(res["tau_per_set"]) == {"math", "code"}
     assert all(t >= 1.0 for t in res["tau_per_set"].values())
