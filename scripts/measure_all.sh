@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# Re-measure the figures quoted in README "Measured results" (issues 2-4) on this machine, one bench after another.
+# Re-measure the figures quoted in README "Measured results" and docs/MEASUREMENTS.md (issues 2-4) on this machine, one bench after another.
 # Usage: scripts/measure_all.sh [DRAFTER]   (default: the shipped drafter; the lines before the session-9 ones were
 # measured with drafter v4, earlier checkpoints in git history). Writes docs/bench/*.json and a store
 # docs/bench/measure.sqlite (git-ignored). Takes about five hours on a 2-core CPU; run it on an otherwise idle machine.
