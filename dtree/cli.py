@@ -344,7 +344,7 @@ def cmd_replay(args) -> int:
         from .replay import run_cost_model
 
         cost = (cost or run_cost_model(runs[0], None)).weighted(weights)
-    variants = list(dict.fromkeys(split_items("variants", args.variants))) if args.variants.strip() else []  # each once
+    variants = _distinct_variants(args.variants, args.max_budget)
     calibration = _replay_calibration(args.calibration, runs)
     df = sweep_budgets(runs, budgets, cost=cost, caddtree_max_budget=args.max_budget, variants=variants,
                        calibration=calibration)
@@ -393,6 +393,26 @@ def _replay_calibration(spec: str | None, runs):
     if spec == "fit":
         return fit_calibration(runs, meta={"source": "in-sample fit on the replayed runs"})
     return Calibration.load(spec)
+
+
+def _distinct_variants(text: str, max_budget: int) -> list[str]:
+    """``replay --variants`` as canonical method keys, each once: modifiers in another order
+    (``caddtree-rawcv-spine`` = ``caddtree-spine-rawcv``) name the same variant, and plain ``caddtree`` at the
+    replay's own maximum budget is the caddtree row every replay has, so neither adds a row twice.
+
+    Raises InputError("variants") for an unknown or malformed item (:func:`dtree.records.parse_method_key`)."""
+    from .records import parse_method_key
+    from .replay import MAX_REPLAY_BUDGET
+
+    if not text.strip():
+        return []
+    out: dict[str, None] = {}
+    for item in split_items("variants", text):
+        name, budget = parse_method_key(item, "variants", MAX_REPLAY_BUDGET)
+        if name == "caddtree" and budget in (None, max_budget):
+            continue
+        out[name if budget is None else f"{name}:{budget}"] = None
+    return list(out)
 
 
 def _unimodal_reports(runs, cost, max_budget, variants, calibration) -> list[dict]:
@@ -458,10 +478,30 @@ def _select_runs(store, args, what: str) -> list[int]:
     """Run ids for ``calibrate`` / ``fit-cost``: ``--run`` ids (each must be a complete chain / ddtree / caddtree run
     with rounds at temperature 0), or every such run of the store filtered by ``--tag`` / ``--drafter``.
 
+    The selected runs must share one setup: the same target and drafter and, for ``fit-cost`` (timings), the same
+    dtype and device; one calibration or cost fit describes one setup, and a mixed one fits none of them.
+
     Raises:
         InputError: ``--run`` combined with ``--tag`` / ``--drafter``, an empty or malformed ``--run``, an unknown id,
-            an AR / incomplete / sampled run, an unknown tag (the newest tags are listed), or no matching run.
+            an AR / incomplete / sampled run, an unknown tag (the newest tags are listed), no matching run, or runs
+            of different setups (each setup is listed with its run count).
     """
+    ids = _select_run_ids(store, args, what)
+    keys = ["target", "drafter"] + (["dtype", "device"] if what == "fit-cost" else [])
+    listed = store.list_runs()
+    sel = listed[listed["id"].isin(ids)]
+    groups = sel.groupby(keys, dropna=False).size()
+    if len(groups) > 1:
+        parts = [" / ".join(str(v) for v in (k if isinstance(k, tuple) else (k,))) + f": {n} run{'s' * (n != 1)}"
+                 for k, n in groups.items()]
+        raise InputError("run", f"the selected runs mix {len(groups)} setups ({' / '.join(keys)}): "
+                                f"{'; '.join(parts)}. One {what} describes one setup: narrow the selection with "
+                                f"--drafter, --tag or --run")
+    return ids
+
+
+def _select_run_ids(store, args, what: str) -> list[int]:
+    """The run ids of :func:`_select_runs` before its one-setup check."""
     listed = store.list_runs()
 
     def usable(m, n, p, status) -> bool:

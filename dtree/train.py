@@ -831,8 +831,11 @@ def train(cfg: TrainConfig) -> dict:
         print(f"[train] resumed at step {step} ({train_s / 60:.1f} min trained, best held-out tau {best:.3f})")
     lookup = drafter_lookup(drafter, target.model)
     for d in sets:
-        print(f"[train] {d.name}: {len(d.trn)} train sequences ({d.n_tok} response tokens), {len(d.held)} held out",
-              flush=True)
+        soft = ""
+        if cfg.soft_weight > 0 and not any(s.soft is not None for s in d.trn):
+            soft = "; no stored target distribution (generated with --soft-topk 0): its greedy tokens only"
+        print(f"[train] {d.name}: {len(d.trn)} train sequences ({d.n_tok} response tokens), {len(d.held)} held out"
+              f"{soft}", flush=True)
     print(f"[train] draft vocab {'full' if draft_vocab is None else len(draft_vocab)}; "
           f"{sum(p.numel() for p in drafter.parameters())/1e6:.2f}M params", flush=True)
     gen = torch.Generator().manual_seed(cfg.seed + step)
@@ -872,6 +875,7 @@ def train(cfg: TrainConfig) -> dict:
                         "train_sequences": {d.name: len(d.trn) for d in sets},
                         "train_response_tokens": {d.name: d.n_tok for d in sets},
                         "heldout_prompts": {d.name: len(d.held) for d in sets},
+                        "sources": {d.name: {"data_dir": str(d.data_dir), "prompts": d.prompts} for d in sets},
                         "acc_per_depth": {k: r["acc"] for k, r in rs.items()}, "config": asdict(cfg)}
                 (Path(cfg.data_dir) / "best_checkpoint.json").write_text(json.dumps(meta, indent=1))
         per = " ".join(f"{k} {r['tau']:.3f}" for k, r in rs.items())
@@ -993,8 +997,9 @@ def check_paths(cfg: TrainConfig) -> None:
     or has no more prompts than ``--n-heldout``; an ``--out`` that is an existing file or a ``--state`` that is an
     existing folder, or either where no file can be created (checked by creating and removing one, so a run does not
     train for an hour and then fail at its first save); an ``--extra-data`` folder that is missing or has no
-    ``source.json``, or any ``--extra-data`` with ``--phase gen`` (it only answers into ``--data-dir``); a
-    ``--grow-from`` that is not a file; an ``--extra-share`` outside [0, 1].
+    ``source.json``, or any ``--extra-data`` with ``--phase gen`` (it only answers into ``--data-dir``); an option
+    only the other phase reads (:data:`_GEN_ONLY` with ``--phase train``, :data:`_TRAIN_ONLY` with ``--phase gen``)
+    changed from its default; a ``--grow-from`` that is not a file; an ``--extra-share`` outside [0, 1].
     """
     from .errors import InputError, check_output_file, check_output_folder
 
@@ -1024,11 +1029,24 @@ def check_paths(cfg: TrainConfig) -> None:
     if cfg.phase == "gen" and cfg.extra_data:
         raise InputError("extra_data", "is read by --phase train (and all); --phase gen answers prompts into "
                                        "--data-dir only: drop --extra-data, or generate each folder in its own run")
+    # an option the phase never reads, changed from its default, is a typo or a wrong phase: said now, not after an
+    # hour of generation or training that ignored it
+    only = {"gen": _TRAIN_ONLY, "train": _GEN_ONLY}.get(cfg.phase, ())
+    default = TrainConfig()
+    for name in only:
+        if getattr(cfg, name) != getattr(default, name):
+            other = "train (and all)" if cfg.phase == "gen" else "gen (and all)"
+            raise InputError(name, f"is read by --phase {other}, not by --phase {cfg.phase}: drop "
+                                   f"--{name.replace('_', '-')}, or run the phase that uses it")
     if cfg.phase in ("train", "all"):
         check_extra_data(cfg)
         if cfg.grow_from and not Path(cfg.grow_from).is_file():
             raise InputError("grow_from", f"{cfg.grow_from} is not a file (a training state.pt to start from)")
 
+
+# options only one phase reads (check_paths refuses them, when changed from their defaults, in the other phase)
+_GEN_ONLY = ("gen_skip", "gen_batch", "gen_dtype", "soft_topk")
+_TRAIN_ONLY = ("extra_share", "soft_weight", "grow_from", "time_limit_min")
 
 _LOWER_BOUNDS = {  # field: (bound, inclusive) -- the smallest value a run can work with
     "n_prompts": (1, True), "n_heldout": (0, True), "gen_skip": (0, True), "max_new_tokens": (1, True),

@@ -455,6 +455,13 @@ def test_cli_calibrate_and_replay_report(real_logged, tmp_path, capsys):
     err = capsys.readouterr().err  # suggested file name is a calibration's
     assert "is a directory" in err and "calibration.json" in err and "cost-model.json" not in err
     assert main(["replay", "--run", ids, "--store", str(path), "--variants", "chain-spine"]) == 2
+    # the same variant named twice (modifiers in another order), or plain caddtree (a row every replay has): one row
+    capsys.readouterr()
+    assert main(["replay", "--run", ids, "--store", str(path), "--budgets", "1,2", "--cost-model", str(cost),
+                 "--variants", "caddtree-spine-rawcv,caddtree-rawcv-spine,caddtree,ddtree-spine:4", "--json"]) == 0
+    methods = [r["method"] for r in json.loads(capsys.readouterr().out)["rows"]]
+    assert methods.count("caddtree") == 1 and methods.count("caddtree-spine-rawcv") == 1
+    assert methods.count("ddtree-spine") == 1
 
 
 def test_bench_with_variants_reports_build_share(backend32, small_cost, monkeypatch, real_logged):

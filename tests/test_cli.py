@@ -225,6 +225,12 @@ def test_missing_drafter_folder_fails_before_the_target_loads(tmp_path, capsys, 
     (["--phase", "train", "--data-dir", "{tmp}", "--soft-weight", "nan"], "soft_weight"),
     (["--phase", "gen", "--data-dir", "{tmp}/d", "--soft-topk", "-1"], "soft_topk"),
     (["--phase", "gen", "--data-dir", "{tmp}/d", "--soft-topk", "5000"], "soft_topk"),
+    # an option only the other phase reads, changed from its default: refused, not silently ignored
+    (["--phase", "gen", "--data-dir", "{tmp}/d", "--soft-weight", "0.5"], "soft_weight"),
+    (["--phase", "gen", "--data-dir", "{tmp}/d", "--extra-share", "0.5"], "extra_share"),
+    (["--phase", "gen", "--data-dir", "{tmp}/d", "--time-limit-min", "30"], "time_limit_min"),
+    (["--phase", "train", "--data-dir", "{tmp}", "--soft-topk", "4"], "soft_topk"),
+    (["--phase", "train", "--data-dir", "{tmp}", "--gen-dtype", "bfloat16"], "gen_dtype"),
 ])
 def test_train_drafter_bad_paths_and_numbers_fail_before_the_target_loads(tmp_path, capsys, monkeypatch, args, field):
     import dtree.models as M

@@ -262,6 +262,20 @@ def test_fit_cost_cli_writes_a_weighted_model_and_rejects_bad_input(tmp_path, ca
         assert main(["fit-cost", "--store", str(path), "--out", str(out), *argv]) == 2
         assert msg in capsys.readouterr().err
     assert out.read_bytes() == before
+    # runs of another drafter (or dtype) in the selection: one fit cannot describe both setups, so it is refused
+    with TraceStore(path) as store:
+        other = timed_run(rng, cm, 2.0, 2.0, "p9")
+        other.drafter = "my-drafter"
+        store.save_run(other, tag="bench:y:synthetic")
+        bf16 = timed_run(rng, cm, 2.0, 2.0, "p8")
+        bf16.dtype = "bfloat16"
+        store.save_run(bf16, tag="bench:z:synthetic")
+    assert main(["fit-cost", "--store", str(path), "--out", str(out)]) == 2
+    err = capsys.readouterr().err
+    assert "mix 3 setups" in err and "my-drafter" in err and "bfloat16" in err and "--drafter" in err
+    assert out.read_bytes() == before
+    assert main(["fit-cost", "--store", str(path), "--tag", "bench:x:synthetic", "--out", str(out)]) == 0
+    capsys.readouterr()
     # one prompt only: fitted and saved, the skipped 2-fold check is said
     assert main(["fit-cost", "--store", str(path), "--run", "1", "--out", str(tmp_path / "one.json")]) == 0
     assert "2-fold check skipped" in capsys.readouterr().err
