@@ -41,6 +41,7 @@ from typing import Any
 import numpy as np
 
 from .errors import InputError, check_float, check_int
+from .records import check_one_setup
 
 FORMAT = "dtree-calibration"
 VERSION = 1
@@ -338,8 +339,9 @@ def fit_calibration(runs: Iterable, rank_bins: int = DEFAULT_RANK_BINS,
         The fitted :class:`Calibration` with G = the largest logged horizon.
 
     Raises:
-        InputError: no runs, an AR run, a run without rounds or with an incomplete trace, bad ``rank_bins`` or
-            ``prior_strength``, or no observable depth at all.
+        InputError: no runs, an AR run, runs of more than one target or drafter
+            (:func:`dtree.records.check_one_setup`), a run without rounds or with an incomplete trace, bad
+            ``rank_bins`` or ``prior_strength``, or no observable depth at all.
     """
     from .replay import known_path, round_marginals
 
@@ -351,6 +353,7 @@ def fit_calibration(runs: Iterable, rank_bins: int = DEFAULT_RANK_BINS,
     for run in runs:
         if run.method == "ar":
             raise InputError("runs", f"run {run.run_id} is an AR run: it logged no drafter marginals")
+    check_one_setup(runs, ("target", "drafter"), "calibration")
     G = max((int(np.shape(r.marg_tokens)[0]) for run in runs for r in run.rounds if np.ndim(r.marg_tokens) == 2),
             default=0)
     if G == 0:

@@ -478,26 +478,11 @@ def _select_runs(store, args, what: str) -> list[int]:
     """Run ids for ``calibrate`` / ``fit-cost``: ``--run`` ids (each must be a complete chain / ddtree / caddtree run
     with rounds at temperature 0), or every such run of the store filtered by ``--tag`` / ``--drafter``.
 
-    The selected runs must share one setup: the same target and drafter and, for ``fit-cost`` (timings), the same
-    dtype and device; one calibration or cost fit describes one setup, and a mixed one fits none of them.
-
     Raises:
         InputError: ``--run`` combined with ``--tag`` / ``--drafter``, an empty or malformed ``--run``, an unknown id,
-            an AR / incomplete / sampled run, an unknown tag (the newest tags are listed), no matching run, or runs
-            of different setups (each setup is listed with its run count).
+            an AR / incomplete / sampled run, an unknown tag (the newest tags are listed), or no matching run.
     """
-    ids = _select_run_ids(store, args, what)
-    keys = ["target", "drafter"] + (["dtype", "device"] if what == "fit-cost" else [])
-    listed = store.list_runs()
-    sel = listed[listed["id"].isin(ids)]
-    groups = sel.groupby(keys, dropna=False).size()
-    if len(groups) > 1:
-        parts = [" / ".join(str(v) for v in (k if isinstance(k, tuple) else (k,))) + f": {n} run{'s' * (n != 1)}"
-                 for k, n in groups.items()]
-        raise InputError("run", f"the selected runs mix {len(groups)} setups ({' / '.join(keys)}): "
-                                f"{'; '.join(parts)}. One {what} describes one setup: narrow the selection with "
-                                f"--drafter, --tag or --run")
-    return ids
+    return _select_run_ids(store, args, what)
 
 
 def _select_run_ids(store, args, what: str) -> list[int]:

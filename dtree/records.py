@@ -115,6 +115,24 @@ def parse_method_key(item: str, field: str = "methods", max_budget: int = 1024) 
     return spec.name, budget
 
 
+def check_one_setup(runs, keys: tuple[str, ...], what: str) -> None:
+    """Refuse runs of different setups for a fit that describes one (a cost-weight fit: target, drafter, dtype and
+    device; a calibration: target and drafter): a fit over a mix describes none of them.
+
+    ``runs``: objects with the attributes in ``keys`` (:class:`RunRecord`).
+
+    Raises:
+        InputError("run"): the runs differ in any of ``keys``; the message lists each setup with its run count.
+    """
+    from collections import Counter
+
+    groups = Counter(tuple(getattr(r, k) for k in keys) for r in runs)
+    if len(groups) > 1:
+        parts = "; ".join(" / ".join(str(v) for v in k) + f": {n} run{'s' * (n != 1)}" for k, n in groups.items())
+        raise InputError("run", f"the runs mix {len(groups)} setups ({' / '.join(keys)}): {parts}. One {what} "
+                                f"describes one setup: choose runs of one (CLI: --drafter, --tag or --run)")
+
+
 @dataclass
 class RoundRecord:
     """Everything logged for one decoding round.

@@ -55,7 +55,7 @@ import pandas as pd
 from .calibration import Calibration, OnlineCalibration, run_calibration
 from .cost import CostModel, CostWeights, LiveFit, fit_live_weights, is_monotone_convex
 from .errors import InputError, check_float, check_int
-from .records import ALL_METHODS, MethodSpec, RoundRecord, RunRecord, parse_method
+from .records import ALL_METHODS, MethodSpec, RoundRecord, RunRecord, check_one_setup, parse_method
 from .trees import (
     DraftTree,
     Marginals,
@@ -949,7 +949,8 @@ def live_weights_from_runs(runs: RunRecord | Iterable[RunRecord], cost: CostMode
         times match the logged ones on average.
 
     Raises:
-        InputError: no speculative round, no cost model given or stored, bad timings.
+        InputError: no speculative round, no cost model given or stored, bad timings, runs of more than one setup
+            (target, drafter, dtype, device: :func:`dtree.records.check_one_setup`).
     """
     runs = [runs] if isinstance(runs, RunRecord) else list(runs)
     spec = []
@@ -959,6 +960,7 @@ def live_weights_from_runs(runs: RunRecord | Iterable[RunRecord], cost: CostMode
                 spec.append(r)
         except InputError:
             continue
+    check_one_setup(spec, ("target", "drafter", "dtype", "device"), "cost-weight fit")
     rounds = [rnd for r in spec for rnd in r.rounds if rnd.drafted]  # a -fallback run's plain steps drafted nothing
     if not rounds:
         raise InputError("runs", "no logged speculative round (chain / ddtree / caddtree) to fit cost weights on")

@@ -220,6 +220,11 @@ def test_fit_errors():
         fit_calibration([ar])
     with pytest.raises(InputError) as e:
         fit_calibration([make_run([])])
+    a, b = make_run([]), make_run([])
+    b.drafter = "other-drafter"
+    with pytest.raises(InputError, match="mix 2 setups") as e:  # one calibration per drafter, not a blend of two
+        fit_calibration([a, b])
+    assert e.value.field == "run" and "other-drafter" in str(e.value)
     with pytest.raises(InputError) as e:
         fit_from_counts(np.zeros((2, 1, 1)), np.zeros((2, 1, 1)), -1)
     assert e.value.field == "prior_strength"
