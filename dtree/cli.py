@@ -481,12 +481,8 @@ def _select_runs(store, args, what: str) -> list[int]:
     Raises:
         InputError: ``--run`` combined with ``--tag`` / ``--drafter``, an empty or malformed ``--run``, an unknown id,
             an AR / incomplete / sampled run, an unknown tag (the newest tags are listed), or no matching run.
+        (Runs of different setups are refused by the fits themselves: :func:`dtree.records.check_one_setup`.)
     """
-    return _select_run_ids(store, args, what)
-
-
-def _select_run_ids(store, args, what: str) -> list[int]:
-    """The run ids of :func:`_select_runs` before its one-setup check."""
     listed = store.list_runs()
 
     def usable(m, n, p, status) -> bool:
