@@ -129,6 +129,18 @@ def profile_cost_model(target: Target, drafter, contexts=QUICK_CONTEXTS, nodes=Q
                                    target.dtype, target.device, meta)
 
 
+def drafter_run_name(drafter: str | Path | None) -> str:
+    """The drafter name runs store (and ``fit-cost`` / ``calibrate --drafter`` select by, and fits group runs by):
+    the shipped checkpoint's folder name for ``None`` or any path to that folder (``dtree/checkpoints/x/`` and
+    ``./dtree/checkpoints/x`` are the same drafter), else the folder's absolute path (a relative one would depend
+    on the working directory)."""
+    from .drafter import default_drafter_path
+
+    if drafter is None or Path(drafter).resolve() == default_drafter_path().resolve():
+        return default_drafter_path().name
+    return str(Path(drafter).resolve())
+
+
 def cost_model_mismatch(cost, target: Target, drafter=None) -> list[str]:
     """Reasons why ``cost`` (a CostModel) may not describe this target/drafter/dtype/machine, one line each.
 
@@ -245,7 +257,7 @@ class Backend:
         else:
             path = Path(drafter) if drafter else default_drafter_path()
             self.drafter = load_drafter_fastest(path, self.target, drafter_dtype)
-            self.drafter.name = path.name if drafter is None else str(path)
+            self.drafter.name = drafter_run_name(drafter)
             # a retrained checkpoint changes Cd: the auto-profiled cost model is cached per weights file
             self.drafter.fingerprint = hashlib.sha1((path / "model.safetensors").read_bytes()).hexdigest()[:12]
         self._cost_model = None

@@ -344,7 +344,9 @@ def cmd_replay(args) -> int:
         from .replay import run_cost_model
 
         cost = (cost or run_cost_model(runs[0], None)).weighted(weights)
-    variants = _distinct_variants(args.variants, args.max_budget)
+    from .replay import DEFAULT_CADDTREE_MAX
+
+    variants = _distinct_variants(args.variants, DEFAULT_CADDTREE_MAX if args.max_budget is None else args.max_budget)
     calibration = _replay_calibration(args.calibration, runs)
     df = sweep_budgets(runs, budgets, cost=cost, caddtree_max_budget=args.max_budget, variants=variants,
                        calibration=calibration)
@@ -409,7 +411,9 @@ def _distinct_variants(text: str, max_budget: int) -> list[str]:
     out: dict[str, None] = {}
     for item in split_items("variants", text):
         name, budget = parse_method_key(item, "variants", MAX_REPLAY_BUDGET)
-        if name == "caddtree" and budget in (None, max_budget):
+        if budget == max_budget:  # a caddtree variant's maximum defaults to the replay's: the same row either way
+            budget = None
+        if name == "caddtree" and budget is None:
             continue
         out[name if budget is None else f"{name}:{budget}"] = None
     return list(out)
@@ -513,6 +517,11 @@ def _select_runs(store, args, what: str) -> list[int]:
     if args.tag is not None:
         listed = listed[listed["tag"] == args.tag]
     if args.drafter is not None:
+        names = set(listed["drafter"].dropna())
+        if args.drafter not in names:
+            raise InputError("drafter", f"no run of drafter {args.drafter!r} in {args.store!r}; drafters with runs: "
+                                        f"{', '.join(sorted(names)) if names else 'none'} (a run stores the shipped "
+                                        "drafter by its folder name, any other by its absolute path)")
         listed = listed[listed["drafter"] == args.drafter]
     keep = [usable(m, n, p, st) for m, n, p, st in zip(listed["method"], listed["n_rounds"], listed["params"],
                                                         listed["status"])]
@@ -526,6 +535,7 @@ def _select_runs(store, args, what: str) -> list[int]:
 def cmd_fit_cost(args) -> int:
     """Fit cost weights (cd_scale, cv_scale) to logged round timings and save the weighted cost model."""
     from .cost import CostModel, json_output_path
+    from .records import check_one_setup
     from .replay import live_weights_from_runs, prompt_key, replay_vs_live, replay_vs_live_crossfit
     from .store import TraceStore
 
@@ -536,6 +546,7 @@ def cmd_fit_cost(args) -> int:
     with TraceStore(args.store) as store:
         ids = _select_runs(store, args, "fit-cost")
         runs = [store.load_run(i) for i in ids]
+    check_one_setup(runs, ("target", "drafter", "dtype", "device"), "cost-weight fit")  # before any cost-model advice
     if base is None:
         stored = next((r.cost_model for r in runs if r.cost_model), None)
         if stored is None:
@@ -681,6 +692,8 @@ def cmd_bench(args) -> int:
             write_text_atomic(out, json.dumps({"dataset": args.dataset, "limit": args.limit, "methods": args.methods,
                                        "max_new_tokens": args.max_new_tokens, "temperature": args.temperature,
                                        "dtype": dtype_name(backend.target.dtype),
+                                       "target": backend.target.name,
+                                       "drafter": getattr(backend.drafter, "name", None),
                                        "drafter_dtype": drafter_dtype_name(backend.drafter),
                                        "drafter_dtype_note": drafter_dtype,
                                        "cost_model": args.cost_model or "auto", "cost_weights": weights.to_dict(),

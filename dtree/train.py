@@ -829,6 +829,9 @@ def train(cfg: TrainConfig) -> dict:
                   f"tau {best:.3f} is not comparable, reset", flush=True)
             best, best_per = -1.0, {}
         print(f"[train] resumed at step {step} ({train_s / 60:.1f} min trained, best held-out tau {best:.3f})")
+        if step >= cfg.steps or (cfg.time_limit_min and train_s >= cfg.time_limit_min * 60):
+            print(f"[train] the saved state is already past --steps {cfg.steps} / --time-limit-min "
+                  f"{cfg.time_limit_min:g}: no training step will run (raise them to train on)", flush=True)
     lookup = drafter_lookup(drafter, target.model)
     for d in sets:
         soft = ""
@@ -1045,8 +1048,11 @@ def check_paths(cfg: TrainConfig) -> None:
 
 
 # options only one phase reads (check_paths refuses them, when changed from their defaults, in the other phase)
-_GEN_ONLY = ("gen_skip", "gen_batch", "gen_dtype", "soft_topk")
-_TRAIN_ONLY = ("extra_share", "soft_weight", "grow_from", "time_limit_min")
+_GEN_ONLY = ("n_prompts", "gen_skip", "max_new_tokens", "gen_batch", "gen_dtype", "soft_topk")
+_TRAIN_ONLY = ("extra_share", "num_layers", "block_size", "intermediate_size", "qk_norm", "init_from_target",
+               "grow_from", "draft_vocab", "vocab_min_count", "steps", "batch_seqs", "anchors_per_seq", "lr", "min_lr",
+               "warmup", "weight_decay", "grad_clip", "gamma_w", "soft_weight", "out", "state", "eval_every",
+               "state_every_s", "time_limit_min")
 
 _LOWER_BOUNDS = {  # field: (bound, inclusive) -- the smallest value a run can work with
     "n_prompts": (1, True), "n_heldout": (0, True), "gen_skip": (0, True), "max_new_tokens": (1, True),

@@ -166,3 +166,11 @@ b issue3-gsm8k50-v14-bf16 --dataset gsm8k --limit 50 --methods ar,chain,ddtree:1
 # then (after shipping) the float32 lossless check on the first 10 prompts of each set
 b issue3-humaneval10-v14-fp32 --dataset humaneval --limit 10 --methods ar,chain,ddtree:16,caddtree --max-new-tokens 128 --dtype float32
 b issue3-gsm8k10-v14-fp32 --dataset gsm8k --limit 10 --methods ar,chain,ddtree:16,caddtree --max-new-tokens 128 --dtype float32
+# session 25: v14 chain tau and chain losslessness in float32 on the full sets (ar and chain only, for time)
+b issue3-humaneval50-v14-chain-fp32 --dataset humaneval --limit 50 --methods ar,chain --max-new-tokens 128 --dtype float32
+b issue3-gsm8k50-v14-chain-fp32 --dataset gsm8k --limit 50 --methods ar,chain --max-new-tokens 128 --dtype float32
+b issue3-mtbench40-v14-chain-fp32 --dataset mt-bench --limit 40 --methods ar,chain --max-new-tokens 128 --dtype float32
+# session 25's KD A/B benches ran on the two A/B drafters (data/ckA, data/ckB; their training commands are in
+# docs/bench/soft-ab-training.json), not on the shipped one:
+#   bench --drafter data/ckA --dataset gsm8k --limit 20 --methods chain,ddtree:16 --max-new-tokens 128 --dtype bfloat16
+#     --out docs/bench/soft-ab-gsm8k20-A-bf16.json   (and data/ckB -> soft-ab-gsm8k20-B-bf16.json)

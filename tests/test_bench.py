@@ -249,6 +249,7 @@ def test_bench_cli_uses_the_given_cost_model_and_weights(backend32, two_prompts,
     summary = json.loads(out.read_text())
     assert summary["cost_model"] == str(path) and summary["cost_weights"]["cd_scale"] == 2.0
     assert summary["summary"][0]["verify_vs_model"] > 0
+    assert (summary["target"], summary["drafter"]) == (run.target, run.drafter)  # which models the figures are of
 
 
 def test_bench_cli_damaged_store_fails_before_the_tag_line_and_changes_nothing(backend32, two_prompts, damaged_store,

@@ -463,7 +463,8 @@ def test_cli_calibrate_and_replay_report(real_logged, tmp_path, capsys):
     # the same variant named twice (modifiers in another order), or plain caddtree (a row every replay has): one row
     capsys.readouterr()
     assert main(["replay", "--run", ids, "--store", str(path), "--budgets", "1,2", "--cost-model", str(cost),
-                 "--variants", "caddtree-spine-rawcv,caddtree-rawcv-spine,caddtree,ddtree-spine:4", "--json"]) == 0
+                 "--variants", "caddtree-spine-rawcv,caddtree-rawcv-spine,caddtree,caddtree:256,ddtree-spine:4,"
+                 "caddtree-spine-rawcv:256", "--json"]) == 0  # 256: the replay's default maximum, the same rows
     methods = [r["method"] for r in json.loads(capsys.readouterr().out)["rows"]]
     assert methods.count("caddtree") == 1 and methods.count("caddtree-spine-rawcv") == 1
     assert methods.count("ddtree-spine") == 1

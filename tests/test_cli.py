@@ -231,6 +231,10 @@ def test_missing_drafter_folder_fails_before_the_target_loads(tmp_path, capsys, 
     (["--phase", "gen", "--data-dir", "{tmp}/d", "--time-limit-min", "30"], "time_limit_min"),
     (["--phase", "train", "--data-dir", "{tmp}", "--soft-topk", "4"], "soft_topk"),
     (["--phase", "train", "--data-dir", "{tmp}", "--gen-dtype", "bfloat16"], "gen_dtype"),
+    (["--phase", "train", "--data-dir", "{tmp}", "--max-new-tokens", "8"], "max_new_tokens"),
+    (["--phase", "gen", "--data-dir", "{tmp}/d", "--lr", "0.5"], "lr"),
+    (["--phase", "gen", "--data-dir", "{tmp}/d", "--num-layers", "3"], "num_layers"),
+    (["--phase", "gen", "--data-dir", "{tmp}/d", "--out", "{tmp}/ck"], "out"),
 ])
 def test_train_drafter_bad_paths_and_numbers_fail_before_the_target_loads(tmp_path, capsys, monkeypatch, args, field):
     import dtree.models as M
@@ -324,3 +328,19 @@ def test_a_bad_store_fails_before_the_model_loads_and_is_left_untouched(tmp_path
     assert rc == 2 and "store:" in err and str(store) in err
     if before is not None:
         assert store.read_bytes() == before
+
+
+def test_drafter_run_name_is_one_name_per_checkpoint(tmp_path, monkeypatch):
+    """Runs store one name per drafter folder however it was typed, so fit-cost / calibrate group them as one setup:
+    the shipped folder by any path is the shipped name; another folder by its absolute path (not cwd-relative)."""
+    from dtree.backend import drafter_run_name
+    from dtree.drafter import default_drafter_path
+
+    d = default_drafter_path()
+    assert drafter_run_name(None) == d.name == drafter_run_name(str(d)) == drafter_run_name(str(d) + "/")
+    monkeypatch.chdir(d.parent)
+    assert drafter_run_name(d.name) == d.name
+    other = tmp_path / "ck"
+    other.mkdir()
+    monkeypatch.chdir(tmp_path)
+    assert drafter_run_name("ck") == drafter_run_name(str(other) + "/") == str(other.resolve())

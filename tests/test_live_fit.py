@@ -245,7 +245,8 @@ def test_fit_cost_cli_writes_a_weighted_model_and_rejects_bad_input(tmp_path, ca
     assert main(["fit-cost", "--store", str(path), "--tag", "nope", "--out", str(out)]) == 2
     assert "no run tagged 'nope'" in capsys.readouterr().err
     assert main(["fit-cost", "--store", str(path), "--drafter", "nope", "--out", str(out)]) == 2
-    assert "no complete speculative run" in capsys.readouterr().err
+    err = capsys.readouterr().err  # names the drafters that have runs (the stored names are not otherwise shown)
+    assert "no run of drafter 'nope'" in err and "drafters with runs: synthetic" in err
     assert main(["fit-cost", "--store", str(tmp_path / "missing.sqlite"), "--out", str(out)]) == 2
     assert "no trace store" in capsys.readouterr().err and not (tmp_path / "missing.sqlite").exists()
     assert main(["fit-cost", "--store", str(path), "--out", str(tmp_path)]) == 2
