@@ -430,8 +430,8 @@ def extra_folders(cfg: TrainConfig) -> list[str]:
     return split_items("extra_data", cfg.extra_data) if cfg.extra_data.strip() else []
 
 
-def check_extra_share(share: float, name: str = "extra_share") -> None:
-    """Raises InputError(name) unless ``share`` is in [0, 1] (NaN is not); also serves ``soft_weight``."""
+def check_share(name: str, share: float) -> None:
+    """Raises InputError(name) unless ``share`` is in [0, 1] (NaN is not): ``extra_share``, ``soft_weight``."""
     from .errors import InputError
 
     if not 0.0 <= share <= 1.0:
@@ -443,7 +443,7 @@ def check_extra_data(cfg: TrainConfig) -> None:
     folder that is missing or has no ``source.json`` (cheap: no data is read)."""
     from .errors import InputError
 
-    check_extra_share(cfg.extra_share)
+    check_share("extra_share", cfg.extra_share)
     for folder in extra_folders(cfg):
         if not Path(folder).is_dir():
             raise InputError("extra_data", f"{folder} is not a folder (one made by --phase gen --data-dir "
@@ -1000,9 +1000,9 @@ def check_paths(cfg: TrainConfig) -> None:
     or has no more prompts than ``--n-heldout``; an ``--out`` that is an existing file or a ``--state`` that is an
     existing folder, or either where no file can be created (checked by creating and removing one, so a run does not
     train for an hour and then fail at its first save); an ``--extra-data`` folder that is missing or has no
-    ``source.json``, or any ``--extra-data`` with ``--phase gen`` (it only answers into ``--data-dir``); an option
-    only the other phase reads (:data:`_GEN_ONLY` with ``--phase train``, :data:`_TRAIN_ONLY` with ``--phase gen``)
-    changed from its default; a ``--grow-from`` that is not a file; an ``--extra-share`` outside [0, 1].
+    ``source.json``; an option only the other phase reads changed from its default (:data:`_GEN_ONLY` with ``--phase
+    train``, :data:`_TRAIN_ONLY` with ``--phase gen``, e.g. ``--extra-data``: gen only answers into ``--data-dir``);
+    a ``--grow-from`` that is not a file; an ``--extra-share`` outside [0, 1].
     """
     from .errors import InputError, check_output_file, check_output_folder
 
@@ -1029,9 +1029,6 @@ def check_paths(cfg: TrainConfig) -> None:
     if cfg.phase == "train" and not (Path(cfg.data_dir) / "responses.jsonl").is_file():
         raise InputError("data_dir", f"{cfg.data_dir} holds no generated answers (responses.jsonl): run --phase gen "
                                      f"with this --data-dir first")
-    if cfg.phase == "gen" and cfg.extra_data:
-        raise InputError("extra_data", "is read by --phase train (and all); --phase gen answers prompts into "
-                                       "--data-dir only: drop --extra-data, or generate each folder in its own run")
     # an option the phase never reads, changed from its default, is a typo or a wrong phase: said now, not after an
     # hour of generation or training that ignored it
     only = {"gen": _TRAIN_ONLY, "train": _GEN_ONLY}.get(cfg.phase, ())
@@ -1049,10 +1046,10 @@ def check_paths(cfg: TrainConfig) -> None:
 
 # options only one phase reads (check_paths refuses them, when changed from their defaults, in the other phase)
 _GEN_ONLY = ("n_prompts", "gen_skip", "max_new_tokens", "gen_batch", "gen_dtype", "soft_topk")
-_TRAIN_ONLY = ("extra_share", "num_layers", "block_size", "intermediate_size", "qk_norm", "init_from_target",
-               "grow_from", "draft_vocab", "vocab_min_count", "steps", "batch_seqs", "anchors_per_seq", "lr", "min_lr",
-               "warmup", "weight_decay", "grad_clip", "gamma_w", "soft_weight", "out", "state", "eval_every",
-               "state_every_s", "time_limit_min")
+_TRAIN_ONLY = ("extra_data", "extra_share", "num_layers", "block_size", "intermediate_size", "qk_norm",
+               "init_from_target", "grow_from", "draft_vocab", "vocab_min_count", "steps", "batch_seqs",
+               "anchors_per_seq", "lr", "min_lr", "warmup", "weight_decay", "grad_clip", "gamma_w", "soft_weight",
+               "out", "state", "eval_every", "state_every_s", "time_limit_min")
 
 _LOWER_BOUNDS = {  # field: (bound, inclusive) -- the smallest value a run can work with
     "n_prompts": (1, True), "n_heldout": (0, True), "gen_skip": (0, True), "max_new_tokens": (1, True),
@@ -1068,7 +1065,8 @@ def check_numbers(cfg: TrainConfig) -> None:
     steps or token counts, a non-finite or non-positive learning rate, ...).
 
     Raises InputError naming the option and its allowed range (:data:`_LOWER_BOUNDS`; ``extra_share`` and
-    ``soft_weight`` in [0, 1] for every phase, ``soft_topk`` at most 1024), or ``n_heldout`` when it leaves no prompt to train on.
+    ``soft_weight`` in [0, 1] for every phase, ``soft_topk`` at most 1024), or ``n_heldout`` when it leaves no
+    prompt to train on.
     """
     from .errors import InputError, check_float, check_int
 
@@ -1080,8 +1078,8 @@ def check_numbers(cfg: TrainConfig) -> None:
                 raise InputError(name, f"must be > {bound}, got {v}")
         else:
             check_int(name, v, bound)
-    check_extra_share(cfg.extra_share)  # every phase: a wrong value is a typo whichever phase runs
-    check_extra_share(cfg.soft_weight, "soft_weight")
+    check_share("extra_share", cfg.extra_share)  # every phase: a wrong value is a typo whichever phase runs
+    check_share("soft_weight", cfg.soft_weight)
     if cfg.soft_topk > 1024:
         raise InputError("soft_topk", f"must be <= 1024 (the top-k stored per answer token), got {cfg.soft_topk}")
     if cfg.target_layer_ids:
