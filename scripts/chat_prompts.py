@@ -7,7 +7,7 @@ shuffle. The target then answers them (``python -m dtree.train --phase gen --pro
 data for chat. No evaluation prompt is used: every prompt is built here from the lists below; when the shared
 MT-Bench file is beside the checkout, a prompt equal to one of its turns would be dropped (none is, by construction).
 
-    python scripts/chat_prompts.py --out data/chat/prompts.jsonl [--limit N] [--seed 0]
+    python scripts/chat_prompts.py --out data/chat/prompts.jsonl [--limit N] [--seed 0] [--exclude FILE,FILE]
 
 Writes one JSON object per line: ``{"prompt": ..., "source": "template index:subject"}``.
 """
@@ -81,6 +81,53 @@ FACTS = [f"{n}, born in {1960 + 3 * i}, moved to {PLACES[(5 * i + j) % len(PLACE
          f"{JOBS[(i + 3 * j) % len(JOBS)]} there {2 + j} years later and now employs {4 + 3 * i + j} people."
          for i, n in enumerate(NAMES) for j in range(4)]
 
+# Added in session 26 (drafter v15): subjects and templates for MT-Bench's other categories (reasoning, math,
+# coding, extraction, STEM, humanities, writing, role-play). None is an MT-Bench turn.
+OBJECTS = ["apples", "pencils", "marbles", "stickers", "books", "cupcakes", "tickets", "stamps", "seashells", "coins"]
+PEOPLE = ["Ana", "Ben", "Chloe", "Dev", "Emma", "Felix", "Grace", "Hugo", "Ines", "Jonas", "Kira", "Leo"]
+WORD_PROBLEMS = [f"{PEOPLE[i % 12]} has {12 + 7 * i} {OBJECTS[i % 10]}. {PEOPLE[(i + 5) % 12]} gives "
+                 f"{PEOPLE[i % 12]} {3 + i % 9} more, and then {PEOPLE[i % 12]} shares half of them equally with "
+                 f"{2 + i % 3} friends. How many {OBJECTS[i % 10]} does each friend get?" for i in range(72)] + [
+                 f"A train travels {60 + 15 * i} km in {1 + i % 4} hours, then {40 + 10 * i} km in {2 + i % 3} "
+                 f"hours. What is its average speed for the whole trip?" for i in range(36)] + [
+                 f"A shop sells a jacket for ${40 + 5 * i}. It is discounted by {10 + 5 * (i % 5)}% and then a "
+                 f"{5 + i % 4}% sales tax is added. What is the final price?" for i in range(36)]
+MATH_TOPICS = ["the Pythagorean theorem", "solving quadratic equations", "the area of a circle", "percentages",
+               "the sum of an arithmetic series", "prime factorisation", "the least common multiple",
+               "conditional probability", "the mean, median and mode", "simple interest", "ratios and proportions",
+               "linear equations with two unknowns", "the volume of a cylinder", "logarithms", "exponents",
+               "the binomial coefficient", "the expected value of a dice roll", "the slope of a line",
+               "converting fractions to decimals", "the angles of a triangle"]
+CODE_TASKS = ["reverses a linked list", "checks whether a string is a palindrome", "merges two sorted lists",
+              "counts the words in a text file", "finds the second largest number in a list",
+              "removes duplicates from a list while keeping order", "computes the nth Fibonacci number",
+              "validates an email address with a regular expression", "flattens a nested list",
+              "returns the most frequent character in a string", "implements binary search",
+              "converts a Roman numeral to an integer", "checks whether two strings are anagrams",
+              "computes the factorial of a number iteratively", "rotates a matrix by 90 degrees",
+              "finds all prime numbers below n", "parses a CSV line into fields", "groups words by their first letter",
+              "computes the running average of a stream of numbers", "finds the longest common prefix of strings",
+              "implements a simple stack class", "sorts a list of dictionaries by a key",
+              "counts vowels in a sentence", "checks whether brackets in a string are balanced"]
+LANGUAGES = ["Python", "JavaScript", "C++", "Java", "Rust", "Go"]
+RIDDLES = ["If all bloops are razzies and all razzies are lazzies, are all bloops lazzies?",
+           "A farmer has 17 sheep and all but 9 run away. How many are left?",
+           "Which is heavier, a kilogram of feathers or a kilogram of iron?",
+           "If you overtake the person in second place in a race, what place are you in?",
+           "Three friends split a bill of $45 and each pays $15. The waiter returns $5 and each friend takes $1 back. "
+           "Where did the missing dollar go?",
+           "A bat and a ball cost $1.10 in total and the bat costs $1.00 more than the ball. How much is the ball?",
+           "If it takes 5 machines 5 minutes to make 5 widgets, how long do 100 machines need for 100 widgets?",
+           "Mary's father has five daughters: Nana, Nene, Nini, Nono. What is the fifth daughter's name?",
+           "A clock shows 3:15. What is the angle between the hour and the minute hands?",
+           "You have two ropes that each burn in an hour, unevenly. How do you measure 45 minutes?",
+           "There are three boxes labelled apples, oranges and mixed, and every label is wrong. You may draw one fruit "
+           "from one box. How do you relabel them?",
+           "If today is Wednesday, what day will it be 100 days from now?"]
+TABLES = [f"name={n}; city={PLACES[(3 * i) % 20]}; age={22 + 4 * i}; team={['sales', 'design', 'support'][i % 3]}"
+          for i, n in enumerate(NAMES)]
+GENRES = ["science fiction", "mystery", "fantasy", "romance", "horror", "comedy", "historical fiction", "fable"]
+
 TEMPLATES: list[tuple[str, list[str]]] = [
     ("Explain {x} in simple terms.", SCIENCE),
     ("Can you explain how {x} works to a ten-year-old?", SCIENCE),
@@ -147,6 +194,44 @@ TEMPLATES: list[tuple[str, list[str]]] = [
     ("Rewrite this sentence in a formal academic tone: 'honestly {x} is super interesting and way more important "
      "than people think.'", SCIENCE + HUMANITIES),
     ("Write a tweet, a headline and a one-paragraph news summary about a new discovery in {x}.", SCIENCE),
+    # session 26 (v15)
+    ("Solve this problem and show your reasoning step by step: {x}", WORD_PROBLEMS),
+    ("Explain {x} and work through one example.", MATH_TOPICS),
+    ("Write a practice problem about {x}, then solve it.", MATH_TOPICS),
+    ("What is a common mistake students make with {x}? Show the right method.", MATH_TOPICS),
+    ("Write a Python function that {x}. Explain how it works.", CODE_TASKS),
+    ("Write a function that {x}, with a docstring and two example calls.", CODE_TASKS),
+    ("What is the time complexity of a function that {x}? Give an efficient implementation.", CODE_TASKS),
+    ("How would you write a program that {x} in {y}?", CODE_TASKS),
+    ("Answer this riddle and explain your reasoning: {x}", RIDDLES),
+    ("Think step by step and answer: {x}", RIDDLES),
+    ("Turn this record into a JSON object with the same fields: {x}", TABLES),
+    ("Write one sentence introducing the person in this record: {x}", TABLES),
+    ("Write the opening paragraph of a {x} novel.", GENRES),
+    ("Give me three plot ideas for a {x} short story.", GENRES),
+    ("Write a short {x} story in exactly five sentences.", GENRES),
+    ("Describe the typical features of {x} writing and name a famous example.", GENRES),
+    ("Explain how {x} relates to everyday life, in three short paragraphs.", SCIENCE + HUMANITIES),
+    ("Write a blog post with a title and three sections about {x}.", EVERYDAY + SCIENCE),
+    ("Imagine you are {x} giving a tour to a group of students. What do you say?", ROLES),
+    ("Write a formal complaint letter about {x} that stopped working after a week.", THINGS),
+    ("Write a short, polite email declining an invitation to discuss {x}.", ISSUES),
+    ("Explain {x} using an analogy, then point out where the analogy breaks down.", SCIENCE + HUMANITIES),
+    ("Write a short dialogue between a teacher and a student about {x}.", SCIENCE + HUMANITIES + HISTORY),
+    ("What are three open questions or debates about {x} today?", SCIENCE + HUMANITIES),
+    ("Summarise {x} in five bullet points for a revision sheet.", SCIENCE + HUMANITIES + HISTORY),
+    ("How has our understanding of {x} changed over time?", SCIENCE + HUMANITIES),
+    ("Write a short news article from the point of view of someone living through {x}.", HISTORY),
+    ("Write a checklist for {x}.", EVERYDAY),
+    ("My friend says {x} is too hard. Write an encouraging reply with practical first steps.", EVERYDAY),
+    ("Write a packing list and a budget for a week in {x}.", PLACES),
+    ("Describe a perfect day in {x} from morning to night.", PLACES),
+    ("Write a user manual section explaining how to use {x}.", THINGS),
+    ("Write a sonnet about {x}.", SCIENCE + PLACES + HISTORY),
+    ("Write a one-minute speech for a school assembly about {x}.", ISSUES + SCIENCE),
+    ("Write a short essay arguing against {x}, then a short rebuttal.", ISSUES),
+    ("Explain the history behind {x} and how it is debated today.", ISSUES + HUMANITIES),
+    ("Write a podcast introduction for an episode about {x}.", SCIENCE + HISTORY + HUMANITIES),
 ]
 
 
@@ -162,17 +247,18 @@ def mt_bench_turns() -> set[str]:
     return out
 
 
-def build(seed: int = 0) -> list[dict]:
-    """Every (template, subject) prompt, deduplicated, in a seeded shuffle."""
+def build(seed: int = 0, exclude: set[str] | frozenset[str] = frozenset()) -> list[dict]:
+    """Every (template, subject) prompt, deduplicated and without the ``exclude`` texts, in a seeded shuffle."""
     seen, rows = set(), []
     banned = mt_bench_turns()
     for ti, (tpl, subjects) in enumerate(TEMPLATES):
         for x in subjects:
-            text = tpl.format(x=x)
-            if text in seen or text in banned:
-                continue
-            seen.add(text)
-            rows.append({"prompt": text, "source": f"{ti}:{x}"})
+            for y in (LANGUAGES if "{y}" in tpl else [""]):
+                text = tpl.format(x=x, y=y)
+                if text in seen or text in banned or text in exclude:
+                    continue
+                seen.add(text)
+                rows.append({"prompt": text, "source": f"{ti}:{x}" + (f":{y}" if y else "")})
     random.Random(seed).shuffle(rows)
     return rows
 
@@ -182,10 +268,24 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--out", required=True, help="JSONL file to write")
     ap.add_argument("--limit", type=int, default=0, help="keep the first N after the shuffle (0 = all)")
     ap.add_argument("--seed", type=int, default=0)
+    ap.add_argument("--exclude", default="", help="comma list of JSONL prompt files whose prompts are left out (e.g. "
+                    "a first set already answered, so a second set has only new prompts)")
     args = ap.parse_args(argv)
     if args.limit < 0:
         ap.error("--limit must be >= 0")
-    rows = build(args.seed)
+    exclude: set[str] = set()
+    for name in filter(None, (n.strip() for n in args.exclude.split(","))):
+        path = Path(name)
+        if not path.is_file():
+            ap.error(f"--exclude: {name} is not a file")
+        with open(path) as f:
+            for i, line in enumerate(f, 1):
+                if line.strip():
+                    try:
+                        exclude.add(json.loads(line)["prompt"])
+                    except (ValueError, KeyError, TypeError):
+                        ap.error(f"--exclude: {name} line {i} is not a JSON object with a 'prompt' field")
+    rows = build(args.seed, exclude)
     if args.limit:
         rows = rows[:args.limit]
     out = Path(args.out)

@@ -70,3 +70,31 @@ def test_block8_cap_reads_block16_chain_runs_and_refuses_other_block_sizes(tmp_p
         mod.bs8_from_store(str(path), ["y:humaneval"])
     with pytest.raises(SystemExit, match="no chain rounds"):
         mod.bs8_from_store(str(path), ["nothing-like-this"])
+
+
+# ------------------------------------------------------------------ chat_prompts: a second set without the first
+def test_chat_prompts_exclude_leaves_out_an_earlier_set_and_refuses_a_bad_file(tmp_path):
+    def run(*args):
+        return subprocess.run([sys.executable, str(ROOT / "scripts" / "chat_prompts.py"), *args], cwd=tmp_path,
+                              capture_output=True, text=True, timeout=120)
+
+    def prompts(path):
+        import json
+
+        return [json.loads(line)["prompt"] for line in path.read_text().splitlines()]
+
+    first, second, every = tmp_path / "first.jsonl", tmp_path / "second.jsonl", tmp_path / "all.jsonl"
+    assert run("--out", str(every)).returncode == 0
+    assert run("--out", str(first), "--limit", "300").returncode == 0
+    r = run("--out", str(second), "--exclude", str(first))
+    assert r.returncode == 0, r.stderr
+    a, b, c = prompts(first), prompts(second), prompts(every)
+    assert len(a) == 300 and not set(a) & set(b)  # nothing repeated
+    assert set(a) | set(b) == set(c) and len(b) == len(c) - 300  # nothing else lost
+    bad = tmp_path / "bad.jsonl"
+    bad.write_text('{"question": "no prompt field"}\n')
+    for path, msg in ((bad, "line 1 is not a JSON object with a 'prompt' field"), (tmp_path / "nope.jsonl",
+                                                                                   "is not a file")):
+        r = run("--out", str(tmp_path / "x.jsonl"), "--exclude", str(path))
+        assert r.returncode == 2 and msg in r.stderr
+        assert not (tmp_path / "x.jsonl").exists()
