@@ -532,6 +532,25 @@ def _select_runs(store, args, what: str) -> list[int]:
     return ids
 
 
+def _check_profile_setup(cost, run, path) -> None:
+    """Refuse a ``--cost-model`` file profiled in another dtype or on another device type than ``run``: fitted
+    weights scale a profile to its own setup's live rounds (a float32 profile scaled to bfloat16 runs describes
+    neither). A file whose meta does not name its dtype / device (made outside ``profile``) is not checked.
+
+    Raises:
+        InputError("cost_model"): the dtype or the device type differs.
+    """
+    have = {"dtype": cost.meta.get("dtype"), "device": cost.meta.get("device")}
+    want = {"dtype": run.dtype, "device": run.device}
+    kind = {k: (str(v).split(":")[0] if k == "device" else str(v)) for k, v in have.items() if v}
+    diff = [k for k, v in kind.items() if v != (str(want[k]).split(":")[0] if k == "device" else str(want[k]))]
+    if diff:
+        raise InputError("cost_model", f"{path} was profiled in {have['dtype'] or '?'} on {have['device'] or '?'}, "
+                                       f"the runs ran in {run.dtype} on {run.device}: fitted weights scale a profile "
+                                       f"of the runs' own setup (make one with `python -m dtree profile --dtype "
+                                       f"{run.dtype} --device {str(run.device).split(':')[0]} --out FILE`)")
+
+
 def cmd_fit_cost(args) -> int:
     """Fit cost weights (cd_scale, cv_scale) to logged round timings and save the weighted cost model."""
     from .cost import CostModel, json_output_path
@@ -547,6 +566,8 @@ def cmd_fit_cost(args) -> int:
         ids = _select_runs(store, args, "fit-cost")
         runs = [store.load_run(i) for i in ids]
     check_one_setup(runs, ("target", "drafter", "dtype", "device"), "cost-weight fit")  # before any cost-model advice
+    if base is not None:
+        _check_profile_setup(base, runs[0], args.cost_model)
     if base is None:
         stored = next((r.cost_model for r in runs if r.cost_model), None)
         if stored is None:

@@ -290,9 +290,11 @@ def check_store_file(path: str | Path) -> None:
     if head[:len(_SQLITE_MAGIC)] != _SQLITE_MAGIC:
         raise InputError("store", f"{p} is not a SQLite database (no SQLite header); choose another file or "
                                   "move this one away")
+    had = _wal_siblings(p)
     try:
         ro = sqlite3.connect(f"{p.resolve().as_uri()}?mode=ro", uri=True, timeout=BUSY_TIMEOUT_S)
     except sqlite3.Error as e:
+        _remove_new_siblings(p, had)
         raise InputError("store", _unreadable_message(p, head, e, f"cannot open {p} read-only: {e}")) from None
     try:
         app_id = ro.execute("PRAGMA application_id").fetchone()[0]
@@ -300,9 +302,10 @@ def check_store_file(path: str | Path) -> None:
         tables = [r[0] for r in ro.execute(
             "SELECT name FROM sqlite_master WHERE type = 'table' AND name NOT LIKE 'sqlite_%' ORDER BY name")]
     except sqlite3.Error as e:
-        raise InputError("store", _unreadable_message(p, head, e)) from None
-    finally:
         ro.close()
+        _remove_new_siblings(p, had)  # a WAL-mode file read read-only gets -wal/-shm files even when it fails
+        raise InputError("store", _unreadable_message(p, head, e)) from None
+    ro.close()
     if app_id == APPLICATION_ID:
         if version > SCHEMA_VERSION:
             raise InputError("store", f"{p} has trace-store schema version {version}, newer than this dtree's "
@@ -313,6 +316,22 @@ def check_store_file(path: str | Path) -> None:
     what = f"tables {', '.join(tables)}" if tables else f"application id {app_id:#x}"
     raise InputError("store", f"{p} is a SQLite database of another application ({what}), not a dtree trace "
                               "store; choose another file")
+
+
+def _wal_siblings(p: Path) -> set[Path]:
+    """The ``-wal`` / ``-shm`` files that exist beside ``p`` now."""
+    return {q for q in (Path(f"{p}-wal"), Path(f"{p}-shm")) if q.exists()}
+
+
+def _remove_new_siblings(p: Path, had: set[Path]) -> None:
+    """After a failed open, remove the ``-wal`` / ``-shm`` files SQLite created beside ``p`` (not in ``had``): a
+    refused file is left as it was found. A ``-wal`` with content is kept (it could hold commits)."""
+    for q in _wal_siblings(p) - had:
+        try:
+            if q.name.endswith("-shm") or q.stat().st_size == 0:
+                q.unlink()
+        except OSError:
+            pass
 
 
 def _unreadable_message(p: Path, header: bytes, e: Exception, otherwise: str | None = None) -> str:

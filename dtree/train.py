@@ -156,6 +156,17 @@ def out_dir_of(cfg: TrainConfig) -> Path:
     return Path(cfg.out or Path(cfg.data_dir) / "checkpoint")
 
 
+def run_config(cfg: TrainConfig) -> dict:
+    """``cfg`` as a dict, with the main folder's ``prompts`` and ``n_heldout`` as its ``source.json`` records them
+    (training reads them from there, whatever the command line said) and that folder's shuffle seed as
+    ``data_seed`` (``seed`` stays the training seed)."""
+    out = asdict(cfg)
+    src = read_source(cfg.data_dir)
+    if src is not None:
+        out.update(prompts=src[1], n_heldout=src[3], data_seed=src[2])
+    return out
+
+
 def state_path_of(cfg: TrainConfig) -> Path:
     """The resumable training-state file: ``--state``, else ``<data_dir>/state.pt``."""
     return Path(cfg.state or Path(cfg.data_dir) / "state.pt")
@@ -879,8 +890,8 @@ def train(cfg: TrainConfig) -> dict:
                         "train_response_tokens": {d.name: d.n_tok for d in sets},
                         "heldout_prompts": {d.name: len(d.held) for d in sets},
                         "sources": {d.name: {"data_dir": str(d.data_dir), "prompts": d.prompts} for d in sets},
-                        "acc_per_depth": {k: r["acc"] for k, r in rs.items()}, "config": asdict(cfg)}
-                (Path(cfg.data_dir) / "best_checkpoint.json").write_text(json.dumps(meta, indent=1))
+                        "acc_per_depth": {k: r["acc"] for k, r in rs.items()}, "config": run_config(cfg)}
+                (out_dir / "best_checkpoint.json").write_text(json.dumps(meta, indent=1))
         per = " ".join(f"{k} {r['tau']:.3f}" for k, r in rs.items())
         acc = next(iter(rs.values()))["acc"][:4] if rs else []
         print(f"[eval] step {step} held-out tau {score:.3f} ({per}; best {best:.3f}"

@@ -284,6 +284,19 @@ def test_fit_cost_cli_writes_a_weighted_model_and_rejects_bad_input(tmp_path, ca
     bad.write_text(json.dumps({"format": "something-else"}))
     assert main(["fit-cost", "--store", str(path), "--cost-model", str(bad), "--out", str(out)]) == 2
     assert "bad.json" in capsys.readouterr().err
+    # a profile of another dtype than the runs': its weights would describe neither setup, so it is refused
+    other_dtype = tmp_path / "bf16-profile.json"
+    CostModel.from_measurements(cm.cd_s, [64, 1024], NODES, np.stack([cm.cv_raw_s[0], cm.cv_raw_s[1]]),
+                                {"dtype": "bfloat16", "device": "cpu"}).save(other_dtype)
+    assert main(["fit-cost", "--store", str(path), "--tag", "bench:x:synthetic", "--cost-model", str(other_dtype),
+                 "--out", str(out)]) == 2
+    err = capsys.readouterr().err
+    assert "profiled in bfloat16 on cpu" in err and "--dtype float32" in err
+    same = tmp_path / "fp32-profile.json"
+    CostModel.from_measurements(cm.cd_s, [64, 1024], NODES, np.stack([cm.cv_raw_s[0], cm.cv_raw_s[1]]),
+                                {"dtype": "float32", "device": "cpu"}).save(same)
+    assert main(["fit-cost", "--store", str(path), "--tag", "bench:x:synthetic", "--cost-model", str(same),
+                 "--out", str(tmp_path / "same.json")]) == 0
     assert CostWeights.from_dict(fitted.to_dict()["weights"]) == fitted.weights
 
 

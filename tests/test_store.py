@@ -18,7 +18,7 @@ import pytest
 
 from dtree.errors import InputError
 from dtree.records import RoundRecord, RunRecord
-from dtree.store import TraceStore
+from dtree.store import TraceStore, check_store_file
 from dtree.trees import DraftTree
 
 from .conftest import damage_table_root
@@ -189,7 +189,7 @@ def test_bad_round_is_rejected_and_nothing_written(tmp_path):
 _CRASH_SCRIPT = """
 import os, sys
 from tests.test_store import make_run
-from dtree.store import TraceStore
+from dtree.store import TraceStore, check_store_file
 store = TraceStore({path!r})
 run = make_run(seed=3, n_rounds=2)
 rid = store.begin_run(run)
@@ -325,6 +325,25 @@ def test_foreign_and_corrupt_files_rejected_unchanged(tmp_path):
     empty.touch()
     with TraceStore(empty) as store:
         assert len(store.list_runs()) == 0
+
+
+def test_truncated_store_is_refused_and_left_without_new_wal_files(tmp_path):
+    """A dtree store cut short (a copy interrupted half-way) is refused with a clear error by every opener, and the
+    read-only check leaves no -wal / -shm files beside it (SQLite creates them when reading a WAL-mode file)."""
+    p = tmp_path / "cut.sqlite"
+    with TraceStore(p) as store:
+        for seed in range(12):
+            store.save_run(make_run(seed=seed))
+    size = p.stat().st_size
+    with open(p, "r+b") as f:
+        f.truncate(size // 2)
+    before = _bytes_and_siblings(p)
+    for opener in (check_store_file, TraceStore):
+        with pytest.raises(InputError, match="not a readable SQLite") as ei:
+            opener(p)
+        assert ei.value.field == "store"
+        assert _bytes_and_siblings(p) == before, opener
+    assert sorted(q.name for q in tmp_path.iterdir()) == ["cut.sqlite"]
 
 
 def test_damaged_pages_inside_a_valid_store_give_input_error_and_change_nothing(damaged_store):

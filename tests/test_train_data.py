@@ -129,8 +129,12 @@ def test_training_on_two_folders_end_to_end(tmp_path):
     res = T.train(cfg)
     assert res["step"] == 2 and set(res["tau_per_set"]) == {"math", "code"}
     assert all(t >= 1.0 for t in res["tau_per_set"].values())
-    meta = json.loads((tmp_path / "math" / "best_checkpoint.json").read_text())
+    meta = json.loads((tmp_path / "ck" / "best_checkpoint.json").read_text())
     assert meta["train_sequences"] == {"math": 2, "code": 2} and meta["heldout_prompts"] == {"math": 1, "code": 1}
+    # it lies beside the checkpoint it describes (two trainings sharing a data folder keep their own), and its config
+    # names the main folder's prompts as source.json recorded them
+    assert not (tmp_path / "math" / "best_checkpoint.json").exists()
+    assert meta["config"]["prompts"] == str(math_p.resolve()) and meta["config"]["n_heldout"] == 1
     vocab = set(torch.load(tmp_path / "math" / "state.pt", weights_only=False)["draft_vocab"].tolist())
     for folder, prompts in (("math", math_p), ("code", code_p)):
         held = {i for i, _ in T.load_prompts(str(prompts), 1, 0)}
@@ -139,12 +143,12 @@ def test_training_on_two_folders_end_to_end(tmp_path):
     # resuming the state on the main folder alone: the saved best (a mean over two folders) is not comparable, so the
     # math-only evaluation is saved as the new best
     meta["heldout_tau"] = 99.0
-    (tmp_path / "math" / "best_checkpoint.json").write_text(json.dumps(meta))
+    (tmp_path / "ck" / "best_checkpoint.json").write_text(json.dumps(meta))
     state = torch.load(tmp_path / "math" / "state.pt", weights_only=False)
     state["best_tau"] = 99.0
     torch.save(state, tmp_path / "math" / "state.pt")
     res = T.train(T.TrainConfig(**{**cfg.__dict__, "extra_data": "", "steps": 3}))
-    meta = json.loads((tmp_path / "math" / "best_checkpoint.json").read_text())
+    meta = json.loads((tmp_path / "ck" / "best_checkpoint.json").read_text())
     assert res["step"] == 3 and set(meta["heldout_tau_per_set"]) == {"math"} and meta["heldout_tau"] < 99.0
 
 
