@@ -287,6 +287,25 @@ def batch_by_length(todo: list[tuple[int, str]], encode, first: set[int], batch:
 
 
 @torch.no_grad()
+def prompts_left(cfg: TrainConfig) -> int | None:
+    """How many of the prompts ``--phase gen`` is asked for have no stored answer yet in ``cfg.data_dir``, found
+    without loading the model (the target's layer count, which names the features folder, is read from its
+    config). None when that config cannot be read cheaply (then :func:`generate` loads the model and counts)."""
+    try:
+        from transformers import AutoConfig
+
+        from .models import resolve_target
+
+        n_layers = AutoConfig.from_pretrained(resolve_target(cfg.target)).num_hidden_layers
+    except Exception:  # a hub id that is not cached, an unusual config: fall back to the full path
+        return None
+    fdir = features_dir(cfg, layer_ids_for(cfg, n_layers))
+    done = {i for i, d in read_responses(cfg.data_dir).items() if (fdir / d["shard"]).exists()}
+    order = load_prompts(cfg.prompts, cfg.n_prompts + cfg.gen_skip, cfg.seed)
+    order = order[:cfg.n_heldout] + order[cfg.n_heldout + cfg.gen_skip:]
+    return sum(i not in done for i, _ in order)
+
+
 def generate(cfg: TrainConfig) -> None:
     """Answer prompts greedily with the target and store responses + features (resumable; skips done prompts).
 
@@ -310,6 +329,11 @@ def generate(cfg: TrainConfig) -> None:
     if cfg.gen_skip < 0:
         raise InputError("gen_skip", f"must be >= 0, got {cfg.gen_skip}")
     load_prompts(cfg.prompts, 1, cfg.seed)  # a bad prompts file fails before the model loads
+    left = prompts_left(cfg)
+    if left == 0:  # nothing to answer: say so without loading the model (minutes for a large hub target)
+        print(f"[gen] every prompt asked for is already answered in {cfg.data_dir}: nothing to do (raise "
+              f"--n-prompts to answer more)", flush=True)
+        return
     torch.set_num_threads(cfg.threads)
     target = load_target(cfg.target, dtype=cfg.gen_dtype, device="cpu")
     tok = target.tokenizer

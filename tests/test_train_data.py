@@ -166,6 +166,32 @@ def test_gen_skip_answers_the_held_out_prompts_and_the_ones_after_the_skipped(tm
     assert set(T.read_responses(tmp_path / "d")) == {order[0], order[3], order[4]}
 
 
+
+def test_finished_gen_says_so_without_loading_the_model(tmp_path, monkeypatch, capsys):
+    """Re-running a finished --phase gen counts what is left from the stored answers and the target's config alone:
+    nothing left -> it says so and never loads the model; a larger --n-prompts answers the new prompts only."""
+    p = tmp_path / "q.jsonl"
+    p.write_text("".join(json.dumps({"question": f"What is {i} + {i}?"}) + "\n" for i in range(5)))
+    common = dict(prompts=str(p), data_dir=str(tmp_path / "d"), n_heldout=1, max_new_tokens=2, gen_batch=4,
+                  threads=2)
+    assert T.prompts_left(T.TrainConfig(n_prompts=2, **common)) == 2  # nothing answered yet
+    T.generate(T.TrainConfig(n_prompts=2, **common))
+    assert T.prompts_left(T.TrainConfig(n_prompts=2, **common)) == 0
+    assert T.prompts_left(T.TrainConfig(n_prompts=4, **common)) == 2
+    import dtree.models
+
+    def no_load(*a, **k):
+        raise AssertionError("the model was loaded")
+
+    with monkeypatch.context() as m:
+        m.setattr(dtree.models, "load_target", no_load)
+        capsys.readouterr()
+        T.generate(T.TrainConfig(n_prompts=2, **common))
+        assert "already answered" in capsys.readouterr().out
+    T.generate(T.TrainConfig(n_prompts=4, **common))
+    assert len(T.read_responses(tmp_path / "d")) == 4 and T.prompts_left(T.TrainConfig(n_prompts=4, **common)) == 0
+
+
 def _harvester():
     spec = importlib.util.spec_from_file_location("code_prompts", ROOT / "scripts" / "code_prompts.py")
     mod = importlib.util.module_from_spec(spec)
