@@ -400,6 +400,8 @@ def generate(target, prompt_ids: list[int], cfg: DecodeConfig, drafter=None, cos
         from .drafter import drafter_dtype_name
 
         params["drafter_dtype"] = drafter_dtype_name(drafter)
+        if getattr(drafter, "fingerprint", None):  # its weights file (sha1 prefix): a retrained checkpoint at one path
+            params["drafter_weights"] = drafter.fingerprint  # is another setup for a fit (records.check_one_setup)
     if cv_curve is not None:
         params["cv_curve"] = cv_curve  # why plain caddtree read the measured Cv
     if cfg.adaptive:

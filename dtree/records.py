@@ -121,8 +121,12 @@ def check_one_setup(runs, keys: tuple[str, ...], what: str) -> None:
 
     ``runs``: objects with the attributes in ``keys`` (:class:`RunRecord`).
 
+    With ``"drafter"`` among ``keys``, runs that recorded their drafter's weights (``params["drafter_weights"]``, a
+    hash of the weights file) must also agree on them: a checkpoint retrained at one path is another drafter.
+
     Raises:
-        InputError("run"): the runs differ in any of ``keys``; the message lists each setup with its run count.
+        InputError("run"): the runs differ in any of ``keys`` or in their drafter's weights; the message lists each
+            setup with its run count.
     """
     from collections import Counter
 
@@ -131,6 +135,14 @@ def check_one_setup(runs, keys: tuple[str, ...], what: str) -> None:
         parts = "; ".join(" / ".join(str(v) for v in k) + f": {n} run{'s' * (n != 1)}" for k, n in groups.items())
         raise InputError("run", f"the runs mix {len(groups)} setups ({' / '.join(keys)}): {parts}. One {what} "
                                 f"describes one setup: choose runs of one (CLI: --drafter, --tag or --run)")
+    if "drafter" in keys:  # one drafter path, retrained between runs: its weights differ (runs that predate the
+        # record carry no fingerprint and match any)
+        weights = Counter(r.params.get("drafter_weights") for r in runs if (r.params or {}).get("drafter_weights"))
+        if len(weights) > 1:
+            parts = "; ".join(f"weights {w}: {n} run{'s' * (n != 1)}" for w, n in weights.items())
+            raise InputError("run", f"the runs' drafter {runs[0].drafter} had different weights ({parts}): the "
+                                    f"checkpoint at that path was retrained between them. One {what} describes one "
+                                    f"drafter: choose runs of one (CLI: --tag or --run)")
 
 
 @dataclass

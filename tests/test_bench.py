@@ -36,6 +36,11 @@ def test_bench_end_to_end_speedup_is_ratio_of_timings(backend32, two_prompts, tm
             assert lo - 1e-3 <= r["speedup_vs_ar"] <= hi + 1e-3
             assert (lo, hi) == pytest.approx(tuple(bench.ratio_interval(stats[key], stats["ar"])), abs=1e-3)
     assert len(tmp_store.list_runs()) == 6
+    # each drafted run records which weights drafted it (a checkpoint retrained at one path is another setup)
+    for key in ("chain", "ddtree:4"):
+        run = tmp_store.load_run(stats[key].run_ids[0])
+        assert run.params["drafter_weights"] == backend32.drafter.fingerprint and len(run.params["drafter_weights"]) == 12
+    assert "drafter_weights" not in tmp_store.load_run(stats["ar"].run_ids[0]).params
 
 
 def test_bench_flags_a_corrupted_walk(backend32, two_prompts, monkeypatch):

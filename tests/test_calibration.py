@@ -225,6 +225,30 @@ def test_fit_errors():
     with pytest.raises(InputError, match="mix 2 setups") as e:  # one calibration per drafter, not a blend of two
         fit_calibration([a, b])
     assert e.value.field == "run" and "other-drafter" in str(e.value)
+    # one drafter path whose weights changed between runs (retrained in place): refused too
+    a, b = make_run([]), make_run([])
+    a.params = {**a.params, "drafter_weights": "aaaa11112222"}
+    b.params = {**b.params, "drafter_weights": "bbbb33334444"}
+    with pytest.raises(InputError, match="different weights") as e:
+        fit_calibration([a, b])
+    assert "aaaa11112222" in str(e.value) and "retrained" in str(e.value)
+
+
+def test_check_one_setup_matches_runs_without_a_weights_record():
+    """Runs stored before the weights fingerprint was recorded match any; two fingerprints never do."""
+    from dtree.records import check_one_setup
+
+    a, b, old = make_run([]), make_run([]), make_run([])
+    a.params = {**a.params, "drafter_weights": "aaaa"}
+    b.params = {**b.params, "drafter_weights": "aaaa"}
+    check_one_setup([a, b, old], ("target", "drafter"), "calibration")  # no error
+    b.params["drafter_weights"] = "bbbb"
+    with pytest.raises(InputError, match="different weights"):
+        check_one_setup([a, b, old], ("target", "drafter"), "calibration")
+    check_one_setup([a, b], ("target", "dtype"), "fit")  # no drafter among the keys: weights not compared
+
+
+def test_fit_from_counts_errors():
     with pytest.raises(InputError) as e:
         fit_from_counts(np.zeros((2, 1, 1)), np.zeros((2, 1, 1)), -1)
     assert e.value.field == "prior_strength"
