@@ -540,11 +540,12 @@ def _check_profile_setup(cost, run, path) -> None:
     Raises:
         InputError("cost_model"): the dtype or the device type differs.
     """
+    def kind(key, value):  # a device compares by type: cuda:0 and cuda are one setup
+        return str(value).split(":")[0] if key == "device" else str(value)
+
     have = {"dtype": cost.meta.get("dtype"), "device": cost.meta.get("device")}
     want = {"dtype": run.dtype, "device": run.device}
-    kind = {k: (str(v).split(":")[0] if k == "device" else str(v)) for k, v in have.items() if v}
-    diff = [k for k, v in kind.items() if v != (str(want[k]).split(":")[0] if k == "device" else str(want[k]))]
-    if diff:
+    if any(v and kind(k, v) != kind(k, want[k]) for k, v in have.items()):
         raise InputError("cost_model", f"{path} was profiled in {have['dtype'] or '?'} on {have['device'] or '?'}, "
                                        f"the runs ran in {run.dtype} on {run.device}: fitted weights scale a profile "
                                        f"of the runs' own setup (make one with `python -m dtree profile --dtype "
