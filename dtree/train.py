@@ -542,11 +542,9 @@ def question_tokens(tokenizer, path: str, exclude: set[int], min_count: int) -> 
     from collections import Counter
 
     c: Counter = Counter()
-    with open(path) as f:
-        for i, line in enumerate(f):
-            if line.strip() and i not in exclude:
-                d = json.loads(line)
-                c.update(tokenizer(d.get("question") or d.get("prompt"), add_special_tokens=False)["input_ids"])
+    for i, q in load_prompts(path, 1 << 62, 0):  # every row, read as generation read it (any prompt field)
+        if i not in exclude:
+            c.update(tokenizer(q, add_special_tokens=False)["input_ids"])
     return {t for t, n in c.items() if n >= min_count}
 
 
@@ -1059,6 +1057,7 @@ def check_paths(cfg: TrainConfig) -> None:
             raise InputError("state", f"{state} is a folder; --state names the training-state file (state.pt)")
         check_output_folder("out", out)  # writable (or creatable) now, not at the first save after minutes of work
         check_output_file("state", state)
+        check_state_shape(cfg, state)
     if cfg.phase == "train" and not Path(cfg.data_dir).is_dir():
         raise InputError("data_dir", f"{cfg.data_dir} is not a folder: generate data with --phase gen first")
     if cfg.phase == "train" and not (Path(cfg.data_dir) / "responses.jsonl").is_file():
@@ -1077,6 +1076,34 @@ def check_paths(cfg: TrainConfig) -> None:
         check_extra_data(cfg)
         if cfg.grow_from and not Path(cfg.grow_from).is_file():
             raise InputError("grow_from", f"{cfg.grow_from} is not a file (a training state.pt to start from)")
+
+
+# options that shape the drafter's weights: a saved state resumes only under the same values
+_SHAPE_FIELDS = ("num_layers", "qk_norm", "intermediate_size", "num_target_feats", "target_layer_ids")
+
+
+def check_state_shape(cfg: TrainConfig, state: Path) -> None:
+    """Refuse, before the target loads, a saved training state (``state``) whose drafter has another shape than
+    ``cfg`` asks for (:data:`_SHAPE_FIELDS`): resuming cannot load it, and starting afresh would overwrite hours of
+    training at the first save. Growing that very state (``--grow-from`` naming the same file) is allowed.
+
+    Raises:
+        InputError: naming the first differing option, the state's value and this command's.
+    """
+    from .errors import InputError
+
+    if not state.is_file() or (cfg.grow_from and Path(cfg.grow_from).resolve() == state.resolve()):
+        return
+    try:
+        saved = torch.load(state, weights_only=False, map_location="cpu")["cfg"]
+    except Exception as e:  # noqa: BLE001 -- a damaged or foreign file: say which and why
+        raise InputError("state", f"{state} is not a readable training state ({type(e).__name__}: {e}): move it "
+                                  f"away or name another --state") from None
+    for name in _SHAPE_FIELDS:
+        if name in saved and saved[name] != getattr(cfg, name):
+            raise InputError(name, f"the training state {state} has {name.replace('_', '-')} {saved[name]!r}, this "
+                                   f"command {getattr(cfg, name)!r}: resume it with the same value, start a new run "
+                                   f"with another --state (or --data-dir), or grow it with --grow-from {state}")
 
 
 # options only one phase reads (check_paths refuses them, when changed from their defaults, in the other phase)

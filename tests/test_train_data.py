@@ -284,3 +284,50 @@ def test_target_layer_ids_are_checked_against_the_target():
     with pytest.raises(InputError, match="layer 30 does not exist: the target has 30 layers"):
         T.layer_ids_for(T.TrainConfig(target_layer_ids="1,30"), 30)
     assert T.layer_ids_for(T.TrainConfig(), 30) == T.layer_ids_for(T.TrainConfig(target_layer_ids=""), 30)
+
+
+def test_question_tokens_reads_every_prompt_field_generation_accepts(tmp_path):
+    """The draft vocabulary's question tokens come from rows read as --phase gen reads them ("text", "instruction",
+    "turns", ...): a folder generated from such a file trains (it crashed on rows without question/prompt)."""
+    p = tmp_path / "q.jsonl"
+    rows = [{"text": "alpha beta"}, {"instruction": "alpha gamma"}, {"turns": ["alpha delta", "ignored"]},
+            {"question": "beta alpha"}]
+    p.write_text("".join(json.dumps(r) + "\n" for r in rows))
+    vocab = {}
+
+    def tok(text, add_special_tokens=False):
+        return {"input_ids": [vocab.setdefault(w, len(vocab)) for w in text.split()]}
+
+    got = T.question_tokens(tok, str(p), exclude=set(), min_count=2)
+    assert got == {vocab["alpha"], vocab["beta"]}
+    assert "ignored" not in vocab  # only the first turn is a prompt
+    assert T.question_tokens(tok, str(p), exclude={0, 3}, min_count=2) == {vocab["alpha"]}  # lines 0 and 3 skipped
+
+
+def test_a_saved_state_of_another_shape_is_refused_before_the_model_loads(tmp_path):
+    """--num-layers 2 on a folder whose state.pt holds a 1-layer drafter: refused naming the option (it used to start
+    afresh silently and overwrite the state; --intermediate-size crashed with a raw size mismatch). The same shape,
+    a new --state, or growing that state are accepted; a damaged state file is named."""
+    from dataclasses import asdict
+
+    d = tmp_path / "d"
+    d.mkdir()
+    (d / "responses.jsonl").write_text("")
+    state = d / "state.pt"
+    torch.save({"cfg": asdict(T.TrainConfig(num_layers=1, intermediate_size=256))}, state)
+    common = dict(phase="train", data_dir=str(d), out=str(tmp_path / "ck"))
+    for override, field in (({"num_layers": 2, "intermediate_size": 256}, "num_layers"),
+                            ({"num_layers": 1}, "intermediate_size"),
+                            ({"num_layers": 1, "intermediate_size": 256, "qk_norm": False}, "qk_norm")):
+        with pytest.raises(InputError, match="the training state") as ei:
+            T.check_paths(T.TrainConfig(**common, **override))
+        assert ei.value.field == field
+    before = state.read_bytes()
+    T.check_paths(T.TrainConfig(**common, num_layers=1, intermediate_size=256))  # the same shape resumes
+    T.check_paths(T.TrainConfig(**common, num_layers=2, state=str(tmp_path / "new.pt")))  # a new state
+    T.check_paths(T.TrainConfig(**common, num_layers=2, grow_from=str(state)))  # growing it
+    assert state.read_bytes() == before
+    state.write_bytes(b"not a torch file")
+    with pytest.raises(InputError, match="not a readable training state") as ei:
+        T.check_paths(T.TrainConfig(**common, num_layers=2))
+    assert ei.value.field == "state"
