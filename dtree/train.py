@@ -157,13 +157,27 @@ def out_dir_of(cfg: TrainConfig) -> Path:
 
 
 def run_config(cfg: TrainConfig) -> dict:
-    """``cfg`` as a dict, with the main folder's ``prompts`` and ``n_heldout`` as its ``source.json`` records them
-    (training reads them from there, whatever the command line said) and that folder's shuffle seed as
-    ``data_seed`` (``seed`` stays the training seed)."""
-    out = asdict(cfg)
+    """``cfg`` as a dict for ``best_checkpoint.json``: without the generation-only options (a training run never
+    reads them; each folder's own are under ``sources``), with the main folder's ``prompts`` and ``n_heldout`` as its
+    ``source.json`` records them (training reads them from there, whatever the command line said) and that folder's
+    shuffle seed as ``data_seed`` (``seed`` stays the training seed)."""
+    out = {k: v for k, v in asdict(cfg).items() if k not in _GEN_ONLY}  # generation settings: in "sources"
     src = read_source(cfg.data_dir)
     if src is not None:
         out.update(prompts=src[1], n_heldout=src[3], data_seed=src[2])
+    return out
+
+
+def source_record(d: "DataSet") -> dict:
+    """A data folder as ``best_checkpoint.json`` names it: folder, prompts file and the generation runs that filled
+    it (``source.json``'s ``gen_runs``: target, prompt count, skip, max new tokens, batch, dtype, top-k stored;
+    absent for folders generated before they were recorded)."""
+    out = {"data_dir": str(d.data_dir), "prompts": d.prompts}
+    src = Path(d.data_dir) / "source.json"
+    if src.is_file():
+        runs = json.loads(src.read_text()).get("gen_runs")
+        if runs:
+            out["gen_runs"] = runs
     return out
 
 
@@ -340,6 +354,9 @@ def generate(cfg: TrainConfig) -> None:
     layer_ids = layer_ids_for(cfg, target.n_layers)
     fdir = features_dir(cfg, layer_ids)
     fdir.mkdir(parents=True, exist_ok=True)
+    # how each generation run into this folder answered (the held-out split above is what must never change)
+    runs = json.loads((Path(cfg.data_dir) / "source.json").read_text()).get("gen_runs", []) if old else []
+    src["gen_runs"] = runs + [{k: getattr(cfg, k) for k in ("target", *_GEN_ONLY)}]
     (Path(cfg.data_dir) / "source.json").write_text(json.dumps(src, indent=1))
     done = {i for i, d in read_responses(cfg.data_dir).items() if (fdir / d["shard"]).exists()}
     order = load_prompts(cfg.prompts, cfg.n_prompts + cfg.gen_skip, cfg.seed)
@@ -911,7 +928,7 @@ def train(cfg: TrainConfig) -> dict:
                         "train_sequences": {d.name: len(d.trn) for d in sets},
                         "train_response_tokens": {d.name: d.n_tok for d in sets},
                         "heldout_prompts": {d.name: len(d.held) for d in sets},
-                        "sources": {d.name: {"data_dir": str(d.data_dir), "prompts": d.prompts} for d in sets},
+                        "sources": {d.name: source_record(d) for d in sets},
                         "acc_per_depth": {k: r["acc"] for k, r in rs.items()}, "config": run_config(cfg)}
                 (out_dir / "best_checkpoint.json").write_text(json.dumps(meta, indent=1))
         per = " ".join(f"{k} {r['tau']:.3f}" for k, r in rs.items())

@@ -135,6 +135,11 @@ def test_training_on_two_folders_end_to_end(tmp_path):
     # names the main folder's prompts as source.json recorded them
     assert not (tmp_path / "math" / "best_checkpoint.json").exists()
     assert meta["config"]["prompts"] == str(math_p.resolve()) and meta["config"]["n_heldout"] == 1
+    # generation settings come from each folder's own record, not from this command's unused defaults
+    assert "max_new_tokens" not in meta["config"] and "n_prompts" not in meta["config"]
+    for folder, topk in (("math", 8), ("code", 0)):
+        (run,) = meta["sources"][folder]["gen_runs"]
+        assert (run["max_new_tokens"], run["n_prompts"], run["gen_batch"], run["soft_topk"]) == (10, 3, 3, topk)
     vocab = set(torch.load(tmp_path / "math" / "state.pt", weights_only=False)["draft_vocab"].tolist())
     for folder, prompts in (("math", math_p), ("code", code_p)):
         held = {i for i, _ in T.load_prompts(str(prompts), 1, 0)}
@@ -190,6 +195,9 @@ def test_finished_gen_says_so_without_loading_the_model(tmp_path, monkeypatch, c
         assert "already answered" in capsys.readouterr().out
     T.generate(T.TrainConfig(n_prompts=4, **common))
     assert len(T.read_responses(tmp_path / "d")) == 4 and T.prompts_left(T.TrainConfig(n_prompts=4, **common)) == 0
+    # source.json keeps one record per generation run that answered something (the no-op one wrote none)
+    runs = json.loads((tmp_path / "d" / "source.json").read_text())["gen_runs"]
+    assert [r["n_prompts"] for r in runs] == [2, 4] and runs[0]["target"] == "embedded"
 
 
 def _harvester():
