@@ -324,6 +324,20 @@ def cmd_profile(args) -> int:
     return 0
 
 
+def _check_stored_runs(path) -> None:
+    """Commands that only read stored runs (replay, calibrate, fit-cost, diagnose --run) refuse a store that cannot
+    hold any: a missing file, or an empty one (opening it would write a fresh schema into it).
+
+    Raises:
+        InputError("store"): ``path`` does not exist or is an empty file.
+    """
+    p = Path(path)
+    if not p.exists():
+        raise InputError("store", f"no trace store at {str(path)!r}")
+    if p.is_file() and p.stat().st_size == 0:
+        raise InputError("store", f"{path} is an empty file: no runs are stored in it (decode and bench write runs)")
+
+
 def cmd_replay(args) -> int:
     """Replay logged runs under every DDTree budget, the chain and CaDDTree; print the sweep table."""
     from pathlib import Path
@@ -336,8 +350,7 @@ def cmd_replay(args) -> int:
     budgets = int_items("budgets", args.budgets) if args.budgets is not None else list(range(1, 257))
     weights = CostWeights.parse(args.cost_weights)
     cost = CostModel.load(args.cost_model) if args.cost_model else None
-    if not Path(args.store).exists():
-        raise InputError("store", f"no trace store at {args.store!r}")
+    _check_stored_runs(args.store)
     with TraceStore(args.store) as store:
         runs = [store.load_run(i) for i in ids]
     if not weights.is_identity:
@@ -447,8 +460,7 @@ def cmd_calibrate(args) -> int:
     check_int("rank_bins", args.rank_bins, 1, 64)
     check_float("prior_strength", args.prior_strength, 0.0, 1e9)
     json_output_path(args.out, "out", "calibration.json")  # a folder or empty path fails before the runs load
-    if not Path(args.store).exists():
-        raise InputError("store", f"no trace store at {args.store!r}")
+    _check_stored_runs(args.store)
     with TraceStore(args.store) as store:
         ids = _select_runs(store, args, "calibrate")
         runs = [store.load_run(i) for i in ids]
@@ -559,8 +571,7 @@ def cmd_fit_cost(args) -> int:
     from .replay import live_weights_from_runs, prompt_key, replay_vs_live, replay_vs_live_crossfit
     from .store import TraceStore
 
-    if not Path(args.store).exists():
-        raise InputError("store", f"no trace store at {args.store!r}")
+    _check_stored_runs(args.store)
     out = json_output_path(args.out, "out")
     base = CostModel.load(args.cost_model) if args.cost_model else None
     with TraceStore(args.store) as store:
@@ -778,8 +789,7 @@ def cmd_diagnose(args) -> int:
             raise InputError("run", f"--run reads stored runs; {', '.join(given)} only apply when decoding fresh "
                                     f"prompts (drop --run, or drop {', '.join(given)})")
         ids = int_items("run", args.run, distinct=True)
-        if not Path(args.store).exists():
-            raise InputError("store", f"no trace store at {args.store!r}")
+        _check_stored_runs(args.store)
         with TraceStore(args.store) as store:
             diag = diagnostics.diagnose_store(store, ids, n_bins=bins)
         diag.meta.update({"store": str(args.store)})

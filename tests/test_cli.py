@@ -344,3 +344,17 @@ def test_drafter_run_name_is_one_name_per_checkpoint(tmp_path, monkeypatch):
     other.mkdir()
     monkeypatch.chdir(tmp_path)
     assert drafter_run_name("ck") == drafter_run_name(str(other) + "/") == str(other.resolve())
+
+
+def test_read_only_commands_refuse_an_empty_store_file_and_leave_it_empty(tmp_path, capsys):
+    """replay / calibrate / fit-cost / diagnose --run on a 0-byte file: 'empty', exit 2, and the file stays 0 bytes
+    (opening it used to write a fresh schema into it and then report a missing run)."""
+    empty = tmp_path / "empty.sqlite"
+    empty.touch()
+    for argv in (["replay", "--store", str(empty), "--run", "1"],
+                 ["calibrate", "--store", str(empty), "--out", str(tmp_path / "cal.json")],
+                 ["fit-cost", "--store", str(empty), "--out", str(tmp_path / "fit.json")],
+                 ["diagnose", "--store", str(empty), "--run", "1"]):
+        assert main(argv) == 2, argv
+        assert "is an empty file" in capsys.readouterr().err, argv
+        assert empty.stat().st_size == 0 and sorted(p.name for p in tmp_path.iterdir()) == ["empty.sqlite"], argv
