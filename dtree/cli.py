@@ -353,6 +353,9 @@ def cmd_replay(args) -> int:
     _check_stored_runs(args.store)
     with TraceStore(args.store) as store:
         runs = [store.load_run(i) for i in ids]
+    if cost is not None and (diff := _profile_setup_diff(cost, runs[0])):  # a legitimate what-if here: said
+        print(f"note: {args.cost_model} was profiled for {', '.join(diff)}; replay prices the runs with it as asked "
+              "(a what-if: the predicted times are that setup's, not these runs')", file=sys.stderr)
     if not weights.is_identity:
         from .replay import run_cost_model
 
@@ -544,24 +547,37 @@ def _select_runs(store, args, what: str) -> list[int]:
     return ids
 
 
-def _check_profile_setup(cost, run, path) -> None:
-    """Refuse a ``--cost-model`` file profiled in another dtype or on another device type than ``run``: fitted
-    weights scale a profile to its own setup's live rounds (a float32 profile scaled to bfloat16 runs describes
-    neither). A file whose meta does not name its dtype / device (made outside ``profile``) is not checked.
+_SETUP_KEYS = ("target", "drafter", "dtype", "drafter_dtype", "device")
 
-    Raises:
-        InputError("cost_model"): the dtype or the device type differs.
-    """
-    def kind(key, value):  # a device compares by type: cuda:0 and cuda are one setup
+
+def _profile_setup_diff(cost, run, keys=_SETUP_KEYS) -> list[str]:
+    """How a profile (``cost``) differs from the setup ``run`` was decoded in, one ``"key 'theirs' (the runs:
+    'ours')"`` item each, over ``keys`` among target, drafter, dtype, drafter dtype and device type (a device compares
+    by type: cuda:0 and cuda are one setup). Keys the profile's meta does not name are not compared (``profile``
+    writes all)."""
+    def kind(key, value):
         return str(value).split(":")[0] if key == "device" else str(value)
 
-    have = {"dtype": cost.meta.get("dtype"), "device": cost.meta.get("device")}
-    want = {"dtype": run.dtype, "device": run.device}
-    if any(v and kind(k, v) != kind(k, want[k]) for k, v in have.items()):
-        raise InputError("cost_model", f"{path} was profiled in {have['dtype'] or '?'} on {have['device'] or '?'}, "
-                                       f"the runs ran in {run.dtype} on {run.device}: fitted weights scale a profile "
+    want = {"target": run.target, "drafter": run.drafter, "dtype": run.dtype,
+            "drafter_dtype": (run.params or {}).get("drafter_dtype"), "device": run.device}
+    return [f"{k} {cost.meta[k]!r} (the runs: {want[k]!r})" for k in keys
+            if cost.meta.get(k) is not None and want[k] is not None and kind(k, cost.meta[k]) != kind(k, want[k])]
+
+
+def _check_profile_setup(cost, run, path, keys=_SETUP_KEYS) -> None:
+    """Refuse a profile made for another setup than ``run`` (:func:`_profile_setup_diff` over ``keys``): fitted
+    weights scale a profile to its own setup's live rounds (a float32 profile scaled to bfloat16 runs, or one
+    drafter's Cd to another's rounds, describes neither). ``path``: how to name the profile in the message.
+
+    Raises:
+        InputError("cost_model"): any of ``keys`` differs, each named.
+    """
+    diff = _profile_setup_diff(cost, run, keys)
+    if diff:
+        raise InputError("cost_model", f"{path} was profiled for {', '.join(diff)}: fitted weights scale a profile "
                                        f"of the runs' own setup (make one with `python -m dtree profile --dtype "
-                                       f"{run.dtype} --device {str(run.device).split(':')[0]} --out FILE`)")
+                                       f"{run.dtype} --device {str(run.device).split(':')[0]} --out FILE` and the "
+                                       f"runs' --target / --drafter, then pass it with --cost-model)")
 
 
 def cmd_fit_cost(args) -> int:
@@ -586,6 +602,8 @@ def cmd_fit_cost(args) -> int:
             raise InputError("cost_model", "the selected runs stored no cost model: pass --cost-model FILE (make one "
                                              "with `python -m dtree profile --out FILE`)")
         base = CostModel.from_dict(stored).weighted(None)
+        # the profile the runs were decoded with: a --cost-model of another dtype given to decode / bench (they warn)
+        _check_profile_setup(base, runs[0], "the cost model stored with the runs", ("dtype", "drafter_dtype", "device"))
     fit = live_weights_from_runs(runs, base)
     fitted = base.weighted(fit.weights)
     fitted.meta = dict(fitted.meta, live_fit={**fit.to_dict(), "store": str(args.store), "runs": ids})

@@ -492,6 +492,14 @@ def test_cli_calibrate_and_replay_report(real_logged, tmp_path, capsys):
     methods = [r["method"] for r in json.loads(capsys.readouterr().out)["rows"]]
     assert methods.count("caddtree") == 1 and methods.count("caddtree-spine-rawcv") == 1
     assert methods.count("ddtree-spine") == 1
+    # a profile of another dtype than the runs': replayed as asked (a what-if), with a note naming the difference
+    other = tmp_path / "bf16-cost.json"
+    CostModel.from_measurements(0.01, [64, 512], NODES, np.stack([0.02 + 4e-4 * NODES, 0.03 + 6e-4 * NODES]),
+                                {"dtype": "bfloat16" if runs[0].dtype != "bfloat16" else "float32"}).save(other)
+    assert main(["replay", "--run", ids, "--store", str(path), "--budgets", "1,2", "--cost-model", str(other)]) == 0
+    assert "was profiled for dtype" in capsys.readouterr().err
+    assert main(["replay", "--run", ids, "--store", str(path), "--budgets", "1,2", "--cost-model", str(cost)]) == 0
+    assert "profiled for" not in capsys.readouterr().err
 
 
 def test_bench_with_variants_reports_build_share(backend32, small_cost, monkeypatch, real_logged):

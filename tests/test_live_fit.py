@@ -291,7 +291,22 @@ def test_fit_cost_cli_writes_a_weighted_model_and_rejects_bad_input(tmp_path, ca
     assert main(["fit-cost", "--store", str(path), "--tag", "bench:x:synthetic", "--cost-model", str(other_dtype),
                  "--out", str(out)]) == 2
     err = capsys.readouterr().err
-    assert "profiled in bfloat16 on cpu" in err and "--dtype float32" in err
+    assert "profiled for dtype 'bfloat16' (the runs: 'float32')" in err and "--dtype float32" in err
+    other_drafter = tmp_path / "other-drafter-profile.json"
+    CostModel.from_measurements(cm.cd_s, [64, 1024], NODES, np.stack([cm.cv_raw_s[0], cm.cv_raw_s[1]]),
+                                {"dtype": "float32", "device": "cpu", "drafter": "my-drafter"}).save(other_drafter)
+    assert main(["fit-cost", "--store", str(path), "--tag", "bench:x:synthetic", "--cost-model", str(other_drafter),
+                 "--out", str(out)]) == 2
+    assert "drafter 'my-drafter' (the runs: 'synthetic')" in capsys.readouterr().err
+    # runs decoded with another dtype's profile (decode / bench warn and store it): their stored profile is refused
+    bf16_cm = CostModel.from_measurements(cm.cd_s, [64, 1024], NODES, np.stack([cm.cv_raw_s[0], cm.cv_raw_s[1]]),
+                                          {"dtype": "bfloat16", "device": "cpu"})
+    with TraceStore(path) as store:
+        for i in range(2):
+            run = timed_run(rng, bf16_cm, 1.0, 1.0, f"q{i}")
+            store.save_run(run, tag="bench:w:synthetic")
+    assert main(["fit-cost", "--store", str(path), "--tag", "bench:w:synthetic", "--out", str(out)]) == 2
+    assert "the cost model stored with the runs was profiled for dtype 'bfloat16'" in capsys.readouterr().err
     same = tmp_path / "fp32-profile.json"
     CostModel.from_measurements(cm.cd_s, [64, 1024], NODES, np.stack([cm.cv_raw_s[0], cm.cv_raw_s[1]]),
                                 {"dtype": "float32", "device": "cpu"}).save(same)
