@@ -980,6 +980,9 @@ def train(cfg: TrainConfig) -> dict:
         return {"step": step, "loss": ema, "train_s": train_s}
     r = evaluate()
     save_state()
+    if out_dir is not None and not (out_dir / "model.safetensors").exists():
+        print(f"[train] no checkpoint written to {out_dir}: no evaluation of this run beat the saved state's best "
+              f"held-out tau {best:.3f} (its checkpoint went to the --out of the run that reached it)", flush=True)
     return {"step": step, "loss": ema, "train_s": train_s, **r}
 
 
@@ -1080,6 +1083,10 @@ def check_paths(cfg: TrainConfig) -> None:
     if cfg.phase == "train" and not (Path(cfg.data_dir) / "responses.jsonl").is_file():
         raise InputError("data_dir", f"{cfg.data_dir} holds no generated answers (responses.jsonl): run --phase gen "
                                      f"with this --data-dir first")
+    src = read_source(cfg.data_dir) if cfg.phase == "train" else None
+    if src is not None and cfg.prompts != TrainConfig().prompts and str(Path(cfg.prompts).resolve()) != src[1]:
+        raise InputError("prompts", f"{cfg.data_dir} was generated from {src[1]}, and --phase train reads its prompts "
+                                    f"(and held-out split) from there: drop --prompts")
     # an option the phase never reads, changed from its default, is a typo or a wrong phase: said now, not after an
     # hour of generation or training that ignored it
     only = {"gen": _TRAIN_ONLY, "train": _GEN_ONLY}.get(cfg.phase, ())

@@ -92,7 +92,7 @@ def test_prompt_files_are_read_with_the_bench_fields(tmp_path):
     assert [got[i] for i in range(len(rows))] == ["q", "p", "i", "x", "t", "first", "q2"]
 
 
-def test_training_on_two_folders_end_to_end(tmp_path):
+def test_training_on_two_folders_end_to_end(tmp_path, capsys):
     """Generate a few answers into two folders, train 2 steps on both: each folder's held-out tau is reported and
     the draft vocabulary covers both folders' answers."""
     math_p, code_p = tmp_path / "math.jsonl", tmp_path / "code.jsonl"
@@ -155,6 +155,17 @@ def test_training_on_two_folders_end_to_end(tmp_path):
     res = T.train(T.TrainConfig(**{**cfg.__dict__, "extra_data": "", "steps": 3}))
     meta = json.loads((tmp_path / "ck" / "best_checkpoint.json").read_text())
     assert res["step"] == 3 and set(meta["heldout_tau_per_set"]) == {"math"} and meta["heldout_tau"] < 99.0
+    # a resumed run whose evaluations do not beat the state's best writes no checkpoint to a new --out: said
+    state = torch.load(tmp_path / "math" / "state.pt", weights_only=False)
+    state["best_tau"], state["best_per_set"] = 99.0, {"math": 99.0}
+    torch.save(state, tmp_path / "math" / "state.pt")
+    capsys.readouterr()
+    T.train(T.TrainConfig(**{**cfg.__dict__, "extra_data": "", "steps": 4, "out": str(tmp_path / "ck2")}))
+    assert "no checkpoint written to" in capsys.readouterr().out and not (tmp_path / "ck2" / "model.safetensors").exists()
+    # --phase train reads the prompts from the folder's source.json: another --prompts is refused, not ignored
+    with pytest.raises(InputError, match="drop --prompts") as ei:
+        T.check_paths(T.TrainConfig(**{**cfg.__dict__, "phase": "train", "prompts": str(code_p), "extra_data": ""}))
+    assert ei.value.field == "prompts"
 
 
 def test_gen_skip_answers_the_held_out_prompts_and_the_ones_after_the_skipped(tmp_path):
