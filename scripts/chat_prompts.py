@@ -274,8 +274,14 @@ def main(argv: list[str] | None = None) -> int:
     if args.limit < 0:
         ap.error("--limit must be >= 0")
     exclude: set[str] = set()
-    for name in filter(None, (n.strip() for n in args.exclude.split(","))):
+    names = [n.strip() for n in args.exclude.split(",")] if args.exclude.strip() else []
+    if "" in names:
+        ap.error(f"--exclude: empty item in {args.exclude!r} (a stray comma?)")
+    for name in names:
         path = Path(name)
+        if path.resolve() == Path(args.out).resolve():
+            ap.error(f"--exclude: {name} is also --out: writing the new set would overwrite the prompts it must leave "
+                     "out; write the new set to another file")
         if not path.is_file():
             ap.error(f"--exclude: {name} is not a file")
         with open(path) as f:
@@ -288,6 +294,8 @@ def main(argv: list[str] | None = None) -> int:
     rows = build(args.seed, exclude)
     if args.limit:
         rows = rows[:args.limit]
+    if not rows:
+        ap.error("--exclude leaves no prompt: every template prompt is already in those files (nothing written)")
     out = Path(args.out)
     out.parent.mkdir(parents=True, exist_ok=True)
     with open(out, "w") as f:

@@ -116,6 +116,10 @@ def main(argv: list[str] | None = None) -> int:
         return 2
     known: set[str] = set()
     for ex in filter(None, args.exclude.split(",")):
+        if Path(ex).resolve() == Path(args.out).resolve():
+            print(f"error: --exclude: {ex} is also --out: writing the new set would overwrite the prompts it must "
+                  "leave out; write the new set to another file", file=sys.stderr)
+            return 2
         try:
             with open(ex) as f:
                 known |= {json.loads(line)["prompt"] for line in f if line.strip()}

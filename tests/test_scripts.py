@@ -98,3 +98,21 @@ def test_chat_prompts_exclude_leaves_out_an_earlier_set_and_refuses_a_bad_file(t
         r = run("--out", str(tmp_path / "x.jsonl"), "--exclude", str(path))
         assert r.returncode == 2 and msg in r.stderr
         assert not (tmp_path / "x.jsonl").exists()
+    # --out naming an --exclude file would overwrite it; a stray comma; a set that leaves nothing: refused, unwritten
+    before = first.read_bytes()
+    for args, msg in ((["--out", str(first), "--exclude", str(first)], "is also --out"),
+                      (["--out", str(tmp_path / "x.jsonl"), "--exclude", f"{first},"], "empty item"),
+                      (["--out", str(tmp_path / "x.jsonl"), "--exclude", f"{first},{second}"], "leaves no prompt")):
+        r = run(*args)
+        assert r.returncode == 2 and msg in r.stderr, (args, r.stderr)
+    assert first.read_bytes() == before and not (tmp_path / "x.jsonl").exists()
+
+
+def test_code_prompts_refuses_an_out_that_is_an_exclude_file(tmp_path):
+    first = tmp_path / "first.jsonl"
+    first.write_text('{"prompt": "def f():\\n    \\"\\"\\" Do f. \\"\\"\\"\\n"}\n')
+    before = first.read_bytes()
+    r = subprocess.run([sys.executable, str(ROOT / "scripts" / "code_prompts.py"), "--roots", str(tmp_path),
+                        "--out", str(first), "--exclude", str(first)], cwd=tmp_path, capture_output=True, text=True,
+                       timeout=120)
+    assert r.returncode == 2 and "is also --out" in r.stderr and first.read_bytes() == before
