@@ -239,7 +239,10 @@ class Calibration:
             d = json.loads(data.decode("utf-8"))
         except (json.JSONDecodeError, UnicodeDecodeError) as e:
             raise InputError("calibration", f"{str(path)!r} is not a valid calibration JSON file ({e})") from None
-        return cls.from_dict(d)
+        try:
+            return cls.from_dict(d)
+        except InputError as e:  # name the file: "format must be ..." alone does not say which one
+            raise InputError("calibration", f"{str(path)!r}: {str(e).split(': ', 1)[-1]}") from None
 
 
 # ----------------------------------------------------------------------------------------------------------------------

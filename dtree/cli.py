@@ -520,8 +520,9 @@ def _select_runs(store, args, what: str) -> list[int]:
             if r["method"] == "ar":
                 raise InputError("run", f"run {i} is an AR run: it logged no drafter marginals or draft timings")
             if not usable(r["method"], r["n_rounds"], r["params"], r["status"]):
+                temp = float((r["params"] or {}).get("temperature", 0.0) or 0.0)
                 raise InputError("run", f"run {i} is not a complete greedy (temperature 0) run with rounds "
-                                        f"(status {r['status']}, {int(r['n_rounds'])} rounds)")
+                                        f"(status {r['status']}, {int(r['n_rounds'])} rounds, temperature {temp:g})")
         return ids
     if args.tag is not None and args.tag not in set(listed["tag"].dropna()):
         from .bench import list_benches

@@ -365,6 +365,11 @@ def generate(cfg: TrainConfig) -> None:
                            {i for i, _ in order[:cfg.n_heldout]}, cfg.gen_batch)
     eos = set(target.eos_ids)
     pad = tok.pad_token_id if tok.pad_token_id is not None else min(eos)
+    n_file = len(load_prompts(cfg.prompts, sys.maxsize, cfg.seed))
+    if n_file < cfg.n_prompts + cfg.gen_skip:
+        print(f"[gen] {cfg.prompts} holds {n_file} prompts, fewer than --n-prompts {cfg.n_prompts}"
+              f"{f' + --gen-skip {cfg.gen_skip}' if cfg.gen_skip else ''}: answering the {len(order)} there are",
+              flush=True)
     print(f"[gen] {len(done)} done, {len(todo)} to go; layers {layer_ids}; batch {cfg.gen_batch}", flush=True)
     bar = tqdm(total=len(todo), desc="generate", unit="prompt", mininterval=10)
     t0, n_tok = time.perf_counter(), 0

@@ -196,9 +196,11 @@ def test_save_load_round_trip_and_validation(tmp_path):
             Calibration.from_dict(b)
         assert e.value.field == "calibration"
     (tmp_path / "junk.json").write_text("{oops")
-    for p in (tmp_path / "junk.json", tmp_path / "missing.json"):
-        with pytest.raises(InputError):
+    (tmp_path / "cost.json").write_text(json.dumps({"format": "dtree-cost-model"}))  # valid JSON, another format
+    for p in (tmp_path / "junk.json", tmp_path / "missing.json", tmp_path / "cost.json"):
+        with pytest.raises(InputError) as e:
             Calibration.load(p)
+        assert e.value.field == "calibration" and p.name in str(e.value)  # the message names the file
 
 
 def test_step_logprobs_clip_bins_and_depth_extension():

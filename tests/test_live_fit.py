@@ -256,6 +256,11 @@ def test_fit_cost_cli_writes_a_weighted_model_and_rejects_bad_input(tmp_path, ca
                                  device="cpu", prompt="p", prompt_ids=[1], output_ids=[2], status="complete",
                                  decode_s=1.0))
         ar_id = int(store.list_runs(method="ar")["id"].iloc[0])
+        sampled = timed_run(rng, cm, 1.0, 1.0, "p7")
+        sampled.params = {**sampled.params, "temperature": 0.7}
+        sampled_id = store.save_run(sampled)
+    assert main(["fit-cost", "--store", str(path), "--out", str(out), "--run", str(sampled_id)]) == 2
+    assert "temperature 0.7)" in capsys.readouterr().err  # why it is not usable, though complete with rounds
     for argv, msg in ((["--run", str(ar_id)], f"run {ar_id} is an AR run"),
                       (["--run", "1", "--tag", "bench:x:synthetic"], "either --run or --tag"),
                       (["--run", ","], "empty item in ','"),  # a stray comma, named as such

@@ -206,9 +206,13 @@ def test_finished_gen_says_so_without_loading_the_model(tmp_path, monkeypatch, c
         assert "already answered" in capsys.readouterr().out
     T.generate(T.TrainConfig(n_prompts=4, **common))
     assert len(T.read_responses(tmp_path / "d")) == 4 and T.prompts_left(T.TrainConfig(n_prompts=4, **common)) == 0
+    capsys.readouterr()
+    T.generate(T.TrainConfig(n_prompts=9, **common))  # more than the file holds: all 5 answered, and said
+    assert "holds 5 prompts, fewer than --n-prompts 9: answering the 5 there are" in capsys.readouterr().out
+    assert len(T.read_responses(tmp_path / "d")) == 5
     # source.json keeps one record per generation run that answered something (the no-op one wrote none)
     runs = json.loads((tmp_path / "d" / "source.json").read_text())["gen_runs"]
-    assert [r["n_prompts"] for r in runs] == [2, 4] and runs[0]["target"] == "embedded"
+    assert [r["n_prompts"] for r in runs] == [2, 4, 9] and runs[0]["target"] == "embedded"
 
 
 def _harvester():
