@@ -64,9 +64,10 @@ class TrainConfig:
     qk_norm: bool = True                # Qwen3 per-head q/k RMSNorm (z-lab layout); off lets layers start as Llama's
     init_from_target: bool = False      # copy the target's last decoder layer(s) into the drafter layers (needs
                                         # qk_norm off; measured no better than random init after 50 steps)
-    grow_from: str = ""                 # a state.pt of a drafter with as many or fewer layers: copy its weights and
-                                        # draft vocab, append any extra layers as identities (zero o_proj/down_proj),
-                                        # then train them all (a fresh optimizer)
+    grow_from: str = ""                 # a state.pt, or a checkpoint folder (e.g. the shipped drafter's), of a
+                                        # drafter with as many or fewer layers: copy its weights and draft vocab,
+                                        # append any extra layers as identities (zero o_proj/down_proj), then train
+                                        # them all (a fresh optimizer)
     draft_vocab: str = "responses+questions"  # "responses" (ids in the answers + EOS), "responses+questions" (also
                                         # ids seen >= vocab_min_count times in the training questions) or "full"
     vocab_min_count: int = 5
@@ -801,6 +802,29 @@ def grow(drafter, src_state: dict) -> None:
     print(f"[train] grown from {n_src} to {len(drafter.layers)} layers", flush=True)
 
 
+def grow_source(path: str, target) -> dict:
+    """What ``--grow-from`` starts from, as ``{"model": state_dict, "draft_vocab": ids or None}``: a training state
+    (``state.pt``) as saved, or a drafter checkpoint folder loaded for ``target`` in float32 (e.g. the shipped
+    drafter, to train it further on new data).
+
+    Raises:
+        InputError("grow_from"): a checkpoint folder that does not fit the target (:func:`dtree.drafter.load_drafter`).
+    """
+    from .errors import InputError
+
+    if Path(path).is_dir():
+        from .drafter import load_drafter
+
+        try:
+            d = load_drafter(path, target, dtype=torch.float32)
+        except InputError as e:
+            raise InputError("grow_from", str(e)) from None
+        sd = {k: v.detach().clone() for k, v in d.state_dict().items()}
+        vocab = getattr(d, "draft_vocab", None)
+        return {"model": sd, "draft_vocab": None if vocab is None else vocab.clone()}
+    return torch.load(path, weights_only=False)
+
+
 def lr_at(cfg: TrainConfig, step: int, progress: float) -> float:
     """Linear warmup for ``warmup`` steps, then cosine from ``lr`` to ``min_lr`` over ``progress`` in [0, 1]."""
     if step < cfg.warmup:
@@ -851,7 +875,7 @@ def train(cfg: TrainConfig) -> dict:
     else:
         state = None
         draft_vocab = None if cfg.draft_vocab == "full" else build_draft_vocab(trn, target.eos_ids)
-    src = torch.load(cfg.grow_from, weights_only=False) if (state is None and cfg.grow_from) else None
+    src = grow_source(cfg.grow_from, target) if (state is None and cfg.grow_from) else None
     if src is not None:
         draft_vocab = src["draft_vocab"]
     if cfg.draft_vocab == "full":
@@ -1103,8 +1127,9 @@ def check_paths(cfg: TrainConfig) -> None:
                                    f"--{name.replace('_', '-')}, or run the phase that uses it")
     if cfg.phase in ("train", "all"):
         check_extra_data(cfg)
-        if cfg.grow_from and not Path(cfg.grow_from).is_file():
-            raise InputError("grow_from", f"{cfg.grow_from} is not a file (a training state.pt to start from)")
+        if cfg.grow_from and not (Path(cfg.grow_from).is_file() or (Path(cfg.grow_from) / "config.json").is_file()):
+            raise InputError("grow_from", f"{cfg.grow_from} is neither a file (a training state.pt to start from) nor "
+                                          "a drafter checkpoint folder (config.json, model.safetensors)")
 
 
 # options that shape the drafter's weights: a saved state resumes only under the same values

@@ -354,3 +354,25 @@ def test_a_saved_state_of_another_shape_is_refused_before_the_model_loads(tmp_pa
     with pytest.raises(InputError, match="not a readable training state") as ei:
         T.check_paths(T.TrainConfig(**common, num_layers=2))
     assert ei.value.field == "state"
+
+
+def test_grow_from_accepts_a_checkpoint_folder(tmp_path, target32):
+    """--grow-from names a training state or a checkpoint folder (the shipped drafter, to train it on new data): the
+    folder's weights and draft vocabulary come back as saved; a folder without config.json is refused up front."""
+    from dtree.drafter import default_drafter_path, load_drafter
+
+    src = T.grow_source(str(default_drafter_path()), target32)
+    ref = load_drafter(default_drafter_path(), target32, dtype=torch.float32)
+    assert set(src["model"]) == set(ref.state_dict())
+    for k, v in ref.state_dict().items():
+        assert torch.equal(src["model"][k], v), k
+    assert torch.equal(src["draft_vocab"], ref.draft_vocab)
+    d = tmp_path / "d"
+    d.mkdir()
+    (d / "responses.jsonl").write_text("")
+    (d / "source.json").write_text(json.dumps({"prompts": str(tmp_path / "q.jsonl"), "seed": 0, "n_heldout": 1}))
+    T.check_paths(T.TrainConfig(phase="train", data_dir=str(d), grow_from=str(default_drafter_path())))
+    (tmp_path / "empty").mkdir()
+    with pytest.raises(InputError, match="nor a drafter checkpoint folder") as ei:
+        T.check_paths(T.TrainConfig(phase="train", data_dir=str(d), grow_from=str(tmp_path / "empty")))
+    assert ei.value.field == "grow_from"
