@@ -174,3 +174,9 @@ b issue3-mtbench40-v14-chain-fp32 --dataset mt-bench --limit 40 --methods ar,cha
 # docs/bench/soft-ab-training.json), not on the shipped one:
 #   bench --drafter data/ckA --dataset gsm8k --limit 20 --methods chain,ddtree:16 --max-new-tokens 128 --dtype bfloat16
 #     --out docs/bench/soft-ab-gsm8k20-A-bf16.json   (and data/ckB -> soft-ab-gsm8k20-B-bf16.json)
+# session 26: drafter v15 (before shipping: --drafter data/v15; the same weights are now the shipped checkpoint).
+# the two 50-prompt bf16 lines (ar, chain, caddtree), MT-Bench first turns chain only, then a float32 lossless check
+b issue3-humaneval50-v15-bf16 --dataset humaneval --limit 50 --methods ar,chain,caddtree --max-new-tokens 128 --dtype bfloat16
+b issue3-gsm8k50-v15-bf16 --dataset gsm8k --limit 50 --methods ar,chain,caddtree --max-new-tokens 128 --dtype bfloat16
+b issue3-mtbench40-v15-chain-bf16 --dataset mt-bench --limit 40 --methods chain --max-new-tokens 128 --dtype bfloat16
+b issue3-gsm8k10-v15-fp32 --dataset gsm8k --limit 10 --methods ar,chain,ddtree:16,caddtree --max-new-tokens 128 --dtype float32
