@@ -301,7 +301,6 @@ def batch_by_length(todo: list[tuple[int, str]], encode, first: set[int], batch:
     return out
 
 
-@torch.no_grad()
 def prompts_left(cfg: TrainConfig) -> int | None:
     """How many of the prompts ``--phase gen`` is asked for have no stored answer yet in ``cfg.data_dir``, found
     without loading the model (the target's layer count, which names the features folder, is read from its
@@ -321,6 +320,7 @@ def prompts_left(cfg: TrainConfig) -> int | None:
     return sum(i not in done for i, _ in order)
 
 
+@torch.no_grad()
 def generate(cfg: TrainConfig) -> None:
     """Answer prompts greedily with the target and store responses + features (resumable; skips done prompts).
 
@@ -565,7 +565,7 @@ def question_tokens(tokenizer, path: str, exclude: set[int], min_count: int) -> 
     from collections import Counter
 
     c: Counter = Counter()
-    for i, q in load_prompts(path, 1 << 62, 0):  # every row, read as generation read it (any prompt field)
+    for i, q in load_prompts(path, sys.maxsize, 0):  # every row, read as generation read it (any prompt field)
         if i not in exclude:
             c.update(tokenizer(q, add_special_tokens=False)["input_ids"])
     return {t for t, n in c.items() if n >= min_count}
