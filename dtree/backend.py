@@ -156,12 +156,10 @@ def cost_model_mismatch(cost, target: Target, drafter=None) -> list[str]:
         here["drafter"] = drafter.name
     if drafter is not None:
         here["drafter_dtype"] = drafter_dtype_name(drafter)
-    out = []
-    for key, mine in here.items():
-        theirs = meta.get(key)
-        if theirs is not None and str(theirs) != str(mine):
-            out.append(f"cost model was measured for {key} {theirs!r}, this run uses {mine!r}")
-    return out
+    from .records import meta_mismatches
+
+    return [f"cost model was measured for {key} {theirs!r}, this run uses {mine!r}"
+            for key, theirs, mine in meta_mismatches(meta, here)]
 
 
 DRAFTER_DTYPE_ENV = "DTREE_DRAFTER_DTYPE"

@@ -340,8 +340,6 @@ def _check_stored_runs(path) -> None:
 
 def cmd_replay(args) -> int:
     """Replay logged runs under every DDTree budget, the chain and CaDDTree; print the sweep table."""
-    from pathlib import Path
-
     from .cost import CostModel, CostWeights
     from .replay import oracle_budget, sweep_budgets
     from .store import TraceStore
@@ -556,13 +554,15 @@ def _profile_setup_diff(cost, run, keys=_SETUP_KEYS) -> list[str]:
     'ours')"`` item each, over ``keys`` among target, drafter, dtype, drafter dtype and device type (a device compares
     by type: cuda:0 and cuda are one setup). Keys the profile's meta does not name are not compared (``profile``
     writes all)."""
-    def kind(key, value):
-        return str(value).split(":")[0] if key == "device" else str(value)
+    from .records import meta_mismatches
 
     want = {"target": run.target, "drafter": run.drafter, "dtype": run.dtype,
             "drafter_dtype": (run.params or {}).get("drafter_dtype"), "device": run.device}
-    return [f"{k} {cost.meta[k]!r} (the runs: {want[k]!r})" for k in keys
-            if cost.meta.get(k) is not None and want[k] is not None and kind(k, cost.meta[k]) != kind(k, want[k])]
+    def device_type(key, value):
+        return str(value).split(":")[0] if key == "device" else str(value)
+
+    return [f"{k} {theirs!r} (the runs: {ours!r})"
+            for k, theirs, ours in meta_mismatches(cost.meta, {k: want[k] for k in keys}, device_type)]
 
 
 def _check_profile_setup(cost, run, path, keys=_SETUP_KEYS) -> None:

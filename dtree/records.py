@@ -115,6 +115,16 @@ def parse_method_key(item: str, field: str = "methods", max_budget: int = 1024) 
     return spec.name, budget
 
 
+def meta_mismatches(meta: dict, here: dict, normalize=None) -> list[tuple[str, object, object]]:
+    """``(key, theirs, ours)`` for each key of ``here`` whose value differs from ``meta``'s: how a cost model's
+    ``meta`` (what it was profiled for) differs from a setup (the loaded models, or a stored run's). Keys either side
+    leaves out (None) are not compared; values compare as strings, after ``normalize(key, value)`` when given (e.g. a
+    device by its type)."""
+    norm = normalize or (lambda key, value: str(value))
+    return [(k, meta[k], v) for k, v in here.items()
+            if meta.get(k) is not None and v is not None and norm(k, meta[k]) != norm(k, v)]
+
+
 def check_one_setup(runs, keys: tuple[str, ...], what: str) -> None:
     """Refuse runs of different setups for a fit that describes one (a cost-weight fit: target, drafter, dtype and
     device; a calibration: target and drafter): a fit over a mix describes none of them.
