@@ -174,11 +174,9 @@ def source_record(d: "DataSet") -> dict:
     it (``source.json``'s ``gen_runs``: target, prompt count, skip, max new tokens, batch, dtype, top-k stored;
     absent for folders generated before they were recorded)."""
     out = {"data_dir": str(d.data_dir), "prompts": d.prompts}
-    src = Path(d.data_dir) / "source.json"
-    if src.is_file():
-        runs = json.loads(src.read_text()).get("gen_runs")
-        if runs:
-            out["gen_runs"] = runs
+    runs = (source_meta(d.data_dir) or {}).get("gen_runs")
+    if runs:
+        out["gen_runs"] = runs
     return out
 
 
@@ -301,10 +299,24 @@ def batch_by_length(todo: list[tuple[int, str]], encode, first: set[int], batch:
     return out
 
 
-def prompts_left(cfg: TrainConfig) -> int | None:
+def gen_order(cfg: TrainConfig, rows: list[tuple[int, str]]) -> list[tuple[int, str]]:
+    """The prompts ``--phase gen`` is asked to answer, from ``rows`` (the file's whole seeded shuffle,
+    :func:`load_prompts`): the ``n_heldout`` held-out ones (always answered), then, after skipping ``gen_skip``, the
+    next ``n_prompts - n_heldout``."""
+    rows = rows[:cfg.n_prompts + cfg.gen_skip]
+    return rows[:cfg.n_heldout] + rows[cfg.n_heldout + cfg.gen_skip:]
+
+
+def answered(cfg: TrainConfig, fdir: Path) -> set[int]:
+    """Prompt line indices with a stored answer in ``cfg.data_dir`` whose features shard exists in ``fdir``."""
+    return {i for i, d in read_responses(cfg.data_dir).items() if (fdir / d["shard"]).exists()}
+
+
+def prompts_left(cfg: TrainConfig, rows: list[tuple[int, str]] | None = None) -> int | None:
     """How many of the prompts ``--phase gen`` is asked for have no stored answer yet in ``cfg.data_dir``, found
     without loading the model (the target's layer count, which names the features folder, is read from its
-    config). None when that config cannot be read cheaply (then :func:`generate` loads the model and counts)."""
+    config). ``rows``: the prompts file's seeded shuffle when already read. None when that config cannot be read
+    cheaply (then :func:`generate` loads the model and counts)."""
     try:
         from transformers import AutoConfig
 
@@ -313,11 +325,9 @@ def prompts_left(cfg: TrainConfig) -> int | None:
         n_layers = AutoConfig.from_pretrained(resolve_target(cfg.target)).num_hidden_layers
     except Exception:  # a hub id that is not cached, an unusual config: fall back to the full path
         return None
-    fdir = features_dir(cfg, layer_ids_for(cfg, n_layers))
-    done = {i for i, d in read_responses(cfg.data_dir).items() if (fdir / d["shard"]).exists()}
-    order = load_prompts(cfg.prompts, cfg.n_prompts + cfg.gen_skip, cfg.seed)
-    order = order[:cfg.n_heldout] + order[cfg.n_heldout + cfg.gen_skip:]
-    return sum(i not in done for i, _ in order)
+    done = answered(cfg, features_dir(cfg, layer_ids_for(cfg, n_layers)))
+    rows = load_prompts(cfg.prompts, sys.maxsize, cfg.seed) if rows is None else rows
+    return sum(i not in done for i, _ in gen_order(cfg, rows))
 
 
 @torch.no_grad()
@@ -336,15 +346,16 @@ def generate(cfg: TrainConfig) -> None:
     from .errors import InputError
 
     src = {"prompts": str(Path(cfg.prompts).resolve()), "seed": cfg.seed, "n_heldout": cfg.n_heldout}
-    old = read_source(cfg.data_dir)
-    if old is not None and (old[1], old[2], old[3]) != (src["prompts"], src["seed"], src["n_heldout"]):
+    meta = source_meta(cfg.data_dir)
+    old = None if meta is None else (meta["prompts"], int(meta["seed"]), int(meta["n_heldout"]))
+    if old is not None and old != (src["prompts"], src["seed"], src["n_heldout"]):
         # answers are keyed by line number in the prompts file: another file, seed or held-out count would mix them
-        raise InputError("data_dir", f"{cfg.data_dir} was generated from --prompts {old[1]} --seed {old[2]} "
-                                     f"--n-heldout {old[3]}: continue with those, or use another --data-dir")
+        raise InputError("data_dir", f"{cfg.data_dir} was generated from --prompts {old[0]} --seed {old[1]} "
+                                     f"--n-heldout {old[2]}: continue with those, or use another --data-dir")
     if cfg.gen_skip < 0:
         raise InputError("gen_skip", f"must be >= 0, got {cfg.gen_skip}")
-    load_prompts(cfg.prompts, 1, cfg.seed)  # a bad prompts file fails before the model loads
-    left = prompts_left(cfg)
+    rows = load_prompts(cfg.prompts, sys.maxsize, cfg.seed)  # read once; a bad prompts file fails before the model
+    left = prompts_left(cfg, rows)
     if left == 0:  # nothing to answer: say so without loading the model (minutes for a large hub target)
         print(f"[gen] every prompt asked for is already answered in {cfg.data_dir}: nothing to do (raise "
               f"--n-prompts to answer more)", flush=True)
@@ -356,19 +367,16 @@ def generate(cfg: TrainConfig) -> None:
     fdir = features_dir(cfg, layer_ids)
     fdir.mkdir(parents=True, exist_ok=True)
     # how each generation run into this folder answered (the held-out split above is what must never change)
-    runs = json.loads((Path(cfg.data_dir) / "source.json").read_text()).get("gen_runs", []) if old else []
-    src["gen_runs"] = runs + [{k: getattr(cfg, k) for k in ("target", *_GEN_ONLY)}]
+    src["gen_runs"] = (meta or {}).get("gen_runs", []) + [{k: getattr(cfg, k) for k in ("target", *_GEN_ONLY)}]
     (Path(cfg.data_dir) / "source.json").write_text(json.dumps(src, indent=1))
-    done = {i for i, d in read_responses(cfg.data_dir).items() if (fdir / d["shard"]).exists()}
-    order = load_prompts(cfg.prompts, cfg.n_prompts + cfg.gen_skip, cfg.seed)
-    order = order[:cfg.n_heldout] + order[cfg.n_heldout + cfg.gen_skip:]  # held-out prompts are always answered
+    done = answered(cfg, fdir)
+    order = gen_order(cfg, rows)
     todo = batch_by_length([(i, q) for i, q in order if i not in done], target.encode_prompt,
                            {i for i, _ in order[:cfg.n_heldout]}, cfg.gen_batch)
     eos = set(target.eos_ids)
     pad = tok.pad_token_id if tok.pad_token_id is not None else min(eos)
-    n_file = len(load_prompts(cfg.prompts, sys.maxsize, cfg.seed))
-    if n_file < cfg.n_prompts + cfg.gen_skip:
-        print(f"[gen] {cfg.prompts} holds {n_file} prompts, fewer than --n-prompts {cfg.n_prompts}"
+    if len(rows) < cfg.n_prompts + cfg.gen_skip:
+        print(f"[gen] {cfg.prompts} holds {len(rows)} prompts, fewer than --n-prompts {cfg.n_prompts}"
               f"{f' + --gen-skip {cfg.gen_skip}' if cfg.gen_skip else ''}: answering the {len(order)} there are",
               flush=True)
     print(f"[gen] {len(done)} done, {len(todo)} to go; layers {layer_ids}; batch {cfg.gen_batch}", flush=True)
@@ -471,13 +479,18 @@ class DataSet:
         return len(add)
 
 
-def read_source(folder: str | Path) -> tuple[Path, str, int, int] | None:
-    """``(folder, prompts file, seed, n_heldout)`` from the ``source.json`` that ``--phase gen`` wrote there, or None
+def source_meta(folder: str | Path) -> dict | None:
+    """The ``source.json`` that ``--phase gen`` wrote in ``folder`` (prompts file, seed, n_heldout, gen_runs), or None
     when the folder has none."""
     src = Path(folder) / "source.json"
-    if not src.exists():
+    return json.loads(src.read_text()) if src.exists() else None
+
+
+def read_source(folder: str | Path) -> tuple[Path, str, int, int] | None:
+    """``(folder, prompts file, seed, n_heldout)`` from the folder's :func:`source_meta`, or None when it has none."""
+    meta = source_meta(folder)
+    if meta is None:
         return None
-    meta = json.loads(src.read_text())
     return Path(folder), meta["prompts"], int(meta["seed"]), int(meta["n_heldout"])
 
 
