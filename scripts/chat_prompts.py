@@ -17,7 +17,11 @@ from __future__ import annotations
 import argparse
 import json
 import random
+import sys
 from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from code_prompts import read_exclude, write_prompts  # noqa: E402 -- the --exclude reader and writer both scripts use
 
 MT_BENCH = Path(__file__).resolve().parents[2] / "shared" / "datasets" / "mt_bench" / "question.jsonl"
 
@@ -273,35 +277,19 @@ def main(argv: list[str] | None = None) -> int:
     args = ap.parse_args(argv)
     if args.limit < 0:
         ap.error("--limit must be >= 0")
-    exclude: set[str] = set()
     names = [n.strip() for n in args.exclude.split(",")] if args.exclude.strip() else []
     if "" in names:
         ap.error(f"--exclude: empty item in {args.exclude!r} (a stray comma?)")
-    for name in names:
-        path = Path(name)
-        if path.resolve() == Path(args.out).resolve():
-            ap.error(f"--exclude: {name} is also --out: writing the new set would overwrite the prompts it must leave "
-                     "out; write the new set to another file")
-        if not path.is_file():
-            ap.error(f"--exclude: {name} is not a file")
-        with open(path) as f:
-            for i, line in enumerate(f, 1):
-                if line.strip():
-                    try:
-                        exclude.add(json.loads(line)["prompt"])
-                    except (ValueError, KeyError, TypeError):
-                        ap.error(f"--exclude: {name} line {i} is not a JSON object with a 'prompt' field")
+    try:
+        exclude = read_exclude(names, args.out)
+    except (OSError, ValueError) as e:
+        ap.error(str(e))
     rows = build(args.seed, exclude)
     if args.limit:
         rows = rows[:args.limit]
     if not rows:
         ap.error("--exclude leaves no prompt: every template prompt is already in those files (nothing written)")
-    out = Path(args.out)
-    out.parent.mkdir(parents=True, exist_ok=True)
-    with open(out, "w") as f:
-        for r in rows:
-            f.write(json.dumps(r) + "\n")
-    print(f"{len(rows)} prompts -> {out}")
+    write_prompts(rows, args.out)
     return 0
 
 

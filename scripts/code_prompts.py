@@ -98,6 +98,43 @@ def harvest(roots: list[Path], skip: set[str]) -> list[dict]:
     return out
 
 
+def read_exclude(names: list[str], out: str) -> set[str]:
+    """Every prompt of the JSONL files ``names`` (this script's or ``chat_prompts.py``'s output: a ``"prompt"`` field
+    per row), for ``--exclude``; also used by ``chat_prompts.py``.
+
+    Raises:
+        ValueError: a file that is also ``out`` (writing the new set would overwrite it), one that does not exist, or
+            a row that is not a JSON object with a ``"prompt"`` field; the message names it.
+    """
+    known: set[str] = set()
+    for name in names:
+        path = Path(name)
+        if path.resolve() == Path(out).resolve():
+            raise ValueError(f"--exclude: {name} is also --out: writing the new set would overwrite the prompts it "
+                             "must leave out; write the new set to another file")
+        if not path.is_file():
+            raise ValueError(f"--exclude: {name} is not a file")
+        with open(path) as f:
+            for i, line in enumerate(f, 1):
+                if line.strip():
+                    try:
+                        known.add(json.loads(line)["prompt"])
+                    except (ValueError, KeyError, TypeError):
+                        raise ValueError(f"--exclude: {name} line {i} is not a JSON object with a 'prompt' "
+                                         "field") from None
+    return known
+
+
+def write_prompts(rows: list[dict], out: str) -> None:
+    """Write ``rows`` to ``out`` as JSONL (its folder made when missing) and say how many; also used by
+    ``chat_prompts.py``."""
+    Path(out).parent.mkdir(parents=True, exist_ok=True)
+    with open(out, "w") as f:
+        for r in rows:
+            f.write(json.dumps(r) + "\n")
+    print(f"{len(rows)} prompts -> {out}")
+
+
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--out", required=True, help="JSONL file to write")
@@ -114,18 +151,11 @@ def main(argv: list[str] | None = None) -> int:
     if args.limit < 0:
         print("error: --limit must be >= 0", file=sys.stderr)
         return 2
-    known: set[str] = set()
-    for ex in filter(None, args.exclude.split(",")):
-        if Path(ex).resolve() == Path(args.out).resolve():
-            print(f"error: --exclude: {ex} is also --out: writing the new set would overwrite the prompts it must "
-                  "leave out; write the new set to another file", file=sys.stderr)
-            return 2
-        try:
-            with open(ex) as f:
-                known |= {json.loads(line)["prompt"] for line in f if line.strip()}
-        except (OSError, ValueError, KeyError, TypeError) as e:
-            print(f"error: --exclude: cannot read prompts from {ex}: {e!r}", file=sys.stderr)
-            return 2
+    try:
+        known = read_exclude([ex for ex in args.exclude.split(",") if ex], args.out)
+    except (OSError, ValueError) as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 2
     rows = harvest(roots, humaneval_names())
     random.Random(args.seed).shuffle(rows)
     rows = [r for r in rows if r["prompt"] not in known]  # after the shuffle: the order does not depend on --exclude
@@ -135,11 +165,7 @@ def main(argv: list[str] | None = None) -> int:
         print("error: no documented public functions found" + (" that --exclude leaves" if known else ""),
               file=sys.stderr)
         return 2
-    Path(args.out).parent.mkdir(parents=True, exist_ok=True)
-    with open(args.out, "w") as f:
-        for r in rows:
-            f.write(json.dumps(r) + "\n")
-    print(f"{len(rows)} prompts -> {args.out}")
+    write_prompts(rows, args.out)
     return 0
 
 
