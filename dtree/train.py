@@ -1162,7 +1162,7 @@ def check_state_shape(cfg: TrainConfig, state: Path) -> None:
     if not state.is_file() or (cfg.grow_from and Path(cfg.grow_from).resolve() == state.resolve()):
         return
     try:
-        saved = torch.load(state, weights_only=False, map_location="cpu")["cfg"]
+        saved = torch.load(state, weights_only=False, map_location="cpu", mmap=True)["cfg"]  # cfg only: no full read
     except Exception as e:  # noqa: BLE001 -- a damaged or foreign file: say which and why
         raise InputError("state", f"{state} is not a readable training state ({type(e).__name__}: {e}): move it "
                                   f"away or name another --state") from None
