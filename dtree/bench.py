@@ -520,3 +520,28 @@ def oracle_comparison(rows: list[dict], budgets=ORACLE_BUDGETS, reference: str =
               for r in rows if (parsed(r["method"])[0] or "").startswith("caddtree")]
     return {"oracle": oracle, "candidates": [k for _, _, k in sorted(fixed, key=lambda t: t[1])],
             "reference": {"method": reference, "tok_s": ref}, "ratios": ratios}
+
+
+def oracle_summary(rows: list[dict]) -> tuple[dict | None, str | None]:
+    """Issue 3's "which fixed budget was best (the oracle)" for one bench: among the plain ``ddtree:B`` rows it ran
+    (every B, :func:`oracle_comparison` with ``budgets=None``), the one of highest median tokens/s, and how each
+    caddtree row stands against it.
+
+    Args:
+        rows: :func:`summary_rows` of one bench.
+
+    Returns:
+        ``(report, line)``: ``report`` is :func:`oracle_comparison`'s dict plus ``oracle_speedup_vs_ar`` (None
+        without AR); ``line`` one sentence for a terminal or a caption. Both are None when the bench ran fewer than
+        two plain fixed budgets (one budget is no choice).
+    """
+    rep = oracle_comparison(rows, budgets=None)
+    if len(rep["candidates"]) < 2:
+        return None, None
+    best = rep["oracle"]
+    vs_ar = next((r.get("speedup_vs_ar") for r in rows if r["method"] == best["method"]), None)
+    rep = {**rep, "oracle_speedup_vs_ar": vs_ar}
+    line = (f"best fixed budget (the oracle, among {', '.join(rep['candidates'])}): {best['method']} at "
+            f"{best['tok_s']:.2f} tok/s" + (f" ({vs_ar:.2f}x AR)" if vs_ar is not None else ""))
+    cads = [f"{r['method']} {r['vs_oracle']:.3f}x of it" for r in rep["ratios"] if r["vs_oracle"] is not None]
+    return rep, line + ("; " + ", ".join(cads) if cads else "")

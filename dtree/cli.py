@@ -727,6 +727,9 @@ def cmd_bench(args) -> int:
                        disturbed=backend.cost_model_warning is not None)
     if note:
         print(note, file=sys.stderr)
+    oracle, oracle_line = bench.oracle_summary(rows)
+    if oracle_line:
+        print(oracle_line)
     if "ar" in stats:
         gbps = backend.target.weight_bytes * statistics.median(stats["ar"].tok_s) / 1e9
         print(f"AR reads the {backend.target.weight_bytes / 1e6:.0f} MB of weights once per token: "
@@ -751,6 +754,7 @@ def cmd_bench(args) -> int:
                                        "cost_model": args.cost_model or "auto", "cost_weights": weights.to_dict(),
                                        "store": None if store is None else str(args.store),
                                        "tag": None if store is None else store.tag, "summary": rows,
+                                       "oracle": oracle,
                                        "per_prompt": {k: vars(v) for k, v in stats.items()}}, indent=2), "out")
         print(f"summary written to {out}", file=sys.stderr)
     if store is not None:  # again at the end, where it is seen (the first note scrolls away under the progress bar)

@@ -342,3 +342,24 @@ def test_bench_cli_says_when_the_set_is_smaller_than_limit(backend32, two_prompt
     assert main(["bench", "--dataset", str(two_prompts), "--limit", "2", "--methods", "ar", "--max-new-tokens", "2",
                  "--no-store"]) == 0
     assert "fewer than --limit" not in capsys.readouterr().err
+
+
+def test_bench_cli_names_the_oracle_fixed_budget(backend32, two_prompts, monkeypatch, capsys, tmp_path):
+    """With two or more fixed budgets benched, the bench says which was fastest (issue 3's oracle) and writes the
+    same into its JSON; the named budget is the summary row of highest median tokens/s among them."""
+    import dtree.backend
+
+    monkeypatch.setattr(dtree.backend, "Backend", lambda *a, **k: backend32)
+    out = tmp_path / "b.json"
+    assert main(["bench", "--dataset", str(two_prompts), "--limit", "2", "--methods", "ar,ddtree:1,ddtree:3",
+                 "--max-new-tokens", "6", "--no-store", "--out", str(out)]) == 0
+    summary = json.loads(out.read_text())
+    fixed = [r for r in summary["summary"] if r["method"].startswith("ddtree:")]
+    best = max(fixed, key=lambda r: r["tok_s"])
+    assert summary["oracle"]["oracle"] == {"method": best["method"], "budget": int(best["method"][7:]),
+                                           "tok_s": best["tok_s"]}
+    assert summary["oracle"]["oracle_speedup_vs_ar"] == best["speedup_vs_ar"]
+    assert f"best fixed budget (the oracle, among ddtree:1, ddtree:3): {best['method']}" in capsys.readouterr().out
+    assert main(["bench", "--dataset", str(two_prompts), "--limit", "1", "--methods", "ar,ddtree:1",
+                 "--max-new-tokens", "2", "--no-store", "--out", str(out)]) == 0
+    assert json.loads(out.read_text())["oracle"] is None and "oracle" not in capsys.readouterr().out

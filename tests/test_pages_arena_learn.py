@@ -51,15 +51,19 @@ def _arena(methods=("ar", "ddtree:4"), n=1, source="demo") -> AppTest:
 def test_arena_runs_bench_table_charts_and_past(store_env):
     from dtree.store import TraceStore
 
-    at = _arena()
+    at = _arena(methods=("ar", "ddtree:4", "ddtree:8"))
     at.button[0].click().run()
     _ok(at)
     df = at.dataframe[0].value
-    assert df["method"].tolist() == ["ar", "ddtree:4"]
+    assert df["method"].tolist() == ["ar", "ddtree:4", "ddtree:8"]
+    fixed = df[df["method"] != "ar"]
+    best = fixed.loc[fixed["tok_s"].idxmax(), "method"]  # two fixed budgets: the faster is named the oracle
+    assert [i.value for i in at.info if i.value.startswith(
+        f"Best fixed budget (the oracle, among ddtree:4, ddtree:8): {best} at")], [i.value for i in at.info]
     ar = df.loc[df["method"] == "ar", "tok_s"].iloc[0]
     for _, r in df.iterrows():
         assert r["speedup_vs_ar"] == pytest.approx(r["tok_s"] / ar, rel=2e-3)
-    assert df["speedup_ci90"].tolist() == ["", ""]  # one prompt: no interval
+    assert df["speedup_ci90"].tolist() == ["", "", ""]  # one prompt: no interval
     figs = _charts(at)
     speed = next(f for f in figs if _title(f).startswith("Speedup vs AR"))
     bars = {t["x"][0]: t["y"][0] for t in speed["data"] if t["type"] == "bar" and t["xaxis"] == "x"}
@@ -68,7 +72,7 @@ def test_arena_runs_bench_table_charts_and_past(store_env):
     assert any(_title(f).startswith("Past benches") for f in figs)  # this bench, read back from the store
     with TraceStore(store_env) as s:
         runs = s.list_runs()
-    assert len(runs) == 2 and runs["tag"].nunique() == 1 and runs["tag"].iloc[0].startswith("bench:")
+    assert len(runs) == 3 and runs["tag"].nunique() == 1 and runs["tag"].iloc[0].startswith("bench:")
     past = at.dataframe[-1].value  # past-bench summary rebuilt from the store equals the live one
     assert past["speedup_vs_ar"].tolist() == df["speedup_vs_ar"].tolist()
 

@@ -490,6 +490,28 @@ def test_oracle_comparison_picks_best_fixed_budget():
     assert o["oracle"] is None and o["ratios"][0]["vs_oracle"] is None and o["reference"]["tok_s"] is None
 
 
+def test_oracle_summary_names_the_best_fixed_budget_benched():
+    from dtree.bench import oracle_summary
+
+    rows = [{"method": "ar", "tok_s": 10.0, "speedup_vs_ar": 1.0},
+            {"method": "ddtree:8", "tok_s": 14.0, "speedup_vs_ar": 1.4},
+            {"method": "ddtree:12", "tok_s": 17.0, "speedup_vs_ar": 1.7},  # any budget benched is a candidate
+            {"method": "ddtree:64", "tok_s": 12.0, "speedup_vs_ar": 1.2},
+            {"method": "ddtree-spine:16", "tok_s": 40.0, "speedup_vs_ar": 4.0},  # a variant is not a fixed budget
+            {"method": "caddtree", "tok_s": 18.7, "speedup_vs_ar": 1.87}]
+    rep, line = oracle_summary(rows)
+    assert rep["oracle"]["method"] == "ddtree:12" and rep["oracle_speedup_vs_ar"] == 1.7
+    assert rep["ratios"][0]["vs_oracle"] == round(18.7 / 17.0, 3)
+    assert line.startswith("best fixed budget (the oracle, among ddtree:8, ddtree:12, ddtree:64): ddtree:12 at 17.00")
+    assert "(1.70x AR)" in line and f"caddtree {18.7 / 17.0:.3f}x of it" in line
+    no_ar = [{k: (None if k == "speedup_vs_ar" else v) for k, v in r.items()} for r in rows if r["method"] != "ar"]
+    rep, line = oracle_summary(no_ar)
+    assert rep["oracle_speedup_vs_ar"] is None and "x AR" not in line
+    # one fixed budget is no choice: nothing to report
+    assert oracle_summary([r for r in rows if r["method"] not in ("ddtree:8", "ddtree:12")]) == (None, None)
+    assert oracle_summary([{"method": "ar", "tok_s": 10.0, "speedup_vs_ar": 1.0}]) == (None, None)
+
+
 def test_ratio_interval_is_paired_over_prompts():
     from dtree.bench import MethodStats, ratio_interval
 
