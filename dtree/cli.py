@@ -475,7 +475,7 @@ def cmd_calibrate(args) -> int:
 
         with pd.option_context("display.max_rows", 200, "display.width", 200):
             print(cal.table().to_string(index=False, float_format=lambda v: f"{v:.3g}"))
-        print(f"{cal.meta['rounds']} rounds of {len(runs)} runs; factors = acceptances / q per (spine or off-spine "
+        print(f"{_count(cal.meta['rounds'], 'round')} of {_count(len(runs), 'run')}; factors = acceptances / q per (spine or off-spine "
               f"parent, depth, rank), shrunk with m={cal.prior_strength:g}", file=sys.stderr)
     print(f"saved calibration to {path}", file=sys.stderr)
     return 0
@@ -622,7 +622,7 @@ def cmd_fit_cost(args) -> int:
                          default=float))
     else:
         w = fit.weights
-        print(f"{fit.n_rounds} rounds of {len(runs)} runs")
+        print(f"{_count(fit.n_rounds, 'round')} of {_count(len(runs), 'run')}")
         print(f"fixed cost per round (draft + build + commit): live {fit.live_cd_ms:.2f} ms vs profiled Cd "
               f"{fit.model_cd_ms:.2f} ms -> cd_scale {w.cd_scale:.3f}")
         scales = (f"cv_scale {w.cv_scale:.3f}" if w.cv_tree_scale is None else
@@ -868,7 +868,7 @@ def cmd_diagnose(args) -> int:
             print()
             print(diag.calibration.to_string(index=False, float_format=lambda v: f"{v:.4g}"))
         s = diag.summary
-        print(f"{s['n_rounds']} rounds of {s['n_runs']} runs: mean tau {s['mean_tau']:.3f}, chain-equivalent tau "
+        print(f"{_count(s['n_rounds'], 'round')} of {_count(s['n_runs'], 'run')}: mean tau {s['mean_tau']:.3f}, chain-equivalent tau "
               f"{s['chain_equivalent_tau']:.3f}; Phi {s['mean_phi']:.3f} predicted vs {s['mean_accepted_drafts']:.3f} "
               f"accepted drafts per round; ECE {s['ece']:.3f} over {s['n_nodes']} nodes")
     if out is not None:
@@ -906,7 +906,8 @@ def build_parser() -> argparse.ArgumentParser:
     b.add_argument("--max-new-tokens", type=int, default=128,
                    help="tokens per prompt (default 128); with the prompt and the tree it must fit the target's "
                         "context, checked once the target is loaded")
-    b.add_argument("--temperature", type=float, default=0.0)
+    b.add_argument("--temperature", type=float, default=0.0,
+                   help="0 = greedy (default; outputs are checked against the reference method's); > 0 samples")
     b.add_argument("--out", default=None, help="write the summary as .csv or .json")
     b.add_argument("--store", default=default_store_path(), help=f"trace store file (default {STORE_HELP})")
     b.add_argument("--no-store", action="store_true")
@@ -919,7 +920,8 @@ def build_parser() -> argparse.ArgumentParser:
     ps.add_argument("--limit", type=int, default=3, help="prompts printed by --show (default 3)")
     ps.add_argument("--json", action="store_true", help="print JSON instead of a table")
     ps.set_defaults(func=cmd_prompts)
-    dg = sub.add_parser("diagnose", help="drafter diagnostics: per-depth top-1 agreement and q calibration, as JSON")
+    dg = sub.add_parser("diagnose", help="drafter diagnostics: per-depth top-1 agreement and q calibration "
+                                          "(tables; --json / --out for JSON)")
     _add_model_args(dg)
     dg.add_argument("--dataset", default=None, help="prompt set name or JSONL file (as for bench; default gsm8k)")
     dg.add_argument("--limit", type=int, default=None, help="first N prompts (default 5)")
@@ -983,6 +985,11 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+def _count(n: int, word: str) -> str:
+    """``"1 run"``, ``"6 runs"``: a count with its noun in the right number."""
+    return f"{n} {word}" if n == 1 else f"{n} {word}s"
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
@@ -999,7 +1006,7 @@ def main(argv: list[str] | None = None) -> int:
         drafter_dtype_setting(getattr(args, "drafter_dtype", None))  # and a bad DTREE_DRAFTER_DTYPE
         return int(args.func(args) or 0)
     except InputError as e:
-        print(f"error: {e}", file=sys.stderr)
+        print(f"error: {e.as_option(args)}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:
         print("interrupted (the run is kept in the store, marked interrupted)", file=sys.stderr)

@@ -19,6 +19,15 @@ class InputError(ValueError):
         super().__init__(f"{field}: {message}")
         self.field = field
 
+    def as_option(self, args) -> str:
+        """The message with its field written as the command-line option the user typed (``limit: ...`` becomes
+        ``--limit: ...``) when ``args`` (an argparse namespace) has an option of that name; other fields (a JSON
+        key, a run's status) stay as they are."""
+        text = str(self)
+        if self.field.isidentifier() and hasattr(args, self.field) and text.startswith(f"{self.field}: "):
+            return "--" + self.field.replace("_", "-") + text[len(self.field):]
+        return text
+
 
 def check_int(field: str, value, lo: int | None = None, hi: int | None = None) -> int:
     """Return ``value`` as int, or raise :class:`InputError` if it is not an integer in ``[lo, hi]``."""

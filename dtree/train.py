@@ -1231,7 +1231,7 @@ def run(args: argparse.Namespace) -> int:
         if cfg.phase in ("train", "all"):
             train(cfg)
     except InputError as e:
-        print(f"error: {e}", file=sys.stderr)
+        print(f"error: {e.as_option(args)}", file=sys.stderr)
         return 2
     return 0
 

@@ -270,7 +270,7 @@ def test_bench_cli_damaged_store_fails_before_the_tag_line_and_changes_nothing(b
     assert main(["bench", "--dataset", str(two_prompts), "--limit", "1", "--methods", "ar",
                  "--max-new-tokens", "4", "--store", str(store)]) == 2
     err = capsys.readouterr().err
-    assert "error: store: " in err and "is damaged" in err and "runs are stored in" not in err
+    assert "error: --store: " in err and "is damaged" in err and "runs are stored in" not in err
     assert store.read_bytes() == before
 
 

@@ -66,7 +66,7 @@ def test_bad_input_exits_2_and_stores_nothing(tmp_path, capsys, backend32, args,
     rc = main(["decode", "--dtype", "float32", "--device", "cpu", "--store", str(store), *args])
     err = capsys.readouterr().err
     assert rc == 2
-    assert f"{field}:" in err
+    assert f"error: --{field.replace('_', '-')}:" in err  # the option as the user typed it
     assert _n_runs(store) == 0
 
 
@@ -158,14 +158,14 @@ def test_bench_bad_dataset_files_exit_2_in_one_line(tmp_path, capsys, kind):
         want = f"file not found: '{path}'"  # was: unknown dataset
     assert main(["bench", "--dataset", str(path), "--store", str(store)]) == 2
     err = capsys.readouterr().err
-    assert err.startswith("error: dataset: ") and want in err and err.count("\n") == 1
+    assert err.startswith("error: --dataset: ") and want in err and err.count("\n") == 1
     assert not store.exists()
 
 
 def test_diagnose_names_the_method_field(tmp_path, capsys):
     assert main(["diagnose", "--method", "foo", "--store", str(tmp_path / "s.sqlite")]) == 2
     err = capsys.readouterr().err
-    assert err.startswith("error: method: ") and "methods" not in err
+    assert err.startswith("error: --method: ") and "methods" not in err
 
 
 @pytest.mark.parametrize("cmd", ["decode", "bench"])
@@ -248,7 +248,7 @@ def test_train_drafter_bad_paths_and_numbers_fail_before_the_target_loads(tmp_pa
     (tmp_path / "file.txt").write_text("not a folder")
     (tmp_path / "two.jsonl").write_text('{"question": "a?"}\n{"question": "b?"}\n')
     rc = main(["train-drafter", *[a.replace("{tmp}", str(tmp_path)) for a in args]])
-    assert rc == 2 and f"{field}:" in capsys.readouterr().err
+    assert rc == 2 and f"error: --{field.replace('_', '-')}:" in capsys.readouterr().err  # the option as typed
     assert not (tmp_path / "d").exists()
 
 

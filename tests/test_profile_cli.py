@@ -69,14 +69,14 @@ def test_profile_bad_input_exits_2_and_writes_nothing(tmp_path, capsys, drafter_
                "--out", str(out), *args])
     assert rc == 2
     err = capsys.readouterr().err
-    assert f"{field}:" in err
+    assert f"error: --{field.replace('_', '-')}:" in err  # the option as typed
     if args[-1].endswith(","):  # a stray comma is named as such
         assert "empty item" in err
     assert not out.exists()
 
 
 @pytest.mark.parametrize("weights, field", [("cd=-1", "cd_scale"), ("cv=nan", "cv_scale"), ("cv_c=-0.1", "cv_c"),
-                                            ("speed=2", "cost_weights")])
+                                            ("speed=2", "--cost-weights")])
 def test_decode_bad_cost_weights_exit_2(tmp_path, capsys, weights, field):
     store = tmp_path / "s.sqlite"
     rc = main(["decode", *BASE, "--prompt", "hi", "--cost-weights", weights, "--store", str(store)])
