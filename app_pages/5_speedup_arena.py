@@ -126,7 +126,7 @@ if res is not None:
                    "in float32; bfloat16 kernels may break near-ties differently).")
     oracle_line = bench.oracle_summary(rows)[1]
     if oracle_line:
-        st.info(oracle_line[0].upper() + oracle_line[1:] + " (measured live, this bench's prompts).")
+        st.info(f"On this bench's prompts, the {oracle_line}.")
     st.dataframe(_with_interval_text(rows), hide_index=True, column_config={
         "tok_s": st.column_config.NumberColumn("tokens/s (median)", format="%.2f"),
         "tpot_ms": st.column_config.NumberColumn("TPOT (ms/token, median)", format="%.1f"),

@@ -531,16 +531,18 @@ def oracle_summary(rows: list[dict]) -> tuple[dict | None, str | None]:
         rows: :func:`summary_rows` of one bench.
 
     Returns:
-        ``(report, line)``: ``report`` is :func:`oracle_comparison`'s dict plus ``oracle_speedup_vs_ar`` (None
-        without AR); ``line`` one sentence for a terminal or a caption. Both are None when the bench ran fewer than
-        two plain fixed budgets (one budget is no choice).
+        ``(report, line)``: ``report`` is ``{"oracle": {"method", "budget", "tok_s"}, "oracle_speedup_vs_ar" (None
+        without AR), "candidates": [the ddtree keys compared], "ratios": [{"method", "tok_s", "vs_oracle"}] (one per
+        caddtree row)}``; ``line`` one sentence for a terminal or a caption. Both are None when the bench ran fewer
+        than two plain fixed budgets (one budget is no choice).
     """
     rep = oracle_comparison(rows, budgets=None)
     if len(rep["candidates"]) < 2:
         return None, None
     best = rep["oracle"]
     vs_ar = next((r.get("speedup_vs_ar") for r in rows if r["method"] == best["method"]), None)
-    rep = {**rep, "oracle_speedup_vs_ar": vs_ar}
+    rep = {"oracle": best, "oracle_speedup_vs_ar": vs_ar, "candidates": rep["candidates"],
+           "ratios": [{k: r[k] for k in ("method", "tok_s", "vs_oracle")} for r in rep["ratios"]]}
     line = (f"best fixed budget (the oracle, among {', '.join(rep['candidates'])}): {best['method']} at "
             f"{best['tok_s']:.2f} tok/s" + (f" ({vs_ar:.2f}x AR)" if vs_ar is not None else ""))
     cads = [f"{r['method']} {r['vs_oracle']:.3f}x of it" for r in rep["ratios"] if r["vs_oracle"] is not None]

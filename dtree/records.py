@@ -71,7 +71,8 @@ def parse_method(name: str, field: str = "method") -> MethodSpec:
     if base not in METHODS:
         raise InputError(field, f"unknown method {name!r}: use {', '.join(METHODS[:-1])} or {METHODS[-1]}, ddtree and "
                                 "caddtree optionally followed by -cal or -adapt and -spine, caddtree also by -rawcv "
-                                "and -fallback (e.g. ddtree-spine, caddtree-adapt-rawcv-fallback)")
+                                "and -fallback, and a node budget as :B (e.g. ddtree:16, ddtree-spine:8, "
+                                "caddtree-adapt-rawcv-fallback)")
     if mods and base not in VARIANT_BASES:
         raise InputError(field, f"{base} takes no modifier ({name!r}); -cal, -adapt and -spine apply to ddtree and "
                                 "caddtree, -rawcv and -fallback to caddtree")
