@@ -475,8 +475,8 @@ def cmd_calibrate(args) -> int:
 
         with pd.option_context("display.max_rows", 200, "display.width", 200):
             print(cal.table().to_string(index=False, float_format=lambda v: f"{v:.3g}"))
-        print(f"{_count(cal.meta['rounds'], 'round')} of {_count(len(runs), 'run')}; factors = acceptances / q per (spine or off-spine "
-              f"parent, depth, rank), shrunk with m={cal.prior_strength:g}", file=sys.stderr)
+        print(f"{_count(cal.meta['rounds'], 'round')} of {_count(len(runs), 'run')}; factors = acceptances / q per "
+              f"(spine or off-spine parent, depth, rank), shrunk with m={cal.prior_strength:g}", file=sys.stderr)
     print(f"saved calibration to {path}", file=sys.stderr)
     return 0
 
@@ -868,8 +868,8 @@ def cmd_diagnose(args) -> int:
             print()
             print(diag.calibration.to_string(index=False, float_format=lambda v: f"{v:.4g}"))
         s = diag.summary
-        print(f"{_count(s['n_rounds'], 'round')} of {_count(s['n_runs'], 'run')}: mean tau {s['mean_tau']:.3f}, chain-equivalent tau "
-              f"{s['chain_equivalent_tau']:.3f}; Phi {s['mean_phi']:.3f} predicted vs {s['mean_accepted_drafts']:.3f} "
+        print(f"{_count(s['n_rounds'], 'round')} of {_count(s['n_runs'], 'run')}: mean tau {s['mean_tau']:.3f}, "
+              f"chain-equivalent tau {s['chain_equivalent_tau']:.3f}; Phi {s['mean_phi']:.3f} predicted vs {s['mean_accepted_drafts']:.3f} "
               f"accepted drafts per round; ECE {s['ece']:.3f} over {s['n_nodes']} nodes")
     if out is not None:
         print(f"diagnostics written to {out}", file=sys.stderr)
