@@ -29,7 +29,7 @@ from typing import Any, Callable, Sequence
 import numpy as np
 from scipy.optimize import lsq_linear
 
-from .errors import InputError, check_float, check_int, split_items
+from .errors import InputError, check_float, check_int, check_writable_below, split_items
 
 FORMAT = "dtree-cost-model"
 VERSION = 1
@@ -751,22 +751,28 @@ def write_text_atomic(path: str | os.PathLike, text: str, field_name: str = "pat
 
 def json_output_path(path: str | os.PathLike, field_name: str = "path", example: str = "cost-model.json") -> Path:
     """``path`` checked as a JSON file to write: not empty, not a directory; ``~`` expanded and ``.json`` appended when
-    the name lacks it. ``example`` is the file name the messages suggest.
+    the name lacks it; its folder writable (or, when missing, the nearest existing folder above it, where it will be
+    created). ``example`` is the file name the messages suggest. Writes nothing.
 
     Raises:
-        InputError (``field_name``): empty, or a directory.
+        InputError (``field_name``): empty, a directory (or a path ending in ``/``), a path through a file, or a
+            folder that cannot be written.
     """
     text = str(path).strip()
     if not text:
         raise InputError(field_name, f"give a file path to save to, e.g. runs/{example}")
     p = Path(text).expanduser()
-    if not p.name or text.endswith(("/", os.sep)) or p.is_dir():
+    if not p.name or p.is_dir():
         raise InputError(field_name, f"{text!r} is a directory: give a file path such as "
+                                     f"{str(p / example)!r}")
+    if text.endswith(("/", os.sep)):
+        raise InputError(field_name, f"{text!r} ends in {text[-1]!r}, which names a folder: give a file path such as "
                                      f"{str(p / example)!r}")
     if p.suffix.lower() != ".json":
         p = p.with_name(p.name + ".json")
         if p.is_dir():
             raise InputError(field_name, f"{str(p)!r} is a directory: give another file name")
+    check_writable_below(field_name, f"cannot write {text!r}", p.parent)
     return p
 
 

@@ -24,9 +24,16 @@ class InputError(ValueError):
         ``--limit: ...``) when ``args`` (an argparse namespace) has an option of that name; other fields (a JSON
         key, a run's status) stay as they are."""
         text = str(self)
-        if self.field.isidentifier() and hasattr(args, self.field) and text.startswith(f"{self.field}: "):
-            return "--" + self.field.replace("_", "-") + text[len(self.field):]
-        return text
+        if not (self.field.isidentifier() and text.startswith(f"{self.field}: ")):
+            return text
+        option = self.field if hasattr(args, self.field) else _OPTION_OF.get(self.field)
+        if option is None or not hasattr(args, option):
+            return text
+        return "--" + option.replace("_", "-") + text[len(self.field):]
+
+
+# fields whose command-line option has another name (the store's ``run_id`` is ``--run`` of replay and diagnose)
+_OPTION_OF = {"run_id": "run"}
 
 
 def check_int(field: str, value, lo: int | None = None, hi: int | None = None) -> int:
@@ -105,15 +112,18 @@ def check_output_file(field: str, text, suffixes: tuple[str, ...] = ()) -> Path:
     if not raw:
         raise InputError(field, "give a file path to write to")
     p = Path(raw).expanduser()
-    if raw.endswith(("/", os.sep)) or p.is_dir():
+    if p.is_dir():
         raise InputError(field, f"{raw!r} is a directory: give a file path inside it")
+    if raw.endswith(("/", os.sep)):
+        raise InputError(field, f"{raw!r} ends in {raw[-1]!r}, which names a folder: give a file path (drop the "
+                                f"trailing {raw[-1]!r}, or add a file name after it)")
     if suffixes and p.suffix.lower() not in suffixes:
         raise InputError(field, f"must end in {' or '.join(suffixes)}, got {raw!r}")
-    _check_writable_below(field, f"cannot write {raw!r}", p.parent)
+    check_writable_below(field, f"cannot write {raw!r}", p.parent)
     return p
 
 
-def _check_writable_below(field: str, what: str, folder: Path) -> None:
+def check_writable_below(field: str, what: str, folder: Path) -> None:
     """``folder``, or when it does not exist yet the nearest existing folder above it (where it will be created), is a
     folder files can be created in. Raises InputError(``field``, "<what>: ...") naming that folder and why not."""
     while not folder.exists() and folder != folder.parent:
@@ -155,5 +165,5 @@ def check_output_folder(field: str, text) -> Path:
     p = Path(raw).expanduser()
     if p.exists() and not p.is_dir():
         raise InputError(field, f"{raw!r} is a file, not a folder")
-    _check_writable_below(field, f"cannot write into {raw!r}", p)
+    check_writable_below(field, f"cannot write into {raw!r}", p)
     return p

@@ -189,17 +189,32 @@ def features_dir(cfg: TrainConfig, layer_ids: list[int]) -> Path:
     return Path(cfg.data_dir) / ("features_L" + "-".join(map(str, layer_ids)))
 
 
-def read_responses(data_dir: str | Path) -> dict[int, dict]:
-    """idx -> {"idx", "prompt_ids", "response_ids", "shard"} from ``responses.jsonl`` (last line wins)."""
+_RESPONSE_KEYS = ("idx", "prompt_ids", "response_ids", "shard")
+
+
+def read_responses(data_dir: str | Path, field: str = "data_dir") -> dict[int, dict]:
+    """idx -> {"idx", "prompt_ids", "response_ids", "shard"} from ``responses.jsonl`` (last line wins). A line that
+    is not JSON (cut by a kill mid-write) is skipped.
+
+    Raises:
+        InputError (``field``): a JSON line that is not an answer record of ``--phase gen`` (not an object, or
+            missing one of those keys): the folder was not made by ``--phase gen``.
+    """
+    from .errors import InputError
+
     out: dict[int, dict] = {}
     p = Path(data_dir) / "responses.jsonl"
     if p.exists():
         with open(p) as f:
-            for line in f:
+            for n, line in enumerate(f, 1):
                 try:
                     d = json.loads(line)
                 except json.JSONDecodeError:  # a line cut by a kill
                     continue
+                missing = [k for k in _RESPONSE_KEYS if k not in d] if isinstance(d, dict) else list(_RESPONSE_KEYS)
+                if missing:
+                    raise InputError(field, f"{p} line {n} is not an answer written by --phase gen (no "
+                                            f"{', '.join(missing)}): give a folder made by --phase gen")
                 out[d["idx"]] = d
     return out
 
@@ -1125,6 +1140,10 @@ def check_paths(cfg: TrainConfig) -> None:
     if cfg.phase == "train" and not (Path(cfg.data_dir) / "responses.jsonl").is_file():
         raise InputError("data_dir", f"{cfg.data_dir} holds no generated answers (responses.jsonl): run --phase gen "
                                      f"with this --data-dir first")
+    if cfg.phase == "train":  # every answer record readable now, before the target loads
+        read_responses(cfg.data_dir)
+        for folder in extra_folders(cfg):
+            read_responses(folder, "extra_data")
     src = read_source(cfg.data_dir) if cfg.phase == "train" else None
     if src is not None and cfg.prompts != TrainConfig().prompts and str(Path(cfg.prompts).resolve()) != src[1]:
         raise InputError("prompts", f"{cfg.data_dir} was generated from {src[1]}, and --phase train reads its prompts "

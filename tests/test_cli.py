@@ -252,6 +252,25 @@ def test_train_drafter_bad_paths_and_numbers_fail_before_the_target_loads(tmp_pa
     assert not (tmp_path / "d").exists()
 
 
+def test_train_drafter_refuses_a_data_folder_not_made_by_gen_before_the_target_loads(tmp_path, capsys, monkeypatch):
+    """A ``responses.jsonl`` whose lines are JSON but not answer records crashed with ``KeyError: 'idx'`` after the
+    target had loaded."""
+    import dtree.models as M
+
+    def no_load(*a, **k):
+        raise AssertionError("the target was loaded before the data folder was read")
+
+    monkeypatch.setattr(M, "load_target", no_load)
+    bad = tmp_path / "bad"
+    bad.mkdir()
+    (bad / "responses.jsonl").write_text('{"x": 1}\n')
+    rc = main(["train-drafter", "--phase", "train", "--data-dir", str(bad), "--out", str(tmp_path / "ck")])
+    err = capsys.readouterr().err
+    assert rc == 2 and "error: --data-dir:" in err and "line 1 is not an answer written by --phase gen" in err
+    assert "no idx, prompt_ids, response_ids, shard" in err and "Traceback" not in err
+    assert not (tmp_path / "ck").exists()
+
+
 class _Stream:
     def __init__(self, tty: bool):
         self.tty, self.parts = tty, []

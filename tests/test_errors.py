@@ -75,7 +75,8 @@ def test_check_output_file_refuses_before_any_work(tmp_path, monkeypatch):
     blocker.write_text("x")
     cases = [("", "give a file path"), (str(tmp_path), "is a directory"), (str(tmp_path) + "/", "is a directory"),
              (str(tmp_path / "s.txt"), r"must end in \.csv or \.json"),
-             (str(blocker / "s.json"), "is a file, not a folder")]
+             (str(blocker / "s.json"), "is a file, not a folder"),
+             (str(tmp_path / "gone.json") + "/", r"ends in '/', which names a folder: give a file path")]
     for text, msg in cases:
         with pytest.raises(InputError, match=msg) as err:
             check_output_file("out", text, (".csv", ".json"))
@@ -118,3 +119,27 @@ def test_run_id_lists_refuse_an_id_given_twice():
     with pytest.raises(InputError, match=r"6 given more than once in '6,7,6'") as err:
         int_items("run", "6,7,6", distinct=True)
     assert err.value.field == "run"
+
+
+def test_json_output_path_names_a_path_through_a_file_and_a_trailing_slash(tmp_path):
+    """``fit-cost --out <a file>/fit.json`` said only "File exists" (from the write at the end); ``--out new.json/``
+    said "is a directory" of a folder that did not exist."""
+    from dtree.cost import json_output_path
+
+    blocker = tmp_path / "afile"
+    blocker.write_text("x")
+    with pytest.raises(InputError, match=r"^out: cannot write .*afile/fit.json'.*afile' is a file, not a folder"):
+        json_output_path(str(blocker / "fit.json"), "out")
+    with pytest.raises(InputError, match=r"^out: '.*new.json/' ends in '/', which names a folder"):
+        json_output_path(str(tmp_path / "new.json") + "/", "out")
+    assert json_output_path(str(tmp_path / "sub" / "fit"), "out") == tmp_path / "sub" / "fit.json"
+    assert not (tmp_path / "sub").exists()  # checked, not created
+
+
+def test_as_option_writes_run_id_as_the_run_option():
+    from argparse import Namespace
+
+    e = InputError("run_id", "no run with id 7")
+    assert e.as_option(Namespace(run="7")) == "--run: no run with id 7"
+    assert e.as_option(Namespace(limit=3)) == "run_id: no run with id 7"  # no such option: the field stays
+    assert InputError("limit", "must be >= 1").as_option(Namespace(limit=0)) == "--limit: must be >= 1"
