@@ -188,3 +188,9 @@ b issue3-gsm8k50-v15-oracle-bf16 --dataset gsm8k --limit 50 --methods ar,chain,d
 b issue3-humaneval50-v15-fp32 --dataset humaneval --limit 50 --methods ar,chain,ddtree:64,caddtree --max-new-tokens 128 --dtype float32
 b issue3-gsm8k50-v15-fp32 --dataset gsm8k --limit 50 --methods ar,chain,ddtree:64,caddtree --max-new-tokens 128 --dtype float32
 b issue3-mtbench40-v15-fp32 --dataset mt-bench --limit 40 --methods ar,chain,caddtree --max-new-tokens 128 --dtype float32
+# session 28: the 2-layer candidate v16a of the layer A/B (data/v16a; its data and training commands are in
+# docs/bench/layers-ab-training.json), not shipped, so these lines are not run here:
+#   bench --drafter data/v16a --dataset mt-bench --limit 40 --methods chain --max-new-tokens 128 --dtype bfloat16
+#     --out docs/bench/issue3-mtbench40-v16-chain-bf16.json
+#   bench --drafter data/v16a --dataset humaneval --limit 50 --methods ar,chain,ddtree:16,caddtree --max-new-tokens 128
+#     --dtype bfloat16 --out docs/bench/issue3-humaneval50-v16-bf16.json   (and gsm8k -> issue3-gsm8k50-v16-bf16.json)
