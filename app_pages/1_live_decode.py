@@ -18,7 +18,7 @@ with st.sidebar:
 ui.store_box()  # where runs are logged
 
 # method settings outside the form, so the budget and the tree options follow the chosen method at once
-c1, c2, c3, c4, c5, c6 = st.columns([3, 3, 2, 3, 2, 2], vertical_alignment="bottom")
+c1, c2, c3, c4, c5, c6 = st.columns([2.5, 3, 2, 3, 2.5, 2], vertical_alignment="bottom")  # labels uncut at 1400 px
 method = c1.selectbox("Method", METHODS, index=METHODS.index("caddtree"), key="method",
                       help="ar: plain decoding; chain: DFlash block; ddtree: fixed node budget; "
                            "caddtree: budget chosen per round from the cost model")

@@ -61,11 +61,12 @@ st.caption(f"Why this budget: {rnd.budget_reason}. Tree method: {tree.method}. C
 
 st.subheader("The tree, grown by the best-first heap")
 c1, c2, c3 = st.columns([4, 2, 3], vertical_alignment="bottom")
-step = c1.slider("Heap step (nodes inserted, in insertion order)", 0, tree.n_nodes, tree.n_nodes,
+view = f"{run_id}_{idx}"  # every round opens in its default view (whole tree), whatever was set on another one
+step = c1.slider("Heap step (nodes inserted, in insertion order)", 0, tree.n_nodes, tree.n_nodes, key=f"step_{view}",
                  help="Replays the heap: node k is the k-th best path probability popped") if tree.n_nodes else 0
 max_depth = c2.number_input("Max depth shown", 1, max(1, int(tree.depths.max())), max(1, int(tree.depths.max())),
-                            help="Hide nodes deeper than this (tokens after the anchor)")
-collapse = c3.checkbox("Collapse rejected", tree.n_nodes > 120,
+                            key=f"depth_{view}", help="Hide nodes deeper than this (tokens after the anchor)")
+collapse = c3.checkbox("Collapse rejected", tree.n_nodes > 120, key=f"collapse_{view}",
                        help="Collapse rejected subtrees: keep the accepted path and its direct alternatives; hidden "
                             "counts are in the hovers")
 left, right = st.columns([2, 1])

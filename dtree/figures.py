@@ -39,17 +39,28 @@ def tree_graph(tree: DraftTree) -> nx.DiGraph:
     return g
 
 
-def tree_layout(tree: DraftTree, keep: set[int] | None = None) -> dict[int, tuple[float, float]]:
+BONUS_SLOT = -1
+"""Key of the bonus token's position in :func:`tree_layout`'s result (node indices are >= 0)."""
+
+
+def tree_layout(tree: DraftTree, keep: set[int] | None = None,
+                bonus_after: int | None = None) -> dict[int, tuple[float, float]]:
     """Tidy left-to-right layout: x = depth, leaves on consecutive rows ordered by rank, parents centred on children.
 
     ``keep``: lay out only these nodes (must be closed under parents, root included); None = all nodes.
+    ``bonus_after``: the last accepted node; the bonus token then gets a row of its own as that node's first child
+    (key :data:`BONUS_SLOT`, depth + 1), so it never covers a drafted sibling. Ignored when the node is not laid out.
     """
     g = tree_graph(tree)
+    if bonus_after is not None and (keep is None or bonus_after in keep):
+        g.add_node(BONUS_SLOT, depth=int(tree.depths[bonus_after]) + 1, rank=-1)
+        g.add_edge(bonus_after, BONUS_SLOT)
     y: dict[int, float] = {}
     next_row = [0.0]
 
     def place(u: int) -> float:
-        kids = sorted((v for v in g.successors(u) if keep is None or v in keep), key=lambda v: g.nodes[v]["rank"])
+        kids = sorted((v for v in g.successors(u) if keep is None or v in keep or v == BONUS_SLOT),
+                      key=lambda v: g.nodes[v]["rank"])
         if not kids:
             y[u] = next_row[0]
             next_row[0] += 1.0
@@ -113,7 +124,7 @@ def tree_figure(rnd: RoundRecord, decode: Callable[[int], str], title: str | Non
     n_show = tree.n_nodes if upto is None else max(0, min(upto, tree.n_nodes))
     pruned = max_depth is not None or collapse_rejected
     keep = visible_nodes(rnd, max_depth, collapse_rejected) if pruned else None
-    pos = tree_layout(tree, set(keep) if pruned else None)
+    pos = tree_layout(tree, set(keep) if pruned else None, bonus_after=rnd.accepted[-1])
     accepted = set(rnd.accepted)
     show = [i for i in (keep if pruned else range(tree.n_nodes + 1)) if i <= n_show]
     hidden_below = subtree_sizes(tree) if pruned else None
@@ -163,8 +174,8 @@ def tree_figure(rnd: RoundRecord, decode: Callable[[int], str], title: str | Non
             text=[_token_label(decode, int(tree.tokens[i]))[:10] for i in idx], textposition="top center",
             textfont=dict(size=10), hovertext=[hover(i) for i in idx], hoverinfo="text", name=name))
     last = rnd.accepted[-1]
-    if last <= n_show and last in pos:
-        bx, by = pos[last][0] + 1, pos[last][1]
+    if last <= n_show and BONUS_SLOT in pos:
+        bx, by = pos[BONUS_SLOT]
         fig.add_trace(go.Scatter(x=[pos[last][0], bx], y=[pos[last][1], by], mode="lines",
                                  line=dict(color=BONUS, width=2, dash="dot"), hoverinfo="skip", showlegend=False))
         fig.add_trace(go.Scatter(
@@ -178,13 +189,14 @@ def tree_figure(rnd: RoundRecord, decode: Callable[[int], str], title: str | Non
         default_title += f" — heap step {n_show}/{tree.n_nodes}"
     if pruned and len(keep) < tree.n_nodes + 1:
         default_title += f" — {tree.n_nodes + 1 - len(keep)} nodes hidden"
+    height = max(320, min(1400, 22 * (len(set(round(p[1], 3) for p in pos.values())) + 4)))
     fig.update_layout(
         title=title or default_title,
         xaxis=dict(title="depth (tokens after the anchor)", dtick=1, zeroline=False),
         yaxis=dict(title="branches (ordered by drafter rank)", showticklabels=False, zeroline=False),
-        height=max(320, min(1400, 22 * (len(set(round(p[1], 3) for p in pos.values())) + 4))),
-        legend=dict(orientation="h", yanchor="top", y=-0.22), margin=dict(l=40, r=20, t=50, b=100),
-        hovermode="closest")
+        height=height, margin=dict(l=40, r=20, t=50, b=100), hovermode="closest",
+        # legend 60 px under the plot area, below the depth axis's tick labels and title whatever the height
+        legend=dict(orientation="h", yanchor="top", y=-60 / (height - 150)))
     return fig
 
 

@@ -164,6 +164,33 @@ def test_explorer_256_node_tree_collapses_and_switches_round(store_copy):
     assert at.query_params["round"] in ("1", ["1"])  # the URL names the round shown
 
 
+def test_explorer_each_round_opens_whole(store_copy):
+    """Heap step / depth / collapse set on one round do not follow to another round or run (chain rounds all have the
+    same node count and depth, where Streamlit would otherwise keep the widget's state)."""
+    _, ids = store_copy
+    at = AppTest.from_file(EXPLORER, default_timeout=TIMEOUT)
+    at.query_params["run"] = str(ids["chain"])
+    at.query_params["round"] = "0"
+    at.run()
+    _ok(at)
+    step = next(s for s in at.slider if s.label.startswith("Heap step"))
+    n_nodes = step.max
+    assert n_nodes >= 2 and step.value == n_nodes
+    step.set_value(1).run()
+    assert "heap step 1/" in _title(_charts(at)[0])
+    rounds = next(s for s in at.slider if s.label == "Round")
+    assert rounds.max >= 1
+    rounds.set_value(1).run()
+    _ok(at)
+    step = next(s for s in at.slider if s.label.startswith("Heap step"))
+    assert step.max == n_nodes and step.value == n_nodes
+    assert _title(_charts(at)[0]).startswith("Round 1:") and "heap step" not in _title(_charts(at)[0])
+    _sel(at, "Run").set_value(ids["caddtree"]).run()
+    _ok(at)
+    step = next(s for s in at.slider if s.label.startswith("Heap step"))
+    assert step.value == step.max
+
+
 def test_explorer_other_runs_and_bad_links(store_copy):
     _, ids = store_copy
     for method in ("chain", "ar"):
