@@ -55,12 +55,12 @@ def tree_layout(tree: DraftTree, keep: set[int] | None = None,
     if bonus_after is not None and (keep is None or bonus_after in keep):
         g.add_node(BONUS_SLOT, depth=int(tree.depths[bonus_after]) + 1, rank=-1)
         g.add_edge(bonus_after, BONUS_SLOT)
+        keep = None if keep is None else keep | {BONUS_SLOT}
     y: dict[int, float] = {}
     next_row = [0.0]
 
     def place(u: int) -> float:
-        kids = sorted((v for v in g.successors(u) if keep is None or v in keep or v == BONUS_SLOT),
-                      key=lambda v: g.nodes[v]["rank"])
+        kids = sorted((v for v in g.successors(u) if keep is None or v in keep), key=lambda v: g.nodes[v]["rank"])
         if not kids:
             y[u] = next_row[0]
             next_row[0] += 1.0
@@ -124,7 +124,8 @@ def tree_figure(rnd: RoundRecord, decode: Callable[[int], str], title: str | Non
     n_show = tree.n_nodes if upto is None else max(0, min(upto, tree.n_nodes))
     pruned = max_depth is not None or collapse_rejected
     keep = visible_nodes(rnd, max_depth, collapse_rejected) if pruned else None
-    pos = tree_layout(tree, set(keep) if pruned else None, bonus_after=rnd.accepted[-1])
+    last = rnd.accepted[-1]
+    pos = tree_layout(tree, set(keep) if pruned else None, bonus_after=last)
     accepted = set(rnd.accepted)
     show = [i for i in (keep if pruned else range(tree.n_nodes + 1)) if i <= n_show]
     hidden_below = subtree_sizes(tree) if pruned else None
@@ -173,7 +174,6 @@ def tree_figure(rnd: RoundRecord, decode: Callable[[int], str], title: str | Non
             marker=dict(color=colour, size=9 if big else 16, symbol=symbol, line=dict(color="#333", width=0.5)),
             text=[_token_label(decode, int(tree.tokens[i]))[:10] for i in idx], textposition="top center",
             textfont=dict(size=10), hovertext=[hover(i) for i in idx], hoverinfo="text", name=name))
-    last = rnd.accepted[-1]
     if last <= n_show and BONUS_SLOT in pos:
         bx, by = pos[BONUS_SLOT]
         fig.add_trace(go.Scatter(x=[pos[last][0], bx], y=[pos[last][1], by], mode="lines",

@@ -4,7 +4,6 @@ in the comments), on real runs of the embedded model, through the CLI and on the
 from __future__ import annotations
 
 import json
-import math
 from pathlib import Path
 
 import numpy as np
@@ -17,6 +16,7 @@ from dtree.errors import InputError
 from dtree.records import RoundRecord, RunRecord
 from dtree.trees import DraftTree, root_only_tree
 
+from .builders import draft_tree
 from .charts import charts as _charts
 from .charts import title as _title
 
@@ -27,17 +27,7 @@ ANCHOR = 7
 
 def _tree(nodes: list[tuple[int, int, int, float]]) -> DraftTree:
     """A draft tree from ``(parent, token, rank, drafter prob)`` per non-root node, in insertion order."""
-    parents, tokens, ranks, lps, depths, paths = [-1], [ANCHOR], [-1], [0.0], [0], [0.0]
-    for p, tok, rank, prob in nodes:
-        parents.append(p)
-        tokens.append(tok)
-        ranks.append(rank)
-        lps.append(math.log(prob))
-        depths.append(depths[p] + 1)
-        paths.append(paths[p] + math.log(prob))
-    n = len(tokens)
-    return DraftTree(np.array(tokens), np.array(parents), np.array(depths), np.array(ranks), np.array(lps),
-                     np.array(paths), np.full(n, np.nan), np.full(n, np.nan), method="ddtree")
+    return draft_tree(nodes, ANCHOR)
 
 
 def _round(i: int, marg: list[list[tuple[int, float]]], nodes, accepted: list[int], bonus: int) -> RoundRecord:

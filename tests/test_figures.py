@@ -1,36 +1,20 @@
 """Tree figure geometry: every drawn node, and the bonus token, has a place of its own."""
 
-import math
-
 import numpy as np
 import pytest
 
 from dtree.figures import BONUS_SLOT, tree_figure, tree_layout
 from dtree.records import RoundRecord
-from dtree.trees import DraftTree
+
+from .builders import draft_tree
 
 ANCHOR = 7
 NODE_TRACES = ("root (anchor)", "accepted", "rejected")
 BONUS_TRACE = "bonus token (target's choice)"
 
 
-def _tree(nodes: list[tuple[int, int, int]]) -> DraftTree:
-    """A draft tree from ``(parent, token, rank)`` per non-root node, in insertion order (drafter prob 0.5 each)."""
-    parents, tokens, ranks, depths = [-1], [ANCHOR], [-1], [0]
-    for p, tok, rank in nodes:
-        parents.append(p)
-        tokens.append(tok)
-        ranks.append(rank)
-        depths.append(depths[p] + 1)
-    n = len(tokens)
-    lps = np.array([0.0] + [math.log(0.5)] * (n - 1))
-    paths = np.array([math.log(0.5) * d for d in depths])
-    return DraftTree(np.array(tokens), np.array(parents), np.array(depths), np.array(ranks), lps, paths,
-                     np.full(n, np.nan), np.full(n, np.nan))
-
-
 def _round(nodes, accepted: list[int], bonus: int = 99) -> RoundRecord:
-    tree = _tree(nodes)
+    tree = draft_tree([(p, tok, rank, 0.5) for p, tok, rank in nodes], ANCHOR)  # (parent, token, rank) per node
     return RoundRecord(index=0, start=10, anchor=ANCHOR, marg_tokens=np.zeros((3, 3), np.int64),
                        marg_logprobs=np.zeros((3, 3), np.float32), tree=tree, budget=tree.n_nodes,
                        budget_reason="test", accepted=accepted, bonus=bonus,

@@ -86,12 +86,23 @@ def _store_box(at: AppTest):
     return next(t for t in at.sidebar.text_input if t.label == "Trace store (SQLite file)")
 
 
+def _explorer(run: str, round_: str | None = None) -> AppTest:
+    """The Tree explorer opened by a link ``?run=RUN[&round=ROUND]`` (values as the URL gives them), after one run."""
+    at = AppTest.from_file(EXPLORER, default_timeout=TIMEOUT)
+    at.query_params["run"] = run
+    if round_ is not None:
+        at.query_params["round"] = round_
+    return at.run()
+
+
+def _heap_step(at: AppTest):
+    """The Tree explorer's heap-step slider."""
+    return next(s for s in at.slider if s.label.startswith("Heap step"))
+
+
 def test_explorer_tree_heatmap_theta_and_heap_replay(store_copy):
     _, ids = store_copy
-    at = AppTest.from_file(EXPLORER, default_timeout=TIMEOUT)
-    at.query_params["run"] = str(ids["caddtree"])
-    at.query_params["round"] = "0"
-    at.run()
+    at = _explorer(str(ids["caddtree"]), "0")
     _ok(at)
     figs = _charts(at)
     titles = [_title(f) for f in figs]
@@ -100,7 +111,7 @@ def test_explorer_tree_heatmap_theta_and_heap_replay(store_copy):
     assert any("drafter marginals" in t for t in titles), titles
     assert any(f["data"][0]["type"] == "heatmap" for f in figs)
     full = _n_tree_markers(figs[0])
-    step = next(s for s in at.slider if s.label.startswith("Heap step"))
+    step = _heap_step(at)
     assert full == step.value + 1  # every node and the root
     step.set_value(1).run()
     _ok(at)
@@ -130,10 +141,7 @@ def test_explorer_shows_the_calibration_an_adapt_round_used(store_copy, logged_s
     assert len(run.rounds) >= 2
     cals = adaptive_calibrations(run)
     for idx in (0, len(run.rounds) - 1):
-        at = AppTest.from_file(EXPLORER, default_timeout=TIMEOUT)
-        at.query_params["run"] = str(ids["caddtree-adapt"])
-        at.query_params["round"] = str(idx)
-        at.run()
+        at = _explorer(str(ids["caddtree-adapt"]), str(idx))
         _ok(at)
         df = at.dataframe[-1].value
         assert df["depth"].tolist() == list(range(1, cals[idx].depths + 1))
@@ -145,9 +153,7 @@ def test_explorer_shows_the_calibration_an_adapt_round_used(store_copy, logged_s
 
 def test_explorer_256_node_tree_collapses_and_switches_round(store_copy):
     _, ids = store_copy
-    at = AppTest.from_file(EXPLORER, default_timeout=TIMEOUT)
-    at.query_params["run"] = str(ids["ddtree"])
-    at.run()
+    at = _explorer(str(ids["ddtree"]))
     _ok(at)
     collapse = at.checkbox[0]
     assert collapse.value  # on by default above 120 nodes
@@ -168,12 +174,9 @@ def test_explorer_each_round_opens_whole(store_copy):
     """Heap step / depth / collapse set on one round do not follow to another round or run (chain rounds all have the
     same node count and depth, where Streamlit would otherwise keep the widget's state)."""
     _, ids = store_copy
-    at = AppTest.from_file(EXPLORER, default_timeout=TIMEOUT)
-    at.query_params["run"] = str(ids["chain"])
-    at.query_params["round"] = "0"
-    at.run()
+    at = _explorer(str(ids["chain"]), "0")
     _ok(at)
-    step = next(s for s in at.slider if s.label.startswith("Heap step"))
+    step = _heap_step(at)
     n_nodes = step.max
     assert n_nodes >= 2 and step.value == n_nodes
     step.set_value(1).run()
@@ -182,27 +185,22 @@ def test_explorer_each_round_opens_whole(store_copy):
     assert rounds.max >= 1
     rounds.set_value(1).run()
     _ok(at)
-    step = next(s for s in at.slider if s.label.startswith("Heap step"))
+    step = _heap_step(at)
     assert step.max == n_nodes and step.value == n_nodes
     assert _title(_charts(at)[0]).startswith("Round 1:") and "heap step" not in _title(_charts(at)[0])
     _sel(at, "Run").set_value(ids["caddtree"]).run()
     _ok(at)
-    step = next(s for s in at.slider if s.label.startswith("Heap step"))
+    step = _heap_step(at)
     assert step.value == step.max
 
 
 def test_explorer_other_runs_and_bad_links(store_copy):
     _, ids = store_copy
     for method in ("chain", "ar"):
-        at = AppTest.from_file(EXPLORER, default_timeout=TIMEOUT)
-        at.query_params["run"] = str(ids[method])
-        at.run()
+        at = _explorer(str(ids[method]))
         _ok(at)
         assert at.get("plotly_chart")
-    at = AppTest.from_file(EXPLORER, default_timeout=TIMEOUT)
-    at.query_params["run"] = "999"
-    at.query_params["round"] = "zz"
-    at.run()
+    at = _explorer("999", "zz")
     assert not at.exception
     assert at.error and "999" in at.error[0].value  # the missing run is named, another run is shown
     assert at.get("plotly_chart")
@@ -212,9 +210,7 @@ def test_explorer_round_deleted_in_another_tab(store_copy):
     from dtree.store import TraceStore
 
     path, ids = store_copy
-    at = AppTest.from_file(EXPLORER, default_timeout=TIMEOUT)
-    at.query_params["run"] = str(ids["chain"])
-    at.run()
+    at = _explorer(str(ids["chain"]))
     _ok(at)
     with TraceStore(path) as s:
         s.delete_run(ids["chain"])
@@ -230,9 +226,7 @@ def test_explorer_round_of_a_damaged_rounds_table_names_the_damage(store_copy):
 
     path, ids = store_copy
     damage_table_root(path, "rounds")
-    at = AppTest.from_file(EXPLORER, default_timeout=TIMEOUT)
-    at.query_params["run"] = str(ids["chain"])
-    at.run()
+    at = _explorer(str(ids["chain"]))
     assert not at.exception
     assert at.error and "cannot be read" in at.error[0].value and "damaged" in at.error[0].value
     assert "deleted in another tab" not in at.error[0].value
@@ -308,16 +302,11 @@ def test_runs_export_contents(store_copy):
 
 def test_explorer_bad_run_and_round_links_warn(store_copy):
     _, ids = store_copy
-    at = AppTest.from_file(EXPLORER, default_timeout=TIMEOUT)
-    at.query_params["run"] = "abc"
-    at.run()
+    at = _explorer("abc")
     _ok(at)
     assert at.warning and "'abc'" in at.warning[0].value  # not silently another run
     assert at.get("plotly_chart")
-    at = AppTest.from_file(EXPLORER, default_timeout=TIMEOUT)
-    at.query_params["run"] = str(ids["ddtree"])
-    at.query_params["round"] = "99"
-    at.run()
+    at = _explorer(str(ids["ddtree"]), "99")
     _ok(at)
     assert at.warning and "Round 99" in at.warning[0].value and "out of range" in at.warning[0].value
     assert next(s for s in at.slider if s.label == "Round").value == 0  # falls back to the first round
