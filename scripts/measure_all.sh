@@ -180,7 +180,7 @@ b issue3-humaneval50-v15-bf16 --dataset humaneval --limit 50 --methods ar,chain,
 b issue3-gsm8k50-v15-bf16 --dataset gsm8k --limit 50 --methods ar,chain,caddtree --max-new-tokens 128 --dtype bfloat16
 b issue3-mtbench40-v15-chain-bf16 --dataset mt-bench --limit 40 --methods chain --max-new-tokens 128 --dtype bfloat16
 b issue3-gsm8k10-v15-fp32 --dataset gsm8k --limit 10 --methods ar,chain,ddtree:16,caddtree --max-new-tokens 128 --dtype float32
-# session 27: the shipped v15 again, every fixed budget beside caddtree (the oracle) in bf16, one bench after another
+# session 27: v15 (shipped then; now in git history at commit 7a998ef, pass it as DRAFTER) again, every fixed budget beside caddtree (the oracle) in bf16, one bench after another
 # on an idle machine, then the float32 check of every prompt (ddtree:64 as the largest tree; run beside a helper's
 # checks, so only tau and mismatches count)
 b issue3-humaneval50-v15-oracle-bf16 --dataset humaneval --limit 50 --methods ar,chain,ddtree:8,ddtree:16,ddtree:32,ddtree:64,caddtree --max-new-tokens 128 --dtype bfloat16
@@ -194,3 +194,12 @@ b issue3-mtbench40-v15-fp32 --dataset mt-bench --limit 40 --methods ar,chain,cad
 #     --out docs/bench/issue3-mtbench40-v16-chain-bf16.json
 #   bench --drafter data/v16a --dataset humaneval --limit 50 --methods ar,chain,ddtree:16,caddtree --max-new-tokens 128
 #     --dtype bfloat16 --out docs/bench/issue3-humaneval50-v16-bf16.json   (and gsm8k -> issue3-gsm8k50-v16-bf16.json)
+# session 30: drafter v17 (before shipping: --drafter data/v17; the same weights are now the shipped checkpoint), the
+# two 50-prompt bf16 lines and MT-Bench first turns chain only on an idle machine, then (after shipping) a float32
+# lossless check on the first 10 prompts of each set
+b issue3-gsm8k50-v17-bf16 --dataset gsm8k --limit 50 --methods ar,chain,ddtree:16,caddtree --max-new-tokens 128 --dtype bfloat16
+b issue3-humaneval50-v17-bf16 --dataset humaneval --limit 50 --methods ar,chain,ddtree:16,caddtree --max-new-tokens 128 --dtype bfloat16
+b issue3-mtbench40-v17-chain-bf16 --dataset mt-bench --limit 40 --methods chain --max-new-tokens 128 --dtype bfloat16
+b issue3-gsm8k10-v17-fp32 --dataset gsm8k --limit 10 --methods ar,chain,ddtree:16,caddtree --max-new-tokens 128 --dtype float32
+b issue3-humaneval10-v17-fp32 --dataset humaneval --limit 10 --methods ar,chain,ddtree:16,caddtree --max-new-tokens 128 --dtype float32
+b issue3-mtbench10-v17-fp32 --dataset mt-bench --limit 10 --methods ar,chain,caddtree --max-new-tokens 128 --dtype float32
