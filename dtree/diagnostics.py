@@ -271,7 +271,11 @@ def diagnose_store(store, run_ids: list[int], n_bins: int = 10, q_min: float = 1
     Raises InputError for an unknown id, an empty list, or no speculative round among them."""
     if not run_ids:
         raise InputError("run", "give at least one run id")
-    return diagnose_runs([store.load_run(int(i)) for i in run_ids], n_bins, q_min)
+    runs = [store.load_run(int(i)) for i in run_ids]
+    if not any(_speculative(r.rounds) for r in runs):  # named after the option the ids came from (--run)
+        raise InputError("run", f"run(s) {', '.join(str(i) for i in run_ids)} have no speculative round (chain / "
+                                "ddtree / caddtree) to diagnose: AR runs log no drafter marginals")
+    return diagnose_runs(runs, n_bins, q_min)
 
 
 def run_diagnostics(backend, prompts: list[str], cfg, store=None, progress=None, n_bins: int = 10,

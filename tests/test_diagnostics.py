@@ -196,8 +196,9 @@ def test_real_tree_run_and_store_round_trip(real_runs):
     with TraceStore(path) as store:
         stored = diagnostics.diagnose_store(store, [tree.run_id, runs["ar"].run_id])  # AR rounds skipped
         both = diagnostics.diagnose_store(store, [runs["chain"].run_id, tree.run_id])
-        with pytest.raises(InputError, match="no speculative round"):
+        with pytest.raises(InputError, match="no speculative round") as err:
             diagnostics.diagnose_store(store, [runs["ar"].run_id])
+        assert err.value.field == "run"  # the CLI prints it as --run
         with pytest.raises(InputError):
             diagnostics.diagnose_store(store, [10_000])
     assert stored.agreement.equals(d.agreement) and stored.calibration.equals(d.calibration)
