@@ -229,6 +229,31 @@ def load_drafter_fastest(path: str | Path, target: Target, drafter_dtype: str | 
     return d
 
 
+def early_drafter_check(cfg, target: str | None) -> None:
+    """Check a drafter config (:class:`dtree.drafter.DrafterConfig`) against the target's ``config.json`` alone
+    (:func:`dtree.drafter.check_drafter_shape`), so that a drafter made for another model is refused in a second,
+    not after the target's weights load.
+
+    Raises:
+        InputError: field ``"drafter"`` for a mismatch; field ``"target"`` for a target path that does not exist or a
+            config that cannot be read (a hub id neither cached nor reachable, an unknown architecture), in the words
+            :func:`dtree.models.load_target` would use.
+    """
+    from transformers import AutoConfig
+
+    from .drafter import check_drafter_shape
+    from .models import resolve_target
+
+    where = resolve_target(target)
+    try:
+        tcfg = AutoConfig.from_pretrained(where)
+    except (OSError, ValueError) as e:  # load_target would fail alike, after trying the network again
+        raise InputError("target", f"cannot load {target!r}: {e}") from e
+    tcfg = getattr(tcfg, "text_config", None) or tcfg
+    if hasattr(tcfg, "hidden_size") and hasattr(tcfg, "num_hidden_layers"):
+        check_drafter_shape(cfg, tcfg)
+
+
 class Backend:
     """Target + drafter + cost model, loaded once (per Streamlit server via ``st.cache_resource``, or per CLI run).
 
@@ -247,8 +272,8 @@ class Backend:
                  drafter: str | None = None, drafter_dtype: str | None = None):
         from .drafter import default_drafter_path, read_drafter_config
 
-        if drafter:  # a mistyped --drafter fails before the (slow) target load and kernel tuning
-            read_drafter_config(drafter)
+        if drafter:  # a mistyped or mismatched --drafter fails before the (slow) target load and kernel tuning
+            early_drafter_check(read_drafter_config(drafter), target)
         self.target = load_target(target, dtype, device)
         if drafter is None and target not in ("embedded", None, ""):
             self.drafter = None  # a user target needs its own drafter checkpoint

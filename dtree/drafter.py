@@ -589,6 +589,25 @@ def read_drafter_config(path: str | Path) -> DrafterConfig:
         raise InputError("drafter", f"cannot read {path / 'config.json'}: {e}") from e
 
 
+def check_drafter_shape(cfg: DrafterConfig, target_config) -> None:
+    """Check that a drafter config fits a target's config (a ``transformers`` ``PretrainedConfig``, or any object
+    with ``hidden_size`` and ``num_hidden_layers``) before any weights are loaded: the hidden size, the number of
+    target layers and the ``target_layer_ids`` the drafter reads its context features from. (The vocabulary is
+    checked by :func:`load_drafter` against the loaded output embeddings, whose row count a config may not state.)
+
+    Raises:
+        InputError (field ``"drafter"``): a mismatch, with both values in the message.
+    """
+    nt = int(target_config.num_hidden_layers)
+    if cfg.hidden_size != int(target_config.hidden_size):
+        raise InputError("drafter", f"hidden_size {cfg.hidden_size} does not match the target's "
+                                    f"{target_config.hidden_size}")
+    if cfg.num_target_layers != nt:
+        raise InputError("drafter", f"num_target_layers {cfg.num_target_layers} does not match the target's {nt} layers")
+    if any(not 0 <= j < nt for j in cfg.target_layer_ids):
+        raise InputError("drafter", f"target_layer_ids {cfg.target_layer_ids} must lie in [0, {nt - 1}]")
+
+
 def load_drafter(path: str | Path, target, dtype: torch.dtype | str | None = None) -> DFlashDrafter:
     """Load a drafter folder (``config.json`` + ``model.safetensors``) for ``target`` (a :class:`dtree.models.Target`
     or an HF causal LM), on the target's device, in the target's dtype unless ``dtype`` is given, eval mode, no
@@ -610,13 +629,7 @@ def load_drafter(path: str | Path, target, dtype: torch.dtype | str | None = Non
     path = Path(path)
     cfg = read_drafter_config(path)
     V = int(model.get_output_embeddings().weight.shape[0])
-    nt = int(tcfg.num_hidden_layers)
-    if cfg.hidden_size != int(tcfg.hidden_size):
-        raise InputError("drafter", f"hidden_size {cfg.hidden_size} does not match the target's {tcfg.hidden_size}")
-    if cfg.num_target_layers != nt:
-        raise InputError("drafter", f"num_target_layers {cfg.num_target_layers} does not match the target's {nt} layers")
-    if any(not 0 <= j < nt for j in cfg.target_layer_ids):
-        raise InputError("drafter", f"target_layer_ids {cfg.target_layer_ids} must lie in [0, {nt - 1}]")
+    check_drafter_shape(cfg, tcfg)
     if cfg.vocab_size is not None and cfg.vocab_size != V:
         raise InputError("drafter", f"vocab_size {cfg.vocab_size} does not match the target's vocabulary of {V}")
     if cfg.mask_token_id is not None and not 0 <= cfg.mask_token_id < V:

@@ -299,6 +299,8 @@ def load_or_tune(model: torch.nn.Module, name: str, max_rows: int = DEFAULT_MAX_
     at most :data:`MAX_TUNES` times, not on every load. Delete ``$DTREE_CACHE/kernels/*.json`` to re-measure by hand.
 
     A cache file that cannot be read is re-tuned and overwritten (it holds nothing but measurements).
+    ``progress(done, total)`` is called per timing pass (:func:`tune_linear_kernels`); default a
+    ``dtree: kernel timing pass k/N`` line on stderr.
     """
     path = table_path(model, name, max_rows)
     cached = None
@@ -314,6 +316,9 @@ def load_or_tune(model: torch.nn.Module, name: str, max_rows: int = DEFAULT_MAX_
             return cached
     print("dtree: timing this CPU's matmul kernels for few-row products (once per machine and dtype, about 35 s on "
           "an idle 2-core machine; see README 'Few-row matmul kernels')...", file=sys.stderr, flush=True)
+    if progress is None:  # a count on stderr: on a loaded machine the tuning takes minutes
+        def progress(done: int, total: int) -> None:
+            print(f"dtree: kernel timing pass {done}/{total}", file=sys.stderr, flush=True)
     table = tune_linear_kernels(model, max_rows=max_rows, progress=progress)
     spread = float(table.meta.get("spread", 0.0))
     if spread > MAX_SPREAD and cached is not None and float(cached.meta.get("spread", 0.0)) <= spread:

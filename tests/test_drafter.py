@@ -212,6 +212,31 @@ def test_mismatched_checkpoints_raise_input_error(target, tmp_path):
         load_drafter(tmp_path / "corrupt", target)
 
 
+def test_backend_refuses_a_mismatched_drafter_before_loading_the_target(tmp_path, monkeypatch):
+    import dtree.backend as backend_mod
+    from dtree.drafter import default_drafter_path, read_drafter_config
+
+    def no_target_load(*args, **kwargs):
+        raise AssertionError("the target was loaded before the drafter config was checked")
+
+    monkeypatch.setattr(backend_mod, "load_target", no_target_load)
+    ck = default_drafter_path()
+    backend_mod.early_drafter_check(read_drafter_config(ck), "embedded")  # the shipped drafter fits
+    for field, value in [("hidden_size", 512), ("num_target_layers", 36), ("target_layer_ids", [1, 30])]:
+        bad = tmp_path / field
+        bad.mkdir()
+        (bad / "model.safetensors").write_bytes(b"never read")
+        cfg = json.loads((ck / "config.json").read_text())
+        if field == "target_layer_ids":
+            cfg.setdefault("dflash_config", {})[field] = value
+        else:
+            cfg[field] = value
+        (bad / "config.json").write_text(json.dumps(cfg))
+        with pytest.raises(InputError, match=field) as err:
+            backend_mod.Backend("embedded", "float32", drafter=str(bad))
+        assert err.value.field == "drafter"
+
+
 def test_few_training_steps_lower_the_loss(target, sequence):
     torch.manual_seed(0)
     d = small_drafter(target, draft_vocab=T.build_draft_vocab([sequence], target.eos_ids), qk_norm=False).train()

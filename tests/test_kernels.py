@@ -140,7 +140,7 @@ def test_tune_measures_and_restores(target32):
         tune_linear_kernels(target32.model, max_rows=0)
 
 
-def test_load_or_tune_replaces_a_corrupt_cache(target32, tmp_path, monkeypatch):
+def test_load_or_tune_replaces_a_corrupt_cache(target32, tmp_path, monkeypatch, capsys):
     from dtree import kernels
 
     monkeypatch.setenv("DTREE_CACHE", str(tmp_path))
@@ -150,6 +150,8 @@ def test_load_or_tune_replaces_a_corrupt_cache(target32, tmp_path, monkeypatch):
     path.write_text("{not json")
     table = load_or_tune(target32.model, "probe", max_rows=2)
     assert json.loads(path.read_text())["choice"] == table.choice
+    passes = [line for line in capsys.readouterr().err.splitlines() if "kernel timing pass" in line]
+    assert passes and passes[-1].endswith(f"{len(passes)}/{len(passes)}")  # a count per timing pass on stderr
     assert load_or_tune(target32.model, "probe", max_rows=2).choice == table.choice  # read back, not re-tuned
 
 
