@@ -203,3 +203,11 @@ b issue3-mtbench40-v17-chain-bf16 --dataset mt-bench --limit 40 --methods chain 
 b issue3-gsm8k10-v17-fp32 --dataset gsm8k --limit 10 --methods ar,chain,ddtree:16,caddtree --max-new-tokens 128 --dtype float32
 b issue3-humaneval10-v17-fp32 --dataset humaneval --limit 10 --methods ar,chain,ddtree:16,caddtree --max-new-tokens 128 --dtype float32
 b issue3-mtbench10-v17-fp32 --dataset mt-bench --limit 10 --methods ar,chain,caddtree --max-new-tokens 128 --dtype float32
+# session 31: the shipped v17 with every fixed budget beside caddtree (the oracle) in bf16, one bench after another on
+# an idle machine, then the float32 check of every prompt (ddtree:64 as the largest tree; run beside the tests and a
+# fresh-user check, so only tau and mismatches count)
+b issue3-humaneval50-v17-oracle-bf16 --dataset humaneval --limit 50 --methods ar,chain,ddtree:8,ddtree:16,ddtree:32,ddtree:64,caddtree --max-new-tokens 128 --dtype bfloat16
+b issue3-gsm8k50-v17-oracle-bf16 --dataset gsm8k --limit 50 --methods ar,chain,ddtree:8,ddtree:16,ddtree:32,ddtree:64,caddtree --max-new-tokens 128 --dtype bfloat16
+b issue3-humaneval50-v17-fp32 --dataset humaneval --limit 50 --methods ar,chain,ddtree:64,caddtree --max-new-tokens 128 --dtype float32
+b issue3-gsm8k50-v17-fp32 --dataset gsm8k --limit 50 --methods ar,chain,ddtree:64,caddtree --max-new-tokens 128 --dtype float32
+b issue3-mtbench40-v17-fp32 --dataset mt-bench --limit 40 --methods ar,chain,caddtree --max-new-tokens 128 --dtype float32
