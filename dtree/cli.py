@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import statistics
 import sys
 from pathlib import Path
@@ -990,6 +991,13 @@ def _count(n: int, word: str) -> str:
     return f"{n} {word}" if n == 1 else f"{n} {word}s"
 
 
+def _store_from_env(args, argv: list[str]) -> bool:
+    """Whether ``args.store`` came from ``$DTREE_STORE`` rather than a ``--store`` the user typed."""
+    typed = any(a in ("--store", "--from-store") or a.startswith(("--store=", "--from-store=")) for a in argv)
+    env = os.environ.get("DTREE_STORE")
+    return not typed and bool(env) and getattr(args, "store", None) == env
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
@@ -1006,7 +1014,10 @@ def main(argv: list[str] | None = None) -> int:
         drafter_dtype_setting(getattr(args, "drafter_dtype", None))  # and a bad DTREE_DRAFTER_DTYPE
         return int(args.func(args) or 0)
     except InputError as e:
-        print(f"error: {e.as_option(args)}", file=sys.stderr)
+        text = e.as_option(args)
+        if e.field == "store" and _store_from_env(args, sys.argv[1:] if argv is None else argv):
+            text = "DTREE_STORE (the store used when --store is not given)" + str(e)[len("store"):]
+        print(f"error: {text}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:
         print("interrupted (the run is kept in the store, marked interrupted)", file=sys.stderr)

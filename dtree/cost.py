@@ -238,7 +238,7 @@ class CostWeights:
         Raises:
             InputError: field ``cost_weights`` for syntax errors or unknown keys; the weight's own field for a
                 negative, NaN or infinite value, its message naming the key as typed (``cd (= cd_scale) must be
-                in [0.0, inf], got -1.0``).
+                in [0.0, inf], got -1.0``, ``cv_a must be >= 0.0, got -2.0``).
         """
         if text is None or not str(text).strip():
             return cls()
@@ -262,10 +262,12 @@ class CostWeights:
             return cls(**kw)
         except InputError as e:
             key = typed.get(e.field)
-            if key is None or key == e.field:
+            if key is None:
                 raise
-            # name the key as typed ("cd"), not only the internal field it maps to ("cd_scale")
-            raise InputError(e.field, f"{key} (= {e.field}) {str(e).split(': ', 1)[1]}") from None
+            # name the key as typed ("cd"), not only the internal field it maps to ("cd_scale"); the message names
+            # it even when the two agree, as the CLI shows it after --cost-weights (dtree.errors._OPTION_OF)
+            named = key if key == e.field else f"{key} (= {e.field})"
+            raise InputError(e.field, f"{named} {str(e).split(': ', 1)[1]}") from None
 
 
 @dataclass

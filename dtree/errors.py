@@ -32,8 +32,10 @@ class InputError(ValueError):
         return "--" + option.replace("_", "-") + text[len(self.field):]
 
 
-# fields whose command-line option has another name (the store's ``run_id`` is ``--run`` of replay and diagnose)
-_OPTION_OF = {"run_id": "run"}
+# fields whose command-line option has another name (the store's ``run_id`` is ``--run`` of replay and diagnose; each
+# weight of :class:`dtree.cost.CostWeights` is a key of ``--cost-weights``)
+_OPTION_OF = {"run_id": "run", **{w: "cost_weights" for w in ("cd_scale", "cv_scale", "cv_tree_scale", "cv_a", "cv_b",
+                                                               "cv_c", "cd_s")}}
 
 
 def check_int(field: str, value, lo: int | None = None, hi: int | None = None) -> int:

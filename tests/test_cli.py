@@ -349,6 +349,25 @@ def test_a_bad_store_fails_before_the_model_loads_and_is_left_untouched(tmp_path
         assert store.read_bytes() == before
 
 
+def test_a_bad_dtree_store_is_named_as_the_variable_not_as_store(tmp_path, capsys, monkeypatch):
+    import dtree.backend as B
+
+    def no_load(*a, **k):
+        raise AssertionError("the model was loaded before the store was checked")
+
+    monkeypatch.setattr(B.Backend, "__init__", no_load)
+    store = tmp_path / "s.sqlite"
+    store.write_text("not a database\n")
+    monkeypatch.setenv("DTREE_STORE", str(store))
+    assert main(["decode", "--prompt", "hi"]) == 2
+    err = capsys.readouterr().err
+    assert err.startswith("error: DTREE_STORE (the store used when --store is not given): ") and str(store) in err
+    assert "--store:" not in err
+    assert main(["decode", "--prompt", "hi", "--store", str(store)]) == 2  # typed: named as the option
+    assert capsys.readouterr().err.startswith("error: --store: ")
+    assert store.read_text() == "not a database\n"
+
+
 def test_drafter_run_name_is_one_name_per_checkpoint(tmp_path, monkeypatch):
     """Runs store one name per drafter folder however it was typed, so fit-cost / calibrate group them as one setup:
     the shipped folder by any path is the shipped name; another folder by its absolute path (not cwd-relative)."""

@@ -136,6 +136,19 @@ def test_json_output_path_names_a_path_through_a_file_and_a_trailing_slash(tmp_p
     assert not (tmp_path / "sub").exists()  # checked, not created
 
 
+def test_as_option_writes_a_cost_weight_as_the_cost_weights_option():
+    from argparse import Namespace
+
+    from dtree.cost import CostWeights
+
+    for text, typed in [("cd=-1", "cd (= cd_scale)"), ("cv=nan", "cv (= cv_scale)"), ("cv_a=-2", "cv_a")]:
+        with pytest.raises(InputError) as e:
+            CostWeights.parse(text)
+        message = e.value.as_option(Namespace(cost_weights=text))
+        assert message.startswith(f"--cost-weights: {typed} "), message
+        assert e.value.as_option(Namespace(limit=1)) == str(e.value)  # a command without the option keeps the field
+
+
 def test_as_option_writes_run_id_as_the_run_option():
     from argparse import Namespace
 
