@@ -34,6 +34,10 @@ AGREEMENT_COLUMNS = ["depth", "rounds", "agree", "rate", "in_topk", "topk_rate",
 CALIBRATION_COLUMNS = ["bin", "q_lo", "q_hi", "nodes", "accepted", "mean_q", "rate"]
 
 
+# what diagnostics say when no round has drafter marginals (depth_agreement over rounds, diagnose_store over run ids)
+_NO_SPECULATIVE_ROUND = "no speculative round (chain / ddtree / caddtree) to diagnose: AR runs log no drafter marginals"
+
+
 def _speculative(rounds: list[RoundRecord]) -> list[RoundRecord]:
     return [r for r in rounds if r.drafted]
 
@@ -63,8 +67,7 @@ def depth_agreement(rounds: list[RoundRecord]) -> pd.DataFrame:
     """
     spec = _speculative(rounds)
     if not spec:
-        raise InputError("runs", "no speculative round (chain / ddtree / caddtree) to diagnose: AR runs log no "
-                                 "drafter marginals")
+        raise InputError("runs", _NO_SPECULATIVE_ROUND)
     gamma = max(int(r.marg_tokens.shape[0]) for r in spec)
     n, agree, topk = np.zeros(gamma, int), np.zeros(gamma, int), np.zeros(gamma, int)
     for r in spec:
@@ -273,8 +276,7 @@ def diagnose_store(store, run_ids: list[int], n_bins: int = 10, q_min: float = 1
         raise InputError("run", "give at least one run id")
     runs = [store.load_run(int(i)) for i in run_ids]
     if not any(_speculative(r.rounds) for r in runs):  # named after the option the ids came from (--run)
-        raise InputError("run", f"run(s) {', '.join(str(i) for i in run_ids)} have no speculative round (chain / "
-                                "ddtree / caddtree) to diagnose: AR runs log no drafter marginals")
+        raise InputError("run", f"run(s) {', '.join(str(i) for i in run_ids)} have {_NO_SPECULATIVE_ROUND}")
     return diagnose_runs(runs, n_bins, q_min)
 
 

@@ -138,9 +138,13 @@ def test_json_output_path_names_a_path_through_a_file_and_a_trailing_slash(tmp_p
 
 def test_as_option_writes_a_cost_weight_as_the_cost_weights_option():
     from argparse import Namespace
+    from dataclasses import fields
 
     from dtree.cost import CostWeights
+    from dtree.errors import _OPTION_OF
 
+    # every weight is mapped (the list in dtree.errors is written out: dtree.cost imports dtree.errors)
+    assert {f.name: "cost_weights" for f in fields(CostWeights)}.items() <= _OPTION_OF.items()
     for text, typed in [("cd=-1", "cd (= cd_scale)"), ("cv=nan", "cv (= cv_scale)"), ("cv_a=-2", "cv_a")]:
         with pytest.raises(InputError) as e:
             CostWeights.parse(text)
