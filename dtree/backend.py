@@ -16,7 +16,7 @@ import torch
 
 from . import engine
 from .cost import cost_model_from_profile, hardware_description, profile_verify
-from .drafter import drafter_dtype_name
+from .drafter import drafter_dtype_name, drafter_head_kernel
 from .errors import InputError
 from .models import Target, cache_dir, dtype_name, load_target
 from .records import RunRecord
@@ -73,6 +73,7 @@ def default_cost_model_path(target: Target, drafter) -> Path:
                       getattr(target.model.config, "_attn_implementation", None),  # the verify kernel path
                       list(target.verify_widths),  # verifies padded alike
                       getattr(target, "linear_kernels", "off"),  # and run with the same matmul kernels
+                      drafter_head_kernel(drafter),  # the drafter head's kernel sets much of Cd on CPU
                       list(QUICK_CONTEXTS), list(QUICK_NODES)])  # on the current default grid
     return cache_dir() / "costs" / f"cost-{hashlib.sha1(key.encode()).hexdigest()[:12]}.json"
 
@@ -123,6 +124,7 @@ def profile_cost_model(target: Target, drafter, contexts=QUICK_CONTEXTS, nodes=Q
                          between=lambda: cd_times.append(step()), widths=target.verify_widths)
     meta = {"target": target.name, "drafter": getattr(drafter, "name", None), "dtype": dtype_name(target.dtype),
             "drafter_dtype": drafter_dtype_name(drafter),
+            "drafter_head_kernel": drafter_head_kernel(drafter),
             "cd_samples": len(cd_times), "verify_widths": list(target.verify_widths),
             "linear_kernels": target.linear_kernels}
     return cost_model_from_profile(target.model, float(np.median(cd_times)), raw, contexts, nodes, repeats,
@@ -145,7 +147,7 @@ def cost_model_mismatch(cost, target: Target, drafter=None) -> list[str]:
     """Reasons why ``cost`` (a CostModel) may not describe this target/drafter/dtype/machine, one line each.
 
     Compares the model's ``meta`` (``target``, ``drafter``, ``dtype``, ``hardware``, ``verify_widths``,
-    ``linear_kernels``, as written by
+    ``linear_kernels``, ``drafter_head_kernel``, as written by
     :func:`profile_cost_model`) with the loaded models; keys missing from ``meta`` are not compared. An empty list
     means nothing looks wrong. The caller warns and lets the user proceed.
     """
@@ -156,6 +158,7 @@ def cost_model_mismatch(cost, target: Target, drafter=None) -> list[str]:
         here["drafter"] = drafter.name
     if drafter is not None:
         here["drafter_dtype"] = drafter_dtype_name(drafter)
+        here["drafter_head_kernel"] = drafter_head_kernel(drafter)
     from .records import meta_mismatches
 
     return [f"cost model was measured for {key} {theirs!r}, this run uses {mine!r}"

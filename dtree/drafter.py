@@ -40,6 +40,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from .errors import InputError
+from .kernels import product_kernel
 
 CHECKPOINT_NAME = "smollm2-135m-dflash"
 
@@ -355,6 +356,8 @@ class DFlashDrafter(nn.Module):
         self._head_key = None
         self._head = None
         self._vocab_np = None
+        # dtree.kernels.KernelTable choosing the output head's matmul kernel (None: F.linear); set by load_drafter on CPU
+        self.head_kernels = None
         self.reset_parameters()
 
     def reset_parameters(self, std: float = 0.02) -> None:
@@ -507,7 +510,7 @@ class DFlashDrafter(nn.Module):
         block_pos = torch.arange(start, start + self.block_size, device=dev)[None, None]
         x = self.block_embeddings(target_model, torch.tensor([[anchor]], device=dev))
         h = self.run_layers(x, ctx, ctx_pos, block_pos, None, cache)[0, 0, 1:]  # [gamma, H]
-        return F.linear(h, self.head_weight(target_model)).float()
+        return product_kernel(self.head_kernels, self.head_weight(target_model), h).float()
 
 
 # ----------------------------------------------------------------------------------------------------------------
@@ -569,6 +572,16 @@ def drafter_dtype_name(drafter) -> str | None:
 
     p = None if drafter is None else next(iter(drafter.parameters()), None)
     return None if p is None else dtype_name(p.dtype)
+
+
+def drafter_head_kernel(drafter) -> str:
+    """The matmul kernel of a drafter's output head in a draft step (:mod:`dtree.kernels` name; ``linear`` without a
+    measured choice). It sets much of Cd on CPU, so runs record it and cost profiles are kept per it."""
+    table = getattr(drafter, "head_kernels", None)
+    if table is None:
+        return "linear"
+    picks = next(iter(table.choice.values()), [])
+    return picks[-1] if picks else "linear"
 
 
 def read_drafter_config(path: str | Path) -> DrafterConfig:
@@ -666,9 +679,11 @@ def load_drafter(path: str | Path, target, dtype: torch.dtype | str | None = Non
     drafter.eval()
     for q in drafter.parameters():
         q.requires_grad_(False)
-    from .kernels import install_linear_kernels, installed_table
+    from .kernels import install_linear_kernels, installed_table, load_or_tune_product
 
     table = installed_table(model)
-    if table is not None:  # the target's few-row kernels (dtree.kernels) serve the drafter's layers too
+    if table is not None:  # the target's few-row kernels (dtree.kernels) serve the drafter's layers too,
         install_linear_kernels(drafter, table)
+        # and its output head, the largest product of a draft step, gets its own measured kernel
+        drafter.head_kernels = load_or_tune_product(drafter.head_weight(model), drafter.block_size - 1, "drafter head")
     return drafter

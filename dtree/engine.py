@@ -397,9 +397,10 @@ def generate(target, prompt_ids: list[int], cfg: DecodeConfig, drafter=None, cos
     params["verify_widths"] = list(target.verify_widths)  # how its verifies were padded
     params["linear_kernels"] = getattr(target, "linear_kernels", "off")  # which matmul kernels ran them
     if drafter is not None and cfg.method != "ar":  # its dtype sets Cd (dtree.backend.load_drafter_fastest)
-        from .drafter import drafter_dtype_name
+        from .drafter import drafter_dtype_name, drafter_head_kernel
 
         params["drafter_dtype"] = drafter_dtype_name(drafter)
+        params["drafter_head_kernel"] = drafter_head_kernel(drafter)
         if getattr(drafter, "fingerprint", None):  # its weights file (sha1 prefix): a retrained checkpoint at one path
             params["drafter_weights"] = drafter.fingerprint  # is another setup for a fit (records.check_one_setup)
     if cv_curve is not None:

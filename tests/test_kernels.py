@@ -225,3 +225,111 @@ def test_a_disturbed_tuning_is_cached_as_provisional_and_retuned_a_bounded_numbe
     assert steady.meta["provisional"] is False and steady.choice == {"*": ["w_xt2"]}
     assert load_or_tune(target32.model, "probe-noisy", max_rows=1).choice == {"*": ["w_xt2"]}
     assert len(calls) == 5  # the third load read the cache
+
+
+def test_product_kernels_tuning_dispatch_and_errors():
+    """tune_product_kernels measures every candidate at the asked row count and picks the fastest median; the table
+    covers only that weight's shape (linear below the measured width); product_kernel gives F.linear's result (float
+    rounding only) with each kernel and plain F.linear without a table, for another shape or width, or under autograd."""
+    from dtree.kernels import product_kernel, tune_product_kernels
+
+    torch.manual_seed(0)
+    w = torch.randn(300, 40)
+    table = tune_product_kernels(w, rows=3, reps=2)
+    med = table.timings_ms["product"]
+    assert set(med) == {"linear", "w_xt"}  # w_xt2 is w_xt except on one row
+    assert table.choice == {"300x40": ["linear", "linear", min(med, key=med.get)]}
+    assert set(tune_product_kernels(w, rows=1, reps=1).timings_ms["product"]) == set(KERNELS)
+    x = torch.randn(3, 40)
+    for kernel in KERNELS:
+        got = product_kernel(KernelTable(choice={"300x40": [kernel] * 3}), w, x)
+        torch.testing.assert_close(got, F.linear(x, w), rtol=0, atol=1e-4)
+        assert got.is_contiguous() and got.shape == (3, 300)
+    calls = []
+    real_mm = torch.mm
+
+    def spy(*a):
+        calls.append(a)
+        return real_mm(*a)
+
+    w_table = KernelTable(choice={"300x40": ["w_xt"] * 3})
+    torch.mm = spy
+    try:
+        product_kernel(w_table, w, x)
+        assert len(calls) == 1  # the table's kernel ran
+        assert torch.equal(product_kernel(None, w, x), F.linear(x, w))
+        assert torch.equal(product_kernel(KernelTable(choice={"9x9": ["w_xt"] * 3}), w, x), F.linear(x, w))
+        measured_at_3 = KernelTable(choice={"300x40": ["linear", "linear", "w_xt"]})
+        assert torch.equal(product_kernel(measured_at_3, w, x[:2]), F.linear(x[:2], w))  # width 2: linear
+        xg = x.clone().requires_grad_(True)
+        assert torch.equal(product_kernel(w_table, w, xg), F.linear(xg, w))
+        assert len(calls) == 1  # none of those took the w_xt path
+    finally:
+        torch.mm = real_mm
+    with pytest.raises(InputError, match="rows and reps"):
+        tune_product_kernels(w, rows=0)
+    with pytest.raises(InputError, match="2-D"):
+        tune_product_kernels(w[0], rows=1)
+
+
+def test_product_kernels_are_cached_and_retuned_only_when_disturbed(tmp_path, monkeypatch, capsys):
+    from dtree import kernels
+
+    monkeypatch.setenv("DTREE_CACHE", str(tmp_path))
+    spreads = iter([kernels.MAX_SPREAD + 0.4, 0.01, 0.02])
+    calls = []
+
+    def fake(weight, rows):
+        s = next(spreads)
+        calls.append(s)
+        return KernelTable(choice={"30x4": ["linear"] * (rows - 1) + ["w_xt"]}, meta={"spread": s})
+
+    monkeypatch.setattr(kernels, "tune_product_kernels", fake)
+    w = torch.zeros(30, 4)
+    first = kernels.load_or_tune_product(w, 7, "probe head")
+    assert first.meta["provisional"] is True and "probe head" in capsys.readouterr().err
+    second = kernels.load_or_tune_product(w, 7, "probe head")  # disturbed before: measured again, now steady
+    assert second.meta["provisional"] is False and len(calls) == 2
+    third = kernels.load_or_tune_product(w, 7, "probe head")  # read from the cache
+    assert len(calls) == 2 and third.choice == {"30x4": ["linear"] * 6 + ["w_xt"]}
+    assert len(list((tmp_path / "kernels").glob("product-*.json"))) == 1
+    kernels.load_or_tune_product(w.double(), 7, "probe head")  # another dtype is another measurement
+    assert len(calls) == 3
+
+
+def test_the_drafter_head_runs_its_measured_kernel(target32, drafter32, backend32):
+    """load_drafter on a CPU target with tuned kernels measures the head's kernel at gamma rows; the draft round's
+    marginals with it equal those of plain F.linear (same top ids, log-probs within float rounding); runs record the
+    head kernel and the cost model's mismatch check compares it."""
+    from dtree.backend import cost_model_mismatch
+    from dtree.drafter import drafter_head_kernel
+    from dtree.engine import DecodeConfig
+
+    table = drafter32.head_kernels
+    assert table is not None
+    (key, picks), = table.choice.items()
+    assert key == "x".join(str(s) for s in drafter32.head_weight(target32.model).shape)
+    assert len(picks) == drafter32.block_size - 1 and picks[-1] in KERNELS
+    assert drafter_head_kernel(drafter32) == picks[-1]
+    g = torch.Generator().manual_seed(3)
+    width = drafter32.fc.weight.shape[1]
+    feats = torch.randn(1, 40, width, generator=g)
+    outs = []
+    for head in (KernelTable(choice={key: ["w_xt"] * len(picks)}), None):
+        drafter32.head_kernels = head
+        try:
+            cache = drafter32.new_cache()
+            with torch.inference_mode():
+                outs.append(drafter32.draft_marginals(target32.model, cache, feats, 17, 40, 8))
+        finally:
+            drafter32.head_kernels = table
+    assert (outs[0].tokens[:, :3] == outs[1].tokens[:, :3]).all()
+    torch.testing.assert_close(torch.as_tensor(outs[0].logprobs), torch.as_tensor(outs[1].logprobs), rtol=0,
+                               atol=1e-4)
+    run = backend32.decode("What is 2 + 3?", DecodeConfig("ddtree", budget=3, max_new_tokens=6))
+    assert run.params["drafter_head_kernel"] == drafter_head_kernel(backend32.drafter)
+
+    class Cost:
+        meta = {"drafter_head_kernel": "no-such-kernel"}
+
+    assert any("drafter_head_kernel" in line for line in cost_model_mismatch(Cost(), target32, backend32.drafter))
