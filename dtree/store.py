@@ -37,6 +37,7 @@ import os
 import socket
 import sqlite3
 import threading
+import weakref
 from contextlib import contextmanager
 from datetime import datetime, timezone
 from pathlib import Path
@@ -282,11 +283,18 @@ def check_store_file(path: str | Path) -> None:
         raise InputError("store", f"{p} is a directory; give a database file path")
     if not p.exists() or p.stat().st_size == 0:
         return
-    try:
-        with open(p, "rb") as f:
-            head = f.read(100)  # the SQLite file header: magic, then (bytes 18-19) the journal mode
-    except OSError as e:
-        raise InputError("store", f"cannot read {p}: {e}") from None
+    if _open_in_this_process(p):
+        # Never through a plain file handle then: closing ANY handle to a database file drops every POSIX lock this
+        # process holds on it, SQLite's included, and another process closing the store next would take itself for
+        # its last user and delete the -wal/-shm files still in use here. SQLite's own read-only connection below is
+        # safe (it shares the process's lock state on the file).
+        head = _SQLITE_MAGIC
+    else:
+        try:
+            with open(p, "rb") as f:
+                head = f.read(100)  # the SQLite file header: magic, then (bytes 18-19) the journal mode
+        except OSError as e:
+            raise InputError("store", f"cannot read {p}: {e}") from None
     if head[:len(_SQLITE_MAGIC)] != _SQLITE_MAGIC:
         raise InputError("store", f"{p} is not a SQLite database (no SQLite header); choose another file or "
                                   "move this one away")
@@ -334,6 +342,28 @@ def _remove_new_siblings(p: Path, had: set[Path]) -> None:
             pass
 
 
+_LIVE_STORES: "weakref.WeakSet[TraceStore]" = weakref.WeakSet()
+"""File-backed stores of this process (their connection may be open); see :func:`_open_in_this_process`."""
+
+
+def _open_in_this_process(p: Path) -> bool:
+    """Whether a TraceStore of this process has a connection open on the file ``p`` (same device and inode)."""
+    try:
+        st = p.stat()
+    except OSError:
+        return False
+    for store in list(_LIVE_STORES):
+        if store._conn is None or store._conn_pid != os.getpid():
+            continue
+        try:
+            other = store.path.stat()
+        except OSError:
+            continue
+        if (other.st_dev, other.st_ino) == (st.st_dev, st.st_ino):
+            return True
+    return False
+
+
 def _unreadable_message(p: Path, header: bytes, e: Exception, otherwise: str | None = None) -> str:
     """Why a file with a SQLite header could not be read. A WAL-mode database (header bytes 18-19 = 2, the store's
     mode) in a folder that cannot be written cannot be opened at all, even read-only: SQLite must create its
@@ -377,6 +407,7 @@ class TraceStore:
             if self.path.is_dir():
                 raise InputError("store", f"{self.path} is a directory; give a database file path")
             self._check_foreign()
+            _LIVE_STORES.add(self)
         self._connect()
 
     # -------------------------------------------------------------------------------------------- opening & schema

@@ -527,3 +527,23 @@ def test_check_writable_refuses_a_store_damaged_away_from_where_inserts_go(tmp_p
     assert ei.value.field == "store" and "\n" not in str(ei.value)
     store.close()
     assert _bytes_and_siblings(p) == before
+
+
+def test_checking_an_open_store_keeps_this_process_sqlite_locks(tmp_path):
+    """Closing any handle to a database file drops every POSIX lock this process holds on it, SQLite's included; a
+    second TraceStore on a file this process already has open (the app does that on every page rerun) must not read
+    it through a plain file handle. If it did, another process that closes the store next would take itself for its
+    last user and delete the -wal and -shm files this process is still using (writes lost, store corrupted)."""
+    path = tmp_path / "s.sqlite"
+    first = TraceStore(path)
+    first._conn.execute("SELECT count(*) FROM runs").fetchone()
+    wal, shm = Path(f"{path}-wal"), Path(f"{path}-shm")
+    assert wal.exists() and shm.exists()
+    second = TraceStore(path)  # checks the file again while `first` holds it
+    check_store_file(path)
+    other = ("import sqlite3, sys; c = sqlite3.connect(sys.argv[1]); c.execute('SELECT count(*) FROM runs').fetchone();"
+             " c.close()")
+    subprocess.run([sys.executable, "-c", other, str(path)], check=True)
+    assert wal.exists() and shm.exists(), "another process's close removed the WAL files this process still uses"
+    second.close()
+    first.close()
