@@ -6,6 +6,7 @@ import streamlit as st
 from dtree import figures, ui
 from dtree.backend import cost_model_mismatch, profile_cost_model
 from dtree.cost import FIT_GAP_WARN
+from dtree.engine import auto_cv_curve
 from dtree.models import dtype_advice, verify_widths_from_env
 from dtree.replay import round_marginals
 from dtree.trees import best_path_logprobs, theta_curve_for, uses_argmax_stop
@@ -231,6 +232,9 @@ if weighted is None:  # no model chosen above: the run's own
         st.stop()
     weighted = base.weighted(ui.cost_weight_widgets(base, "cm"))
     st.caption("Using the cost model stored with this run (no model chosen above).")
+curve_why = auto_cv_curve(weighted)  # the curve plain caddtree would read for these weights (as the Budget lab does)
+if curve_why is not None:
+    weighted = weighted.with_curve("measured")
 try:
     rnd = store.load_round(run_id, idx)
     marg = round_marginals(rnd)
@@ -251,4 +255,6 @@ m[3].metric("logged budget (nodes)", rnd.budget)
 st.plotly_chart(figures.theta_weights_figure(curve, rnd.budget), width="stretch")
 st.caption(f"Round {rnd.index} at context L = {rnd.start} tokens. Phi(n) sums the n best path probabilities from the "
            f"drafter's logged top-{marg.width} marginals, so the curve stops at n = {marg.width} (ranks beyond the "
-           "logged top-k are unknown).")
+           "logged top-k are unknown)."
+           + (f" The chosen budget is plain caddtree's under these weights: it reads the {curve_why}."
+              if curve_why else ""))

@@ -371,8 +371,15 @@ def cmd_replay(args) -> int:
         oracle = {"budget": int(best["budget"]), "pred_tok_s": float(best["pred_tok_s"])}
     except InputError:
         oracle = None
+    decode_s = sum(run.decode_s for run in runs)  # 0 for a run whose writer stopped before storing its summary
     recorded = {"mean_tau": float(np.mean([r.tau for run in runs for r in run.rounds])),
-                "tokens_per_s": float(sum(run.n_new_tokens for run in runs) / max(1e-12, sum(run.decode_s for run in runs)))}
+                "tokens_per_s": float(sum(run.n_new_tokens for run in runs) / decode_s) if decode_s > 0 else None}
+    for run in runs:
+        if run.status != "complete":
+            print(f"note: run {run.run_id} is {run.status}"
+                  + (f" ({run.error})" if run.error else "")
+                  + f": its {len(run.rounds)} logged round(s) replay as logged, but it stopped before the end, so "
+                  "its recorded figures cover only part of a decode", file=sys.stderr)
     if args.json:
         print(json.dumps({"runs": ids, "recorded": recorded, "oracle": oracle, "budget_cap": df.attrs["budget_cap"],
                           "dropped_budgets": df.attrs["dropped_budgets"], "notes": df.attrs["notes"],
@@ -383,7 +390,9 @@ def cmd_replay(args) -> int:
 
     with pd.option_context("display.max_rows", 1000, "display.width", 160):
         print(df.to_string(index=False, float_format=lambda v: f"{v:.4g}"))
-    print(f"recorded: mean tau {recorded['mean_tau']:.3f}, {recorded['tokens_per_s']:.2f} tok/s (live)")
+    tok_s = recorded["tokens_per_s"]
+    print(f"recorded: mean tau {recorded['mean_tau']:.3f}, "
+          + (f"{tok_s:.2f} tok/s (live)" if tok_s is not None else "tok/s not recorded (no decode time stored)"))
     if oracle:
         print(f"oracle ddtree budget: {oracle['budget']} ({oracle['pred_tok_s']:.2f} tok/s predicted)")
     for rep in unimodal or []:
@@ -774,7 +783,12 @@ def cmd_prompts(args) -> int:
     from .bench import load_prompts
 
     if args.show is not None:
-        prompts = load_prompts(args.show, args.limit)
+        try:
+            prompts = load_prompts(args.show, args.limit)
+        except InputError as e:  # load_prompts names its set "dataset" (bench's option); here it is --show
+            if e.field != "dataset":
+                raise
+            raise InputError("show", str(e)[len("dataset: "):]) from None
         print(json.dumps(prompts, indent=2) if args.json else "\n----\n".join(prompts))
         return 0
     if args.fetch:

@@ -137,6 +137,9 @@ _WEIGHT_KEYS = {"cd": "cd_scale", "cv": "cv_scale", "cd_scale": "cd_scale", "cv_
                 "cv_b": "cv_b", "cv_c": "cv_c", "cd_s": "cd_s", "cv_tree": "cv_tree_scale",
                 "cv_tree_scale": "cv_tree_scale"}
 
+MAX_WEIGHT = 1000.0
+"""Largest cost weight accepted (a scale, or seconds for ``cv_a``, ``cv_b``, ``cv_c`` and ``cd_s``)."""
+
 
 @dataclass(frozen=True)
 class CostWeights:
@@ -151,7 +154,8 @@ class CostWeights:
       scales the root-only forward, ``cv_tree_scale`` what the tree's n nodes add to it; without
       ``cv_tree_scale`` (None) both parts take ``cv_scale``, i.e. ``Cv' = cv_scale * C(n; L)``.
 
-    All values must be finite and >= 0; with a, b, c >= 0 the analytic Cv is non-decreasing and convex in n >= 0, the
+    All values must be finite, >= 0 and <= :data:`MAX_WEIGHT` (a scale of 1000 or a cost of 1000 s per round is
+    already far outside any hardware; beyond it theta only prints as 0); with a, b, c >= 0 the analytic Cv is non-decreasing and convex in n >= 0, the
     condition under which CaDDTree's greedy stop is optimal (spec 3.3); a non-negative ``cv_tree_scale`` keeps a
     non-decreasing convex curve so (the part it scales is itself non-decreasing, convex and 0 at n = 0).
 
@@ -179,11 +183,11 @@ class CostWeights:
 
     def __post_init__(self) -> None:
         for name in ("cd_scale", "cv_scale"):
-            object.__setattr__(self, name, check_float(name, getattr(self, name), lo=0.0))
+            object.__setattr__(self, name, check_float(name, getattr(self, name), lo=0.0, hi=MAX_WEIGHT))
         for name in ("cv_a", "cv_b", "cv_c", "cd_s", "cv_tree_scale"):
             v = getattr(self, name)
             if v is not None:
-                object.__setattr__(self, name, check_float(name, v, lo=0.0))
+                object.__setattr__(self, name, check_float(name, v, lo=0.0, hi=MAX_WEIGHT))
         if self.analytic:
             for name in ("cv_a", "cv_b", "cv_c"):
                 if getattr(self, name) is None:
@@ -238,7 +242,7 @@ class CostWeights:
         Raises:
             InputError: field ``cost_weights`` for syntax errors or unknown keys; the weight's own field for a
                 negative, NaN or infinite value, its message naming the key as typed (``cd (= cd_scale) must be
-                in [0.0, inf], got -1.0``, ``cv_a must be >= 0.0, got -2.0``).
+                in [0.0, 1000.0], got -1.0``, ``cv_a must be in [0.0, 1000.0], got -2.0``).
         """
         if text is None or not str(text).strip():
             return cls()

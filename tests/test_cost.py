@@ -235,7 +235,9 @@ def test_weights_with_a_stray_comma_are_rejected(text):
 
 @pytest.mark.parametrize("text,field,typed", [("cd=-1", "cd_scale", "cd (= cd_scale)"),
                                                ("cv=nan", "cv_scale", "cv (= cv_scale)"),
-                                               ("cd_scale=-2", "cd_scale", "cd_scale must be >= 0")])
+                                               ("cd_scale=-2", "cd_scale", "cd_scale must be in [0.0, 1000.0]"),
+                                               ("cv=1e308", "cv_scale", "cv (= cv_scale) must be in [0.0, 1000.0]"),
+                                               ("cv_a=2000", "cv_a", "cv_a must be in [0.0, 1000.0]")])
 def test_weight_errors_name_the_key_as_typed(text, field, typed):
     with pytest.raises(InputError) as e:
         CostWeights.parse(text)

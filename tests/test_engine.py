@@ -186,7 +186,7 @@ def test_rounds_are_consistent(backend32, small_cost):
         assert r.draft_ms > 0 and r.verify_ms > 0
 
 
-def test_run_logged_round_by_round_and_interruption_kept(backend32, tmp_store):
+def test_run_logged_round_by_round_and_interruption_kept(backend32, tmp_store, capsys):
     """Each round reaches the store as it completes; a run stopped mid-way stays readable, marked interrupted."""
     cfg = DecodeConfig("ddtree", budget=4, max_new_tokens=48)
     done = backend32.decode("List the planets.", cfg, store=tmp_store)
@@ -210,6 +210,13 @@ def test_run_logged_round_by_round_and_interruption_kept(backend32, tmp_store):
     part = tmp_store.load_run(int(cut["id"].iloc[0]))
     assert len(part.rounds) == 2
     assert [r.committed for r in part.rounds] == [r.committed for r in done.rounds[:2]]
+    # replaying it says that it stopped part-way instead of printing a 0 tok/s "recorded" figure
+    from dtree.cli import main
+
+    assert main(["replay", "--run", str(part.run_id), "--budgets", "1,2", "--store", str(tmp_store.path)]) == 0
+    out, err = capsys.readouterr()
+    assert f"note: run {part.run_id} is interrupted" in err and "2 logged round(s)" in err
+    assert "recorded: mean tau" in out and "0.00 tok/s" not in out
 
 
 # ------------------------------------------------------------------------------------------------------ -fallback

@@ -146,7 +146,7 @@ def test_cost_page_shows_this_machines_kernel_table(env, target32):
 def test_cost_page_warns_when_the_measured_cv_is_not_convex(env):
     from dtree.cost import CostModel
 
-    _, cost_path, _, tmp = env
+    _, cost_path, ids, tmp = env
     real = CostModel.load(cost_path)
     x = real.nodes.astype(float)
     for name, row, warned in [("concave", 0.07 + 0.02 * np.sqrt(x), True), ("convex", 0.07 + 1e-3 * x * x, False)]:
@@ -161,6 +161,14 @@ def test_cost_page_warns_when_the_measured_cv_is_not_convex(env):
             gap = m.fit_gap()
             assert f"{100 * gap['rel_gap']:.0f}% off at n = {gap['n']}, L = {gap['context']}" in flagged[0]
             assert "caddtree-rawcv" in flagged[0]
+        # a logged round's chosen budget is plain caddtree's: on the measured curve (argmax stop) iff the fit is off
+        at.selectbox(key="cm_run").select(ids["caddtree"]).run()
+        _ok(at)
+        labels = [mt.label for mt in at.metric]
+        rule = "argmax stop (measured Cv)" if warned else "greedy stop"
+        assert f"chosen budget: {rule} (nodes)" in labels, labels
+        said = any("reads the measured: the convex fit of Cv is" in c.value for c in at.caption)
+        assert said == warned
 
 
 def test_cost_page_fits_the_scales_to_logged_runs(env):

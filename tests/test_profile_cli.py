@@ -75,9 +75,9 @@ def test_profile_bad_input_exits_2_and_writes_nothing(tmp_path, capsys, drafter_
     assert not out.exists()
 
 
-@pytest.mark.parametrize("weights, said", [("cd=-1", "--cost-weights: cd (= cd_scale) must be >= 0"),
+@pytest.mark.parametrize("weights, said", [("cd=-1", "--cost-weights: cd (= cd_scale) must be in [0.0, 1000.0]"),
                                            ("cv=nan", "--cost-weights: cv (= cv_scale) must be a finite number"),
-                                           ("cv_c=-0.1", "--cost-weights: cv_c must be >= 0"),
+                                           ("cv_c=-0.1", "--cost-weights: cv_c must be in [0.0, 1000.0]"),
                                            ("speed=2", "--cost-weights: ")])
 def test_decode_bad_cost_weights_exit_2(tmp_path, capsys, weights, said):
     store = tmp_path / "s.sqlite"

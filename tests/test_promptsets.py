@@ -146,7 +146,11 @@ def test_cli_lists_sets_and_exits_2_on_missing_set(dirs, capsys):
     assert cli.main(["prompts", "--show", "gsm8k", "--limit", "2", "--json"]) == 0
     assert json.loads(capsys.readouterr().out) == [p for _, p in ROWS["gsm8k"][:2]]
     assert cli.main(["prompts", "--show", "math500"]) == 2
-    assert "math500" in capsys.readouterr().err
+    err = capsys.readouterr().err
+    assert "math500" in err and "--show: " in err
+    assert cli.main(["prompts", "--show", "nosuch"]) == 2
+    err = capsys.readouterr().err
+    assert "--show: " in err and "dataset:" not in err
     assert cli.main(["prompts", "--fetch"]) == 2  # offline: a clear error, exit 2
     assert "could not download" in capsys.readouterr().err
 
