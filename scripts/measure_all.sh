@@ -211,3 +211,7 @@ b issue3-gsm8k50-v17-oracle-bf16 --dataset gsm8k --limit 50 --methods ar,chain,d
 b issue3-humaneval50-v17-fp32 --dataset humaneval --limit 50 --methods ar,chain,ddtree:64,caddtree --max-new-tokens 128 --dtype float32
 b issue3-gsm8k50-v17-fp32 --dataset gsm8k --limit 50 --methods ar,chain,ddtree:64,caddtree --max-new-tokens 128 --dtype float32
 b issue3-mtbench40-v17-fp32 --dataset mt-bench --limit 40 --methods ar,chain,caddtree --max-new-tokens 128 --dtype float32
+# session 33: a CPU without AVX-512 or bf16 (AVX2 only), float32, after the drafter head got its own kernel; then the
+# draft-step and decode A/B of that kernel (python scripts/draft_head_ab.py --limit 6 --out docs/bench/draft-head-ab.json)
+b issue3-gsm8k50-v17-avx2-fp32 --dataset gsm8k --limit 50 --methods ar,chain,ddtree:4,ddtree:8,ddtree:16,caddtree --max-new-tokens 128 --dtype float32
+"$PY" scripts/draft_head_ab.py --limit 6 --methods ar,ddtree:4 --max-new-tokens 64 --out docs/bench/draft-head-ab.json
