@@ -783,12 +783,7 @@ def cmd_prompts(args) -> int:
     from .bench import load_prompts
 
     if args.show is not None:
-        try:
-            prompts = load_prompts(args.show, args.limit)
-        except InputError as e:  # load_prompts names its set "dataset" (bench's option); here it is --show
-            if e.field != "dataset":
-                raise
-            raise InputError("show", str(e)[len("dataset: "):]) from None
+        prompts = load_prompts(args.show, args.limit)
         print(json.dumps(prompts, indent=2) if args.json else "\n----\n".join(prompts))
         return 0
     if args.fetch:

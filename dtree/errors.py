@@ -32,10 +32,12 @@ class InputError(ValueError):
         return "--" + option.replace("_", "-") + text[len(self.field):]
 
 
-# fields whose command-line option has another name (the store's ``run_id`` is ``--run`` of replay and diagnose; each
-# weight of :class:`dtree.cost.CostWeights` is a key of ``--cost-weights``)
-_OPTION_OF = {"run_id": "run", **{w: "cost_weights" for w in ("cd_scale", "cv_scale", "cv_tree_scale", "cv_a", "cv_b",
-                                                               "cv_c", "cd_s")}}
+# fields whose command-line option has another name (the store's ``run_id`` is ``--run`` of replay and diagnose; a
+# prompt set, ``dataset`` (bench's ``--dataset``), is ``--show`` of the prompts command; each weight of
+# :class:`dtree.cost.CostWeights` is a key of ``--cost-weights``). Used only where args lacks an option of the field's
+# own name.
+_OPTION_OF = {"run_id": "run", "dataset": "show",
+              **{w: "cost_weights" for w in ("cd_scale", "cv_scale", "cv_tree_scale", "cv_a", "cv_b", "cv_c", "cd_s")}}
 
 
 def check_int(field: str, value, lo: int | None = None, hi: int | None = None) -> int:

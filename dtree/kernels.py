@@ -140,6 +140,13 @@ class KernelTable:
         return cls(choice=choice, timings_ms=d.get("timings_ms") or {}, meta=d.get("meta") or {}, forward_ms=forward)
 
 
+def _median_spread(sample_lists) -> float:
+    """Median over the sample lists of (max - min) / median: how much repeated timings of one thing varied (0 when
+    no list has two samples). :data:`MAX_SPREAD` judges it."""
+    spreads = [(max(v) - min(v)) / statistics.median(v) for v in sample_lists if len(v) > 1]
+    return statistics.median(spreads) if spreads else 0.0
+
+
 def _run_kernel(kernel: str, x2: torch.Tensor, weight: torch.Tensor) -> torch.Tensor:
     if kernel == "w_xt2" and x2.shape[0] == 1:  # one row run as two (the library's 2-column path beats its gemv)
         return torch.mm(weight, torch.cat([x2, x2]).t())[:, :1].t().contiguous()
@@ -224,8 +231,7 @@ def tune_linear_kernels(model: torch.nn.Module, max_rows: int = DEFAULT_MAX_ROWS
     med = {key: statistics.median(v) * 1e3 for key, v in samples.items()}
     best = [min(KERNELS, key=lambda k: med[(k, w)]) for w in range(1, max_rows + 1)]
     timings = {k: [round(med[(k, w)], 3) for w in range(1, max_rows + 1)] for k in KERNELS}
-    spread = statistics.median((max(v) - min(v)) / statistics.median(v) for v in samples.values() if len(v) > 1) \
-        if reps > 1 else 0.0
+    spread = _median_spread(samples.values())
     meta = {"machine": machine_description(), "dtype": str(param.dtype).replace("torch.", ""), "reps": reps,
             "context": context, "method": "whole verify forwards, one kernel in every layer",
             "spread": round(float(spread), 4)}
@@ -393,7 +399,7 @@ def tune_product_kernels(weight: torch.Tensor, rows: int, reps: int = 9, seed: i
                 samples[k].append(time.perf_counter() - t0)
     med = {k: statistics.median(v) * 1e3 for k, v in samples.items()}
     best = min(kernels, key=med.get)
-    spread = statistics.median((max(v) - min(v)) / statistics.median(v) for v in samples.values()) if reps > 1 else 0.0
+    spread = _median_spread(samples.values())
     meta = {"machine": machine_description(), "dtype": str(weight.dtype).replace("torch.", ""), "reps": reps,
             "rows": rows, "method": "isolated products x W^T", "spread": round(float(spread), 4)}
     return KernelTable(choice={_shape_key(weight): ["linear"] * (rows - 1) + [best]},
@@ -418,7 +424,4 @@ def product_kernel(table: KernelTable | None, weight: torch.Tensor, x: torch.Ten
     if table is None or torch.is_grad_enabled() and (x.requires_grad or weight.requires_grad) \
             or x.dtype != weight.dtype or x.dim() != 2:
         return F.linear(x, weight)
-    picks = table.choice.get(_shape_key(weight))
-    rows = x.shape[0]
-    kernel = picks[rows - 1] if picks is not None and 1 <= rows <= len(picks) else "linear"
-    return _run_kernel(kernel, x, weight)
+    return _run_kernel(table.kernel(_shape_key(weight), x.shape[0]), x, weight)
